@@ -1,0 +1,95 @@
+"""Topic names (MQTT; the ZeroMQ hub maps the same names).
+
+    vla/v1/{robot_id}/frame      robot -> cloud, QoS 0, expires with the deadline
+    vla/v1/{robot_id}/task       robot -> cloud, QoS 1
+    vla/v1/{robot_id}/action     cloud -> robot, QoS 1 (actions and task results)
+    vla/v1/{robot_id}/status     retained birth/death of the robot
+    vla/v1/workers/{worker_id}/status   retained birth/death of a worker
+    vla/v1/models/{model}/manifest      signed release manifest, retained
+    vla/v1/models/{model}/chunk         release chunks
+
+Workers read frames and tasks through ``$share/{group}/...``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from schemas.errors import SchemaError
+
+PREFIX = "vla/v1"
+RESERVED_IDS = frozenset({"workers", "models"})
+_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+ALL_FRAMES = f"{PREFIX}/+/frame"
+ALL_TASKS = f"{PREFIX}/+/task"
+ALL_MODELS = f"{PREFIX}/models/#"
+ALL_WORKER_STATUS = f"{PREFIX}/workers/+/status"
+
+
+def check_id(value: str) -> str:
+    """Return ``value`` if it is a valid robot or worker id (lowercase, digits, dashes)."""
+    if not _ID.match(value) or value in RESERVED_IDS:
+        raise SchemaError(f"invalid id {value!r}: lowercase letters, digits and dashes", "id")
+    return value
+
+
+def check_name(value: str) -> str:
+    """Return ``value`` if it is a valid model name."""
+    if not _NAME.match(value):
+        raise SchemaError(f"invalid name {value!r}", "name")
+    return value
+
+
+def frame_topic(robot_id: str) -> str:
+    return f"{PREFIX}/{check_id(robot_id)}/frame"
+
+
+def task_topic(robot_id: str) -> str:
+    return f"{PREFIX}/{check_id(robot_id)}/task"
+
+
+def action_topic(robot_id: str) -> str:
+    return f"{PREFIX}/{check_id(robot_id)}/action"
+
+
+def robot_status_topic(robot_id: str) -> str:
+    return f"{PREFIX}/{check_id(robot_id)}/status"
+
+
+def worker_status_topic(worker_id: str) -> str:
+    return f"{PREFIX}/workers/{check_id(worker_id)}/status"
+
+
+def model_manifest_topic(model: str) -> str:
+    return f"{PREFIX}/models/{check_name(model)}/manifest"
+
+
+def model_chunk_topic(model: str) -> str:
+    return f"{PREFIX}/models/{check_name(model)}/chunk"
+
+
+def shared(group: str, pattern: str) -> str:
+    """The MQTT shared-subscription form of ``pattern`` for worker pool ``group``."""
+    return f"$share/{check_id(group)}/{pattern}"
+
+
+def robot_of(topic: str) -> str | None:
+    """The robot id of a per-robot topic, or None for worker and model topics."""
+    parts = topic.split("/")
+    if len(parts) == 4 and f"{parts[0]}/{parts[1]}" == PREFIX and parts[2] not in RESERVED_IDS:
+        return parts[2]
+    return None
+
+
+def matches(pattern: str, topic: str) -> bool:
+    """MQTT topic matching with ``+`` (one level) and ``#`` (the rest)."""
+    pat = pattern.split("/")
+    top = topic.split("/")
+    for i, part in enumerate(pat):
+        if part == "#":
+            return True
+        if i >= len(top) or (part != "+" and part != top[i]):
+            return False
+    return len(pat) == len(top)

@@ -1,0 +1,194 @@
+"""Ed25519 identities and the keyring directory.
+
+Layout of a keyring directory (one folder per role, one PEM pair per identity)::
+
+    DIR/robot/robot-a.pub.pem     public key (0644)
+    DIR/robot/robot-a.key.pem     private key (0600, PKCS#8, unencrypted)
+    DIR/worker/worker-1.pub.pem
+    DIR/release/release.pub.pem
+    DIR/replay/replay.pub.pem
+
+A key id is the first 16 hex digits of SHA-256 over the raw 32-byte public key. A robot's
+machine needs its own private key and the public keys of workers and release signers; a worker
+needs its own private key and the robots' public keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import blake3
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from schemas.errors import KeyringError
+from schemas.topics import check_id
+
+Role = Literal["robot", "worker", "release", "replay"]
+ROLES: tuple[Role, ...] = ("robot", "worker", "release", "replay")
+
+#: Signatures cover this context string followed by the BLAKE3 digest of the signed bytes.
+SIGNING_CONTEXT = b"vlabus/v1 ed25519-blake3\x00"
+
+
+def key_id_of(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def signed_digest(*parts: bytes | memoryview) -> bytes:
+    """The 57 bytes Ed25519 signs: context + BLAKE3-256 over ``parts`` concatenated."""
+    hasher = blake3.blake3()
+    for part in parts:
+        hasher.update(part)
+    return SIGNING_CONTEXT + hasher.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    """A known identity: who it is, what role it plays, and its verifying key."""
+
+    key_id: str
+    role: Role
+    identity: str
+    key: Ed25519PublicKey
+
+    def verify(self, signature: bytes | memoryview, *parts: bytes | memoryview) -> bool:
+        try:
+            self.key.verify(bytes(signature), signed_digest(*parts))
+        except InvalidSignature:
+            return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Signer:
+    """A private identity that signs envelopes."""
+
+    key_id: str
+    role: Role
+    identity: str
+    key: Ed25519PrivateKey
+
+    def sign(self, *parts: bytes | memoryview) -> bytes:
+        return self.key.sign(signed_digest(*parts))
+
+    @property
+    def public(self) -> PublicKey:
+        return PublicKey(self.key_id, self.role, self.identity, self.key.public_key())
+
+    @classmethod
+    def generate(cls, role: Role, identity: str) -> Signer:
+        """A fresh in-memory identity (tests, throwaway demos)."""
+        key = Ed25519PrivateKey.generate()
+        return cls(key_id_of(key.public_key()), role, check_id(identity), key)
+
+
+class Keyring:
+    """The public keys a process trusts, looked up by key id."""
+
+    def __init__(self, keys: Iterable[PublicKey] = ()) -> None:
+        self._by_id: dict[str, PublicKey] = {}
+        for key in keys:
+            self.add(key)
+
+    def add(self, key: PublicKey) -> None:
+        self._by_id[key.key_id] = key
+
+    def get(self, key_id: str) -> PublicKey | None:
+        return self._by_id.get(key_id)
+
+    def find(self, role: Role, identity: str) -> PublicKey | None:
+        for key in self._by_id.values():
+            if key.role == role and key.identity == identity:
+                return key
+        return None
+
+    def __iter__(self) -> Iterator[PublicKey]:
+        return iter(sorted(self._by_id.values(), key=lambda k: (k.role, k.identity)))
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Keyring:
+        """Read every ``ROLE/ID.pub.pem`` under ``directory``."""
+        root = Path(directory)
+        if not root.is_dir():
+            raise KeyringError(f"keyring directory {root} does not exist (run `vlabus keys init`)")
+        keys = []
+        for role in ROLES:
+            for path in sorted((root / role).glob("*.pub.pem")):
+                identity = path.name.removesuffix(".pub.pem")
+                public = _read_public(path)
+                keys.append(PublicKey(key_id_of(public), role, identity, public))
+        return cls(keys)
+
+
+def init_keyring(directory: str | Path) -> Path:
+    """Create the role folders of a keyring directory (idempotent)."""
+    root = Path(directory)
+    for role in ROLES:
+        (root / role).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def add_key(directory: str | Path, role: Role, identity: str, *, overwrite: bool = False) -> Signer:
+    """Generate a key pair for ``identity`` and write it into the keyring (private key 0600)."""
+    if role not in ROLES:
+        raise KeyringError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+    check_id(identity)
+    folder = init_keyring(directory) / role
+    private_path = folder / f"{identity}.key.pem"
+    if private_path.exists() and not overwrite:
+        raise KeyringError(f"{private_path} exists; refusing to replace a key")
+    signer = Signer.generate(role, identity)
+    pem = signer.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    _write_private(private_path, pem)
+    public_pem = signer.key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (folder / f"{identity}.pub.pem").write_bytes(public_pem)
+    return signer
+
+
+def load_signer(directory: str | Path, role: Role, identity: str) -> Signer:
+    """Load the private key of ``identity``; refuses files readable by group or others."""
+    path = Path(directory) / role / f"{identity}.key.pem"
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise KeyringError(f"{path} is readable by others (mode {mode & 0o777:o}); chmod 600")
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise KeyringError(f"cannot load private key {path}: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyringError(f"{path} is not an Ed25519 private key")
+    return Signer(key_id_of(key.public_key()), role, identity, key)
+
+
+def _read_public(path: Path) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise KeyringError(f"cannot load public key {path}: {exc}") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyringError(f"{path} is not an Ed25519 public key")
+    return key
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)

@@ -1,0 +1,5 @@
+import sys
+
+from vlabus.cli import main
+
+sys.exit(main())

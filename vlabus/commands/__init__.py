@@ -1,0 +1,1 @@
+"""One module per ``vlabus`` subcommand; each exposes ``register(subparsers)``."""

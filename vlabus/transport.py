@@ -1,0 +1,198 @@
+"""The seam between vlabus and a message bus: one small protocol, three adapters.
+
+``open_transport(url, options)`` picks the adapter from the URL scheme:
+
+* ``memory://NAME`` — in-process bus for unit tests, same semantics (wildcards, shared groups,
+  retained messages, wills).
+* ``mqtt://HOST:PORT`` / ``mqtts://HOST:PORT`` — paho-mqtt 2.x speaking MQTT 5.
+* ``zmq://HOST:PORT`` — the vlabus ZeroMQ hub (``vlabus hub``).
+
+Adapters import their vendor library inside their own module only. Vendor messages become
+:class:`Message` on arrival and land in one bounded :class:`Inbox` per transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+from schemas.errors import TransportError
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message taken off the bus; ``payload`` is the exact bytes received."""
+
+    topic: str
+    payload: bytes | memoryview
+    received_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """Published by the broker (or hub) when the client vanishes without closing."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CurveKeys:
+    """CurveZMQ: the hub's public key and this client's key pair (Z85 text)."""
+
+    server_public: bytes
+    public: bytes
+    secret: bytes
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    client_id: str
+    inbox_size: int = 4096
+    max_payload: int = 16 << 20
+    will: Will | None = None
+    username: str | None = None
+    password: str | None = None
+    tls: TlsFiles | None = None
+    curve: CurveKeys | None = None
+    keepalive_s: int = 10
+    outbox_size: int = 1024
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """What the rest of vlabus needs from a bus."""
+
+    url: str
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | bytearray | memoryview,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        expiry_s: float | None = None,
+    ) -> None:
+        """Send ``payload``. QoS 1 waits for the broker's acknowledgement and raises
+        :class:`~schemas.errors.PublishRejected` with its reason code when refused."""
+
+    async def subscribe(self, pattern: str, *, group: str | None = None, qos: int = 1) -> None:
+        """Receive messages matching ``pattern``; with ``group``, share them round-robin with
+        the other members of that group (MQTT ``$share/group/pattern``)."""
+
+    async def recv(self) -> Message:
+        """The next message; raises :class:`TransportError` once closed."""
+
+    def messages(self) -> AsyncIterator[Message]:
+        """Iterate over received messages until the transport closes."""
+
+    def counters(self) -> dict[str, int]:
+        """Monotonic counters, e.g. inbox drops and reconnects."""
+
+    async def close(self) -> None:
+        """Disconnect cleanly (no will is published)."""
+
+
+class Inbox:
+    """A bounded queue of received messages; when full the oldest is dropped and counted.
+
+    ``put`` must run on the loop's thread; vendor threads call ``put_threadsafe``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self._loop = loop
+        self._items: deque[Message] = deque()
+        self._limit = limit
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self.dropped = 0
+        self.received = 0
+
+    def put(self, message: Message) -> None:
+        if self._closed:
+            return
+        self.received += 1
+        if len(self._items) >= self._limit:
+            self._items.popleft()
+            self.dropped += 1
+        self._items.append(message)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def put_threadsafe(self, message: Message) -> None:
+        self._loop.call_soon_threadsafe(self.put, message)
+
+    def close(self) -> None:
+        self._closed = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def get(self) -> Message:
+        while not self._items:
+            if self._closed:
+                raise TransportError("transport closed")
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    def get_nowait(self) -> Message | None:
+        return self._items.popleft() if self._items else None
+
+
+async def iterate(inbox: Inbox) -> AsyncIterator[Message]:
+    """The body of every adapter's ``messages()``."""
+    while True:
+        try:
+            yield await inbox.get()
+        except TransportError:
+            return
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+async def open_transport(url: str, options: TransportOptions) -> Transport:
+    """Connect to the bus at ``url`` (``memory://``, ``mqtt://``, ``mqtts://``, ``zmq://``)."""
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from vlabus.memory import open_memory
+
+        return await open_memory(url, options)
+    if scheme in ("mqtt", "mqtts"):
+        from vlabus.mqtt import open_mqtt
+
+        return await open_mqtt(url, options)
+    if scheme == "zmq":
+        from vlabus.zmq import open_zmq
+
+        return await open_zmq(url, options)
+    raise TransportError(f"unknown bus URL scheme in {url!r}; use memory://, mqtt://, zmq://")

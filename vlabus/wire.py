@@ -1,0 +1,293 @@
+"""The envelope: how every message is framed, compressed, signed and checked.
+
+Wire layout (all integers big-endian)::
+
+    0      2      3            5                5+H           N-64      N
+    | "VB" | 0x01 | H (uint16) | header (H B)   | body         | sig (64) |
+
+* header — a MessagePack map (``Header``): kind, sender, key id, sequence, sender time,
+  absolute deadline, priority, correlation id, body encoding flags, raw body length.
+* body — the MessagePack map of the message (``schemas.messages``), lz4-frame compressed when
+  ``enc & 1`` (only when compression pays).
+* sig — Ed25519 over ``SIGNING_CONTEXT + BLAKE3-256(bytes 0..N-64)``. BLAKE3 hashes at memory
+  speed (300 KB in ~33 µs here, SHA-256 ~150 µs), so large frames sign and verify in roughly the
+  time of one Ed25519 operation on 57 bytes.
+
+:class:`Encoder` and :class:`Decoder` are the only entry points. Decoding runs the cheap steps
+first: size cap → header with strict limits → key lookup → identity → signature → replay guard
+→ bounded decompression → typed decode. Every failure is a :class:`~schemas.errors.WireError`
+carrying its reason.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import lz4.frame
+import msgspec
+
+from schemas.errors import (
+    DecompressLimitError,
+    IdentityMismatchError,
+    MalformedError,
+    SchemaError,
+    SignatureError,
+    TooLargeError,
+    UnknownKeyError,
+    UnsupportedError,
+)
+from schemas.messages import KIND_OF, KINDS, Message, Priority
+from security.keys import Keyring, Role, Signer
+from security.replay import ReplayGuard
+
+MAGIC = b"VB"
+VERSION = 1
+PREFIX_SIZE = 5
+SIGNATURE_SIZE = 64
+ENC_LZ4 = 1
+KNOWN_ENC = ENC_LZ4
+_PREFIX = struct.Struct(">2sBH")
+
+Clock = Callable[[], int]
+
+
+class Header(msgspec.Struct, frozen=True, kw_only=True):
+    """Envelope header; a MessagePack map with these keys."""
+
+    kind: Annotated[str, msgspec.Meta(max_length=32)]
+    sender: Annotated[str, msgspec.Meta(max_length=64)]
+    key: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16}$")]
+    seq: Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+    sent_ns: Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+    deadline_ns: Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)] = 0
+    priority: Annotated[int, msgspec.Meta(ge=0, le=4)] = Priority.NORMAL
+    corr: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    enc: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
+    raw_len: Annotated[int, msgspec.Meta(ge=0, lt=1 << 40)] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Caps on what one envelope may cost a receiver."""
+
+    max_envelope: int = 16 << 20
+    max_header: int = 1024
+    max_body: int = 16 << 20
+
+
+#: Roles allowed to send each kind, and the body field that must equal the sender's identity.
+SENDER_ROLES: dict[str, frozenset[Role]] = {
+    "frame": frozenset({"robot"}),
+    "task": frozenset({"robot"}),
+    "action": frozenset({"worker"}),
+    "task_result": frozenset({"worker"}),
+    "model_manifest": frozenset({"release"}),
+    "model_chunk": frozenset({"release"}),
+    "status": frozenset({"robot", "worker", "release", "replay"}),
+}
+IDENTITY_FIELD: dict[str, str] = {
+    "frame": "robot_id",
+    "task": "robot_id",
+    "action": "worker_id",
+    "task_result": "worker_id",
+    "status": "client_id",
+}
+#: Kinds that are retained or long-lived: no clock-skew check (manifests carry an expiry).
+UNTIMED_KINDS = frozenset({"status", "model_manifest", "model_chunk"})
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message that passed every check, with its header and the exact bytes received."""
+
+    header: Header
+    message: Message
+    wire: bytes | memoryview
+    role: Role
+
+
+class Encoder:
+    """Frames, compresses and signs messages for one sender; owns its sequence counter.
+
+    The sequence starts at the wall clock in microseconds, so a restarted sender continues above
+    its previous session without keeping state on disk.
+    """
+
+    def __init__(
+        self,
+        signer: Signer,
+        *,
+        compress: Literal["auto", "always", "never"] = "auto",
+        clock: Clock = time.time_ns,
+    ) -> None:
+        self.signer = signer
+        self.compress = compress
+        self._clock = clock
+        self._seq = clock() // 1000
+        self._body = msgspec.msgpack.Encoder()
+        self._header = msgspec.msgpack.Encoder()
+        self._skip: dict[str, int] = {}
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def encode(
+        self,
+        message: Message,
+        *,
+        deadline_ns: int = 0,
+        priority: int = Priority.NORMAL,
+        corr: str = "",
+        sent_ns: int | None = None,
+    ) -> bytes:
+        """Return the signed envelope bytes for ``message``."""
+        kind = KIND_OF[type(message)]
+        body: bytes = self._body.encode(message)
+        raw_len = len(body)
+        enc = 0
+        if self._should_compress(kind, raw_len):
+            packed = lz4.frame.compress(body, store_size=True)
+            if len(packed) * 10 < raw_len * 9:  # pays only when it saves at least 10 %
+                body, enc = packed, ENC_LZ4
+            elif self.compress == "auto":
+                self._skip[kind] = 64  # camera bytes rarely compress: stop trying for a while
+        header = self._header.encode(Header(
+            kind=kind, sender=self.signer.identity, key=self.signer.key_id, seq=self.next_seq(),
+            sent_ns=self._clock() if sent_ns is None else sent_ns, deadline_ns=deadline_ns,
+            priority=priority, corr=corr, enc=enc, raw_len=raw_len,
+        ))
+        if len(header) > 0xFFFF:
+            raise TooLargeError("header", 0xFFFF, len(header))
+        prefix = _PREFIX.pack(MAGIC, VERSION, len(header)) + header
+        return b"".join((prefix, body, self.signer.sign(prefix, body)))
+
+    def _should_compress(self, kind: str, size: int) -> bool:
+        if self.compress == "never" or size < 256:
+            return False
+        if self.compress == "always":
+            return True
+        left = self._skip.get(kind, 0)
+        if left:
+            self._skip[kind] = left - 1
+            return False
+        return True
+
+
+@dataclass
+class Decoder:
+    """Checks and decodes envelopes; see the module docstring for the order of the steps.
+
+    ``sender_roles`` may widen who may send a kind (a worker in replay mode adds ``replay`` to
+    frames); nothing is ever accepted without a verified signature.
+    """
+
+    keyring: Keyring
+    guard: ReplayGuard | None = None
+    limits: Limits = field(default_factory=Limits)
+    sender_roles: dict[str, frozenset[Role]] = field(default_factory=lambda: dict(SENDER_ROLES))
+    _decoders: dict[str, msgspec.msgpack.Decoder[Any]] = field(init=False, repr=False)
+    _header: msgspec.msgpack.Decoder[Header] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._decoders = {kind: msgspec.msgpack.Decoder(cls) for kind, cls in KINDS.items()}
+        self._header = msgspec.msgpack.Decoder(Header)
+
+    def decode(self, data: bytes | memoryview) -> Received:
+        """Return the verified message in ``data`` or raise a ``WireError``."""
+        view = memoryview(data)
+        size = len(view)
+        header = self.read_header(view)
+        key = self.keyring.get(header.key)
+        if key is None:
+            raise UnknownKeyError(header.key)
+        if key.identity != header.sender:
+            raise IdentityMismatchError(
+                f"key {header.key} belongs to {key.identity!r}, header says {header.sender!r}")
+        if key.role not in self.sender_roles.get(header.kind, ()):
+            raise IdentityMismatchError(f"a {key.role} key may not send {header.kind!r}")
+        signed = view[: size - SIGNATURE_SIZE]
+        if not key.verify(view[size - SIGNATURE_SIZE:], signed):
+            raise SignatureError(header.sender)
+        if self.guard is not None:
+            self.guard.admit(
+                header.key, header.seq, bytes(view[size - SIGNATURE_SIZE:]),
+                sent_ns=None if header.kind in UNTIMED_KINDS else header.sent_ns)
+        body = self._open_body(header, view[PREFIX_SIZE + _header_len(view): size - SIGNATURE_SIZE])
+        try:
+            message = self._decoders[header.kind].decode(body)
+        except msgspec.ValidationError as exc:
+            raise SchemaError(str(exc), _path_of(exc)) from exc
+        except msgspec.DecodeError as exc:
+            raise SchemaError(f"body is not MessagePack: {exc}", "$") from exc
+        ident = IDENTITY_FIELD.get(header.kind)
+        if ident is not None and key.role != "replay" and getattr(message, ident) != key.identity:
+            raise IdentityMismatchError(
+                f"{ident}={getattr(message, ident)!r} but signed by {key.identity!r}")
+        return Received(header, message, data, key.role)
+
+    def read_header(self, view: memoryview) -> Header:
+        """Size cap and strict header parse only (no key, no signature)."""
+        size = len(view)
+        if size > self.limits.max_envelope:
+            raise TooLargeError("envelope", self.limits.max_envelope, size)
+        if size < PREFIX_SIZE + SIGNATURE_SIZE:
+            raise MalformedError(f"{size} bytes is shorter than any envelope")
+        magic, version, header_len = _PREFIX.unpack_from(view)
+        if magic != MAGIC:
+            raise MalformedError(f"bad magic {bytes(magic)!r}")
+        if version != VERSION:
+            raise UnsupportedError(f"envelope version {version}, this build reads {VERSION}")
+        if header_len > self.limits.max_header:
+            raise TooLargeError("header", self.limits.max_header, header_len)
+        if PREFIX_SIZE + header_len + SIGNATURE_SIZE > size:
+            raise MalformedError(f"header length {header_len} runs past the end ({size} bytes)")
+        try:
+            header = self._header.decode(view[PREFIX_SIZE: PREFIX_SIZE + header_len])
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise MalformedError(f"bad header: {exc}") from exc
+        if header.kind not in KINDS:
+            raise UnsupportedError(f"unknown kind {header.kind!r}")
+        if header.enc & ~KNOWN_ENC:
+            raise UnsupportedError(f"unknown body encoding flags 0x{header.enc:02x}")
+        return header
+
+    def _open_body(self, header: Header, body: memoryview) -> memoryview | bytes:
+        cap = self.limits.max_body
+        if not header.enc & ENC_LZ4:
+            if len(body) != header.raw_len:
+                raise MalformedError(f"body is {len(body)} bytes, header says {header.raw_len}")
+            return body
+        if header.raw_len > cap:
+            raise DecompressLimitError(f"declared body of {header.raw_len} bytes exceeds {cap}")
+        try:
+            info = lz4.frame.get_frame_info(body)
+        except RuntimeError as exc:
+            raise MalformedError(f"bad lz4 frame: {exc}") from exc
+        if info["content_size"] != header.raw_len:
+            raise DecompressLimitError(
+                f"lz4 frame declares {info['content_size']} bytes, header {header.raw_len}")
+        decompressor = lz4.frame.LZ4FrameDecompressor()
+        try:
+            out: bytes = decompressor.decompress(body, max_length=header.raw_len)
+        except RuntimeError as exc:
+            raise MalformedError(f"lz4 body does not decompress: {exc}") from exc
+        if len(out) != header.raw_len or not decompressor.eof:
+            raise DecompressLimitError(
+                f"lz4 body yields more or less than the declared {header.raw_len} bytes")
+        return out
+
+
+def _header_len(view: memoryview) -> int:
+    return int(_PREFIX.unpack_from(view)[2])
+
+
+def _path_of(exc: msgspec.ValidationError) -> str:
+    text = str(exc)
+    marker = "at `"
+    start = text.rfind(marker)
+    return text[start + len(marker): text.rfind("`")] if start >= 0 else "$"
