@@ -34,7 +34,7 @@ class NDArray(msgspec.Struct, frozen=True, kw_only=True):
     data: memoryview
 
 
-def pack_array(array: np.ndarray) -> NDArray:  # type: ignore[type-arg]
+def pack_array(array: np.ndarray) -> NDArray:
     """Wrap ``array`` for the wire without copying when it is already C-contiguous LE."""
     name = array.dtype.name
     if name not in DTYPES:
@@ -44,13 +44,13 @@ def pack_array(array: np.ndarray) -> NDArray:  # type: ignore[type-arg]
     wire_dtype = DTYPES[name]
     if array.dtype != wire_dtype or not array.flags.c_contiguous:
         array = np.ascontiguousarray(array, dtype=wire_dtype)
-    data = memoryview(array).cast("B") if array.size else memoryview(b"")
+    data = array.data.cast("B") if array.size else memoryview(b"")
     return NDArray(dtype=name, shape=list(array.shape), data=data)
 
 
 def unpack_array(
     packed: NDArray, *, path: str = "array", max_elements: int = 1 << 26
-) -> np.ndarray:  # type: ignore[type-arg]
+) -> np.ndarray:
     """Return a read-only numpy view over ``packed.data``; checks dtype, shape and length."""
     wire_dtype = DTYPES.get(packed.dtype)
     if wire_dtype is None:
@@ -61,7 +61,8 @@ def unpack_array(
     expected = count * wire_dtype.itemsize
     if len(packed.data) != expected:
         raise SchemaError(
-            f"shape {packed.shape} of {packed.dtype} needs {expected} bytes, got {len(packed.data)}",
+            f"shape {packed.shape} of {packed.dtype} needs {expected} bytes, "
+            f"got {len(packed.data)}",
             f"{path}.data",
         )
     return np.frombuffer(packed.data, dtype=wire_dtype).reshape(packed.shape)

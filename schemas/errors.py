@@ -15,7 +15,8 @@ Every error the bus raises on purpose derives from :class:`BusError`::
     │   └── SchemaError(path)            reason "schema"
     ├── KeyringError                     missing or unreadable key files
     └── TransportError                   the bus could not carry a message
-        └── PublishRejected(code)        the broker refused a publish (MQTT 5 reason code)
+        ├── PublishRejected(code)        the broker refused a publish (MQTT 5 reason code)
+        └── SubscribeRejected(code)      the broker refused a subscription (MQTT 5 reason code)
 
 Third-party errors are translated at the boundary with ``raise ... from exc``.
 """
@@ -122,10 +123,19 @@ class TransportError(BusError):
     """The bus could not carry a message (not connected, closed, refused)."""
 
 
-class PublishRejected(TransportError):
+class PublishRejected(TransportError):  # noqa: N818 (public name others use)
     """The broker refused a publish; ``code`` is the MQTT 5 reason code."""
 
     def __init__(self, topic: str, code: int, name: str = "") -> None:
         super().__init__(f"publish to {topic!r} refused: 0x{code:02x} {name}".rstrip())
         self.topic = topic
+        self.code = code
+
+
+class SubscribeRejected(TransportError):  # noqa: N818 (pairs with PublishRejected)
+    """The broker refused a subscription; ``code`` is the MQTT 5 SUBACK reason code."""
+
+    def __init__(self, pattern: str, code: int, name: str = "") -> None:
+        super().__init__(f"subscribe to {pattern!r} refused: 0x{code:02x} {name}".rstrip())
+        self.pattern = pattern
         self.code = code

@@ -1,6 +1,6 @@
-"""Camera images on the wire: raw uint8 H×W×C (lossless) or JPEG at a chosen quality.
+"""Camera images on the wire: raw uint8 HxWxC (lossless) or JPEG at a chosen quality.
 
-Raw camera photos barely compress with lz4 (about 1.1×), so bandwidth-bound fleets pick JPEG
+Raw camera photos barely compress with lz4 (about 1.1x), so bandwidth-bound fleets pick JPEG
 per camera. JPEG goes through libjpeg-turbo (``simplejpeg``); its header is read, and its size
 checked, before any pixel is decoded.
 """
@@ -31,20 +31,20 @@ class Image(msgspec.Struct, frozen=True, kw_only=True):
     quality: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
 
 
-def encode_image(pixels: np.ndarray, codec: Codec = "raw", quality: int = 85) -> Image:  # type: ignore[type-arg]
-    """Pack an H×W×C (or H×W) uint8 image with ``codec``."""
+def encode_image(pixels: np.ndarray, codec: Codec = "raw", quality: int = 85) -> Image:
+    """Pack an HxWxC (or HxW) uint8 image with ``codec``."""
     if pixels.dtype != np.uint8:
         raise SchemaError(f"images are uint8, got {pixels.dtype}", "image.dtype")
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if pixels.ndim != 3:
-        raise SchemaError(f"images are H×W×C, got shape {pixels.shape}", "image.shape")
+        raise SchemaError(f"images are HxWxC, got shape {pixels.shape}", "image.shape")
     height, width, channels = pixels.shape
     if codec == "raw":
         if not pixels.flags.c_contiguous:
             pixels = np.ascontiguousarray(pixels)
         return Image(codec="raw", height=height, width=width, channels=channels,
-                     data=memoryview(pixels).cast("B"))
+                     data=pixels.data.cast("B"))
     if codec == "jpeg":
         if channels not in (1, 3):
             raise SchemaError(f"JPEG takes 1 or 3 channels, got {channels}", "image.channels")
@@ -57,8 +57,8 @@ def encode_image(pixels: np.ndarray, codec: Codec = "raw", quality: int = 85) ->
     raise SchemaError(f"unknown image codec {codec!r}", "image.codec")
 
 
-def decode_image(image: Image, *, path: str = "image") -> np.ndarray:  # type: ignore[type-arg]
-    """Return the H×W×C uint8 pixels (a read-only view for raw images)."""
+def decode_image(image: Image, *, path: str = "image") -> np.ndarray:
+    """Return the HxWxC uint8 pixels (a read-only view for raw images)."""
     if image.codec == "raw":
         expected = image.height * image.width * image.channels
         if len(image.data) != expected:
@@ -67,6 +67,9 @@ def decode_image(image: Image, *, path: str = "image") -> np.ndarray:  # type: i
                 f"got {len(image.data)}", f"{path}.data")
         return np.frombuffer(image.data, dtype=np.uint8).reshape(
             image.height, image.width, image.channels)
+    if image.channels not in (1, 3):
+        raise SchemaError(f"JPEG images have 1 or 3 channels, not {image.channels}",
+                          f"{path}.channels")
     data = bytes(image.data)
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
@@ -80,4 +83,4 @@ def decode_image(image: Image, *, path: str = "image") -> np.ndarray:  # type: i
         pixels = simplejpeg.decode_jpeg(data, colorspace=colorspace)
     except ValueError as exc:
         raise SchemaError(f"JPEG does not decode: {exc}", f"{path}.data") from exc
-    return pixels.reshape(image.height, image.width, image.channels)
+    return np.asarray(pixels).reshape(image.height, image.width, image.channels)

@@ -60,7 +60,7 @@ class TaskRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Action(msgspec.Struct, frozen=True, kw_only=True):
-    """A policy's answer to one frame: a D action or an H×D chunk executed every ``period_ns``.
+    """A policy's answer to one frame: a D action or an HxD chunk executed every ``period_ns``.
 
     The timing fields are durations measured on the worker's own clock, so the robot can split
     its round trip into robot, transport and worker parts without synchronised clocks.

@@ -7,6 +7,8 @@ Layout of a keyring directory (one folder per role, one PEM pair per identity)::
     DIR/worker/worker-1.pub.pem
     DIR/release/release.pub.pem
     DIR/replay/replay.pub.pem
+    DIR/pool/gpu.pub.pem          X25519 public key of worker pool "gpu" (optional sealing)
+    DIR/pool/gpu.key.pem          X25519 private key (0600), only on that pool's workers
 
 A key id is the first 16 hex digits of SHA-256 over the raw 32-byte public key. A robot's
 machine needs its own private key and the public keys of workers and release signers; a worker
@@ -26,12 +28,18 @@ import blake3
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from schemas.errors import KeyringError
 from schemas.topics import check_id
+from security.seal import PoolKey, PoolSecret
 
 Role = Literal["robot", "worker", "release", "replay"]
 ROLES: tuple[Role, ...] = ("robot", "worker", "release", "replay")
+#: The folder of X25519 pool keys used to seal bodies; not a signing role.
+POOL = "pool"
+#: Every folder of a keyring directory (``vlabus keys add`` accepts each).
+KEY_ROLES: tuple[str, ...] = (*ROLES, POOL)
 
 #: Signatures cover this context string followed by the BLAKE3 digest of the signed bytes.
 SIGNING_CONTEXT = b"vlabus/v1 ed25519-blake3\x00"
@@ -99,6 +107,13 @@ class Keyring:
             self.add(key)
 
     def add(self, key: PublicKey) -> None:
+        """Trust ``key``; one key may not serve two identities or roles (a robot key copied
+        into ``release/`` would otherwise let that robot sign model releases)."""
+        known = self._by_id.get(key.key_id)
+        if known is not None and (known.role, known.identity) != (key.role, key.identity):
+            raise KeyringError(
+                f"key {key.key_id} is both {known.role}/{known.identity} and "
+                f"{key.role}/{key.identity}")
         self._by_id[key.key_id] = key
 
     def get(self, key_id: str) -> PublicKey | None:
@@ -134,7 +149,7 @@ class Keyring:
 def init_keyring(directory: str | Path) -> Path:
     """Create the role folders of a keyring directory (idempotent)."""
     root = Path(directory)
-    for role in ROLES:
+    for role in KEY_ROLES:
         (root / role).mkdir(parents=True, exist_ok=True)
     return root
 
@@ -163,16 +178,65 @@ def add_key(directory: str | Path, role: Role, identity: str, *, overwrite: bool
 def load_signer(directory: str | Path, role: Role, identity: str) -> Signer:
     """Load the private key of ``identity``; refuses files readable by group or others."""
     path = Path(directory) / role / f"{identity}.key.pem"
+    key = _read_private(path)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyringError(f"{path} is not an Ed25519 private key")
+    return Signer(key_id_of(key.public_key()), role, identity, key)
+
+
+def add_pool_key(directory: str | Path, pool: str, *, overwrite: bool = False) -> PoolSecret:
+    """Generate the X25519 sealing key of worker pool ``pool`` (private key 0600)."""
+    check_id(pool)
+    folder = init_keyring(directory) / POOL
+    private_path = folder / f"{pool}.key.pem"
+    if private_path.exists() and not overwrite:
+        raise KeyringError(f"{private_path} exists; refusing to replace a key")
+    secret = PoolSecret.generate(pool)
+    _write_private(private_path, secret.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))
+    (folder / f"{pool}.pub.pem").write_bytes(secret.key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ))
+    return secret
+
+
+def load_pool_key(directory: str | Path, pool: str) -> PoolKey:
+    """The public sealing key of ``pool`` (what robots need to seal frames to it)."""
+    path = Path(directory) / POOL / f"{pool}.pub.pem"
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise KeyringError(f"cannot load pool key {path}: {exc}") from exc
+    if not isinstance(key, X25519PublicKey):
+        raise KeyringError(f"{path} is not an X25519 public key")
+    return PoolKey(pool, key)
+
+
+def load_pool_secret(directory: str | Path, pool: str) -> PoolSecret:
+    """The private sealing key of ``pool``; refuses files readable by group or others."""
+    path = Path(directory) / POOL / f"{pool}.key.pem"
+    key = _read_private(path)
+    if not isinstance(key, X25519PrivateKey):
+        raise KeyringError(f"{path} is not an X25519 private key")
+    return PoolSecret(pool, key)
+
+
+def list_pool_keys(directory: str | Path) -> list[PoolKey]:
+    """Every pool public key under ``directory``, sorted by pool name."""
+    folder = Path(directory) / POOL
+    return [load_pool_key(directory, p.name.removesuffix(".pub.pem"))
+            for p in sorted(folder.glob("*.pub.pem"))]
+
+
+def _read_private(path: Path) -> object:
     try:
         mode = path.stat().st_mode
         if mode & 0o077:
             raise KeyringError(f"{path} is readable by others (mode {mode & 0o777:o}); chmod 600")
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        return serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:
         raise KeyringError(f"cannot load private key {path}: {exc}") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyringError(f"{path} is not an Ed25519 private key")
-    return Signer(key_id_of(key.public_key()), role, identity, key)
 
 
 def _read_public(path: Path) -> Ed25519PublicKey:

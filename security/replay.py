@@ -53,7 +53,9 @@ class ReplayGuard:
         if sent_ns > now + self.max_future_ns:
             raise ReplayError(f"sent {(sent_ns - now) / 1e9:.3f} s ahead", reason=Reason.FUTURE)
 
-    def admit(self, sender_key: str, seq: int, signature: bytes, *, sent_ns: int | None = None) -> None:
+    def admit(
+        self, sender_key: str, seq: int, signature: bytes, *, sent_ns: int | None = None
+    ) -> None:
         """Record a verified message or raise :class:`ReplayError` with its reason."""
         if sent_ns is not None:
             self.check_time(sent_ns)

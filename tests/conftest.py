@@ -9,7 +9,7 @@ import pytest
 
 from security.keys import Keyring, Signer, add_key
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.fixtures_zmq", "tests.fixtures_mqtt"]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ["keys", "doctor"]
+COMMANDS = ["keys", "doctor", "record", "replay", "hub", "log", "worker", "model", "demo", "edge"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"vlabus.commands.{name}").register(sub)
+        try:
+            module = importlib.import_module(f"vlabus.commands.{name}")
+        except ImportError as exc:
+            # A foreign `schemas`/`security` on sys.path breaks these imports; keep the other
+            # commands, `vlabus doctor` above all, usable so it can say what is wrong.
+            print(f"vlabus: command {name!r} unavailable: {exc!r} (run `vlabus doctor`)",
+                  file=sys.stderr)
+            continue
+        module.register(sub)
     return parser
 
 

@@ -8,15 +8,16 @@ Wire layout (all integers big-endian)::
 * header — a MessagePack map (``Header``): kind, sender, key id, sequence, sender time,
   absolute deadline, priority, correlation id, body encoding flags, raw body length.
 * body — the MessagePack map of the message (``schemas.messages``), lz4-frame compressed when
-  ``enc & 1`` (only when compression pays).
+  ``enc & 1`` (only when compression pays), then sealed to a worker pool's X25519 key when
+  ``enc & 2`` (``security.seal``; encrypt, then sign).
 * sig — Ed25519 over ``SIGNING_CONTEXT + BLAKE3-256(bytes 0..N-64)``. BLAKE3 hashes at memory
   speed (300 KB in ~33 µs here, SHA-256 ~150 µs), so large frames sign and verify in roughly the
   time of one Ed25519 operation on 57 bytes.
 
 :class:`Encoder` and :class:`Decoder` are the only entry points. Decoding runs the cheap steps
 first: size cap → header with strict limits → key lookup → identity → signature → replay guard
-→ bounded decompression → typed decode. Every failure is a :class:`~schemas.errors.WireError`
-carrying its reason.
+→ unseal → bounded decompression → typed decode. Every failure is a
+:class:`~schemas.errors.WireError` carrying its reason.
 """
 
 from __future__ import annotations
@@ -43,16 +44,23 @@ from schemas.errors import (
 from schemas.messages import KIND_OF, KINDS, Message, Priority
 from security.keys import Keyring, Role, Signer
 from security.replay import ReplayGuard
+from security.seal import OVERHEAD as SEAL_OVERHEAD
+from security.seal import Opener, PoolKey, Sealer
 
 MAGIC = b"VB"
 VERSION = 1
 PREFIX_SIZE = 5
 SIGNATURE_SIZE = 64
 ENC_LZ4 = 1
-KNOWN_ENC = ENC_LZ4
+ENC_SEAL = 2
+KNOWN_ENC = ENC_LZ4 | ENC_SEAL
 _PREFIX = struct.Struct(">2sBH")
 
 Clock = Callable[[], int]
+#: What msgspec raises on bytes it cannot read: invalid or mistyped MessagePack (``DecodeError``
+#: and its ``ValidationError``), invalid UTF-8 in a string (``UnicodeDecodeError``, not a
+#: ``DecodeError``) and nesting past its recursion limit (``RecursionError``).
+_UNREADABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 class Header(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,6 +85,11 @@ class Limits:
     max_envelope: int = 16 << 20
     max_header: int = 1024
     max_body: int = 16 << 20
+
+
+_MAX_BODY = Limits().max_body
+_SKIP_FIRST = 16  # after lz4 fails to pay, skip it for this many messages of the kind...
+_SKIP_MAX = 1024  # ...doubling on each further failure up to this (~20 s at 50 Hz)
 
 
 #: Roles allowed to send each kind, and the body field that must equal the sender's identity.
@@ -114,7 +127,13 @@ class Encoder:
     """Frames, compresses and signs messages for one sender; owns its sequence counter.
 
     The sequence starts at the wall clock in microseconds, so a restarted sender continues above
-    its previous session without keeping state on disk.
+    its previous session without keeping state on disk; ``start_seq`` fixes the first sequence
+    number instead (golden vectors, tests). ``seal_to`` encrypts every body to a worker pool's
+    key (a ``PoolKey``, or a ``Sealer`` when the caller manages the ephemeral key).
+
+    The body is encoded into one reusable buffer (it grows to the largest message sent), so a
+    frame's image bytes are copied twice per envelope: into that buffer and into the result.
+    Not thread-safe: one Encoder per sending task.
     """
 
     def __init__(
@@ -123,14 +142,19 @@ class Encoder:
         *,
         compress: Literal["auto", "always", "never"] = "auto",
         clock: Clock = time.time_ns,
+        start_seq: int | None = None,
+        seal_to: PoolKey | Sealer | None = None,
     ) -> None:
         self.signer = signer
         self.compress = compress
         self._clock = clock
-        self._seq = clock() // 1000
+        self._seq = clock() // 1000 if start_seq is None else start_seq - 1
+        self._sealer = Sealer(seal_to) if isinstance(seal_to, PoolKey) else seal_to
         self._body = msgspec.msgpack.Encoder()
         self._header = msgspec.msgpack.Encoder()
-        self._skip: dict[str, int] = {}
+        self._buffer = bytearray()
+        self._skip: dict[str, int] = {}  # per kind: messages left before lz4 is tried again
+        self._backoff: dict[str, int] = {}  # per kind: the last skip length
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -145,26 +169,41 @@ class Encoder:
         corr: str = "",
         sent_ns: int | None = None,
     ) -> bytes:
-        """Return the signed envelope bytes for ``message``."""
+        """Return the signed envelope bytes for ``message``.
+
+        Raises ``SchemaError`` for a correlation id over 64 characters and ``TooLargeError``
+        for a body over the default envelope cap: receivers would refuse either.
+        """
         kind = KIND_OF[type(message)]
-        body: bytes = self._body.encode(message)
-        raw_len = len(body)
-        enc = 0
-        if self._should_compress(kind, raw_len):
-            packed = lz4.frame.compress(body, store_size=True)
-            if len(packed) * 10 < raw_len * 9:  # pays only when it saves at least 10 %
-                body, enc = packed, ENC_LZ4
-            elif self.compress == "auto":
-                self._skip[kind] = 64  # camera bytes rarely compress: stop trying for a while
-        header = self._header.encode(Header(
-            kind=kind, sender=self.signer.identity, key=self.signer.key_id, seq=self.next_seq(),
-            sent_ns=self._clock() if sent_ns is None else sent_ns, deadline_ns=deadline_ns,
-            priority=priority, corr=corr, enc=enc, raw_len=raw_len,
-        ))
-        if len(header) > 0xFFFF:
-            raise TooLargeError("header", 0xFFFF, len(header))
-        prefix = _PREFIX.pack(MAGIC, VERSION, len(header)) + header
-        return b"".join((prefix, body, self.signer.sign(prefix, body)))
+        if len(corr) > 64:
+            raise SchemaError(f"correlation id of {len(corr)} characters, at most 64", "corr")
+        self._body.encode_into(message, self._buffer)
+        with memoryview(self._buffer) as raw:
+            raw_len = len(raw)
+            if raw_len > _MAX_BODY:
+                raise TooLargeError("body", _MAX_BODY, raw_len)
+            body: bytes | memoryview = raw
+            enc = 0
+            if self._should_compress(kind, raw_len):
+                packed = lz4.frame.compress(raw, store_size=True)
+                if len(packed) * 10 < raw_len * 9:  # pays only when it saves at least 10 %
+                    body, enc = packed, ENC_LZ4
+                    self._backoff[kind] = 0
+                elif self.compress == "auto":
+                    # camera bytes rarely compress: stop trying for a while, longer each time
+                    wait = min(max(2 * self._backoff.get(kind, 0), _SKIP_FIRST), _SKIP_MAX)
+                    self._backoff[kind] = self._skip[kind] = wait
+            if self._sealer is not None:
+                enc |= ENC_SEAL
+            header = self._header.encode(Header(
+                kind=kind, sender=self.signer.identity, key=self.signer.key_id,
+                seq=self.next_seq(), sent_ns=self._clock() if sent_ns is None else sent_ns,
+                deadline_ns=deadline_ns, priority=priority, corr=corr, enc=enc, raw_len=raw_len,
+            ))
+            prefix = _PREFIX.pack(MAGIC, VERSION, len(header)) + header
+            if self._sealer is not None:
+                body = self._sealer.seal(body, prefix)
+            return b"".join((prefix, body, self.signer.sign(prefix, body)))
 
     def _should_compress(self, kind: str, size: int) -> bool:
         if self.compress == "never" or size < 256:
@@ -183,13 +222,15 @@ class Decoder:
     """Checks and decodes envelopes; see the module docstring for the order of the steps.
 
     ``sender_roles`` may widen who may send a kind (a worker in replay mode adds ``replay`` to
-    frames); nothing is ever accepted without a verified signature.
+    frames); nothing is ever accepted without a verified signature. ``opener`` holds the pool
+    keys that open sealed bodies; without one a sealed body is ``unsupported``.
     """
 
     keyring: Keyring
     guard: ReplayGuard | None = None
     limits: Limits = field(default_factory=Limits)
     sender_roles: dict[str, frozenset[Role]] = field(default_factory=lambda: dict(SENDER_ROLES))
+    opener: Opener | None = None
     _decoders: dict[str, msgspec.msgpack.Decoder[Any]] = field(init=False, repr=False)
     _header: msgspec.msgpack.Decoder[Header] = field(init=False, repr=False)
 
@@ -217,13 +258,9 @@ class Decoder:
             self.guard.admit(
                 header.key, header.seq, bytes(view[size - SIGNATURE_SIZE:]),
                 sent_ns=None if header.kind in UNTIMED_KINDS else header.sent_ns)
-        body = self._open_body(header, view[PREFIX_SIZE + _header_len(view): size - SIGNATURE_SIZE])
-        try:
-            message = self._decoders[header.kind].decode(body)
-        except msgspec.ValidationError as exc:
-            raise SchemaError(str(exc), _path_of(exc)) from exc
-        except msgspec.DecodeError as exc:
-            raise SchemaError(f"body is not MessagePack: {exc}", "$") from exc
+        body_at = PREFIX_SIZE + _header_len(view)
+        body = self._open_body(header, view[body_at: size - SIGNATURE_SIZE], view[:body_at])
+        message = self._decode_body(header.kind, body)
         ident = IDENTITY_FIELD.get(header.kind)
         if ident is not None and key.role != "replay" and getattr(message, ident) != key.identity:
             raise IdentityMismatchError(
@@ -248,16 +285,45 @@ class Decoder:
             raise MalformedError(f"header length {header_len} runs past the end ({size} bytes)")
         try:
             header = self._header.decode(view[PREFIX_SIZE: PREFIX_SIZE + header_len])
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise MalformedError(f"bad header: {exc}") from exc
+        except _UNREADABLE as exc:  # ValidationError is a DecodeError
+            raise MalformedError(f"bad header: {exc!r}") from exc
         if header.kind not in KINDS:
             raise UnsupportedError(f"unknown kind {header.kind!r}")
         if header.enc & ~KNOWN_ENC:
             raise UnsupportedError(f"unknown body encoding flags 0x{header.enc:02x}")
         return header
 
-    def _open_body(self, header: Header, body: memoryview) -> memoryview | bytes:
+    def parse_unverified(self, data: bytes | memoryview) -> tuple[Header, Message]:
+        """Header, bounded decompression and typed decode with NO key, signature or replay
+        check: for offline tools reading a local log without its keyring (``vlabus log cat``).
+        Never use it on a receive path."""
+        view = memoryview(data)
+        header = self.read_header(view)
+        body_at = PREFIX_SIZE + _header_len(view)
+        body = self._open_body(header, view[body_at: len(view) - SIGNATURE_SIZE], view[:body_at])
+        return header, self._decode_body(header.kind, body)
+
+    def _decode_body(self, kind: str, body: memoryview | bytes) -> Message:
+        try:
+            message: Message = self._decoders[kind].decode(body)
+        except msgspec.ValidationError as exc:
+            raise SchemaError(str(exc), _path_of(exc)) from exc
+        except _UNREADABLE as exc:
+            raise SchemaError(f"body is not readable MessagePack: {exc!r}", "$") from exc
+        return message
+
+    def _open_body(
+        self, header: Header, body: memoryview | bytes, aad: memoryview
+    ) -> memoryview | bytes:
         cap = self.limits.max_body
+        if header.enc & ENC_SEAL:
+            if self.opener is None:
+                raise UnsupportedError("sealed body, and this decoder holds no pool key")
+            if not header.enc & ENC_LZ4 and len(body) - SEAL_OVERHEAD != header.raw_len:
+                raise MalformedError(
+                    f"sealed body holds {len(body) - SEAL_OVERHEAD} bytes, header says "
+                    f"{header.raw_len}")
+            body = self.opener.open(body, aad)
         if not header.enc & ENC_LZ4:
             if len(body) != header.raw_len:
                 raise MalformedError(f"body is {len(body)} bytes, header says {header.raw_len}")

@@ -7,8 +7,8 @@ them wins the import, every message would be decoded by foreign code.
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.metadata as md
+import importlib.util
 import json
 import platform
 import shutil
@@ -28,14 +28,26 @@ def register(sub: Any) -> None:
 
 
 def shadowed_packages() -> list[str]:
-    """Problems where one of our top-level packages resolves outside this installation."""
-    home = Path(importlib.import_module("vlabus").__file__ or "").resolve().parent.parent
+    """Problems where one of our top-level packages resolves outside this installation.
+
+    Locates each package with ``find_spec`` rather than importing it, so a foreign package's
+    import-time code never runs here.
+    """
+    home = Path(__file__).resolve().parents[2]
     problems = []
     owners = md.packages_distributions()
     for name in OWN_PACKAGES:
-        module = importlib.import_module(name)
-        where = Path(module.__file__ or "").resolve().parent
-        if where.parent != home:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError) as exc:
+            problems.append(f"`{name}` cannot be located: {exc!r}")
+            continue
+        if spec is None or spec.origin is None:
+            problems.append(f"`{name}` is not installed (or is a namespace package)")
+            continue
+        origin = Path(spec.origin).resolve()
+        where = origin.parent if origin.name == "__init__.py" else origin
+        if where.parent != home or origin.name != "__init__.py":
             problems.append(f"`{name}` imports from {where}, not from vlabus at {home}")
         others = sorted(set(owners.get(name, [])) - {"vlabus"})
         if others:
@@ -60,14 +72,14 @@ def run(args: argparse.Namespace) -> int:
         "problems": shadowed_packages(),
     }
     try:
-        import zmq
+        import zmq  # noqa: PLC0415 (heavy: only when the command runs)
 
         report["libzmq"] = zmq.zmq_version()
         report["curve"] = bool(zmq.has("curve"))
     except ImportError:
         report["libzmq"] = None
     try:
-        import torch
+        import torch  # noqa: PLC0415 (heavy: only when the command runs)
 
         report["cuda"] = torch.cuda.is_available()
     except ImportError:

@@ -1,13 +1,18 @@
-"""``vlabus keys init|add|list``: the Ed25519 keyring directory."""
+"""``vlabus keys init|add|list``: the keyring directory.
+
+Roles robot, worker, release and replay hold Ed25519 signing identities; ``pool`` holds a worker
+pool's X25519 key for optional end-to-end body sealing (see ``security.seal``).
+
+``schemas`` and ``security`` are imported inside the handlers, so a shadowed install still
+builds the parser and ``vlabus doctor`` can report it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, cast
-
-from schemas.errors import BusError
-from security.keys import ROLES, Keyring, Role, add_key, init_keyring
+import sys
+from typing import Any
 
 
 def register(sub: Any) -> None:
@@ -18,8 +23,9 @@ def register(sub: Any) -> None:
     init.add_argument("dir")
     init.set_defaults(func=_init)
 
-    add = keys.add_parser("add", help="generate a key pair for an identity")
-    add.add_argument("role", choices=ROLES)
+    add = keys.add_parser("add", help="generate a key pair for an identity or a worker pool")
+    add.add_argument("role", help="robot, worker, release or replay (Ed25519 signing "
+                     "identities), or pool (a worker pool's X25519 sealing key)")
     add.add_argument("id")
     add.add_argument("--dir", required=True)
     add.add_argument("--force", action="store_true", help="replace an existing key")
@@ -32,28 +38,53 @@ def register(sub: Any) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
+    from security.keys import KEY_ROLES, init_keyring  # noqa: PLC0415 (see module docstring)
+
     root = init_keyring(args.dir)
-    print(f"keyring at {root} (roles: {', '.join(ROLES)})")
+    print(f"keyring at {root} (roles: {', '.join(KEY_ROLES)})")
     return 0
 
 
 def _add(args: argparse.Namespace) -> int:
+    from schemas.errors import BusError  # noqa: PLC0415 (see module docstring)
+    from security.keys import (  # noqa: PLC0415
+        KEY_ROLES,
+        POOL,
+        ROLES,
+        add_key,
+        add_pool_key,
+    )
+
+    if args.role not in KEY_ROLES:
+        print(f"vlabus keys add: unknown role {args.role!r}; one of {', '.join(KEY_ROLES)}",
+              file=sys.stderr)
+        return 2
     try:
-        signer = add_key(args.dir, cast(Role, args.role), args.id, overwrite=args.force)
+        if args.role == POOL:
+            secret = add_pool_key(args.dir, args.id, overwrite=args.force)
+            print(f"{POOL} {secret.pool} key {secret.public.key_id.hex()}")
+            return 0
+        role = next(r for r in ROLES if r == args.role)
+        signer = add_key(args.dir, role, args.id, overwrite=args.force)
     except BusError as exc:
-        print(f"vlabus keys add: {exc}")
+        print(f"vlabus keys add: {exc}", file=sys.stderr)
         return 1
     print(f"{signer.role} {signer.identity} key {signer.key_id}")
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
+    from schemas.errors import BusError  # noqa: PLC0415 (see module docstring)
+    from security.keys import POOL, Keyring, list_pool_keys  # noqa: PLC0415
+
     try:
         ring = Keyring.load(args.dir)
+        pools = list_pool_keys(args.dir)
     except BusError as exc:
-        print(f"vlabus keys list: {exc}")
+        print(f"vlabus keys list: {exc}", file=sys.stderr)
         return 1
     rows = [{"role": k.role, "id": k.identity, "key_id": k.key_id} for k in ring]
+    rows += [{"role": POOL, "id": p.pool, "key_id": p.key_id.hex()} for p in pools]
     if args.json:
         print(json.dumps({"keys": rows}))
     else:

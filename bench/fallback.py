@@ -1,0 +1,228 @@
+"""Lateness of the robot's action relative to its deadline, with the cloud dead, slow, healthy.
+
+    python -m bench.fallback --json [--quick] [--steps N] [--deadline-ms D]
+
+A real ZeroMQ hub and a responder run as separate processes (so they do not share the robot's
+GIL); the robot is an :class:`EdgeAgent` with the seeded local reference policy (width 16) and a
+224x224 tabletop camera frame per step, paced at 1.5x the deadline. The responder verifies each
+frame and answers with a signed 16x7 chunk: at once (healthy), after 1.5x the deadline (slow),
+or never (dead). The breaker is switched off so every dead or slow step exercises the deadline
+watchdog and the hedged local inference (with it on, the robot would go local-only after three
+misses and lateness would be ~0 by construction).
+
+Lateness = max(0, time the step's action was ready - its deadline). Floor, measured in the same
+run: the overshoot of a bare asyncio timer set for the same deadlines (what any
+wait-until-deadline costs on this loop), and the local policy's own inference time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MS = 1_000_000
+
+
+def _free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _respond(url: str, keys: str, delay_ms: float) -> None:
+    """The responder process: verify frames, answer after ``delay_ms`` (< 0: never)."""
+    from schemas.arrays import pack_array  # noqa: PLC0415
+    from schemas.messages import Action, Frame  # noqa: PLC0415
+    from schemas.topics import ALL_FRAMES, action_topic  # noqa: PLC0415
+    from security.keys import Keyring, load_signer  # noqa: PLC0415
+    from security.replay import ReplayGuard  # noqa: PLC0415
+    from vlabus.inbound import Rejections, accept  # noqa: PLC0415
+    from vlabus.transport import TransportOptions, open_transport  # noqa: PLC0415
+    from vlabus.wire import Decoder, Encoder  # noqa: PLC0415
+
+    bus = await open_transport(url, TransportOptions(client_id="worker-1"))
+    encoder = Encoder(load_signer(keys, "worker", "worker-1"))
+    decoder = Decoder(Keyring.load(keys), ReplayGuard())
+    rejections = Rejections()
+    await bus.subscribe(ALL_FRAMES, group="workers", qos=0)
+    chunk = pack_array(np.zeros((16, 7), np.float32))
+    print("ready", flush=True)
+    loop = asyncio.get_running_loop()
+
+    async def answer(frame: Frame, corr: str, arrived: int) -> None:
+        if delay_ms > 0:
+            await asyncio.sleep(delay_ms / 1e3)
+        action = Action(robot_id=frame.robot_id, step=frame.step, actions=chunk,
+                        model="default", model_version=0, worker_id="worker-1",
+                        span_ns=time.monotonic_ns() - arrived)
+        await bus.publish(action_topic(frame.robot_id), encoder.encode(action, corr=corr), qos=1)
+
+    async for message in bus.messages():
+        arrived = time.monotonic_ns()
+        received = accept(decoder, message, rejections)
+        if received is None or not isinstance(received.message, Frame) or delay_ms < 0:
+            continue
+        loop.create_task(answer(received.message, received.header.corr, arrived))  # noqa: RUF006
+
+
+def _spawn(args: list[str], ready: str, timeout: float = 20.0) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True,
+                            stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if ready in line:
+            return proc
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError(f"{args} did not start")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def _timer_floor(deadline_ns: int, steps: int) -> list[int]:
+    """Overshoot of a bare asyncio timer for the same deadlines: the cost of waiting at all."""
+    loop = asyncio.get_running_loop()
+    out = []
+    for _ in range(steps):
+        target = time.monotonic_ns() + deadline_ns
+        fired = loop.create_future()
+        loop.call_at(target / 1e9, fired.set_result, None)
+        await fired
+        out.append(max(0, time.monotonic_ns() - target))
+        await asyncio.sleep(deadline_ns / 2e9)
+    return out
+
+
+async def _scenario(url: str, keys: str, deadline_ms: float, steps: int) -> dict[str, Any]:
+    from edge_agent.agent import AgentConfig  # noqa: PLC0415
+    from edge_agent.breaker import BreakerConfig  # noqa: PLC0415
+    from edge_agent.sim import SimRobot, summarize  # noqa: PLC0415
+    from edge_agent.stack import LocalModel, load_identity, open_edge  # noqa: PLC0415
+
+    ring, signer = load_identity(keys, "robot-a")
+    robot = SimRobot()
+    off = BreakerConfig(miss_limit=1 << 30, min_rtt_samples=1 << 30)
+    config = AgentConfig(robot_id="robot-a", deadline_ns=round(deadline_ms * MS), breaker=off)
+    agent = await open_edge(url, keys=ring, signer=signer, config=config,
+                            probe=robot.observe(0), model=LocalModel())
+    loop = asyncio.get_running_loop()
+    period = 1.5 * deadline_ms / 1e3
+    try:
+        for _ in range(20):  # warm-up: connections, caches, the hedge's latency estimate
+            await agent.act(robot.observe(0))
+        agent.stats.__init__()  # type: ignore[misc]  # measure the steady state only
+        start = loop.time()
+        for step in range(steps):
+            delay = start + step * period - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            result = await agent.act(robot.observe(step))
+            if result.action is not None:
+                robot.apply(result.action)
+        await asyncio.sleep(2 * deadline_ms / 1e3)  # let late replies arrive to be counted
+        return summarize(agent)
+    finally:
+        await agent.close()
+        await agent.transport.close()
+
+
+def _pick(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ("steps", "actions_by_source", "fallbacks_by_cause", "lateness_ms", "rtt_ms",
+            "late_replies_discarded", "steps_without_action", "local_inference_ms", "hedges")
+    return {k: summary[k] for k in keys}
+
+
+def run(quick: bool, steps: int | None, deadline_ms: float) -> dict[str, Any]:
+    import torch  # noqa: PLC0415
+
+    from security.keys import add_key  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    steps = steps or (300 if quick else 1000)
+    work = Path(tempfile.mkdtemp(prefix="bench-fallback-"))
+    keys = str(work / "keys")
+    add_key(keys, "robot", "robot-a")
+    add_key(keys, "worker", "worker-1")
+    port = _free_port()
+    url = f"zmq://127.0.0.1:{port}"
+    hub = _spawn(["-m", "vlabus", "hub", "--bind", f"tcp://127.0.0.1:{port}"], "listening")
+    results: dict[str, Any] = {}
+    try:
+        floor = asyncio.run(_timer_floor(round(deadline_ms * MS), min(steps, 300)))
+        for name, delay in (("dead", -1.0), ("slow", 1.5 * deadline_ms), ("healthy", 0.0)):
+            responder = _spawn(["-m", "bench.fallback", "--responder", url, "--keys", keys,
+                                "--delay-ms", str(delay)], "ready")
+            try:
+                results[name] = _pick(asyncio.run(_scenario(url, keys, deadline_ms, steps)))
+            finally:
+                _stop(responder)
+    finally:
+        _stop(hub)
+    floor_p99 = float(np.quantile(np.asarray(floor) / 1e6, 0.99))
+    worst = max(r["lateness_ms"]["p99"] for r in results.values())
+    return {
+        "bench": "fallback",
+        "quick": quick,
+        "steps_per_scenario": steps,
+        "deadline_ms": deadline_ms,
+        "transport": "zmq hub (separate process)",
+        "scenarios": results,
+        "floor": {"asyncio_timer_overshoot_ms": {
+            "p50": round(float(np.quantile(np.asarray(floor) / 1e6, 0.5)), 4),
+            "p99": round(floor_p99, 4), "max": round(max(floor) / 1e6, 4)}},
+        "ratios": {"worst_lateness_p99_vs_timer_p99": round(worst / floor_p99, 3)
+                   if floor_p99 > 0 else None},
+        "target": {"p99_ms": 2.0, "max_ms": 5.0},
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.fallback")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--deadline-ms", type=float, default=None)
+    parser.add_argument("--responder", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--keys", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.responder:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_respond(args.responder, args.keys, args.delay_ms))
+        return 0
+    deadline = args.deadline_ms or (5.0 if args.quick else 10.0)
+    report = run(args.quick, args.steps, deadline)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for name, scenario in report["scenarios"].items():
+            print(name, scenario["lateness_ms"], scenario["actions_by_source"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

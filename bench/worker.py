@@ -1,0 +1,282 @@
+"""Worker throughput: dynamic batching with the reference policy, and the no-op ceiling.
+
+    python -m bench.worker --json [--quick]
+
+Sections (one JSON object on stdout):
+
+* ``policy_floor`` — the raw library floor: ``ReferencePolicy.infer`` alone on 224x224x3
+  frames at batch 1, 4, 16, 32 (frames/s), per device (cpu, and cuda when available).
+* ``batching`` — the whole worker pipeline in process over ``memory://`` (verify, decode, queue,
+  batch, infer on the inference thread, encode, sign) with the reference policy and
+  ``--max-batch`` 1, 4, 16, 32, under a closed-loop load of ``WINDOW`` frames in flight from
+  32 robots. frames/s, p50/p99 of queue wait + inference (from each Action's own fields), the
+  mean batch size, the ratio to max-batch 1 and to the raw policy floor.
+* ``ceiling`` — one real ``vlabus worker --policy noop`` process fed over a real Mosquitto by
+  64 robots (frames encoded and signed ahead of time by this process), closed loop with
+  ``WINDOW_MQTT`` in flight; frames/s and the worker's own ``--json`` summary. Its floor is the
+  single-thread rate of the receive pipeline alone (``Decoder.decode`` of the same frames).
+
+Frames are from ``edge_agent.scene.TabletopScene``; every envelope is distinct (no replays),
+so the worker's replay guard stays on. The robot side reads reply headers without verifying
+signatures: the robot's verify cost is not the worker's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import lz4.frame
+import msgspec
+import numpy as np
+import torch
+
+from cloud_workers.metrics import WorkerMetrics
+from cloud_workers.runner import PolicyRunner
+from cloud_workers.worker import WorkerConfig, open_worker
+from edge_agent.scene import TabletopScene
+from schemas import topics
+from schemas.arrays import pack_array
+from schemas.images import encode_image
+from schemas.messages import Action, Frame
+from security.keys import Keyring, Signer, add_key
+from vlabus.broker import Limits, LocalMosquitto, render
+from vlabus.memory import reset_memory
+from vlabus.policy import Observation, ReferencePolicy
+from vlabus.transport import Transport, TransportOptions, open_transport
+from vlabus.wire import PREFIX_SIZE, SIGNATURE_SIZE, Decoder, Encoder
+
+BATCHES = (1, 4, 16, 32)
+WINDOW = 64
+WINDOW_MQTT = 256
+ROOT = Path(__file__).resolve().parent.parent
+_ACTION = msgspec.msgpack.Decoder(Action)
+
+
+def scene_images(count: int) -> list[np.ndarray]:
+    scene = TabletopScene(224, 224, seed=1)
+    return [scene.render(step) for step in range(count)]
+
+
+def observation(image: np.ndarray) -> Observation:
+    return Observation({"front": image}, "pick up the red cube", np.zeros(14, np.float32))
+
+
+def encode_frames(signers: list[Signer], images: list[np.ndarray], count: int) -> list[bytes]:
+    """``count`` signed frame envelopes, round-robin over the robots; deadlines 60 s out."""
+    encoders = [Encoder(s) for s in signers]
+    deadline = time.time_ns() + 60_000_000_000
+    out = []
+    for i in range(count):
+        enc = encoders[i % len(encoders)]
+        frame = Frame(robot_id=enc.signer.identity, step=i,
+                      cameras={"front": encode_image(images[i % len(images)])},
+                      command="pick up the red cube", state=pack_array(np.zeros(14, np.float32)),
+                      capture_ns=time.time_ns())
+        out.append(enc.encode(frame, deadline_ns=deadline, corr=str(i)))
+    return out
+
+
+def peek_action(payload: bytes | memoryview) -> Action:
+    """Bench-only: read an Action body without verifying its signature."""
+    view = memoryview(payload)
+    header_len = int.from_bytes(view[3:5], "big")
+    body = view[PREFIX_SIZE + header_len: len(view) - SIGNATURE_SIZE]
+    header = msgspec.msgpack.decode(view[PREFIX_SIZE: PREFIX_SIZE + header_len])
+    if header.get("enc", 0) & 1:
+        body = memoryview(lz4.frame.decompress(body))
+    return _ACTION.decode(body)
+
+
+def policy_floor(device: str, images: list[np.ndarray], seconds: float) -> dict[str, Any]:
+    """Best of five short windows per batch size: a floor should not count other load."""
+    policy = ReferencePolicy.seeded(device=device)
+    out = {}
+    for batch in BATCHES:
+        obs = [observation(images[i % len(images)]) for i in range(batch)]
+        for _ in range(3):
+            policy.infer(obs)
+        best = 0.0
+        for _ in range(5):
+            count, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds / 5:
+                policy.infer(obs)
+                count += batch
+            best = max(best, count / (time.perf_counter() - start))
+        out[str(batch)] = round(best, 1)
+    return {"frames_per_s": out}
+
+
+async def closed_loop(sender: Transport, receiver: Transport, frames: list[bytes],
+                      robot_ids: list[str], window: int,
+                      collect: list[Action] | None) -> tuple[float, int]:
+    """Send ``window`` frames, then one more per reply; returns (seconds, replies)."""
+    sent = 0
+
+    async def send_next() -> None:
+        nonlocal sent
+        i = sent
+        sent += 1
+        await sender.publish(topics.frame_topic(robot_ids[i % len(robot_ids)]), frames[i])
+
+    start = time.perf_counter()
+    for _ in range(min(window, len(frames))):
+        await send_next()
+    got = 0
+    async with asyncio.timeout(120):
+        async for message in receiver.messages():
+            got += 1
+            if collect is not None:
+                collect.append(peek_action(message.payload))
+            if sent < len(frames):
+                await send_next()
+            if got == len(frames):
+                break
+    return time.perf_counter() - start, got
+
+
+async def batching_run(device: str, max_batch: int, count: int,
+                       images: list[np.ndarray]) -> dict[str, Any]:
+    url = f"memory://bench-{uuid.uuid4().hex}"
+    robots = [Signer.generate("robot", f"robot-{i:03d}") for i in range(32)]
+    worker_signer = Signer.generate("worker", "bench-worker")
+    ring = Keyring([s.public for s in [*robots, worker_signer]])
+    runner = PolicyRunner({"reference": ReferencePolicy.seeded(device=device)}, {})
+    metrics = WorkerMetrics()
+    config = WorkerConfig(worker_id="bench-worker", group="bench", max_batch=max_batch,
+                          max_delay_ns=2_000_000)
+    worker = await open_worker(url, worker_signer, ring, runner, metrics=metrics, config=config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await worker.ready.wait()
+    client = await open_transport(url, TransportOptions(client_id="bench-robots"))
+    await client.subscribe(f"{topics.PREFIX}/+/action")
+    frames = encode_frames(robots, images, count)
+    actions: list[Action] = []
+    try:
+        elapsed, got = await closed_loop(client, client, frames, [r.identity for r in robots],
+                                         WINDOW, actions)
+    finally:
+        stop.set()
+        await task
+        await client.close()
+        await worker.transport.close()
+        reset_memory(url.removeprefix("memory://"))
+    total = np.array([(a.queue_wait_ns + a.inference_ns) / 1e6 for a in actions])
+    summary = metrics.summary.as_dict()
+    return {"frames_per_s": round(got / elapsed, 1),
+            "queue_plus_inference_ms": {"p50": round(float(np.percentile(total, 50)), 3),
+                                        "p99": round(float(np.percentile(total, 99)), 3)},
+            "mean_batch_size": summary["mean_batch_size"], "frames": got,
+            "dropped": summary["dropped_total"]}
+
+
+def batching(device: str, count: int, images: list[np.ndarray],
+             floor: dict[str, float]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for max_batch in BATCHES:
+        out[str(max_batch)] = asyncio.run(batching_run(device, max_batch, count, images))
+    base = out["1"]["frames_per_s"]
+    for max_batch in BATCHES:
+        row = out[str(max_batch)]
+        row["speedup_vs_batch1"] = round(row["frames_per_s"] / base, 2)
+        row["ratio_to_policy_floor"] = round(row["frames_per_s"] / floor[str(max_batch)], 3)
+    return out
+
+
+def decode_floor(frames: list[bytes], ring: Keyring) -> float:
+    decoder = Decoder(ring)  # no replay guard: the same frames may be decoded by the worker
+    start = time.perf_counter()
+    for payload in frames:
+        decoder.decode(payload)
+    return round(len(frames) / (time.perf_counter() - start), 1)
+
+
+async def ceiling_run(count: int, images: list[np.ndarray], workdir: Path) -> dict[str, Any]:
+    keys = workdir / "keys"
+    robots = [add_key(keys, "robot", f"robot-{i:03d}") for i in range(64)]
+    add_key(keys, "worker", "bench-worker")
+    render(keys, workdir / "broker", limits=Limits(persistence=False, max_queued_messages=4096))
+    broker = LocalMosquitto(workdir / "broker")
+    broker.start()
+    proc = None
+    try:
+        frames = encode_frames(robots, images, count)
+        floor = decode_floor(frames[: min(len(frames), 1000)], Keyring.load(keys))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vlabus", "worker", "--bus", broker.url, "--keys", str(keys),
+             "--id", "bench-worker", "--group", "bench", "--policy", "noop", "--device", "cpu",
+             "--max-batch", "32", "--max-delay-ms", "2", "--queue-size", "2048",
+             "--broker-config", str(workdir / "broker"), "--json"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if b'"event": "ready"' in line:
+                break
+        else:
+            raise RuntimeError("worker exited before it was ready")
+        # keep draining its log so a full pipe can never stall the worker
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
+        sender = await open_transport(broker.url, broker.options("robot-000", "bench-send"))
+        receiver = await open_transport(broker.url, broker.options(
+            "robot-001", "bench-recv", inbox_size=1 << 16))
+        await receiver.subscribe(f"{topics.PREFIX}/+/action", qos=0)
+        elapsed, got = await closed_loop(sender, receiver, frames, [r.identity for r in robots],
+                                         WINDOW_MQTT, None)
+        await sender.close()
+        await receiver.close()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        summary = json.loads(out.decode().strip().splitlines()[-1])
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        broker.stop()
+    fps = round(got / elapsed, 1)
+    return {"frames_per_s": fps, "frames": got, "decode_floor_frames_per_s": floor,
+            "ratio_to_decode_floor": round(fps / floor, 3), "target_frames_per_s": 1500,
+            "worker": {k: summary.get(k) for k in (
+                "received", "served", "rejected_total", "dropped", "batches", "mean_batch_size",
+                "queue_wait_ms", "inference_ms")}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object (default)")
+    parser.add_argument("--quick", action="store_true", help="finish in well under 20 s")
+    parser.add_argument("--skip-ceiling", action="store_true", help="no Mosquitto section")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    images = scene_images(16)
+    seconds = 0.3 if args.quick else 1.5
+    count = 400 if args.quick else 2000
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    result: dict[str, Any] = {"bench": "worker", "quick": args.quick, "window": WINDOW,
+                              "torch_threads": torch.get_num_threads(), "policy_floor": {},
+                              "batching": {}}
+    for device in devices:
+        floor = policy_floor(device, images, seconds)
+        result["policy_floor"][device] = floor
+        result["batching"][device] = batching(device, count, images, floor["frames_per_s"])
+    if not args.skip_ceiling:
+        with tempfile.TemporaryDirectory() as tmp:
+            result["ceiling"] = asyncio.run(ceiling_run(
+                3000 if args.quick else 8000, images, Path(tmp)))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

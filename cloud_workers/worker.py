@@ -1,0 +1,294 @@
+"""The cloud worker: receive → verify → queue → batch → infer (thread) → sign → reply.
+
+Two asyncio tasks share one event loop: ``_receive`` runs every message through
+:func:`vlabus.inbound.accept` and queues what passes; ``_serve`` asks the :class:`Batcher` for
+work and runs it on one inference thread, so receiving and verifying continue while the model
+runs. Replies go only to ``action_topic(header.sender)`` — the authenticated sender — with
+the frame's correlation id, deadline and priority.
+
+Timing fields of each ``Action`` (durations on this worker's clocks): ``decode_ns`` (receive
+pipeline), ``queue_wait_ns`` (queued → batch formed), ``inference_ns`` (the whole batch),
+``span_ns`` (transport arrival → hand-off to publish) and ``encode_ns``, which is the measured
+encode time of this worker's *previous* reply: a message cannot carry the time taken to encode
+itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from cloud_workers.batcher import Batch, Batcher
+from cloud_workers.metrics import WorkerMetrics
+from cloud_workers.queue import DeadlineQueue, InferenceEstimate, Request
+from cloud_workers.runner import BatchResult, PolicyRunner, task_model
+from schemas import topics
+from schemas.arrays import pack_array
+from schemas.messages import Action, Frame, Message, Priority, Status, TaskRequest, TaskResult
+from security.keys import Keyring, Role, Signer
+from security.replay import ReplayGuard
+from vlabus.inbound import Rejections, accept
+from vlabus.transport import Transport, TransportOptions, Will, open_transport
+from vlabus.wire import SENDER_ROLES, Decoder, Encoder, Header
+
+log = logging.getLogger(__name__)
+DEFAULT_MODEL = "default"
+
+
+@dataclass
+class WorkerConfig:
+    worker_id: str
+    group: str = "workers"
+    max_batch: int = 16
+    max_delay_ns: int = 2_000_000
+    queue_capacity: int = 1024
+    max_inflight_replies: int = 1024
+    replay_mode: bool = False
+    detail: dict[str, str] = field(default_factory=dict)
+
+
+def status_message(config: WorkerConfig, state: str, session: int,
+                   models: dict[str, int]) -> Status:
+    return Status(client_id=config.worker_id, role="worker", state=state,  # type: ignore[arg-type]
+                  session=session, time_ns=time.time_ns(), models=models,
+                  detail={"group": config.group, **config.detail})
+
+
+def frame_decoder(keyring: Keyring, *, replay_mode: bool) -> Decoder:
+    """A decoder for frames and tasks; replay mode also admits ``replay``-role senders."""
+    roles = dict(SENDER_ROLES)
+    if replay_mode:
+        extra: frozenset[Role] = frozenset({"replay"})
+        roles["frame"] = roles["frame"] | extra
+        roles["task"] = roles["task"] | extra
+    return Decoder(keyring, ReplayGuard(), sender_roles=roles)
+
+
+class Worker:
+    """One worker process's serving loop. Build with :func:`open_worker`."""
+
+    def __init__(self, transport: Transport, encoder: Encoder, decoder: Decoder,
+                 runner: PolicyRunner, *, config: WorkerConfig, session: int,
+                 metrics: WorkerMetrics | None = None) -> None:
+        self.transport = transport
+        self.encoder = encoder
+        self.decoder = decoder
+        self.runner = runner
+        self.config = config
+        self.session = session
+        self.metrics = metrics or WorkerMetrics()
+        self.rejections = Rejections(self.metrics.on_reject)
+        self.queue = DeadlineQueue(config.queue_capacity, estimate=InferenceEstimate())
+        self.batcher = Batcher(self.queue, max_batch=config.max_batch,
+                               max_delay_ns=config.max_delay_ns)
+        self.ready = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._last_encode_ns = 0
+        self._status_topic = topics.worker_status_topic(config.worker_id)
+        self._default_model = next(iter(runner.policies))  # frames naming "default" get it
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then shut down gracefully (see :meth:`_shutdown`)."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self.runner.warm_up)
+        await self.transport.subscribe(topics.ALL_FRAMES, group=self.config.group, qos=0)
+        await self.transport.subscribe(topics.ALL_TASKS, group=self.config.group, qos=1)
+        await self._publish_status("online")
+        receive = asyncio.create_task(self._receive(), name="receive")
+        serve = asyncio.create_task(self._serve(), name="serve")
+        self.ready.set()
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({receive, serve, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await self._shutdown(receive, serve, stopper)
+
+    async def _shutdown(self, receive: asyncio.Task[None], serve: asyncio.Task[None],
+                        stopper: asyncio.Task[bool]) -> None:
+        """Stop taking work, finish the batch in hand, drop the rest, publish the death."""
+        self._stopping = True
+        self.ready.clear()
+        for task in (receive, stopper):
+            task.cancel()
+        self._wake.set()
+        try:
+            await serve  # returns after the batch in hand is answered
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("serving loop failed")
+        self.metrics.on_drop("shutdown", len(self.queue.drain()))
+        self.metrics.queue_depth.set(0)
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=5.0)
+        try:
+            await self._publish_status("offline")
+        except Exception as exc:  # noqa: BLE001 - the broker publishes the will instead
+            log.warning("death status not published: %r", exc)
+        self._pool.shutdown(wait=True)
+
+    async def _publish_status(self, state: str) -> None:
+        status = status_message(self.config, state, self.session, self.runner.models)
+        await self.transport.publish(self._status_topic, self.encoder.encode(status), qos=1,
+                                     retain=True)
+
+    async def _receive(self) -> None:
+        summary = self.metrics.summary
+        async for message in self.transport.messages():
+            self.metrics.received.inc()
+            summary.received += 1
+            start = time.perf_counter_ns()
+            got = accept(self.decoder, message, self.rejections)
+            if got is None:
+                continue
+            decode_ns = time.perf_counter_ns() - start
+            request = self._request(got.header, got.message, message.received_ns, decode_ns)
+            if request is None:
+                continue
+            self.metrics.on_drop("shed", len(self.queue.push(request)))
+            self.metrics.queue_depth.set(len(self.queue))
+            self._wake.set()
+
+    def _request(self, header: Header, body: Message, received_ns: int,
+                 decode_ns: int) -> Request | None:
+        meta = {"header": header, "received_ns": received_ns, "decode_ns": decode_ns}
+        if isinstance(body, Frame):
+            model = body.model
+            if model == DEFAULT_MODEL and model not in self.runner.policies:
+                model = self._default_model
+            if model not in self.runner.policies:
+                log.warning("frame from %r asks for unknown model %r", header.sender, model)
+                self.metrics.on_drop("unknown_model")
+                return None
+            priority = Priority.CRITICAL if body.safety_critical else header.priority
+            return Request(model, priority, header.deadline_ns, time.time_ns(), body, meta=meta)
+        if isinstance(body, TaskRequest):
+            return Request(task_model(body.task), body.priority, header.deadline_ns,
+                           time.time_ns(), body, meta=meta)
+        log.warning("ignoring %s from %r on the work topics", type(body).__name__, header.sender)
+        return None
+
+    async def _serve(self) -> None:
+        """Run batches one at a time on the inference thread. As soon as a batch's result is
+        back, the next due batch is started before this one's replies are encoded and signed,
+        so the model and the reply path overlap under load."""
+        loop = asyncio.get_running_loop()
+        running: tuple[Batch, asyncio.Future[BatchResult]] | None = None
+        while True:
+            if running is None:
+                batch = await self._next_batch()
+                if batch is None:
+                    return
+                running = (batch, loop.run_in_executor(self._pool, self.runner.run, batch))
+            batch, future = running
+            # shielded: a cancelled serve task still answers the batch it holds
+            result = await asyncio.shield(future)
+            running = None
+            if not self._stopping:
+                following = self._due_batch()
+                if following is not None:
+                    running = (following, loop.run_in_executor(
+                        self._pool, self.runner.run, following))
+            self.queue.estimate.observe(batch.model, result.inference_ns)
+            self.metrics.on_batch(len(batch.requests), result.inference_ns)
+            await self._reply(batch, result)
+
+    def _due_batch(self) -> Batch | None:
+        decision = self.batcher.poll()
+        self.metrics.on_drop("deadline", len(decision.expired))
+        self.metrics.queue_depth.set(len(self.queue))
+        return decision.batch
+
+    async def _next_batch(self) -> Batch | None:
+        """Wait until a batch is due; None once the worker is stopping."""
+        while not self._stopping:
+            self._wake.clear()
+            decision = self.batcher.poll()
+            self.metrics.on_drop("deadline", len(decision.expired))
+            if decision.batch is not None:
+                self.metrics.queue_depth.set(len(self.queue))
+                return decision.batch
+            timeout = None
+            if decision.wake_at_ns is not None:
+                timeout = max(0.0, (decision.wake_at_ns - time.time_ns()) / 1e9)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        return None
+
+    async def _reply(self, batch: Batch, result: BatchResult) -> None:
+        for request, outcome in zip(batch.requests, result.outcomes, strict=True):
+            header: Header = request.meta["header"]
+            wait_ns = batch.formed_ns - request.arrived_ns
+            self.metrics.on_wait(wait_ns)
+            reply: Action | TaskResult
+            if isinstance(request.payload, TaskRequest):
+                task = request.payload
+                reply = TaskResult(robot_id=task.robot_id, task=task.task, ok=not outcome.error,
+                                   result=outcome.result or {}, error=outcome.error[:1024],
+                                   worker_id=self.config.worker_id, queue_wait_ns=wait_ns,
+                                   inference_ns=result.inference_ns)
+            elif outcome.chunk is None:
+                log.warning("no action for %r step %d: %s", header.sender,
+                            request.payload.step, outcome.error)
+                self.metrics.on_drop("policy_error")
+                continue
+            else:
+                frame: Frame = request.payload
+                reply = Action(
+                    robot_id=frame.robot_id, step=frame.step, actions=pack_array(outcome.chunk),
+                    model=batch.model, model_version=self.runner.models[batch.model],
+                    worker_id=self.config.worker_id, decode_ns=request.meta["decode_ns"],
+                    queue_wait_ns=wait_ns, inference_ns=result.inference_ns,
+                    encode_ns=self._last_encode_ns,
+                    span_ns=max(0, time.time_ns() - request.meta["received_ns"]))
+            start = time.perf_counter_ns()
+            payload = self.encoder.encode(reply, deadline_ns=header.deadline_ns,
+                                          priority=header.priority, corr=header.corr)
+            self._last_encode_ns = time.perf_counter_ns() - start
+            await self._send(topics.action_topic(header.sender), payload, header.deadline_ns)
+
+    async def _send(self, topic: str, payload: bytes, deadline_ns: int) -> None:
+        if len(self._inflight) >= self.config.max_inflight_replies:
+            await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+        expiry = None
+        if deadline_ns:
+            expiry = max(1.0, math.ceil((deadline_ns - time.time_ns()) / 1e9))
+        task = asyncio.create_task(self._publish(topic, payload, expiry))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _publish(self, topic: str, payload: bytes, expiry_s: float | None) -> None:
+        try:
+            await self.transport.publish(topic, payload, qos=1, expiry_s=expiry_s)
+        except Exception as exc:  # noqa: BLE001 - one failed reply must not end the loop
+            log.warning("reply to %r not published: %r", topic, exc)
+            return
+        self.metrics.replies.inc()
+        self.metrics.summary.served += 1
+
+
+async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: PolicyRunner, *,
+                      config: WorkerConfig, metrics: WorkerMetrics | None = None,
+                      options: TransportOptions | None = None) -> Worker:
+    """Connect with the death status as the will, and return a worker ready to :meth:`run`."""
+    encoder = Encoder(signer)
+    session = time.time_ns() // 1000  # grows across restarts without state on disk
+    death = encoder.encode(status_message(config, "offline", session, runner.models))
+    will = Will(topics.worker_status_topic(config.worker_id), death, qos=1, retain=True)
+    base = options or TransportOptions(client_id=config.worker_id)
+    # no persistent session: the broker must stop routing this worker's share the moment it
+    # vanishes (DESIGN trap 1), and frames are QoS 0 anyway
+    extra = {"session_expiry_s": "0", **base.extra}
+    transport = await open_transport(url, dataclasses.replace(base, will=will, extra=extra))
+    decoder = frame_decoder(keyring, replay_mode=config.replay_mode)
+    return Worker(transport, encoder, decoder, runner, config=config, session=session,
+                  metrics=metrics)

@@ -1,0 +1,337 @@
+"""The robot's agent: one action per step, from the cloud when it is in time, else local.
+
+``act(observation)`` publishes the signed frame (QoS 0, expiring with the deadline, the absolute
+deadline and a per-step correlation id in the header) and returns the first verified cloud
+action for that correlation id and step if it arrives before the deadline; otherwise the local
+policy's action, marked ``fallback`` with its cause. Local inference is hedged: it starts at the
+deadline minus its measured p99 latency, so a fallback is ready at the deadline, and its result
+is dropped when the cloud answers first. A cloud action arriving after its step was decided is
+discarded and counted, never executed.
+
+With ``chunk > 1`` the agent executes action chunks from an :class:`ActionQueue` at the control
+rate, sends a new frame when fewer than ``refill_below`` actions are left, and lets the local
+policy fill the gap when the cloud would answer after the queue runs dry.
+
+Deadline logic lives in :mod:`edge_agent.watchdog` and :mod:`edge_agent.breaker` (plain classes,
+injected clock); this module is the loop shell around them, plus :mod:`edge_agent.receiver`
+for everything that arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.breaker import BreakerConfig, OffloadBreaker, Route
+from edge_agent.chunks import ActionQueue
+from edge_agent.frames import frame_of
+from edge_agent.local import Chunk, LocalPolicy, LocalPolicyError
+from edge_agent.metrics import EdgeMetrics
+from edge_agent.receiver import CloudReply, Receiver
+from edge_agent.watchdog import HedgeTiming, Watchdog, plan_hedge
+from schemas.errors import TransportError
+from schemas.images import Codec
+from schemas.messages import Priority
+from schemas.topics import check_id, frame_topic
+from vlabus.policy import Observation
+from vlabus.transport import Transport
+from vlabus.wire import Encoder
+
+log = logging.getLogger(__name__)
+
+
+class Source(StrEnum):
+    CLOUD = "cloud"
+    FALLBACK = "fallback"
+
+
+class Cause(StrEnum):
+    TIMEOUT = "timeout"
+    DISCONNECTED = "disconnected"
+    BREAKER_OPEN = "breaker_open"
+    REJECTED_REPLY = "rejected_reply"
+    SAFETY_CRITICAL = "safety_critical"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    robot_id: str
+    deadline_ns: int = 50_000_000
+    chunk: int = 1
+    refill_below: int = 0
+    period_ns: int = 33_333_333
+    model: str = "default"
+    priority: int = Priority.NORMAL
+    codec: Codec = "raw"
+    timer_slack_ns: int = 1_000_000
+    hedge_slack_ns: int = 500_000
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+
+    def __post_init__(self) -> None:
+        check_id(self.robot_id)
+        if self.deadline_ns <= 0 or self.period_ns <= 0 or self.chunk < 1:
+            raise ValueError("deadline, period and chunk must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """How one request (a frame) was resolved: a chunk, where it came from and when."""
+
+    step: int
+    chunk: Chunk | None
+    source: Source
+    cause: Cause | None
+    deadline_ns: int
+    decided_ns: int
+    rtt_ns: int | None = None
+    worker_id: str | None = None
+    tick_stride: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """The action to execute now (None only when no policy could produce one)."""
+
+    step: int
+    action: npt.NDArray[np.float32] | None
+    source: Source
+    cause: Cause | None
+    lateness_ns: int
+    rtt_ns: int | None
+    worker_id: str | None
+    model_version: int
+    blended: bool = False
+
+
+class EdgeAgent:
+    """Per-step cloud-or-local decisions for one robot; run it on one event loop."""
+
+    def __init__(self, transport: Transport, encoder: Encoder, receiver: Receiver,
+                 local: LocalPolicy, config: AgentConfig, *,
+                 metrics: EdgeMetrics | None = None) -> None:
+        self.transport = transport
+        self.encoder = encoder
+        self.receiver = receiver
+        self.local = local
+        self.config = config
+        self.metrics = metrics or EdgeMetrics()
+        self.stats = receiver.stats
+        self.watchdog: Watchdog = receiver.watchdog
+        self.breaker = OffloadBreaker(config.breaker)
+        receiver.on_late = self.breaker.late_reply
+        self.queue = ActionQueue(config.period_ns)
+        self._session = os.urandom(4).hex()
+        self._step = 0
+        self._inflight: asyncio.Task[Decision] | None = None
+        self._topic = frame_topic(config.robot_id)
+        self.metrics.model_version.set(local.version)
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    async def act(self, observation: Observation, *, safety_critical: bool = False) -> ActionResult:
+        """The action for the next step; see the module docstring for the guarantees."""
+        if self.local.swap_staged():
+            self.metrics.model_version.set(self.local.version)
+        step = self._step
+        self._step += 1
+        if self.config.chunk <= 1:
+            decision = await self._resolve(step, observation, time.monotonic_ns()
+                                           + self.config.deadline_ns, safety_critical)
+            action = None if decision.chunk is None else decision.chunk[0]
+            result = self._result(step, action, decision, blended=False)
+        else:
+            result = await self._act_chunked(step, observation, safety_critical)
+        self._account(result)
+        return result
+
+    async def _act_chunked(self, tick: int, observation: Observation,
+                           safety_critical: bool) -> ActionResult:
+        now = time.monotonic_ns()
+        decision: Decision | None = None
+        if safety_critical:
+            # Never execute cloud plans queued before a safety-critical observation.
+            if self._inflight is not None:
+                self._inflight.cancel()
+                self._inflight = None
+            self.queue.clear()
+            decision = await self._request(tick, observation, now + self.config.deadline_ns,
+                                           safety_critical=True)
+        if not self.queue.has(tick) and self._inflight is not None:
+            decision = await asyncio.shield(self._inflight)
+        if not self.queue.has(tick):
+            decision = await self._request(tick, observation, now + self.config.deadline_ns)
+        item = self.queue.pop(tick)
+        ahead = self.queue.ahead()
+        if ahead < self.config.refill_below and self._inflight is None:
+            # The reply must land before the queue runs dry; if not, the local policy fills in.
+            dry_ns = now + (ahead + 1) * self.config.period_ns
+            deadline = min(now + self.config.deadline_ns, dry_ns)
+            self._inflight = asyncio.create_task(self._request(tick, observation, deadline))
+        lateness = 0 if decision is None else max(0, decision.decided_ns - decision.deadline_ns)
+        rtt = None if decision is None else decision.rtt_ns
+        worker = None if decision is None else decision.worker_id
+        if item is None:
+            source = Source.FALLBACK if decision is None else decision.source
+            return ActionResult(tick, None, source, None, lateness, rtt, worker,
+                                self.local.version)
+        cause = None if item.cause is None else Cause(item.cause)
+        return ActionResult(tick, item.action, Source(item.source), cause, lateness, rtt,
+                            worker, self.local.version, item.blended)
+
+    async def _request(self, tick: int, observation: Observation, deadline_ns: int, *,
+                       safety_critical: bool = False) -> Decision:
+        """Resolve one frame and merge its chunk into the queue (rows from ``tick`` on)."""
+        try:
+            decision = await self._resolve(tick, observation, deadline_ns, safety_critical)
+        finally:
+            if self._inflight is asyncio.current_task():
+                self._inflight = None
+        if decision.chunk is not None:
+            self.queue.add_chunk(decision.step, decision.chunk, decision.source.value,
+                                 tick_stride=decision.tick_stride,
+                                 cause=None if decision.cause is None else decision.cause.value)
+        return decision
+
+    async def _resolve(self, step: int, observation: Observation, deadline_ns: int,
+                       safety_critical: bool) -> Decision:
+        """Decide one request: cloud if a verified reply beats the deadline, else local."""
+        if safety_critical:
+            return await self._local_now(step, observation, deadline_ns, Cause.SAFETY_CRITICAL)
+        if not self.transport.connected:
+            return await self._local_now(step, observation, deadline_ns, Cause.DISCONNECTED)
+        route = self.breaker.route(deadline_ns - time.monotonic_ns())
+        self.metrics.breaker_open.set(1 if self.breaker.open else 0)
+        if route is Route.LOCAL:
+            return await self._local_now(step, observation, deadline_ns, Cause.BREAKER_OPEN)
+        probe = route is Route.PROBE
+        corr = f"{self._session}-{step}"
+        timing = plan_hedge(deadline_ns, self.local.latency, slack_ns=self.config.hedge_slack_ns,
+                            timer_slack_ns=self.config.timer_slack_ns)
+        reply_future = self.receiver.expect(corr, step, deadline_ns, timing.decide_ns, probe)
+        try:
+            await self._publish(step, observation, deadline_ns, corr)
+        except TransportError as exc:
+            log.warning("frame %d not sent: %r", step, exc)
+            self.receiver.forget(corr)
+            return await self._local_now(step, observation, deadline_ns, Cause.DISCONNECTED)
+        return await self._race(step, observation, corr=corr, deadline_ns=deadline_ns,
+                                timing=timing, reply_future=reply_future, probe=probe)
+
+    async def _publish(self, step: int, observation: Observation, deadline_ns: int,
+                       corr: str) -> None:
+        wall_deadline = time.time_ns() + (deadline_ns - time.monotonic_ns())
+        started = time.perf_counter_ns()
+        frame = frame_of(observation, robot_id=self.config.robot_id, step=step,
+                         capture_ns=time.time_ns(), model=self.config.model,
+                         codec=self.config.codec)
+        wire = self.encoder.encode(frame, deadline_ns=wall_deadline,
+                                   priority=self.config.priority, corr=corr)
+        self.receiver.sent(corr, started, time.perf_counter_ns() - started, wire, self._topic)
+        expiry = max(0.001, (deadline_ns - time.monotonic_ns()) / 1e9)
+        await self.transport.publish(self._topic, wire, qos=0, expiry_s=expiry)
+        self.metrics.frames.inc()
+
+    async def _race(self, step: int, observation: Observation, *, corr: str, deadline_ns: int,
+                    timing: HedgeTiming, reply_future: asyncio.Future[CloudReply],
+                    probe: bool) -> Decision:
+        loop = asyncio.get_running_loop()
+        hedge: asyncio.Future[Chunk] | None = None
+
+        def start_hedge() -> None:
+            nonlocal hedge
+            if not reply_future.done():
+                hedge = asyncio.wrap_future(self.local.submit(observation))
+                self.stats.hedges_started += 1
+
+        handle = loop.call_later(max(0.0, (timing.start_ns - time.monotonic_ns()) / 1e9),
+                                 start_hedge)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(reply_future),
+                                       max(0.0, (timing.decide_ns - time.monotonic_ns()) / 1e9))
+        except asyncio.CancelledError:
+            self.receiver.expire(corr)
+            raise
+        finally:
+            handle.cancel()
+        if reply_future.done() and not reply_future.cancelled():
+            reply = reply_future.result()
+            if hedge is not None:
+                self.stats.hedges_wasted += 1
+            self.breaker.on_time(reply.rtt_ns, probe=probe)
+            return Decision(step, reply.chunk, Source.CLOUD, None, deadline_ns,
+                            time.monotonic_ns(), reply.rtt_ns, reply.worker_id,
+                            reply.tick_stride)
+        pending = self.receiver.expire(corr)
+        cause = Cause.REJECTED_REPLY if pending is not None and pending.rejected else Cause.TIMEOUT
+        self.breaker.missed(probe=probe)
+        if hedge is None:
+            start_hedge()
+        assert hedge is not None  # the reply was not in, so start_hedge submitted
+        return await self._finish_local(step, observation, deadline_ns, cause, hedge)
+
+    async def _local_now(self, step: int, observation: Observation, deadline_ns: int,
+                         cause: Cause) -> Decision:
+        future = asyncio.wrap_future(self.local.submit(observation))
+        return await self._finish_local(step, observation, deadline_ns, cause, future)
+
+    async def _finish_local(self, step: int, observation: Observation, deadline_ns: int,
+                            cause: Cause, future: asyncio.Future[Chunk]) -> Decision:
+        try:
+            chunk: Chunk | None = await future
+        except LocalPolicyError as exc:
+            chunk = await self._after_local_failure(observation, exc)
+        return Decision(step, chunk, Source.FALLBACK, cause, deadline_ns, time.monotonic_ns())
+
+    async def _after_local_failure(self, observation: Observation,
+                                   exc: LocalPolicyError) -> Chunk | None:
+        failed = self.local.version
+        log.error("local policy v%d failed: %r", failed, exc)
+        if not self.local.rollback():
+            return None
+        self.receiver.rolled_back(failed)
+        self.metrics.model_version.set(self.local.version)
+        try:
+            return await asyncio.wrap_future(self.local.submit(observation))
+        except LocalPolicyError as again:
+            log.exception("rolled-back policy failed too")
+            return None
+
+    def _result(self, step: int, action: npt.NDArray[np.float32] | None, decision: Decision,
+                *, blended: bool) -> ActionResult:
+        return ActionResult(step, action, decision.source, decision.cause,
+                            max(0, decision.decided_ns - decision.deadline_ns), decision.rtt_ns,
+                            decision.worker_id, self.local.version, blended)
+
+    def _account(self, result: ActionResult) -> None:
+        stats, metrics = self.stats, self.metrics
+        stats.steps += 1
+        stats.lateness_ns.append(result.lateness_ns)
+        metrics.lateness.observe(result.lateness_ns / 1e9)
+        if result.action is None:
+            stats.steps_without_action += 1
+            return
+        stats.actions_by_source[result.source.value] += 1
+        metrics.actions.labels(result.source.value).inc()
+        if result.cause is not None:
+            stats.fallbacks_by_cause[result.cause.value] += 1
+            metrics.fallbacks.labels(result.cause.value).inc()
+        self.receiver.decided(result)
+
+    async def close(self) -> None:
+        if self._inflight is not None:
+            self._inflight.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._inflight
+        await self.receiver.close()
+        self.local.close()

@@ -1,0 +1,42 @@
+"""Prometheus metrics of one robot (``vlabus_edge_*``), on their own registry.
+
+Labels are bounded: sources, causes, rejection reasons and update results are closed sets.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+_LATENESS_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05)
+
+
+class EdgeMetrics:
+    """The robot's counters; the agent calls these, the CLI serves ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        reg = self.registry
+        self.actions = Counter("vlabus_edge_actions_total", "Actions executed, by source",
+                               ["source"], registry=reg)
+        self.fallbacks = Counter("vlabus_edge_fallbacks_total", "Local fallbacks, by cause",
+                                 ["cause"], registry=reg)
+        self.round_trip = Histogram("vlabus_edge_round_trip_seconds",
+                                    "Frame encode to verified action, robot clock",
+                                    buckets=_LATENCY_BUCKETS, registry=reg)
+        self.lateness = Histogram("vlabus_edge_lateness_seconds",
+                                  "How long after its deadline a step's action was ready",
+                                  buckets=_LATENESS_BUCKETS, registry=reg)
+        self.late_replies = Counter("vlabus_edge_late_replies_total",
+                                    "Cloud actions discarded because their step was decided",
+                                    registry=reg)
+        self.rejected = Counter("vlabus_edge_rejected_total", "Inbound messages rejected",
+                                ["reason"], registry=reg)
+        self.model_version = Gauge("vlabus_edge_model_version", "Local policy version in use",
+                                   registry=reg)
+        self.model_updates = Counter("vlabus_edge_model_updates_total",
+                                     "Model update outcomes, by result", ["result"], registry=reg)
+        self.breaker_open = Gauge("vlabus_edge_breaker_open",
+                                  "1 while the robot is local-only", registry=reg)
+        self.frames = Counter("vlabus_edge_frames_sent_total", "Frames sent to the cloud",
+                              registry=reg)

@@ -1,0 +1,85 @@
+"""Assemble a robot's agent from a bus URL and a keyring: the one factory everything uses.
+
+``open_edge`` connects, loads the robot's signing key and the trusted public keys, builds (or
+loads from its model store) the local policy, warms it up so the hedge has a latency estimate,
+subscribes to actions and model updates, and returns a started :class:`EdgeAgent`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent.agent import AgentConfig, EdgeAgent
+from edge_agent.local import LocalPolicy
+from edge_agent.metrics import EdgeMetrics
+from edge_agent.receiver import BlackBox, Receiver
+from edge_agent.store import ModelStore
+from edge_agent.updates import ModelUpdater
+from security.keys import Keyring, Signer, load_signer
+from vlabus.policy import Observation, Policy, ReferencePolicy
+from vlabus.transport import Transport, TransportOptions, open_transport
+from vlabus.wire import Encoder
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """The robot's own policy: the model name it takes updates for, and its shape."""
+
+    name: str = "edge"
+    width: int = 16
+    horizon: int = 16
+    action_dim: int = 7
+    state_dim: int = 14
+    cameras: tuple[str, ...] = ("front",)
+    models_dir: Path | None = None
+
+
+def build_local(model: LocalModel) -> tuple[Policy, int]:
+    """The installed release from the model store when there is one, else seeded weights."""
+    if model.models_dir is not None:
+        installed = ModelStore(model.models_dir).active(model.name)
+        if installed is not None:
+            return (ReferencePolicy.load_safetensors(installed.path, device="cpu"),
+                    installed.version)
+    policy = ReferencePolicy.seeded(device="cpu", width=model.width, horizon=model.horizon,
+                                    action_dim=model.action_dim, state_dim=model.state_dim,
+                                    cameras=model.cameras, name=model.name)
+    return policy, 0
+
+
+def load_reference(path: Path) -> Policy:
+    return ReferencePolicy.load_safetensors(path, device="cpu")
+
+
+async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: AgentConfig,
+                    probe: Observation, model: LocalModel | None = None,
+                    metrics: EdgeMetrics | None = None, recorder: BlackBox | None = None,
+                    transport: Transport | None = None,
+                    options: TransportOptions | None = None) -> EdgeAgent:
+    """A started agent for ``config.robot_id`` on ``bus_url`` (or on ``transport`` if given;
+    ``options`` carry credentials; the default client id is the robot id)."""
+    model = model or LocalModel()
+    metrics = metrics or EdgeMetrics()
+    if transport is None:
+        transport = await open_transport(
+            bus_url, options or TransportOptions(client_id=config.robot_id))
+    policy, version = build_local(model)
+    local = LocalPolicy(policy, version)
+    local.warm_up(probe)
+    updater = None
+    if model.models_dir is not None:
+        assert local.shape is not None  # set by warm_up
+        updater = ModelUpdater(ModelStore(model.models_dir), model.name, installed=version,
+                               loader=load_reference, probe=probe, shape=local.shape)
+    receiver = Receiver(transport, keys, config.robot_id, metrics=metrics,
+                        period_ns=config.period_ns, updater=updater, local=local,
+                        recorder=recorder)
+    agent = EdgeAgent(transport, Encoder(signer), receiver, local, config, metrics=metrics)
+    await receiver.start()
+    return agent
+
+
+def load_identity(keys_dir: str | Path, robot_id: str) -> tuple[Keyring, Signer]:
+    """The trusted public keys in ``keys_dir`` and the robot's own signing key."""
+    return Keyring.load(keys_dir), load_signer(keys_dir, "robot", robot_id)

@@ -1,0 +1,49 @@
+"""pytest plugin: a real Mosquitto from ``broker_config/`` on a free loopback port.
+
+``mosquitto`` yields a running :class:`vlabus.broker.LocalMosquitto` with the dev configuration
+(password authentication) rendered for the session keyring; ``mosquitto_fleet`` the fleet
+configuration (TLS client certificates, dynamic-security access control). Both have ``.url``,
+``.options(identity, client_id)``, ``.stop()``, ``.start()`` and ``.restart()`` (same port).
+Each test gets its own configuration directory, so persisted sessions never leak between tests.
+Tests are skipped when no ``mosquitto`` executable is installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import KeyDir
+from vlabus.broker import Limits, LocalMosquitto, render
+
+
+def _running(config: Path) -> Iterator[LocalMosquitto]:
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed")
+    broker = LocalMosquitto(config)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def mosquitto(keydir: KeyDir, tmp_path: Path) -> Iterator[LocalMosquitto]:
+    render(keydir.path, tmp_path / "mqtt-dev", limits=Limits(persistence=False))
+    yield from _running(tmp_path / "mqtt-dev")
+
+
+@pytest.fixture
+def mosquitto_persistent(keydir: KeyDir, tmp_path: Path) -> Iterator[LocalMosquitto]:
+    render(keydir.path, tmp_path / "mqtt-dev-persistent")
+    yield from _running(tmp_path / "mqtt-dev-persistent")
+
+
+@pytest.fixture
+def mosquitto_fleet(keydir: KeyDir, tmp_path: Path) -> Iterator[LocalMosquitto]:
+    render(keydir.path, tmp_path / "mqtt-fleet", tls=True)
+    yield from _running(tmp_path / "mqtt-fleet")

@@ -1,0 +1,241 @@
+"""One behaviour suite for every transport: memory, the ZeroMQ hub and a real Mosquitto.
+
+Each test runs the same code against ``bus``, parametrized over the three adapters, so code
+above the transport layer can rely on the same semantics whichever bus runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from schemas.errors import TransportError
+from vlabus.hub import Hub, HubConfig
+from vlabus.memory import reset_memory
+from vlabus.transport import Message, Transport, TransportOptions, open_transport
+
+TIMEOUT = 10.0
+_names = itertools.count()
+
+
+@dataclass
+class Bus:
+    """A bus under test: how to reach it, how to authenticate, how to restart it."""
+
+    kind: str
+    url: str
+    options: Callable[[str], TransportOptions]
+    restart: Callable[[], None] | None = None
+    opened: list[Transport] = field(default_factory=list)
+
+    async def connect(self, identity: str = "worker-1", **extra: object) -> Transport:
+        client_id = f"{identity}-{next(_names)}"
+        options = self.options(client_id)
+        if extra:
+            options = TransportOptions(**{**options.__dict__, **extra})  # type: ignore[arg-type]
+        transport = await open_transport(self.url, options)
+        self.opened.append(transport)
+        return transport
+
+    async def close_all(self) -> None:
+        for transport in self.opened:
+            await transport.close()
+
+
+def _zmq_bus(request: pytest.FixtureRequest) -> Iterator[Bus]:
+    hub = request.getfixturevalue("zmq_hub")
+    hubs = [hub]
+
+    def restart() -> None:
+        port = hubs[-1].url.rsplit(":", 1)[1]
+        hubs[-1].stop()
+        hubs.append(Hub(HubConfig(bind=f"tcp://127.0.0.1:{port}", heartbeat_ms=200)).start())
+
+    yield Bus("zmq", hub.url, lambda cid: TransportOptions(client_id=cid), restart)
+    for extra in hubs[1:]:
+        extra.stop()
+
+
+@pytest.fixture(params=["memory", "zmq", "mqtt"])
+def bus(request: pytest.FixtureRequest) -> Iterator[Bus]:
+    if request.param == "memory":
+        name = f"behaviour-{uuid.uuid4().hex[:8]}"
+        yield Bus("memory", f"memory://{name}", lambda cid: TransportOptions(client_id=cid))
+        reset_memory(name)
+    elif request.param == "zmq":
+        yield from _zmq_bus(request)
+    else:
+        broker = request.getfixturevalue("mosquitto")
+        # Every client authenticates as worker-1 (dev config: any topic); client ids differ.
+        yield Bus("mqtt", broker.url, lambda cid: broker.options("worker-1", cid),
+                  broker.restart)
+
+
+def run(bus: Bus, body: Callable[[], Awaitable[None]]) -> None:
+    async def main() -> None:
+        try:
+            await asyncio.wait_for(body(), 3 * TIMEOUT)
+        finally:
+            await bus.close_all()
+
+    asyncio.run(main())
+
+
+async def recv(transport: Transport) -> Message:
+    return await asyncio.wait_for(transport.recv(), TIMEOUT)
+
+
+async def settle(publisher: Transport, subscriber: Transport, topic: str) -> None:
+    """Publish on ``topic`` until ``subscriber`` sees one: its subscription is live (the hub
+    and the broker apply subscriptions asynchronously). Drains the probes."""
+    for attempt in range(200):
+        await publisher.publish(topic, b"probe", qos=0)
+        try:
+            message = await asyncio.wait_for(subscriber.recv(), 0.05 * (1 + attempt // 20))
+        except TimeoutError:
+            continue
+        assert message.topic == topic
+        return
+    raise AssertionError(f"subscription to {topic!r} never became live")
+
+
+def test_publish_subscribe_exact_bytes(bus: Bus) -> None:
+    async def body() -> None:
+        sub, pub = await bus.connect(), await bus.connect()
+        await sub.subscribe("vla/v1/robot-a/action")
+        await settle(pub, sub, "vla/v1/robot-a/action")
+        payload = bytes(range(256)) * 4
+        await pub.publish("vla/v1/robot-a/action", payload, qos=1)
+        message = await recv(sub)
+        assert (message.topic, bytes(message.payload)) == ("vla/v1/robot-a/action", payload)
+        assert message.received_ns > 0
+
+    run(bus, body)
+
+
+def test_wildcards(bus: Bus) -> None:
+    async def body() -> None:
+        plus, hash_, pub = await bus.connect(), await bus.connect(), await bus.connect()
+        await plus.subscribe("vla/v1/+/frame")
+        await hash_.subscribe("vla/v1/models/#")
+        await settle(pub, plus, "vla/v1/probe/frame")
+        await settle(pub, hash_, "vla/v1/models/probe")
+        for topic in ["vla/v1/robot-a/frame", "vla/v1/robot-a/task", "vla/v1/models/m/chunk",
+                      "vla/v1/robot-b/frame", "vla/v1/models/m/manifest", "vla/v1/a/b/frame"]:
+            await pub.publish(topic, topic.encode(), qos=1)
+        await pub.publish("vla/v1/end/frame", b"end", qos=1)
+        await pub.publish("vla/v1/models/end", b"end", qos=1)
+        got_plus = [(await recv(plus)).topic for _ in range(3)]
+        got_hash = [(await recv(hash_)).topic for _ in range(3)]
+        assert got_plus == ["vla/v1/robot-a/frame", "vla/v1/robot-b/frame", "vla/v1/end/frame"]
+        assert got_hash == ["vla/v1/models/m/chunk", "vla/v1/models/m/manifest",
+                            "vla/v1/models/end"]
+
+    run(bus, body)
+
+
+def test_shared_group_splits_load(bus: Bus) -> None:
+    async def body() -> None:
+        members = [await bus.connect(), await bus.connect()]
+        watcher, pub = await bus.connect(), await bus.connect()
+        for member in members:
+            await member.subscribe("vla/v1/+/task", group="workers")
+        await watcher.subscribe("vla/v1/+/task")
+        await settle(pub, watcher, "vla/v1/probe/task")
+        # Probes may land on members, and a member may still be joining: wait until each
+        # member has received one, then drain them.
+        for member in members:
+            for _ in range(100):
+                await pub.publish("vla/v1/probe/task", b"probe", qos=1)
+                try:
+                    await asyncio.wait_for(member.recv(), 0.1)
+                    break
+                except TimeoutError:
+                    continue
+        for transport in [watcher, *members]:
+            while await _try_recv(transport, 0.2) is not None:
+                pass
+        count = 40
+        for i in range(count):
+            await pub.publish("vla/v1/robot-a/task", f"{i}".encode(), qos=1)
+        seen = [int(bytes((await recv(watcher)).payload)) for _ in range(count)]
+        assert seen == list(range(count))
+        shares: list[list[int]] = [[], []]
+        while sum(map(len, shares)) < count:
+            for index, member in enumerate(members):
+                message = await _try_recv(member, 0.05)
+                if message is not None:
+                    shares[index].append(int(bytes(message.payload)))
+        assert sorted(shares[0] + shares[1]) == list(range(count))  # each exactly once
+        assert shares[0], f"one member took everything: {shares}"
+        assert shares[1], f"one member took everything: {shares}"
+
+    run(bus, body)
+
+
+async def _try_recv(transport: Transport, timeout: float) -> Message | None:
+    try:
+        return await asyncio.wait_for(transport.recv(), timeout)
+    except TimeoutError:
+        return None
+
+
+def test_per_sender_order(bus: Bus) -> None:
+    async def body() -> None:
+        sub, pub = await bus.connect(), await bus.connect()
+        await sub.subscribe("vla/v1/robot-a/frame")
+        await settle(pub, sub, "vla/v1/robot-a/frame")
+        count = 500
+        for i in range(count):
+            await pub.publish("vla/v1/robot-a/frame", i.to_bytes(4, "big"), qos=i % 2)
+        got = [int.from_bytes(bytes((await recv(sub)).payload), "big") for _ in range(count)]
+        assert got == list(range(count))
+
+    run(bus, body)
+
+
+def test_payloads_up_to_frame_cap(bus: Bus) -> None:
+    async def body() -> None:
+        sub, pub = await bus.connect(), await bus.connect()
+        cap = pub.options.max_payload  # type: ignore[attr-defined]
+        await sub.subscribe("vla/v1/robot-a/frame")
+        await settle(pub, sub, "vla/v1/robot-a/frame")
+        for size in [0, 1, 64, 150_000, cap]:
+            payload = (size.to_bytes(8, "big") * (size // 8 + 1))[:size]
+            await pub.publish("vla/v1/robot-a/frame", payload, qos=1)
+            message = await recv(sub)
+            assert len(message.payload) == size
+            assert bytes(message.payload) == payload
+        with pytest.raises(TransportError):
+            await pub.publish("vla/v1/robot-a/frame", bytes(cap + 1), qos=1)
+
+    run(bus, body)
+
+
+def test_reconnect_resubscribes(bus: Bus) -> None:
+    if bus.restart is None:
+        pytest.skip(f"{bus.kind} has no connection to lose")
+    restart = bus.restart
+
+    async def body() -> None:
+        sub, pub = await bus.connect(), await bus.connect()
+        await sub.subscribe("vla/v1/robot-a/action")
+        await settle(pub, sub, "vla/v1/robot-a/action")
+        await asyncio.to_thread(restart)
+        # The subscriber must come back and resubscribe by itself; probes find out when.
+        await settle(pub, sub, "vla/v1/robot-a/action")
+        await pub.publish("vla/v1/robot-a/action", b"after", qos=1)
+        while bytes((await recv(sub)).payload) != b"after":
+            pass
+        assert sub.connected
+        assert pub.connected
+        if bus.kind == "mqtt":
+            assert sub.counters()["reconnects"] >= 1
+            assert pub.counters()["reconnects"] >= 1
+
+    run(bus, body)

@@ -1,0 +1,81 @@
+"""``vlabus hub`` as a real process: serves clients, stops on SIGTERM with a JSON summary."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from security.curve import load_client_keys
+from vlabus.transport import CurveKeys, TransportOptions
+from vlabus.zmq import open_zmq
+
+pytestmark = pytest.mark.integration
+
+
+def start(*args: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vlabus", "hub", "--bind", "tcp://127.0.0.1:0", "--json", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # blocks until the hub is bound (or the process died)
+    assert line.startswith("hub listening on zmq://127.0.0.1:"), line
+    return proc, line.split()[3]
+
+
+def stop(proc: subprocess.Popen[str]) -> dict[str, object]:
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    summary: dict[str, object] = json.loads(out)
+    return summary
+
+
+def test_hub_process_round_trip_and_summary() -> None:
+    proc, url = start()
+    try:
+        async def body() -> None:
+            t = await open_zmq(url, TransportOptions(client_id="cli"))
+            await t.subscribe("vla/v1/+/frame")
+            await t.publish("vla/v1/r/frame", b"via process", qos=1)
+            assert bytes((await asyncio.wait_for(t.recv(), 5)).payload) == b"via process"
+            await t.close()
+        asyncio.run(body())
+    finally:
+        summary = stop(proc)
+    assert summary["url"] == url
+    assert summary["delivered"] == 1
+    assert summary["curve"] is False
+
+
+def test_hub_process_with_curve(tmp_path: Path) -> None:
+    keys = tmp_path / "curve"
+    made = subprocess.run(
+        [sys.executable, "-m", "vlabus", "hub", "--curve", str(keys), "--add-client", "robot-a",
+         "--json"], capture_output=True, text=True, check=True)
+    assert set(json.loads(made.stdout)["clients"]) == {"robot-a"}
+    proc, url = start("--curve", str(keys))
+    try:
+        async def body() -> None:
+            opts = TransportOptions(client_id="robot-a",
+                                    curve=CurveKeys(*load_client_keys(keys, "robot-a")))
+            t = await open_zmq(url, opts)
+            await t.publish("vla/v1/robot-a/status", b"up", qos=1, retain=True)
+            await t.close()
+        asyncio.run(body())
+    finally:
+        summary = stop(proc)
+    assert summary["curve"] is True
+    assert summary["retained"] == 1
+
+
+def test_add_client_without_curve_is_an_error() -> None:
+    done = subprocess.run([sys.executable, "-m", "vlabus", "hub", "--add-client", "x"],
+                          check=False, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "--curve" in done.stderr

@@ -1,0 +1,219 @@
+"""The replayer: recorded timing and order, rate, loop, topic filter, start offset, restamp."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from schemas.errors import IdentityMismatchError, Reason, ReplayError, SignatureError
+from schemas.messages import Action, Frame
+from security.replay import ReplayGuard
+from tests.conftest import KeyDir
+from tests.test_record_support import write_log
+from vlabus.cli import main
+from vlabus.mcaplog import iter_log
+from vlabus.memory import reset_memory
+from vlabus.record import Recorder
+from vlabus.replay import Replayer, ReplayStats, Restamper
+from vlabus.transport import Message, TransportOptions, open_transport
+from vlabus.wire import SENDER_ROLES, Decoder
+
+
+async def play(path: Path, name: str,
+               **options: object) -> tuple[ReplayStats, list[Message], float]:
+    """Replay ``path`` on ``memory://name``; return stats, what a subscriber got, wall seconds."""
+    reset_memory(name)
+    bus = await open_transport(f"memory://{name}", TransportOptions(client_id="player"))
+    sink = await open_transport(f"memory://{name}", TransportOptions(client_id="sink"))
+    await sink.subscribe("#")
+    replayer = Replayer(bus, path, **options)  # type: ignore[arg-type]
+    started = time.monotonic()
+    stats = await replayer.run()
+    elapsed = time.monotonic() - started
+    got = []
+    while (message := sink.inbox.get_nowait()) is not None:  # type: ignore[attr-defined]
+        got.append(message)
+    await bus.close()
+    await sink.close()
+    return stats, got, elapsed
+
+
+def ordered(written: list[tuple[str, bytes, int]]) -> list[tuple[str, bytes, int]]:
+    return sorted(written, key=lambda row: row[2])  # stable: ties keep file order
+
+
+def test_rate_1_follows_recorded_timing_and_order(keydir: KeyDir, tmp_path: Path) -> None:
+    path = tmp_path / "log.mcap"
+    written = write_log(path, keydir.signers, steps=15, period_ns=20_000_000)
+    stats, got, elapsed = asyncio.run(play(path, "rp-rate1"))
+
+    expected = ordered(written)
+    assert [(m.topic, bytes(m.payload)) for m in got] == [(t, w) for t, w, _ in expected]
+    span = (expected[-1][2] - expected[0][2]) / 1e9
+    assert span * 0.95 <= elapsed <= span + 0.25
+    # Each message lands at its recorded offset from the first one (generous bounds for CI).
+    first_recv, first_log = got[0].received_ns, expected[0][2]
+    lateness_ms = [((m.received_ns - first_recv) - (log_ns - first_log)) / 1e6
+                   for m, (_t, _w, log_ns) in zip(got, expected, strict=True)]
+    assert min(lateness_ms) > -2.0
+    assert max(lateness_ms) < 50.0
+    offsets = stats.as_dict()["offset_ms"]
+    assert offsets["count"] == len(written) == stats.published
+    assert 0.0 <= offsets["p50_ms"] <= offsets["p99_ms"] <= offsets["max_ms"] < 50.0
+
+
+def test_rate_2_takes_half_the_time(keydir: KeyDir, tmp_path: Path) -> None:
+    path = tmp_path / "log.mcap"
+    write_log(path, keydir.signers, steps=16, period_ns=25_000_000, robots=("robot-a",))
+    _, got1, slow = asyncio.run(play(path, "rp-r1"))
+    _, got2, fast = asyncio.run(play(path, "rp-r2", rate=2.0))
+    assert [bytes(m.payload) for m in got1] == [bytes(m.payload) for m in got2]
+    assert 0.4 <= fast / slow <= 0.7
+
+
+def test_loop_repeats_the_same_sequence(keydir: KeyDir, tmp_path: Path) -> None:
+    path = tmp_path / "log.mcap"
+    written = write_log(path, keydir.signers, steps=4, period_ns=10_000_000)
+
+    async def scenario() -> tuple[int, list[bytes]]:
+        reset_memory("rp-loop")
+        bus = await open_transport("memory://rp-loop", TransportOptions(client_id="player"))
+        sink = await open_transport("memory://rp-loop", TransportOptions(client_id="sink"))
+        await sink.subscribe("#")
+        replayer = Replayer(bus, path, rate=10.0, loop=True)
+        task = asyncio.create_task(replayer.run())
+        got = []
+        for _ in range(len(written) * 3 + 2):
+            got.append(bytes((await asyncio.wait_for(sink.recv(), 5)).payload))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await bus.close()
+        await sink.close()
+        return replayer.stats.passes, got
+
+    passes, got = asyncio.run(scenario())
+    one_pass = [w for _t, w, _l in ordered(written)]
+    assert passes >= 3
+    assert got[: 3 * len(one_pass)] == one_pass * 3
+    assert got[3 * len(one_pass):] == one_pass[:2]
+
+
+def test_topic_filter_and_start_offset(keydir: KeyDir, tmp_path: Path) -> None:
+    path = tmp_path / "log.mcap"
+    written = write_log(path, keydir.signers, steps=10, period_ns=50_000_000)
+    stats, got, _ = asyncio.run(play(path, "rp-filter", rate=20.0,
+                                     topics=["vla/v1/+/frame"], start_offset_s=0.2))
+    first = min(row[2] for row in written)
+    expected = [w for t, w, log_ns in ordered(written)
+                if t.endswith("/frame") and log_ns >= first + 200_000_000]
+    assert [bytes(m.payload) for m in got] == expected
+    assert len(expected) == 12  # steps 4..9 of two robots
+    assert set(stats.topics) == {"vla/v1/robot-a/frame", "vla/v1/robot-b/frame"}
+
+
+def test_verbatim_replay_is_rejected_by_a_live_decoder(keydir: KeyDir, tmp_path: Path) -> None:
+    path = tmp_path / "log.mcap"
+    write_log(path, keydir.signers, steps=3)
+    live = Decoder(keydir.ring, ReplayGuard())
+    for record in iter_log(path):  # the live fleet saw the originals
+        live.decode(record.data)
+    _, got, _ = asyncio.run(play(path, "rp-verbatim", rate=50.0))
+    reasons = []
+    for message in got:
+        with pytest.raises(ReplayError) as caught:
+            live.decode(message.payload)
+        reasons.append(caught.value.reason)
+    assert set(reasons) == {Reason.DUPLICATE}
+    # A receiver that never saw them (e.g. restarted) rejects them by sender time.
+    old = tmp_path / "old.mcap"
+    write_log(old, keydir.signers, steps=2, start_ns=time.time_ns() - 60_000_000_000)
+    _, got, _ = asyncio.run(play(old, "rp-stale", rate=1000.0))
+    fresh = Decoder(keydir.ring, ReplayGuard())
+    for message in got:
+        with pytest.raises(ReplayError, match="ago") as caught:
+            fresh.decode(message.payload)
+        assert caught.value.reason is Reason.STALE
+
+
+def replay_mode_decoder(keydir: KeyDir) -> Decoder:
+    roles = dict(SENDER_ROLES)
+    roles["frame"] = roles["frame"] | {"replay"}
+    roles["action"] = roles["action"] | {"replay"}
+    return Decoder(keydir.ring, ReplayGuard(), sender_roles=roles)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_restamped_replay_is_accepted_in_replay_mode(keydir: KeyDir, tmp_path: Path,
+                                                     verify: bool) -> None:
+    path = tmp_path / "log.mcap"
+    written = write_log(path, keydir.signers, steps=3, start_ns=time.time_ns() - 60_000_000_000)
+    restamper = Restamper(keydir.signers["replay"], keyring=keydir.ring if verify else None)
+    before = time.time_ns()
+    stats, got, _ = asyncio.run(play(path, f"rp-restamp-{verify}", rate=50.0,
+                                     restamper=restamper))
+    assert stats.published == len(written)
+    accepting = replay_mode_decoder(keydir)
+    strict = Decoder(keydir.ring, ReplayGuard())
+    originals = {(r.topic, i): r for i, r in enumerate(iter_log(path))}
+    for index, message in enumerate(got):
+        received = accepting.decode(message.payload)
+        assert received.role == "replay"
+        assert received.header.sender == "replay"
+        assert received.header.sent_ns >= before
+        original = Decoder(keydir.ring).decode(originals[(message.topic, index)].data)
+        assert received.header.corr == original.header.corr
+        assert type(received.message) is type(original.message)
+        assert received.message.step == original.message.step  # type: ignore[union-attr]
+        if isinstance(received.message, Frame):
+            budget = original.header.deadline_ns - original.header.sent_ns
+            assert received.header.deadline_ns - received.header.sent_ns == budget
+        else:
+            assert isinstance(received.message, Action)
+        with pytest.raises(IdentityMismatchError):  # a live worker does not serve them
+            strict.decode(message.payload)
+
+
+def test_restamp_with_keyring_skips_forged_messages(keydir: KeyDir, tmp_path: Path) -> None:
+    path = tmp_path / "forged.mcap"
+    good = write_log(tmp_path / "good.mcap", keydir.signers, steps=2, robots=("robot-a",))
+    forged = bytearray(good[0][1])
+    forged[-70] ^= 0xFF  # a body byte: the signature no longer matches
+    with Recorder(path) as recorder:
+        recorder.write(good[0][0], bytes(forged), good[0][2])
+        recorder.write(good[1][0], good[1][1], good[1][2])
+    restamper = Restamper(keydir.signers["replay"], keyring=keydir.ring)
+    with pytest.raises(SignatureError):
+        restamper.restamp(bytes(forged))
+    stats, got, _ = asyncio.run(play(path, "rp-forged", rate=50.0, restamper=restamper))
+    assert stats.published == 1
+    assert len(got) == 1
+    assert dict(stats.skipped) == {Reason.BAD_SIGNATURE.value: 1}
+
+
+def test_restamp_refuses_a_non_replay_key(keydir: KeyDir) -> None:
+    with pytest.raises(ValueError, match="replay-role"):
+        Restamper(keydir.signers["robot-a"])
+
+
+def test_replay_cli_summary_with_a_key_file(keydir: KeyDir, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "log.mcap"
+    written = write_log(path, keydir.signers, steps=3)
+    key_file = keydir.path / "replay" / "replay.key.pem"
+    code = main(["replay", str(path), "--bus", "memory://rp-cli", "--rate", "50", "--restamp",
+                 str(key_file), "--keys", str(keydir.path), "--json", "--quiet"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert summary["published"] == len(written)
+    assert summary["restamped"] is True
+    assert summary["passes"] == 1
+    assert summary["skipped"] == {}
+    code = main(["replay", str(tmp_path / "missing.mcap"), "--bus", "memory://rp-cli",
+                 "--json"])
+    assert code == 1
+    assert "no such file" in json.loads(capsys.readouterr().out)["error"]

@@ -1,0 +1,105 @@
+"""Helpers for the worker tests: a robot that speaks the real wire format."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schemas import topics
+from schemas.arrays import pack_array
+from schemas.images import encode_image
+from schemas.messages import Action, Frame, Priority, TaskRequest, TaskResult
+from security.keys import Keyring, Signer
+from security.replay import ReplayGuard
+from vlabus.transport import Transport, TransportOptions, open_transport
+from vlabus.wire import Decoder, Encoder
+
+MS = 1_000_000
+
+
+def make_frame(robot_id: str, step: int, *, size: int = 32, model: str = "default",
+               state_dim: int = 14, critical: bool = False) -> Frame:
+    rng = np.random.default_rng(step)
+    image = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    return Frame(robot_id=robot_id, step=step, cameras={"front": encode_image(image)},
+                 command="pick up the red cube", state=pack_array(
+                     np.arange(state_dim, dtype=np.float32)), capture_ns=time.time_ns(),
+                 safety_critical=critical, model=model)
+
+
+@dataclass
+class Robot:
+    """A robot client: publishes signed frames/tasks and collects verified replies."""
+
+    transport: Transport
+    encoder: Encoder
+    decoder: Decoder
+    replies: dict[str, Action | TaskResult] = field(default_factory=dict)
+    arrived_ns: dict[str, int] = field(default_factory=dict)
+    got: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def connect(cls, url: str, signer: Signer, ring: Keyring,
+                      options: TransportOptions | None = None) -> Robot:
+        transport = await open_transport(url, options or TransportOptions(
+            client_id=signer.identity))
+        await transport.subscribe(topics.action_topic(signer.identity), qos=1)
+        robot = cls(transport, Encoder(signer), Decoder(ring, ReplayGuard()))
+        robot._task = asyncio.create_task(robot._collect())
+        return robot
+
+    async def _collect(self) -> None:
+        async for message in self.transport.messages():
+            got = self.decoder.decode(message.payload)
+            assert isinstance(got.message, Action | TaskResult)
+            self.replies[got.header.corr] = got.message
+            self.arrived_ns[got.header.corr] = time.time_ns()
+            self.got.set()
+
+    async def send_frame(self, frame: Frame, corr: str, *, budget_ms: float = 1000,
+                         priority: int = Priority.NORMAL) -> int:
+        deadline = time.time_ns() + int(budget_ms * MS)
+        await self.transport.publish(
+            topics.frame_topic(frame.robot_id),
+            self.encoder.encode(frame, deadline_ns=deadline, priority=priority, corr=corr))
+        return deadline
+
+    async def send_task(self, task: TaskRequest, corr: str) -> None:
+        await self.transport.publish(
+            topics.task_topic(task.robot_id),
+            self.encoder.encode(task, deadline_ns=time.time_ns() + 5_000 * MS, corr=corr), qos=1)
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
+        async def loop() -> None:
+            while len(self.replies) < count:
+                self.got.clear()
+                await self.got.wait()
+        await asyncio.wait_for(loop(), timeout)
+
+    async def close(self) -> None:
+        await self.transport.close()
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds, checking each loop turn; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.002)
+
+
+@contextmanager
+def timed() -> Iterator[list[float]]:
+    out: list[float] = []
+    start = time.perf_counter()
+    yield out
+    out.append(time.perf_counter() - start)

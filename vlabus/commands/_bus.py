@@ -1,0 +1,63 @@
+"""Bus connection flags shared by every subcommand that talks to a bus.
+
+    --bus URL             memory://NAME, mqtt://HOST:PORT, mqtts://HOST:PORT, zmq://HOST:PORT
+                          (default: $VLABUS_BUS)
+    --broker-config DIR   credentials from a config rendered by `vlabus broker render`:
+                          the identity's password (dev) or client certificate (fleet TLS)
+                          (default: $VLABUS_BROKER_CONFIG)
+    --username/--password-file, --tls-ca/--tls-cert/--tls-key   explicit MQTT credentials
+    --curve DIR           CurveZMQ keys made by `vlabus hub --curve DIR --add-client NAME`
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from vlabus.transport import CurveKeys, TlsFiles, TransportOptions
+
+
+def add_bus_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    default = os.environ.get("VLABUS_BUS")
+    group = parser.add_argument_group("bus connection")
+    group.add_argument("--bus", default=default, required=required and default is None,
+                       metavar="URL", help="bus URL: zmq://, mqtt://, mqtts://, memory:// "
+                       "(default $VLABUS_BUS)")
+    group.add_argument("--broker-config", default=os.environ.get("VLABUS_BROKER_CONFIG"),
+                       metavar="DIR", type=Path,
+                       help="rendered broker config holding this identity's credentials")
+    group.add_argument("--username", default=None, help="MQTT username")
+    group.add_argument("--password-file", default=None, type=Path, metavar="FILE",
+                       help="file holding the MQTT password")
+    group.add_argument("--tls-ca", default=None, type=Path, metavar="FILE")
+    group.add_argument("--tls-cert", default=None, type=Path, metavar="FILE")
+    group.add_argument("--tls-key", default=None, type=Path, metavar="FILE")
+    group.add_argument("--curve", default=None, type=Path, metavar="DIR",
+                       help="CurveZMQ key directory (zmq:// only)")
+
+
+def transport_options(args: argparse.Namespace, identity: str, client_id: str | None = None,
+                      **extra: Any) -> TransportOptions:
+    """The :class:`TransportOptions` that ``args`` describe for ``identity``."""
+    client = client_id or identity
+    if args.broker_config is not None and str(args.bus).startswith("mqtt"):
+        from vlabus.broker import client_options
+
+        return client_options(args.broker_config, identity, client, **extra)
+    password = None
+    if args.password_file is not None:
+        password = Path(args.password_file).read_text().strip()
+    tls = None
+    if args.tls_ca is not None:
+        tls = TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
+    curve = None
+    if args.curve is not None and str(args.bus).startswith("zmq"):
+        from security.curve import load_client_keys
+
+        server_public, public, secret = load_client_keys(args.curve, identity)
+        curve = CurveKeys(server_public=server_public, public=public, secret=secret)
+    return TransportOptions(client_id=client, username=args.username or
+                            (identity if password else None), password=password, tls=tls,
+                            curve=curve, **extra)

@@ -1,0 +1,136 @@
+"""``vlabus edge``: run a robot's edge agent (a simulated robot with ``--sim``).
+
+Exit status 0 after the run (or SIGTERM / Ctrl-C), 1 on a configuration error (keys, flags),
+2 when the bus could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from vlabus.commands._bus import add_bus_arguments, transport_options
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("edge", help="run a robot's edge agent (deadline watchdog + local "
+                                         "fallback); --sim drives a simulated robot")
+    parser.add_argument("--robot-id", required=True, metavar="ID")
+    add_bus_arguments(parser)
+    parser.add_argument("--keys", required=True, metavar="DIR",
+                        help="keyring: this robot's private key, workers' and release public keys")
+    parser.add_argument("--sim", action="store_true",
+                        help="drive a simulated tabletop robot (the only built-in robot)")
+    parser.add_argument("--fps", type=float, default=30.0, metavar="F", help="control rate")
+    parser.add_argument("--deadline-ms", type=float, default=50.0, metavar="D",
+                        help="per-step budget for a cloud action")
+    parser.add_argument("--chunk", type=int, default=1, metavar="H",
+                        help="execute action chunks from a queue (H > 1); 1 = one action/step")
+    parser.add_argument("--refill-below", type=int, default=None, metavar="N",
+                        help="send a new frame when fewer queued actions are left "
+                             "(default H/2)")
+    parser.add_argument("--seconds", type=float, default=10.0, metavar="S")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
+                        help="serve /metrics /healthz /readyz (0 picks a free port)")
+    parser.add_argument("--metrics-host", default="127.0.0.1")
+    parser.add_argument("--record", default=None, metavar="FILE", type=Path,
+                        help="MCAP black box: frames sent, replies received, every decision")
+    parser.add_argument("--models-dir", default=None, metavar="DIR", type=Path,
+                        help="accept signed model updates into this store (off when absent)")
+    parser.add_argument("--local-model", default="edge", metavar="NAME",
+                        help="model name of the local policy (its update topic)")
+    parser.add_argument("--local-width", type=int, default=16, metavar="W",
+                        help="width of the seeded local reference policy")
+    parser.add_argument("--codec", default="raw", choices=["raw", "jpeg"])
+    parser.add_argument("--safety-every", type=int, default=0, metavar="N",
+                        help="mark every Nth frame safety-critical (kept on the robot)")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.sim:
+        print("vlabus edge: only --sim is built in; embed edge_agent.EdgeAgent for a real robot",
+              file=sys.stderr)
+        return 1
+    if args.fps <= 0 or args.deadline_ms <= 0 or args.chunk < 1 or args.seconds <= 0:
+        print("vlabus edge: --fps, --deadline-ms, --seconds must be positive, --chunk >= 1",
+              file=sys.stderr)
+        return 1
+    summary = asyncio.run(edge_command(args))
+    if args.json:
+        print(json.dumps(summary), flush=True)
+    elif summary.get("error"):
+        print(f"vlabus edge: {summary['error']}", file=sys.stderr)
+    else:
+        print(_human(summary))
+    return int(summary.get("exit_code", 0))
+
+
+async def edge_command(args: argparse.Namespace) -> dict[str, Any]:
+    # heavy imports (torch, paho, zmq, mcap) only when the command runs
+    import torch  # noqa: PLC0415
+
+    from edge_agent.metrics import EdgeMetrics  # noqa: PLC0415
+    from edge_agent.sim import run_sim_robot  # noqa: PLC0415
+    from edge_agent.stack import LocalModel  # noqa: PLC0415
+    from schemas.errors import BusError, TransportError  # noqa: PLC0415
+    from schemas.topics import check_id  # noqa: PLC0415
+    from vlabus.metrics import MetricsServer  # noqa: PLC0415
+    from vlabus.record import Recorder  # noqa: PLC0415
+
+    torch.set_num_threads(1)  # small local model: threads only add jitter on a robot's CPU
+    try:
+        robot_id = check_id(args.robot_id)
+        options = transport_options(args, robot_id)
+    except (BusError, OSError) as exc:
+        return {"error": str(exc), "exit_code": 1}
+    metrics = EdgeMetrics()
+    server = None
+    if args.metrics_port is not None:
+        server = MetricsServer(metrics.registry, args.metrics_host, args.metrics_port).start()
+    recorder = Recorder(args.record, metadata={"robot_id": robot_id}) if args.record else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    model = LocalModel(name=args.local_model, width=args.local_width, models_dir=args.models_dir)
+    try:
+        if server is not None:
+            server.ready.set()
+        summary = await run_sim_robot(
+            args.bus, args.keys, robot_id, args.fps, args.deadline_ms, args.seconds,
+            chunk=args.chunk, refill_below=args.refill_below, model=model, metrics=metrics,
+            recorder=recorder, safety_every=args.safety_every, stop=stop, codec=args.codec,
+            options=options)
+    except TransportError as exc:
+        return {"error": f"bus {args.bus}: {exc}", "exit_code": 2}
+    except (BusError, OSError, ValueError) as exc:
+        return {"error": str(exc), "exit_code": 1}
+    finally:
+        if recorder is not None:
+            recorder.close()
+        if server is not None:
+            server.close()
+    if recorder is not None:
+        summary["recording"] = {"path": str(args.record), **recorder.counters()}
+    if server is not None:
+        summary["metrics_port"] = server.port
+    summary["exit_code"] = 0
+    return summary
+
+
+def _human(summary: dict[str, Any]) -> str:
+    late = summary["lateness_ms"]
+    rtt = summary["rtt_ms"]
+    return (f"{summary['steps']} steps: {summary['actions_by_source']}, fallbacks "
+            f"{summary['fallbacks_by_cause']}; lateness p99 {late['p99']} ms max {late['max']} "
+            f"ms; rtt p50 {rtt['p50']} ms p99 {rtt['p99']} ms; late replies discarded "
+            f"{summary['late_replies_discarded']}")

@@ -1,0 +1,79 @@
+"""``vlabus hub --bind tcp://HOST:PORT [--curve DIR] [--json]``: run the ZeroMQ hub.
+
+Runs in the foreground until SIGINT or SIGTERM, then prints its counters (one JSON object with
+``--json``). ``--curve DIR --add-client NAME`` creates CurveZMQ key pairs and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("hub", help="run the ZeroMQ hub (broker-free rendezvous)")
+    parser.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                        help="ZeroMQ endpoint to bind; port 0 picks a free one "
+                             "(default tcp://127.0.0.1:5555)")
+    parser.add_argument("--curve", metavar="DIR", type=Path,
+                        help="require CurveZMQ: DIR holds hub.key_secret and authorized/*.key "
+                             "(created when missing)")
+    parser.add_argument("--add-client", metavar="NAME", action="append", default=[],
+                        help="with --curve: create and admit a client key pair, then exit "
+                             "(repeatable)")
+    parser.add_argument("--hwm", type=int, default=10_000,
+                        help="high-water mark per peer, in messages (default 10000)")
+    parser.add_argument("--max-msg-size", type=int, default=32 << 20,
+                        help="largest message accepted; a peer sending more is disconnected "
+                             "(default 33554432)")
+    parser.add_argument("--heartbeat-ms", type=int, default=1000,
+                        help="ZMTP heartbeat interval; the peer times out after 3x (default 1000)")
+    parser.add_argument("--json", action="store_true", help="print the final counters as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from schemas.errors import BusError  # noqa: PLC0415
+    from security.curve import add_curve_client, init_curve  # noqa: PLC0415
+    from vlabus.hub import Hub, HubConfig  # noqa: PLC0415 - zmq stays out of `vlabus --help`
+
+    try:
+        if args.add_client:
+            if args.curve is None:
+                print("vlabus hub: --add-client needs --curve DIR", file=sys.stderr)
+                return 2
+            made = {name: add_curve_client(args.curve, name).decode() for name in args.add_client}
+            print(json.dumps({"clients": made}) if args.json else
+                  "\n".join(f"{n} {k}" for n, k in made.items()))
+            return 0
+        if args.curve is not None:
+            init_curve(args.curve)
+        hub = Hub(HubConfig(bind=args.bind, curve_dir=args.curve, hwm=args.hwm,
+                            max_msg_size=args.max_msg_size, heartbeat_ms=args.heartbeat_ms))
+        hub.start()
+    except BusError as exc:
+        print(f"vlabus hub: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    print(f"hub listening on {hub.url}" + (" (CURVE)" if args.curve else ""),
+          file=sys.stderr, flush=True)
+    stop.wait()
+    hub.stop()
+    counters = {"url": hub.url, "curve": args.curve is not None, **hub.counters()}
+    if args.json:
+        print(json.dumps(counters))
+    else:
+        print(" ".join(f"{k}={v}" for k, v in counters.items()))
+    return 0

@@ -1,0 +1,86 @@
+"""``vlabus model publish``: release a safetensors weight file to the fleet.
+
+Exit status 0 when every message was published, 1 on a bad file or key, 2 when the bus could
+not be reached or refused a publish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from schemas.errors import BusError
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("model", help="publish model releases")
+    model = parser.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    pub = model.add_parser("publish", help="sign a manifest and publish a weight file in chunks")
+    pub.add_argument("--weights", required=True, metavar="FILE.safetensors")
+    pub.add_argument("--name", required=True, help="model name (lowercase, digits, . _ -)")
+    pub.add_argument("--version", required=True, type=int, metavar="N",
+                     help="release version; robots accept only increasing versions")
+    pub.add_argument("--keys", required=True, metavar="DIR", help="keyring holding the release key")
+    pub.add_argument("--bus", required=True, help="bus URL")
+    pub.add_argument("--release-id", default="release", metavar="ID",
+                     help="identity of the release key (default: release)")
+    pub.add_argument("--expires-s", type=float, default=7 * 86400, metavar="S",
+                     help="manifest lifetime in seconds (default 7 days)")
+    pub.add_argument("--chunk-size", type=int, default=256 << 10, metavar="B",
+                     help="bytes per chunk (default 262144)")
+    pub.add_argument("--broker-config", default=None, metavar="DIR",
+                     help="rendered broker config: credentials for the release identity")
+    pub.add_argument("--json", action="store_true", help="print a JSON summary")
+    pub.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = asyncio.run(publish_command(args))
+    if args.json:
+        print(json.dumps(summary))
+    elif summary.get("error"):
+        print(f"vlabus model publish: {summary['error']}", file=sys.stderr)
+    else:
+        print(f"published {summary['name']} v{summary['version']}: {summary['size']} bytes "
+              f"in {summary['chunks']} chunks, sha256 {summary['sha256']}")
+    return int(summary["exit_code"])
+
+
+async def publish_command(args: argparse.Namespace) -> dict[str, Any]:
+    from cloud_workers.publisher import build_release, publish_release, read_weights  # noqa: PLC0415
+    from security.keys import load_signer  # noqa: PLC0415
+    from vlabus.transport import TransportOptions, open_transport  # noqa: PLC0415
+    from vlabus.wire import Encoder  # noqa: PLC0415
+
+    try:
+        release = build_release(read_weights(args.weights), name=args.name,
+                                version=args.version, chunk_size=args.chunk_size,
+                                expires_s=args.expires_s,
+                                metadata={"release_id": args.release_id})
+        signer = load_signer(args.keys, "release", args.release_id)
+        options = TransportOptions(client_id=f"publisher-{args.release_id}")
+        if args.broker_config:
+            from vlabus.broker import client_options  # noqa: PLC0415
+
+            options = client_options(args.broker_config, args.release_id,
+                                     client_id=options.client_id)
+    except (BusError, ValueError, OSError) as exc:
+        return {"exit_code": 1, "error": str(exc)}
+    try:
+        transport = await open_transport(args.bus, options)
+    except (BusError, OSError) as exc:
+        return {"exit_code": 2, "error": f"cannot reach {args.bus}: {exc}"}
+    manifest = release.manifest
+    try:
+        sent = await publish_release(transport, Encoder(signer), release)
+    except BusError as exc:
+        return {"exit_code": 2, "error": str(exc)}
+    finally:
+        await transport.close()
+    return {"exit_code": 0, "name": manifest.name, "version": manifest.version,
+            "size": manifest.size, "sha256": manifest.sha256, "chunks": len(release.chunks),
+            "chunk_size": manifest.chunk_size, "expires_ns": manifest.expires_ns,
+            "bytes_published": sent}

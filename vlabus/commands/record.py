@@ -1,0 +1,143 @@
+"""``vlabus record``: write bus traffic to an MCAP file (see :mod:`vlabus.record`).
+
+Exit status 0 when the recording ended normally (duration, Ctrl-C, SIGTERM), 1 when the file
+could not be written (e.g. a full disk), 2 when the bus could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from schemas.errors import BusError, WireError
+from security.keys import Keyring
+from vlabus.commands._bus import add_bus_arguments, transport_options
+from vlabus.inbound import Rejections
+from vlabus.transport import Message, open_transport
+from vlabus.wire import Decoder
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("record", help="record bus traffic to an MCAP file")
+    add_bus_arguments(parser)
+    parser.add_argument("--identity", default="recorder",
+                        help="identity whose bus credentials to use (default recorder)")
+    parser.add_argument("-o", "--output", required=True, help="MCAP file to write")
+    parser.add_argument("--topics", nargs="+", default=["#"], metavar="PATTERN",
+                        help="topic patterns with MQTT wildcards (default: #)")
+    parser.add_argument("--duration", type=float, default=None, metavar="S",
+                        help="stop after S seconds (default: until Ctrl-C / SIGTERM)")
+    parser.add_argument("--keys", default=None, metavar="DIR",
+                        help="keyring: count messages whose signature verifies (all are kept)")
+    parser.add_argument("--flush-interval", type=float, default=1.0, metavar="S",
+                        help="close the chunk and flush at least this often (default 1.0)")
+    parser.add_argument("--chunk-size", type=int, default=64 << 10, metavar="BYTES",
+                        help="close a chunk once it holds this much (default 65536)")
+    parser.add_argument("--compression", choices=["none", "zstd", "lz4"], default="none",
+                        help="chunk compression (default none: frames are lz4 already)")
+    parser.add_argument("--client-id", default=None, help="bus client id (default recorder-PID)")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = asyncio.run(record_command(args))
+    if args.json:
+        print(json.dumps(summary))
+    elif summary.get("error"):
+        print(f"error: {summary['error']}", file=sys.stderr)
+    return int(summary["exit_code"])
+
+
+async def record_command(args: argparse.Namespace) -> dict[str, Any]:
+    """Connect, subscribe, record until the end condition; return the JSON summary."""
+    from vlabus.record import Recorder, RecordError, record_from  # noqa: PLC0415 - mcap
+
+    client_id = args.client_id or f"recorder-{os.getpid()}"
+    try:
+        recorder = Recorder(args.output, flush_interval_s=args.flush_interval,
+                            chunk_size=args.chunk_size, compression=args.compression,
+                            metadata={"bus": args.bus, "topics": " ".join(args.topics)})
+    except RecordError as exc:
+        return {"exit_code": 1, "error": str(exc)}
+    try:
+        transport = await open_transport(
+            args.bus, transport_options(args, args.identity, client_id))
+        for pattern in args.topics:
+            await transport.subscribe(pattern)
+    except (BusError, OSError) as exc:
+        recorder.close()
+        return {"exit_code": 2, "error": f"cannot reach {args.bus}: {exc}"}
+
+    verified = 0
+    rejections = Rejections()
+    inspect = None
+    if args.keys:
+        decoder = Decoder(Keyring.load(args.keys))  # no replay guard: a recorder keeps copies
+
+        def inspect(message: Message) -> None:
+            nonlocal verified
+            try:
+                decoder.decode(message.payload)
+                verified += 1
+            except WireError as exc:
+                rejections.count(exc.reason)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    error = None
+    try:
+        await record_from(transport, recorder, duration_s=args.duration, stop=stop,
+                          on_progress=None if args.quiet else _progress(started),
+                          inspect=inspect)
+    except RecordError as exc:
+        error = str(exc)
+    finally:
+        recorder.close()
+        transport_counters = transport.counters()
+        await transport.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    elapsed = time.monotonic() - started
+    if not args.quiet and sys.stderr.isatty():
+        print(file=sys.stderr)
+    summary: dict[str, Any] = {
+        "exit_code": 1 if error else 0,
+        "file": str(args.output),
+        "bus": args.bus,
+        "topics": recorder.topics,
+        "duration_s": round(elapsed, 3),
+        **recorder.counters(),
+        "msgs_per_s": round(recorder.messages / elapsed, 1) if elapsed else 0.0,
+        "mb_per_s": round(recorder.bytes / elapsed / 1e6, 3) if elapsed else 0.0,
+        "transport": transport_counters,
+        "error": error or recorder.error,
+    }
+    if args.keys:
+        summary["verified"] = verified
+        summary["rejected"] = dict(rejections.by_reason)
+    return summary
+
+
+def _progress(started: float) -> Any:
+    tty = sys.stderr.isatty()
+
+    def show(recorder: Any) -> None:
+        elapsed = max(time.monotonic() - started, 1e-9)
+        line = (f"recorded {recorder.messages} msgs, {recorder.bytes / 1e6:.1f} MB, "
+                f"{recorder.messages / elapsed:.0f} msg/s, {recorder.bytes / elapsed / 1e6:.2f}"
+                f" MB/s -> {recorder.path}")
+        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr,
+              flush=True)
+
+    return show

@@ -1,0 +1,138 @@
+"""``vlabus worker``: serve robots' frames and task requests from a shared group.
+
+Exit status 0 after a graceful stop (SIGTERM / Ctrl-C), 1 on a configuration error (keys,
+policy, device), 2 when the bus could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+from schemas.errors import BusError
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("worker", help="serve VLA inference for robots in a worker group")
+    parser.add_argument("--bus", required=True, help="bus URL: mqtt://, mqtts://, zmq://, memory://")
+    parser.add_argument("--keys", required=True, metavar="DIR",
+                        help="keyring: this worker's private key and the robots' public keys")
+    parser.add_argument("--id", required=True, help="worker id (its key identity and client id)")
+    parser.add_argument("--group", default="workers", help="shared-subscription group")
+    parser.add_argument("--policy", action="append", default=None, metavar="[NAME=]SPEC",
+                        help="reference | noop | FILE.safetensors | module:factory; repeat to "
+                             "serve several models (the first also answers model 'default')")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--max-batch", type=int, default=16, metavar="N")
+    parser.add_argument("--max-delay-ms", type=float, default=2.0, metavar="T",
+                        help="longest a request waits for company before its batch runs")
+    parser.add_argument("--queue-size", type=int, default=1024, metavar="N",
+                        help="bounded queue; beyond it the lowest priority is shed")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
+                        help="serve /metrics /healthz /readyz (0 picks a free port)")
+    parser.add_argument("--metrics-host", default="127.0.0.1")
+    parser.add_argument("--broker-config", default=None, metavar="DIR",
+                        help="rendered broker config: credentials for this worker's identity")
+    parser.add_argument("--replay-mode", action="store_true",
+                        help="also accept frames signed by replay-role keys (restamped recordings)")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on exit")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = asyncio.run(worker_command(args))
+    if args.json:
+        print(json.dumps(summary), flush=True)
+    elif summary.get("error"):
+        print(f"vlabus worker: {summary['error']}", file=sys.stderr)
+    return int(summary["exit_code"])
+
+
+def parse_policies(specs: list[str] | None) -> list[tuple[str | None, str]]:
+    """``[NAME=]SPEC`` strings → (name or None, spec); a Windows-free ``=`` split."""
+    out: list[tuple[str | None, str]] = []
+    for spec in specs or ["reference"]:
+        name, sep, rest = spec.partition("=")
+        out.append((name, rest) if sep and ":" not in name else (None, spec))
+    return out
+
+
+async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
+    # heavy imports (torch, paho) only when the command runs
+    from cloud_workers.metrics import WorkerMetrics  # noqa: PLC0415
+    from cloud_workers.runner import PolicyRunner  # noqa: PLC0415
+    from cloud_workers.tasks import default_handlers  # noqa: PLC0415
+    from cloud_workers.worker import WorkerConfig, open_worker  # noqa: PLC0415
+    from schemas.topics import check_id, check_name  # noqa: PLC0415
+    from security.keys import Keyring, load_signer  # noqa: PLC0415
+    from vlabus.metrics import MetricsServer  # noqa: PLC0415
+    from vlabus.policy import describe, load_policy, resolve_device  # noqa: PLC0415
+    from vlabus.transport import TransportOptions  # noqa: PLC0415
+
+    try:
+        worker_id = check_id(args.id)
+        signer = load_signer(args.keys, "worker", worker_id)
+        keyring = Keyring.load(args.keys)
+        device = resolve_device(args.device)
+        policies = {}
+        for name, spec in parse_policies(args.policy):
+            policy = load_policy(spec, device=device)
+            policies[check_name(name or describe(policy)[0])] = policy
+        options = TransportOptions(client_id=worker_id)
+        if args.broker_config:
+            from vlabus.broker import client_options  # noqa: PLC0415
+
+            options = client_options(args.broker_config, worker_id)
+    except (BusError, ValueError, TypeError, RuntimeError, ImportError, AttributeError) as exc:
+        return {"exit_code": 1, "error": str(exc)}
+
+    runner = PolicyRunner(policies, {})
+    runner.handlers = default_handlers(runner.models)
+    metrics = WorkerMetrics()
+    config = WorkerConfig(worker_id=worker_id, group=args.group, max_batch=args.max_batch,
+                          max_delay_ns=int(args.max_delay_ms * 1e6),
+                          queue_capacity=args.queue_size, replay_mode=args.replay_mode,
+                          detail={"device": device, "max_batch": str(args.max_batch)})
+    try:
+        worker = await open_worker(args.bus, signer, keyring, runner, config=config,
+                                   metrics=metrics, options=options)
+    except (BusError, OSError) as exc:
+        return {"exit_code": 2, "error": f"cannot reach {args.bus}: {exc}"}
+
+    server = None
+    if args.metrics_port is not None:
+        server = MetricsServer(metrics.registry, args.metrics_host, args.metrics_port).start()
+        log.warning("metrics on http://%s:%d/metrics", args.metrics_host, server.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def mark_ready() -> None:
+        await worker.ready.wait()
+        if server is not None:
+            server.ready.set()
+        print(json.dumps({"event": "ready", "worker": worker_id, "models": runner.models,
+                          "metrics_port": server.port if server else None}),
+              file=sys.stderr, flush=True)
+
+    ready_task = asyncio.create_task(mark_ready())
+    try:
+        await worker.run(stop)
+    finally:
+        ready_task.cancel()
+        if server is not None:
+            server.ready.clear()
+            server.close()
+        await worker.transport.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return {"exit_code": 0, "worker": worker_id, "models": runner.models, "device": device,
+            **metrics.summary.as_dict(), "transport": worker.transport.counters()}
