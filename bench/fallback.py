@@ -78,18 +78,27 @@ async def _respond(url: str, keys: str, delay_ms: float) -> None:
         loop.create_task(answer(received.message, received.header.corr, arrived))  # noqa: RUF006
 
 
-def _spawn(args: list[str], ready: str, timeout: float = 20.0) -> subprocess.Popen[str]:
+def _spawn(args: list[str], ready: str, timeout: float = 30.0) -> subprocess.Popen[str]:
+    """Start ``python ARGS`` and wait (bounded) for a stdout line containing ``ready``."""
+    import selectors  # noqa: PLC0415
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.STDOUT, env=env)
     assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if ready in line:
-            return proc
-        if not line and proc.poll() is not None:
-            break
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not sel.select(left):
+                break
+            line = proc.stdout.readline()
+            if ready in line:
+                return proc
+            if not line:
+                break
     proc.kill()
+    proc.wait()
     raise RuntimeError(f"{args} did not start")
 
 
@@ -133,7 +142,8 @@ async def _scenario(url: str, keys: str, deadline_ms: float, steps: int) -> dict
     try:
         for _ in range(20):  # warm-up: connections, caches, the hedge's latency estimate
             await agent.act(robot.observe(0))
-        agent.stats.__init__()  # type: ignore[misc]  # measure the steady state only
+        await asyncio.sleep(2 * deadline_ms / 1e3)  # late warm-up replies land before reset
+        agent.stats.reset()  # measure the steady state only
         start = loop.time()
         for step in range(steps):
             delay = start + step * period - loop.time()
@@ -151,7 +161,8 @@ async def _scenario(url: str, keys: str, deadline_ms: float, steps: int) -> dict
 
 def _pick(summary: dict[str, Any]) -> dict[str, Any]:
     keys = ("steps", "actions_by_source", "fallbacks_by_cause", "lateness_ms", "rtt_ms",
-            "late_replies_discarded", "steps_without_action", "local_inference_ms", "hedges")
+            "late_replies_discarded", "steps_without_action", "local_inference_ms", "hedges",
+            "timer_slack_ms")
     return {k: summary[k] for k in keys}
 
 

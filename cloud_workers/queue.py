@@ -96,9 +96,13 @@ class DeadlineQueue:
         now = self._clock() if now_ns is None else now_ns
         keep: list[tuple[tuple[int, int, int], Request]] = []
         dropped: list[Request] = []
+        ready_at: dict[str, int] = {}  # earliest finish per model, if started now
         for item in self._items:
             req = item[1]
-            if req.deadline_ns and req.deadline_ns < now + self.estimate.get(req.model):
+            finish = ready_at.get(req.model)
+            if finish is None:
+                finish = ready_at[req.model] = now + self.estimate.get(req.model)
+            if req.deadline_ns and req.deadline_ns < finish:
                 dropped.append(req)
             else:
                 keep.append(item)

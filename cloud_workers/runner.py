@@ -56,10 +56,12 @@ class PolicyRunner:
         self.handlers = handlers
         self.models = {name: describe(p)[1] for name, p in policies.items()}
 
-    def warm_up(self, rounds: int = 3) -> None:
+    def warm_up(self, rounds: int = 3) -> dict[str, int]:
         """Run every policy on a synthetic observation (its shapes from ``config`` when the
         policy has one), so first-request latency excludes lazy init and kernel selection.
-        A policy with its own ``warm_up()`` method is asked to warm itself instead."""
+        A policy with its own ``warm_up()`` method is asked to warm itself instead.
+        Returns the last batch-1 time (ns) per policy that ran, to seed deadline estimates."""
+        timings: dict[str, int] = {}
         for name, policy in self.policies.items():
             own = getattr(policy, "warm_up", None)
             if callable(own):
@@ -67,11 +69,14 @@ class PolicyRunner:
                 continue
             sample = _synthetic(policy)
             for _ in range(rounds):
+                start = time.perf_counter_ns()
                 try:
                     policy.infer([sample])
                 except Exception as exc:  # noqa: BLE001 - user policies may reject the sample
                     log.warning("warm-up of %r skipped: %r", name, exc)
                     break
+                timings[name] = time.perf_counter_ns() - start
+        return timings
 
     def run(self, batch: Batch) -> BatchResult:
         start = time.perf_counter_ns()

@@ -30,6 +30,7 @@ from cloud_workers.queue import DeadlineQueue, InferenceEstimate, Request
 from cloud_workers.runner import BatchResult, PolicyRunner, task_model
 from schemas import topics
 from schemas.arrays import pack_array
+from schemas.errors import BusError
 from schemas.messages import Action, Frame, Message, Priority, Status, TaskRequest, TaskResult
 from security.keys import Keyring, Role, Signer
 from security.replay import ReplayGuard
@@ -99,7 +100,9 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then shut down gracefully (see :meth:`_shutdown`)."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self.runner.warm_up)
+        warm = await loop.run_in_executor(self._pool, self.runner.warm_up)
+        for model, duration_ns in warm.items():
+            self.queue.estimate.observe(model, duration_ns)
         await self.transport.subscribe(topics.ALL_FRAMES, group=self.config.group, qos=0)
         await self.transport.subscribe(topics.ALL_TASKS, group=self.config.group, qos=1)
         await self._publish_status("online")
@@ -251,8 +254,13 @@ class Worker:
                     encode_ns=self._last_encode_ns,
                     span_ns=max(0, time.time_ns() - request.meta["received_ns"]))
             start = time.perf_counter_ns()
-            payload = self.encoder.encode(reply, deadline_ns=header.deadline_ns,
-                                          priority=header.priority, corr=header.corr)
+            try:
+                payload = self.encoder.encode(reply, deadline_ns=header.deadline_ns,
+                                              priority=header.priority, corr=header.corr)
+            except BusError as exc:  # e.g. a policy's chunk too large for an envelope
+                log.warning("reply to %r not encodable: %r", header.sender, exc)
+                self.metrics.on_drop("policy_error")
+                continue
             self._last_encode_ns = time.perf_counter_ns() - start
             await self._send(topics.action_topic(header.sender), payload, header.deadline_ns)
 

@@ -36,7 +36,7 @@ from edge_agent.frames import frame_of
 from edge_agent.local import Chunk, LocalPolicy, LocalPolicyError
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.receiver import CloudReply, Receiver
-from edge_agent.watchdog import HedgeTiming, Watchdog, plan_hedge
+from edge_agent.watchdog import HedgeTiming, TimerSlack, Watchdog, plan_hedge
 from schemas.errors import TransportError
 from schemas.images import Codec
 from schemas.messages import Priority
@@ -111,6 +111,11 @@ class ActionResult:
     blended: bool = False
 
 
+def _retrieve(future: asyncio.Future[Chunk]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class EdgeAgent:
     """Per-step cloud-or-local decisions for one robot; run it on one event loop."""
 
@@ -128,6 +133,7 @@ class EdgeAgent:
         self.breaker = OffloadBreaker(config.breaker)
         receiver.on_late = self.breaker.late_reply
         self.queue = ActionQueue(config.period_ns)
+        self.slack = TimerSlack(config.timer_slack_ns)
         self._session = os.urandom(4).hex()
         self._step = 0
         self._inflight: asyncio.Task[Decision] | None = None
@@ -216,7 +222,8 @@ class EdgeAgent:
         probe = route is Route.PROBE
         corr = f"{self._session}-{step}"
         timing = plan_hedge(deadline_ns, self.local.latency, slack_ns=self.config.hedge_slack_ns,
-                            timer_slack_ns=self.config.timer_slack_ns)
+                            timer_slack_ns=self.slack.for_deadline(
+                                deadline_ns - time.monotonic_ns()))
         reply_future = self.receiver.expect(corr, step, deadline_ns, timing.decide_ns, probe)
         try:
             await self._publish(step, observation, deadline_ns, corr)
@@ -251,6 +258,7 @@ class EdgeAgent:
             nonlocal hedge
             if not reply_future.done():
                 hedge = asyncio.wrap_future(self.local.submit(observation))
+                hedge.add_done_callback(_retrieve)  # a dropped hedge may fail unobserved
                 self.stats.hedges_started += 1
 
         handle = loop.call_later(max(0.0, (timing.start_ns - time.monotonic_ns()) / 1e9),
@@ -264,6 +272,9 @@ class EdgeAgent:
             raise
         finally:
             handle.cancel()
+        woke = time.monotonic_ns()
+        if woke >= timing.decide_ns:  # the timer fired: learn how late this loop's timers are
+            self.slack.observe(woke - timing.decide_ns)
         if reply_future.done() and not reply_future.cancelled():
             reply = reply_future.result()
             if hedge is not None:
@@ -303,7 +314,7 @@ class EdgeAgent:
         self.metrics.model_version.set(self.local.version)
         try:
             return await asyncio.wrap_future(self.local.submit(observation))
-        except LocalPolicyError as again:
+        except LocalPolicyError:
             log.exception("rolled-back policy failed too")
             return None
 

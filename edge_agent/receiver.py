@@ -132,7 +132,9 @@ class Receiver:
 
     def expire(self, corr: str) -> PendingStep | None:
         """The fallback decides ``corr``: later replies are late."""
-        self._expected.pop(corr, None)
+        expected = self._expected.pop(corr, None)
+        if expected is not None:
+            expected.future.cancel()
         return self.watchdog.expire(corr)
 
     def decided(self, result: ActionResult) -> None:
@@ -151,7 +153,7 @@ class Receiver:
         try:
             self.recorder.write(topic, payload, time.time_ns())
         except BusError as exc:  # a full disk ends the recording, never the robot
-            log.error("black box stopped: %r", exc)
+            log.error("black box stopped: %r", exc)  # noqa: TRY400 - expected, no traceback
             self.recorder = None
 
     def rolled_back(self, failed_version: int) -> None:
@@ -259,6 +261,11 @@ class Receiver:
         self._count(result)
         if ready is not None and self.local is not None:
             self.local.stage(ready.policy, ready.installed.version)
+
+    async def settle(self) -> None:
+        """Wait for model installs in progress (tests, orderly shutdown)."""
+        while self._installs:
+            await asyncio.gather(*self._installs, return_exceptions=True)
 
     def _count(self, result: UpdateResult) -> None:
         self.metrics.model_updates.labels(result.value).inc()

@@ -7,6 +7,7 @@ measured on image statistics like a real camera's, not on uniform noise.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 
 class TabletopScene:
@@ -31,8 +32,8 @@ class TabletopScene:
             for _ in range(objects)
         ]
 
-    def render(self, step: int = 0) -> np.ndarray:  # type: ignore[type-arg]
-        """One H×W×3 uint8 frame."""
+    def render(self, step: int = 0) -> npt.NDArray[np.uint8]:
+        """One HxWx3 uint8 frame."""
         image = self._table.copy()
         for center, radius, color, velocity in self._objects:
             cy, cx = (center + velocity * step) % 1.0
@@ -43,4 +44,5 @@ class TabletopScene:
             shadow = (dist >= radius) & (dist < radius * 1.25) & (self._yy > cy)
             image[shadow] *= 0.6
         image += self._rng.normal(0.0, self.noise, image.shape)
-        return np.clip(image, 0, 255).astype(np.uint8)
+        frame: npt.NDArray[np.uint8] = np.clip(image, 0, 255).astype(np.uint8)
+        return frame

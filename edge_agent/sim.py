@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +85,13 @@ async def drive(agent: EdgeAgent, robot: SimRobot, *, fps: float, seconds: float
     return overruns
 
 
-async def run_sim_robot(bus_url: str, keys_dir: str | Path, robot_id: str, fps: float,
-                        deadline_ms: float, seconds: float, *, chunk: int = 1,
-                        refill_below: int | None = None, model: LocalModel | None = None,
-                        metrics: EdgeMetrics | None = None, recorder: Any = None,
-                        safety_every: int = 0, stop: asyncio.Event | None = None,
-                        codec: str = "raw", seed: int = 0,
-                        options: TransportOptions | None = None) -> dict[str, Any]:
+async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` calls
+        bus_url: str, keys_dir: str | Path, robot_id: str, fps: float, deadline_ms: float,
+        seconds: float, *, chunk: int = 1, refill_below: int | None = None,
+        model: LocalModel | None = None, metrics: EdgeMetrics | None = None,
+        recorder: Any = None, safety_every: int = 0, stop: asyncio.Event | None = None,
+        codec: str = "raw", seed: int = 0,
+        options: TransportOptions | None = None) -> dict[str, Any]:
     """Run one simulated robot against the bus and return its summary (see ``RunStats``)."""
     model = model or LocalModel()
     keys, signer = load_identity(keys_dir, robot_id)
@@ -130,6 +129,7 @@ def summarize(agent: EdgeAgent, **extra: Any) -> dict[str, Any]:
         model_updates=receiver.counters()["model_updates"],
         breaker={"open": agent.breaker.open, "opened": agent.breaker.opened,
                  "closed": agent.breaker.closed},
+        timer_slack_ms=round(agent.slack.for_deadline(agent.config.deadline_ns) / 1e6, 4),
         local_inference_ms={"p50": round(agent.local.latency.quantile(0.5) / 1e6, 4),
                             "p99": round(agent.local.latency.quantile(0.99) / 1e6, 4)},
         **extra,

@@ -52,6 +52,12 @@ class RunStats:
         self.rtt_ns = deque(maxlen=self.keep)
         self.parts_ns = {name: deque(maxlen=self.keep) for name in BREAKDOWN}
 
+    def reset(self) -> None:
+        """Forget everything counted so far (e.g. after a warm-up), keeping this object."""
+        fresh = RunStats(self.keep)
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(fresh, name))
+
     def add_breakdown(self, *, rtt_ns: int, robot_encode_ns: int, robot_decode_ns: int,
                       worker: dict[str, int]) -> None:
         """One on-time cloud action's parts; ``worker`` has decode/queue_wait/inference/

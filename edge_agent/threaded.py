@@ -40,7 +40,7 @@ class ThreadedAgent:
         self._stop = asyncio.Event()
         try:
             agent = await self._factory()
-        except BaseException as exc:
+        except Exception as exc:  # noqa: BLE001 - handed to the thread waiting in __init__
             self._ready.set_exception(exc)
             return
         self._ready.set_result(agent)

@@ -46,6 +46,30 @@ class LatencyEstimator:
         return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+class TimerSlack:
+    """How early to set a deadline timer: the measured p99 overshoot of this loop's timers.
+
+    asyncio timers fire late by the selector's millisecond rounding plus whatever else holds the
+    loop or the CPU; deciding that much before the deadline keeps the action on time. Bounded
+    below by ``floor_ns`` and above by ``ceiling`` x the deadline (so the cloud keeps most of its
+    budget).
+    """
+
+    def __init__(self, floor_ns: int, *, window: int = 256, margin_ns: int = 250_000,
+                 ceiling: float = 0.25) -> None:
+        self.floor_ns = floor_ns
+        self.margin_ns = margin_ns
+        self.ceiling = ceiling
+        self.overshoot = LatencyEstimator(window)
+
+    def observe(self, overshoot_ns: int) -> None:
+        self.overshoot.add(overshoot_ns)
+
+    def for_deadline(self, budget_ns: int) -> int:
+        measured = self.overshoot.quantile(0.99) + self.margin_ns if len(self.overshoot) else 0
+        return int(min(max(self.floor_ns, measured), self.ceiling * budget_ns))
+
+
 @dataclass(frozen=True, slots=True)
 class HedgeTiming:
     """When to start local inference and when to decide, for one step."""

@@ -33,12 +33,8 @@ class Bus:
     restart: Callable[[], None] | None = None
     opened: list[Transport] = field(default_factory=list)
 
-    async def connect(self, identity: str = "worker-1", **extra: object) -> Transport:
-        client_id = f"{identity}-{next(_names)}"
-        options = self.options(client_id)
-        if extra:
-            options = TransportOptions(**{**options.__dict__, **extra})  # type: ignore[arg-type]
-        transport = await open_transport(self.url, options)
+    async def connect(self, identity: str = "worker-1") -> Transport:
+        transport = await open_transport(self.url, self.options(f"{identity}-{next(_names)}"))
         self.opened.append(transport)
         return transport
 

@@ -24,7 +24,9 @@ def test_chunk_fills_ticks_and_pop_executes_in_order() -> None:
     assert queue.add_chunk(0, chunk(1.0, 4), "cloud") == 4
     assert queue.ahead() == 4
     item = queue.pop(0)
-    assert item is not None and item.source == "cloud" and item.tick == 0
+    assert item is not None
+    assert item.source == "cloud"
+    assert item.tick == 0
     assert queue.ahead() == 3
     assert queue.dry_tick() == 4
 
@@ -48,7 +50,8 @@ def test_stale_rows_of_a_late_chunk_are_dropped() -> None:
     assert landed == 3
     assert queue.dropped_stale == 2
     first = queue.pop(2)
-    assert first is not None and first.action[0] == 1.0
+    assert first is not None
+    assert first.action[0] == 1.0
 
 
 def test_overlap_is_cross_faded_from_old_to_new() -> None:
@@ -60,7 +63,8 @@ def test_overlap_is_cross_faded_from_old_to_new() -> None:
         item = queue.pop(tick)
         assert item is not None
         weights.append(float(item.action[0]))
-        assert item.source == "fallback" and item.cause == "timeout"
+        assert item.source == "fallback"
+        assert item.cause == "timeout"
     # 3 overlapping ticks: new weight 1/4, 2/4, 3/4, then the new chunk alone
     assert weights == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert queue.blended == 3

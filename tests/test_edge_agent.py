@@ -16,7 +16,7 @@ from edge_agent.metrics import EdgeMetrics
 from edge_agent.receiver import Receiver
 from edge_agent.threaded import ThreadedAgent
 from tests.conftest import KeyDir
-from tests.test_edge_support import FakeCloud, TinyPolicy, observation
+from tests.test_edge_support import FakeCloud, SlowPolicy, TinyPolicy, observation
 from vlabus.memory import reset_memory
 from vlabus.transport import TransportOptions, open_transport
 from vlabus.wire import Encoder
@@ -35,14 +35,15 @@ class Rig:
 
 async def make_rig(keydir: KeyDir, *, deadline_ms: float = 30, chunk: int = 1,
                    refill_below: int = 0, period_ms: float = 10, delay_s: float = 0.0,
-                   breaker: BreakerConfig | None = None) -> Rig:
+                   breaker: BreakerConfig | None = None,
+                   policy: TinyPolicy | None = None) -> Rig:
     url = f"memory://edge-{next(_names)}"
     reset_memory(url.removeprefix("memory://"))
     robot_bus = await open_transport(url, TransportOptions(client_id="robot-a"))
     cloud_bus = await open_transport(url, TransportOptions(client_id="worker-1"))
     cloud = await FakeCloud(cloud_bus, keydir.signers["worker-1"], keydir.ring,
                             delay_s=delay_s).start()
-    policy = TinyPolicy()
+    policy = policy or TinyPolicy()
     local = LocalPolicy(policy)
     local.warm_up(observation())
     metrics = EdgeMetrics()
@@ -66,10 +67,13 @@ def test_on_time_cloud_action_wins(keydir: KeyDir) -> None:
         rig = await make_rig(keydir)
         try:
             result = await rig.agent.act(observation())
-            assert result.source is Source.CLOUD and result.cause is None
-            assert result.action is not None and result.action[0] == pytest.approx(0.5)
+            assert result.source is Source.CLOUD
+            assert result.cause is None
+            assert result.action is not None
+            assert result.action[0] == pytest.approx(0.5)
             assert result.worker_id == "worker-1"
-            assert result.rtt_ns is not None and 0 < result.rtt_ns < 30 * MS
+            assert result.rtt_ns is not None
+            assert 0 < result.rtt_ns < 30 * MS
             assert rig.agent.stats.actions_by_source == {"cloud": 1}
             assert rig.agent.stats.parts_ns["transport"]  # breakdown recorded
         finally:
@@ -87,14 +91,38 @@ def test_late_cloud_falls_back_at_the_deadline_and_late_reply_is_discarded(
             start = loop.time()
             result = await rig.agent.act(observation())
             took = loop.time() - start
-            assert result.source is Source.FALLBACK and result.cause is Cause.TIMEOUT
-            assert result.action is not None and result.action[0] == pytest.approx(-0.5)
+            assert result.source is Source.FALLBACK
+            assert result.cause is Cause.TIMEOUT
+            assert result.action is not None
+            assert result.action[0] == pytest.approx(-0.5)
             assert 0.017 < took < 0.026  # decided at the deadline, not after the cloud
             assert result.lateness_ns < 5 * MS
             stats = rig.agent.stats
             await wait_until(lambda: stats.late_replies_discarded == 1)
             assert stats.actions_by_source == {"fallback": 1}  # never executed late
-            assert stats.rtt_ns and stats.rtt_ns[-1] > 35 * MS  # still measured
+            assert stats.rtt_ns
+            assert stats.rtt_ns[-1] > 35 * MS
+        finally:
+            await rig.cloud.close()
+            await rig.agent.close()
+    run(main())
+
+
+def test_hedge_makes_a_slow_local_policy_ready_at_the_deadline(keydir: KeyDir) -> None:
+    async def main() -> None:
+        # local inference takes 8 ms: started at the deadline it would finish 8 ms late
+        rig = await make_rig(keydir, deadline_ms=25, policy=SlowPolicy(0.008))
+        rig.cloud.alive = False
+        try:
+            loop = asyncio.get_running_loop()
+            for step in range(3):
+                start = loop.time()
+                result = await rig.agent.act(observation(step))
+                took = loop.time() - start
+                assert result.cause is Cause.TIMEOUT
+                assert took < 0.025 + 0.003, f"step {step} took {took * 1e3:.1f} ms"
+                assert result.lateness_ns < 3 * MS
+            assert rig.agent.stats.hedges_started == 3
         finally:
             await rig.cloud.close()
             await rig.agent.close()
@@ -107,7 +135,8 @@ def test_forged_reply_gives_rejected_reply_cause(keydir: KeyDir) -> None:
         rig.cloud.forge = True
         try:
             result = await rig.agent.act(observation())
-            assert result.source is Source.FALLBACK and result.cause is Cause.REJECTED_REPLY
+            assert result.source is Source.FALLBACK
+            assert result.cause is Cause.REJECTED_REPLY
             assert rig.agent.receiver.rejections.by_reason == {"bad_signature": 1}
         finally:
             await rig.cloud.close()
@@ -120,7 +149,8 @@ def test_safety_critical_frames_never_leave_the_robot(keydir: KeyDir) -> None:
         rig = await make_rig(keydir)
         try:
             result = await rig.agent.act(observation(), safety_critical=True)
-            assert result.source is Source.FALLBACK and result.cause is Cause.SAFETY_CRITICAL
+            assert result.source is Source.FALLBACK
+            assert result.cause is Cause.SAFETY_CRITICAL
             await rig.agent.act(observation())  # a normal frame goes out and is answered
             assert rig.cloud.frames == 1
         finally:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +43,18 @@ class TinyPolicy:
         self.calls += 1
         fill = np.nan if self.broken else self.value
         return np.full((len(batch), self.horizon, self.dim), fill, np.float32)
+
+
+class SlowPolicy(TinyPolicy):
+    """A TinyPolicy that takes ``seconds`` per call (blocking its own thread, like a model)."""
+
+    def __init__(self, seconds: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seconds = seconds
+
+    def infer(self, batch: Sequence[Observation]) -> np.ndarray:
+        time.sleep(self.seconds)
+        return super().infer(batch)
 
 
 def observation(step: int = 0) -> Observation:

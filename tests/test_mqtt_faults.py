@@ -22,9 +22,10 @@ def run(body: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(body(), 40))
 
 
-async def connect(broker: LocalMosquitto, identity: str, **options: object) -> Transport:
-    extra = {**FAST_RECONNECT, **options.pop("extra", {})}  # type: ignore[dict-item]
-    return await open_transport(broker.url, broker.options(identity, extra=extra, **options))
+async def connect(broker: LocalMosquitto, identity: str, client_id: str | None = None,
+                  **options: object) -> Transport:
+    return await open_transport(
+        broker.url, broker.options(identity, client_id, extra=FAST_RECONNECT, **options))
 
 
 async def until(topic: str, payload: bytes, transport: Transport) -> list[Message]:
@@ -39,7 +40,7 @@ async def until(topic: str, payload: bytes, transport: Transport) -> list[Messag
 
 def test_outage_under_traffic(mosquitto_fleet: LocalMosquitto) -> None:
     """Fleet config (persistent sessions): QoS 1 task requests published during the outage
-    arrive after it, in order; frames that expired in the outbox never do."""
+    arrive after it; frames that expired in the outbox never do."""
 
     async def body() -> None:
         worker = await connect(mosquitto_fleet, "worker-1")
@@ -58,8 +59,10 @@ def test_outage_under_traffic(mosquitto_fleet: LocalMosquitto) -> None:
         load = asyncio.create_task(traffic())
         await until("vla/v1/robot-a/frame", b"live-20", worker)
         await asyncio.to_thread(mosquitto_fleet.stop)
-        tasks = [asyncio.create_task(robot.publish("vla/v1/robot-a/task", b"task-%d" % i, qos=1))
-                 for i in range(5)]
+        # Task requests carry an expiry: a PUBACK "no matching subscribers" (the worker group
+        # is not back yet) makes the adapter retry until it expires.
+        tasks = [asyncio.create_task(robot.publish("vla/v1/robot-a/task", b"task-%d" % i, qos=1,
+                                                   expiry_s=TIMEOUT)) for i in range(5)]
         for _ in range(5):
             await robot.publish("vla/v1/robot-a/frame", b"stale", expiry_s=0.2)
         await asyncio.sleep(0.5)  # the outage: long enough for the stale frames to expire
@@ -73,9 +76,10 @@ def test_outage_under_traffic(mosquitto_fleet: LocalMosquitto) -> None:
         # Shared-group delivery order differs per topic; collect until both ends are in.
         seen = await until("vla/v1/robot-a/frame", b"marker", worker)
         seen_tasks = [bytes(m.payload) for m in seen if m.topic.endswith("/task")]
-        while len(seen_tasks) < 5:
+        while len(set(seen_tasks)) < 5:
             seen_tasks.append(bytes((await asyncio.wait_for(worker.recv(), TIMEOUT)).payload))
-        assert seen_tasks == [b"task-%d" % i for i in range(5)]
+        # At least once (a QoS 1 redelivery may repeat one); a retried one may be overtaken.
+        assert set(seen_tasks) == {b"task-%d" % i for i in range(5)}
         assert b"stale" not in {bytes(m.payload) for m in seen}
         counts = robot.counters()
         assert counts["outbox_expired"] + counts["expired_unsent"] >= 5
@@ -99,7 +103,7 @@ def test_stalled_consumer_never_blocks_the_publisher(mosquitto: LocalMosquitto) 
         await publisher.publish("vla/v1/robot-a/frame", b"last", qos=1)
         assert time.monotonic() - started < TIMEOUT
         # Nobody read: the inbox kept the newest 50 and counted the rest as dropped.
-        while stalled.counters()["received"] + stalled.counters()["inbox_dropped"] < count:
+        while stalled.counters()["received"] < count + 1:
             await asyncio.sleep(0.01)  # the network thread is still handing messages over
         newest = [await stalled.recv() for _ in range(50)]
         assert newest[-1].payload == b"last"
@@ -139,7 +143,7 @@ def test_blocked_event_loop_keeps_the_keepalive(mosquitto: LocalMosquitto) -> No
         counts = stuck.counters()
         assert stuck.connected
         assert counts["disconnects"] == 0
-        assert counts["received"] + counts["inbox_dropped"] >= 500
+        assert counts["received"] == 500
         assert counts["inbox_dropped"] >= 480  # bounded while the loop was stuck
         await stuck.close()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from cloud_workers.queue import DeadlineQueue, InferenceEstimate, Request
 
 MS = 1_000_000
@@ -84,3 +87,20 @@ def test_queue_never_exceeds_capacity_under_flood() -> None:
         assert len(q) <= 8
     assert shed == 992
     assert all(r.priority == 0 for r in q.drain())
+
+
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 50)), max_size=60),
+       st.integers(1, 12))
+def test_queue_keeps_the_best_entries_in_order(entries: list[tuple[int, int]],
+                                               capacity: int) -> None:
+    q = DeadlineQueue(capacity, clock=lambda: 0)
+    shed: list[Request] = []
+    for i, (priority, deadline) in enumerate(entries):
+        shed += q.push(req(f"r{i}", priority, deadline * MS))
+    kept = q.drain()
+    keys = [r.sort_key for r in kept]
+    assert keys == sorted(keys)
+    assert len(kept) == min(capacity, len(entries))
+    assert len(shed) == len(entries) - len(kept)
+    if kept and shed:
+        assert max(keys) < min(r.sort_key for r in shed)

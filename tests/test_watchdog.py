@@ -42,7 +42,8 @@ def test_late_reply_after_fallback_is_discarded(clock: FakeClock) -> None:
     dog.open("s-2", 2, clock.now + 20 * MS)
     clock.advance(20)
     pending = dog.expire("s-2")  # the deadline fired: fallback decides
-    assert pending is not None and pending.step == 2
+    assert pending is not None
+    assert pending.step == 2
     clock.advance(5)
     reply = dog.reply("s-2", 2)
     assert reply.verdict is Verdict.LATE
@@ -77,7 +78,8 @@ def test_rejected_reply_is_remembered_for_the_cause(clock: FakeClock) -> None:
     dog.open("s-6", 6, clock.now + 10 * MS)
     dog.mark_rejected("s-6")
     pending = dog.expire("s-6")
-    assert pending is not None and pending.rejected
+    assert pending is not None
+    assert pending.rejected
 
 
 def test_decided_memory_is_bounded(clock: FakeClock) -> None:
@@ -118,7 +120,8 @@ def test_breaker_opens_after_k_misses_and_probes_at_low_rate(clock: FakeClock) -
     assert not brk.open
     assert brk.route(20 * MS) is Route.OFFLOAD
     brk.missed()
-    assert brk.open and brk.open_reason == "misses"
+    assert brk.open
+    assert brk.open_reason == "misses"
     assert brk.route(20 * MS) is Route.LOCAL
     clock.advance(99)
     assert brk.route(20 * MS) is Route.LOCAL

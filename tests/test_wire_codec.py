@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import lz4.frame
 import numpy as np
 import pytest
 
-import vlabus.wire as wire_module
 from schemas.arrays import pack_array
 from schemas.errors import Reason, SchemaError, TooLargeError, WireError
 from schemas.messages import Action, ModelChunk, Status
-from security.keys import Keyring, Signer
+from security.keys import Keyring, Role, Signer
 from security.replay import ReplayGuard
 from tests.test_wire_support import NOW, Clock, Fleet, frame
 from vlabus.wire import ENC_LZ4, SENDER_ROLES, Decoder, Encoder
@@ -52,13 +52,13 @@ def fleet() -> Fleet:
 
 def test_adaptive_compression_backs_off(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = wire_module.lz4.frame.compress
+    real = lz4.frame.compress
 
     def counting(data: object, **kwargs: object) -> bytes:
         calls.append(1)
         return real(data, **kwargs)  # type: ignore[no-any-return]
 
-    monkeypatch.setattr(wire_module.lz4.frame, "compress", counting)
+    monkeypatch.setattr(lz4.frame, "compress", counting)  # the module vlabus.wire calls
     encoder = Encoder(fleet.robot, clock=fleet.clock, start_seq=1)
     noisy = frame(size=64, noise=True)
     headers = [fleet.decoder.decode(encoder.encode(noisy)).header for _ in range(200)]
@@ -100,7 +100,8 @@ def test_roles_and_replay_mode(fleet: Fleet) -> None:
     with pytest.raises(WireError) as info:
         strict.decode(restamped)
     assert info.value.reason is Reason.IDENTITY_MISMATCH
-    widened = {**SENDER_ROLES, "frame": SENDER_ROLES["frame"] | {"replay"}}
+    replay_role: frozenset[Role] = frozenset({"replay"})
+    widened = {**SENDER_ROLES, "frame": SENDER_ROLES["frame"] | replay_role}
     replaying = Decoder(ring, ReplayGuard(clock=fleet.clock), sender_roles=widened)
     got = replaying.decode(restamped)
     assert got.role == "replay"
@@ -132,3 +133,14 @@ def test_memoryview_input_and_zero_copy_images(fleet: Fleet) -> None:
     data = got.message.cameras["front"].data  # type: ignore[union-attr]
     assert isinstance(data, memoryview)
     assert data.obj is wire  # the raw image is a view into the received bytes
+
+
+def test_encoder_is_safe_to_share_between_threads(fleet: Fleet) -> None:
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    messages = [frame(step=i, size=48, noise=True) for i in range(64)]
+    with ThreadPoolExecutor(4) as pool:
+        wires = list(pool.map(fleet.encoder.encode, messages))
+    got = [fleet.decoder.decode(w) for w in wires]
+    assert [g.message for g in got] == messages
+    assert len({g.header.seq for g in got}) == len(messages)

@@ -302,3 +302,53 @@ def test_critical_frames_served_before_queued_normal_ones(keydir: KeyDir) -> Non
             assert order[:2] == ["first", "crit"]
             await robot.close()
     run(body)
+
+
+def test_stop_finishes_the_batch_in_hand_then_dies(keydir: KeyDir) -> None:
+    async def body(url: str) -> None:
+        runner = PolicyRunner({"reference": small_policy()}, {})
+        worker = await open_worker(url, keydir.signers["worker-1"], keydir.ring, runner,
+                                   config=WorkerConfig(worker_id="worker-1", max_batch=2,
+                                                       max_delay_ns=0))
+        loop = asyncio.get_running_loop()
+        entered, gate = asyncio.Event(), asyncio.Event()
+        real = runner.run
+
+        def held(batch):  # type: ignore[no-untyped-def]
+            loop.call_soon_threadsafe(entered.set)
+            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result(10)
+            return real(batch)
+
+        runner.run = held  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        await asyncio.wait_for(worker.ready.wait(), 30)
+        robot = await Robot.connect(url, keydir.signers["robot-a"], keydir.ring)
+        await robot.send_frame(make_frame("robot-a", 0), "in-hand")
+        await asyncio.wait_for(entered.wait(), 10)
+        for step in (1, 2, 3):
+            await robot.send_frame(make_frame("robot-a", step), f"queued{step}")
+        await eventually(lambda: len(worker.queue) == 3)
+        stop.set()
+        await eventually(lambda: not worker.ready.is_set())
+        gate.set()
+        await asyncio.wait_for(task, 10)
+        await robot.wait_for(1)
+        assert set(robot.replies) == {"in-hand"}
+        assert worker.metrics.summary.dropped["shutdown"] == 3
+        watcher = await open_transport(url, TransportOptions(client_id="watcher"))
+        await watcher.subscribe(topics.worker_status_topic("worker-1"))
+        status = Decoder(keydir.ring).decode((await asyncio.wait_for(watcher.recv(), 5)).payload)
+        assert isinstance(status.message, Status)
+        assert status.message.state == "offline"
+        await robot.close()
+        await watcher.close()
+        await worker.transport.close()
+    run(body)
+
+
+def test_warm_up_seeds_the_deadline_estimate(keydir: KeyDir) -> None:
+    async def body(url: str) -> None:
+        async with serving(url, keydir) as worker:
+            assert worker.queue.estimate.get("reference") > 0
+    run(body)

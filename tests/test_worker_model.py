@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -15,11 +17,14 @@ from schemas import topics
 from schemas.messages import ModelChunk, ModelManifest
 from security.replay import ReplayGuard
 from tests.conftest import KeyDir
+from vlabus.broker import LocalMosquitto
 from vlabus.cli import main
 from vlabus.memory import reset_memory
 from vlabus.policy import ReferencePolicy
 from vlabus.transport import TransportOptions, open_transport
 from vlabus.wire import Decoder, Encoder
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +118,36 @@ def test_cli_publish_rejects_a_missing_key(weights: Path, tmp_path: Path,
                  "--version", "1", "--keys", str(tmp_path), "--bus", "memory://none", "--json"])
     assert code == 1
     assert "release" in json.loads(capsys.readouterr().out)["error"]
+
+
+@pytest.mark.integration
+def test_cli_publish_over_mosquitto_reassembles(weights: Path, keydir: KeyDir,
+                                               mosquitto: LocalMosquitto) -> None:
+    data = weights.read_bytes()
+
+    async def body() -> None:
+        robot = await open_transport(mosquitto.url, mosquitto.options("robot-a"))
+        await robot.subscribe(topics.ALL_MODELS, qos=1)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vlabus", "model", "publish", "--weights", str(weights),
+            "--name", "reference", "--version", "3", "--keys", str(keydir.path),
+            "--bus", mosquitto.url, "--broker-config", str(mosquitto.config_dir),
+            "--chunk-size", "2048", "--json", cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, out
+        summary = json.loads(out)
+        decoder = Decoder(keydir.ring, ReplayGuard())
+        manifest = decoder.decode((await asyncio.wait_for(robot.recv(), 10)).payload).message
+        assert isinstance(manifest, ModelManifest)
+        assert manifest.sha256 == summary["sha256"]
+        parts: dict[int, bytes] = {}
+        while len(parts) < summary["chunks"]:
+            chunk = decoder.decode((await asyncio.wait_for(robot.recv(), 10)).payload).message
+            assert isinstance(chunk, ModelChunk)
+            parts[chunk.index] = bytes(chunk.data)
+        assert hashlib.sha256(b"".join(parts[i] for i in sorted(parts))).hexdigest() == \
+            manifest.sha256
+        assert b"".join(parts[i] for i in sorted(parts)) == data
+        await robot.close()
+    asyncio.run(body())

@@ -4,6 +4,7 @@ leaves the other serving; a flood of bad messages does not push good replies pas
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -99,7 +100,8 @@ def test_two_workers_split_several_robots(mosquitto: LocalMosquitto, keydir: Key
             assert sum(served.values()) == 36
             assert served["worker-1"] >= 6
             assert served["worker-2"] >= 6
-            assert w1.metrics.summary.served + w2.metrics.summary.served == 36
+            await eventually(  # served counts PUBACKed replies: may trail the robot a little
+                lambda: w1.metrics.summary.served + w2.metrics.summary.served == 36)
     asyncio.run(body())
 
 
@@ -150,7 +152,8 @@ def test_sigkilled_worker_mid_batch_leaves_the_other_serving(
                     await robot.send_frame(make_frame("robot-a", step), f"s{step}")
                 await robot.wait_for(20, timeout=30)
                 assert {r.worker_id for r in robot.replies.values()} == {"worker-2"}
-                assert w2.metrics.summary.served == 20
+                # served counts PUBACKed replies, which may land just after the robot has them
+                await eventually(lambda: w2.metrics.summary.served >= 20)
                 await robot.close()
         finally:
             if proc.returncode is None:
@@ -212,3 +215,62 @@ def test_flood_of_bad_messages_does_not_delay_a_good_robot(
             await robot.close()
             await attacker.close()
     asyncio.run(body())
+
+
+def test_cli_worker_metrics_sigterm_and_json_summary(mosquitto: LocalMosquitto,
+                                                     keydir: KeyDir) -> None:
+    async def body() -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vlabus", "worker", "--bus", mosquitto.url,
+            "--keys", str(keydir.path), "--id", "worker-2", "--group", "pool",
+            "--policy", "noop", "--metrics-port", "0", "--max-delay-ms", "1",
+            "--broker-config", str(mosquitto.config_dir), "--json",
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            assert proc.stderr is not None
+            assert proc.stdout is not None
+            while b'"event": "ready"' not in (line := await asyncio.wait_for(
+                    proc.stderr.readline(), 60)):
+                assert line, "worker exited before it was ready"
+            port = json.loads(line)["metrics_port"]
+            assert await http_get(port, "/readyz") == (200, "ready\n")
+            robot = await Robot.connect(mosquitto.url, keydir.signers["robot-b"], keydir.ring,
+                                        mosquitto.options("robot-b"))
+            for step in range(5):
+                await robot.send_frame(make_frame("robot-b", step), f"m{step}")
+            await robot.wait_for(5)
+            for _ in range(200):  # replies count once PUBACKed, which may trail the robot
+                code, text = await http_get(port, "/metrics")
+                if "vlabus_worker_replies_total 5.0" in text:
+                    break
+            assert code == 200
+            assert "vlabus_worker_received_total 5.0" in text
+            assert "vlabus_worker_replies_total 5.0" in text
+            assert 'vlabus_worker_rejected_total{reason="bad_signature"} 0.0' in text
+            proc.send_signal(signal.SIGTERM)
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            assert proc.returncode == 0
+            summary = json.loads(out.decode().strip().splitlines()[-1])
+            assert summary["received"] == 5
+            assert summary["served"] == 5
+            assert summary["models"] == {"noop": 0}
+            assert summary["rejected_total"] == 0
+            assert summary["batches"] >= 1
+            await robot.close()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    asyncio.run(body())
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = raw.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body

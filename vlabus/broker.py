@@ -40,8 +40,8 @@ from vlabus.transport import TlsFiles, TransportOptions
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "broker_config"
 DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
-#: The transport's frame cap (16 MiB) plus room for the envelope and MQTT headers.
-MESSAGE_SIZE_LIMIT = (16 << 20) + (64 << 10)
+#: The largest MQTT packet the broker takes: the transport's 16 MiB payload cap plus headers.
+MAX_PACKET_SIZE = (16 << 20) + (64 << 10)
 
 
 class BrokerError(BusError):
@@ -52,7 +52,7 @@ class BrokerError(BusError):
 class Limits:
     """Broker limits written into the configuration."""
 
-    message_size_limit: int = MESSAGE_SIZE_LIMIT
+    max_packet_size: int = MAX_PACKET_SIZE
     max_queued_messages: int = 4096
     max_inflight_messages: int = 64
     persistence: bool = True
@@ -95,8 +95,7 @@ def render(
     text = Template((templates / ("fleet.conf" if tls else "dev.conf")).read_text()).substitute(
         dir=str(root), bind=bind, port=port or (8883 if tls else 1883),
         dynsec_plugin=dynsec_plugin,
-        message_size_limit=limits.message_size_limit,
-        max_packet_size=limits.message_size_limit + (64 << 10),
+        max_packet_size=limits.max_packet_size,
         max_queued_messages=limits.max_queued_messages,
         max_inflight_messages=limits.max_inflight_messages,
         persistence="true" if limits.persistence else "false",
@@ -163,6 +162,15 @@ def is_tls(config: str | Path) -> bool:
     return (Path(config) / "tls" / "ca.crt").exists()
 
 
+def listener_of(conf_text: str) -> tuple[int, str]:
+    """The (port, host to reach it on) of the configuration's listener."""
+    found = re.search(r"^listener\s+(\d+)(?:\s+(\S+))?", conf_text, flags=re.M)
+    if found is None:
+        raise BrokerError("no listener line in the configuration")
+    host = found.group(2) or "127.0.0.1"
+    return int(found.group(1)), "127.0.0.1" if host in ("0.0.0.0", "::") else host
+
+
 def with_port(conf_text: str, port: int) -> str:
     """``conf_text`` with the port of its listener replaced."""
     text, count = re.subn(r"^listener\s+\d+", f"listener {port}", conf_text, flags=re.M)
@@ -200,6 +208,7 @@ class LocalMosquitto:
                  start_timeout_s: float = 10.0) -> None:
         self.config_dir = Path(config_dir).resolve()
         self.port = port
+        self.host = "127.0.0.1"
         self.executable = executable
         self.start_timeout_s = start_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
@@ -207,7 +216,7 @@ class LocalMosquitto:
     @property
     def url(self) -> str:
         scheme = "mqtts" if is_tls(self.config_dir) else "mqtt"
-        return f"{scheme}://127.0.0.1:{self.port}"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -258,6 +267,12 @@ class LocalMosquitto:
         self.stop()
         return self.start()
 
+    def wait(self) -> int:
+        """Block until the broker exits; its exit status."""
+        if self._proc is None:
+            return 0
+        return self._proc.wait()
+
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the broker's log and its stderr."""
         text = ""
@@ -279,6 +294,7 @@ class LocalMosquitto:
         if not conf.exists():
             raise BrokerError(f"{conf} not found (run `vlabus broker render`)")
         text = with_port(conf.read_text(), self.port)
+        _, self.host = listener_of(text)
         if os.geteuid() == 0:
             # Mosquitto drops root to user "mosquitto", which cannot read our 0600 key files.
             text += f"\nuser {pwd.getpwuid(os.getuid()).pw_name}\n"
@@ -299,7 +315,7 @@ class LocalMosquitto:
                 raise BrokerError(f"mosquitto exited at start: {errors.read_text(errors='replace')}"
                                   f"\n{self.log_tail()}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
                 return
             except OSError:
                 time.sleep(0.02)  # polling a port that is not open yet; not synchronisation

@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ["keys", "doctor", "record", "replay", "hub", "log", "worker", "model", "demo", "edge"]
+COMMANDS = ["keys", "doctor", "record", "replay", "hub", "broker", "log", "worker", "model", "demo", "edge"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ Bad input is counted by reason, logged with ``%r`` and dropped; it never ends a 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -17,11 +18,28 @@ log = logging.getLogger(__name__)
 
 
 class Rejections:
-    """Counts rejected messages by reason; ``on_reject`` feeds a metric when given."""
+    """Counts rejected messages by reason; ``on_reject`` feeds a metric when given.
 
-    def __init__(self, on_reject: Callable[[Reason], None] | None = None) -> None:
+    Logging is rate-limited per reason (``log_burst`` lines per ``log_period_s``), so a flood
+    of bad input costs a counter increment each, not a log line each.
+    """
+
+    def __init__(self, on_reject: Callable[[Reason], None] | None = None, *,
+                 log_burst: int = 5, log_period_s: float = 10.0) -> None:
         self.by_reason: Counter[str] = Counter()
         self._on_reject = on_reject
+        self._burst = log_burst
+        self._period = log_period_s
+        self._window: dict[Reason, tuple[float, int]] = {}
+
+    def should_log(self, reason: Reason) -> bool:
+        """True for the first ``log_burst`` rejects of ``reason`` in each period."""
+        now = time.monotonic()
+        start, count = self._window.get(reason, (now, 0))
+        if now - start >= self._period:
+            start, count = now, 0
+        self._window[reason] = (start, count + 1)
+        return count < self._burst
 
     def count(self, reason: Reason) -> None:
         self.by_reason[reason.value] += 1
@@ -39,7 +57,9 @@ def accept(decoder: Decoder, message: Message, rejections: Rejections) -> Receiv
         return decoder.decode(message.payload)
     except WireError as exc:
         rejections.count(exc.reason)
-        # Duplicates are QoS 1 redeliveries: expected, so not worth a warning each.
-        level = logging.DEBUG if exc.reason is Reason.DUPLICATE else logging.WARNING
-        log.log(level, "rejected message on %r: %r", message.topic, exc)
+        if rejections.should_log(exc.reason):
+            # Duplicates are QoS 1 redeliveries: expected, so not worth a warning.
+            level = logging.DEBUG if exc.reason is Reason.DUPLICATE else logging.WARNING
+            log.log(level, "rejected message on %r: %r (%d %s so far)", message.topic, exc,
+                    rejections.by_reason[exc.reason.value], exc.reason.value)
         return None

@@ -2,24 +2,31 @@
 
 paho's network thread (``loop_start``) only hands events over with ``call_soon_threadsafe``;
 everything else runs on the event loop. Pending acknowledgements live in one
-``dict[mid, (topic, Future)]``. Received messages become :class:`Message` in the bounded inbox,
+``dict[mid, _Inflight]``. Received messages become :class:`Message` in the bounded inbox,
 so a stalled consumer never blocks the network thread or its keepalive.
 
 Behaviour:
 
 * QoS 1 ``publish`` waits for PUBACK and raises :class:`PublishRejected` with the MQTT 5 reason
-  code (0x87 not authorized, 0x95 packet too large, ...); ``subscribe`` raises
+  code (0x87 not authorized, ...); a publish over the broker's advertised Maximum Packet Size
+  raises it with 0x95 before sending, at any QoS. ``subscribe`` raises
   :class:`SubscribeRejected` the same way. QoS 0 with ``expiry_s`` carries a Message Expiry
   Interval (whole seconds, at least 1).
-* Sessions are resumed, not cleaned (MQTT 5 clean start = false, ``session_expiry_s`` bounds
-  how long the broker keeps one), so subscriptions and queued QoS 1 messages survive outages
-  and broker restarts with persistence. Reconnect with jittered exponential backoff;
-  resubscribe whenever the broker answers without a session.
+* Sessions end with the connection by default (``session_expiry_s`` 0): a dead member of a
+  shared group must not keep receiving its share (DESIGN trap 1). With ``session_expiry_s``
+  > 0 the session is resumed (clean start false), so plain subscriptions and queued QoS 1
+  messages survive outages and broker restarts with persistence. Reconnect with jittered
+  exponential backoff, then always resubscribe (Mosquitto 2.0.11 restores a persisted session
+  without its ``$share`` subscriptions).
+* A QoS 1 publish with ``expiry_s`` that the broker acknowledges with 0x10 (no matching
+  subscribers: say, a worker group still reconnecting) is sent again, with backoff, until
+  someone receives it or it expires (then :class:`TransportError`). Without an expiry, 0x10
+  counts as delivered to the broker.
 * While disconnected, publishes go to a bounded :class:`~vlabus.outbox.Outbox` (paho's own
   queue is unbounded and loses QoS 0 at reconnect, DESIGN trap 4).
 * TCP_NODELAY on the client socket (DESIGN trap 5); MQTT 5 Receive Maximum both ways.
 
-``TransportOptions.extra`` keys: ``session_expiry_s`` (30), ``receive_maximum`` (64, QoS 1
+``TransportOptions.extra`` keys: ``session_expiry_s`` (0), ``receive_maximum`` (64, QoS 1
 in flight from the broker), ``send_maximum`` (20, to the broker), ``reconnect_min_s`` (0.1),
 ``reconnect_max_s`` (15), ``connect_timeout_s`` (10), ``clean_start`` ("false"; "true" drops
 a previous session of this client id at the first connection).
@@ -34,7 +41,7 @@ import math
 import socket
 import ssl
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +62,7 @@ from vlabus.transport import Inbox, Message, TransportOptions, iterate, now_ns
 log = logging.getLogger(__name__)
 
 NO_MATCHING_SUBSCRIBERS = 0x10  # MQTT 5 PUBACK: accepted, but nobody received it
+PACKET_TOO_LARGE = 0x95
 
 
 @dataclass(slots=True)
@@ -79,7 +87,7 @@ class MqttTransport:
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         extra = options.extra
-        self._session_expiry = int(extra.get("session_expiry_s", "30"))
+        self._session_expiry = int(extra.get("session_expiry_s", "0"))
         self._receive_max = int(extra.get("receive_maximum", "64"))
         self._send_max = int(extra.get("send_maximum", "20"))  # QoS 1 in flight to the broker
         self._connect_timeout = float(extra.get("connect_timeout_s", "10"))
@@ -95,13 +103,18 @@ class MqttTransport:
         self._connected = False
         self._closed = False
         self._lost = asyncio.Event()
+        self._max_packet: int | None = None  # the broker's Maximum Packet Size (CONNACK)
         self._arrivals: deque[Message] = deque(maxlen=options.inbox_size)
         self._arrivals_lock = threading.Lock()
         self._arrivals_dropped = 0
         self._wake_pending = False
+        self._ack_lock = threading.Lock()
+        self._awaited: set[int] = set()  # QoS 1 mids whose PUBACK the loop waits for
+        self._early_acks: OrderedDict[int, int] = OrderedDict()
         self._supervisor: asyncio.Task[None] | None = None
         self._counts = dict.fromkeys(
-            ("published", "rejected", "reconnects", "disconnects", "expired_unsent"), 0)
+            ("published", "rejected", "reconnects", "disconnects", "expired_unsent",
+             "unrouted_retries", "unrouted"), 0)
         self._client = self._make_client(parts.scheme == "mqtts")
 
     # -- paho's thread: hand everything to the loop --------------------------------------
@@ -133,7 +146,7 @@ class MqttTransport:
             self._on_connect, rc.value, flags.session_present, props)
         client.on_disconnect = lambda c, u, flags, rc, props: self._post(
             self._on_disconnect, rc.value)
-        client.on_publish = lambda c, u, mid, rc, props: self._post(self._on_ack, mid, rc.value)
+        client.on_publish = lambda c, u, mid, rc, props: self._acked(mid, rc.value)
         client.on_subscribe = lambda c, u, mid, codes, props: self._post(
             self._on_suback, mid, [code.value for code in codes])
         client.on_message = lambda c, u, msg: self._arrive(Message(msg.topic, bytes(msg.payload),
@@ -152,6 +165,29 @@ class MqttTransport:
             self._wake_pending = True
         self._post(self._take_arrivals)
 
+    def _acked(self, mid: int, code: int) -> None:
+        # paho also calls on_publish for every QoS 0 packet written; waking the loop for those
+        # would cost a thread switch per frame. Only acks the loop waits for are handed over;
+        # one that beats the loop's registration waits in a small, bounded dict.
+        with self._ack_lock:
+            wanted = mid in self._awaited
+            if wanted:
+                self._awaited.discard(mid)
+            else:
+                self._early_acks[mid] = code
+                if len(self._early_acks) > 256:
+                    self._early_acks.popitem(last=False)
+        if wanted:
+            self._post(self._on_ack, mid, code)
+
+    def _await_ack(self, mid: int) -> None:
+        with self._ack_lock:
+            code = self._early_acks.pop(mid, None)
+            if code is None:
+                self._awaited.add(mid)
+        if code is not None:
+            self._on_ack(mid, code)
+
     def _take_arrivals(self) -> None:
         with self._arrivals_lock:
             batch = list(self._arrivals)
@@ -164,11 +200,13 @@ class MqttTransport:
 
     def _on_connect(self, code: int, session_present: bool, props: Any) -> None:
         waiter = self._connack
-        if waiter is not None and not waiter.done():
-            waiter.set_result((code, session_present))
+        if waiter is None or waiter.done():  # an attempt that already timed out: stale
+            return
+        waiter.set_result((code, session_present))
         if code >= 0x80 or self._closed:
             return
         self._connected = True
+        self._max_packet = int(getattr(props, "MaximumPacketSize", 0)) or None
         broker_max = getattr(props, "ReceiveMaximum", None)
         if broker_max and int(broker_max) < self._send_max:
             # paho fixes its in-flight window before the first connection; sending past the
@@ -263,6 +301,7 @@ class MqttTransport:
         future = done if done is not None else self._loop.create_future()
         deadline = None if expiry_s is None else self._loop.time() + expiry_s
         self._pending[info.mid] = _Inflight(topic, data, retain, deadline, future, retries)
+        self._await_ack(info.mid)
         return future
 
     def _on_ack(self, mid: int, code: int) -> None:
@@ -271,8 +310,8 @@ class MqttTransport:
             return
         if code >= 0x80:
             self._counts["rejected"] += 1
-            sent.future.set_exception(PublishRejected(sent.topic, code, ReasonCode(
-                PacketTypes.PUBACK, identifier=code).getName()))
+            sent.future.set_exception(
+                PublishRejected(sent.topic, code, _reason_name(PacketTypes.PUBACK, code)))
         elif code == NO_MATCHING_SUBSCRIBERS and sent.deadline is not None and not sent.retain:
             # Nobody received it: e.g. a worker group still resubscribing after a broker
             # restart. A QoS 1 message with an expiry is retried until it reaches someone.
@@ -339,6 +378,11 @@ class MqttTransport:
             raise TransportError(f"payload of {len(payload)} bytes over {self.options.max_payload}")
         if qos not in (0, 1):
             raise TransportError(f"qos {qos} not supported; use 0 or 1")
+        if self._max_packet is not None and len(payload) + len(topic) + 64 > self._max_packet:
+            # The broker would close the connection, and paho would resend it forever.
+            self._counts["rejected"] += 1
+            raise PublishRejected(topic, PACKET_TOO_LARGE, "Packet too large (broker maximum "
+                                  f"{self._max_packet} bytes, checked before sending)")
         data = bytes(payload)
         if self._connected or (expiry_s is not None and expiry_s <= 0):
             future = self._send(topic, data, qos, retain=retain, expiry_s=expiry_s, done=None)
@@ -364,8 +408,7 @@ class MqttTransport:
                                            self._connect_timeout)
             if not codes or codes[0] >= 0x80:
                 code = codes[0] if codes else 0x80
-                raise SubscribeRejected(topic, code, ReasonCode(
-                    PacketTypes.SUBACK, identifier=code).getName())
+                raise SubscribeRejected(topic, code, _reason_name(PacketTypes.SUBACK, code))
         self._subscriptions[topic] = qos
 
     async def recv(self) -> Message:
@@ -375,10 +418,11 @@ class MqttTransport:
         return iterate(self.inbox)
 
     def counters(self) -> dict[str, int]:
-        return {**self._counts, "received": self.inbox.received,
+        # Messages dropped in the hand-over from the network thread count as received and as
+        # inbox drops, the same as drops in the inbox itself.
+        return {**self._counts, "received": self.inbox.received + self._arrivals_dropped,
                 "inbox_dropped": self.inbox.dropped + self._arrivals_dropped,
-                "outbox_evicted": self._outbox.evicted,
-                "outbox_expired": self._outbox.expired}
+                "outbox_evicted": self._outbox.evicted, "outbox_expired": self._outbox.expired}
 
     async def close(self) -> None:
         """Disconnect normally (no will) and end the session on the broker."""
@@ -414,6 +458,13 @@ class MqttTransport:
         self.inbox.close()
 
 
+def _reason_name(packet_type: int, code: int) -> str:
+    try:
+        return str(ReasonCode(packet_type, identifier=code).getName())
+    except (ValueError, KeyError):  # paho refuses codes the spec does not list here
+        return ""
+
+
 def _properties(packet_type: int) -> Any:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 
@@ -428,7 +479,7 @@ async def open_mqtt(url: str, options: TransportOptions) -> MqttTransport:
     first connection fails (later losses are reconnected in the background)."""
     transport = MqttTransport(url, options)
     # Clean start only on request: Mosquitto 2.0.11 does not persist a session begun with clean
-    # start, so after a broker restart its subscriptions and queued QoS 1 would be gone.
+    # start, so with session_expiry_s > 0 a broker restart would still lose it.
     await transport._connect(clean_start=options.extra.get("clean_start", "false") == "true")
     transport._supervisor = asyncio.create_task(transport._supervise())
     return transport

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
 import re
 import zlib
 from collections.abc import Sequence
@@ -102,6 +103,22 @@ def resolve_device(device: str) -> str:
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"device {device!r}: use auto, cpu or cuda")
     return device
+
+
+def default_threads() -> int:
+    """CPU threads for torch in a serving process: every core but one, which is left to the
+    event loop that verifies, decodes, encodes and signs (measured: with torch on both cores
+    of a 2-core machine, batch inference and the loop slowed each other down)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op CPU threads (``None``: :func:`default_threads`); returns it."""
+    import torch
+
+    count = default_threads() if threads is None else max(1, threads)
+    torch.set_num_threads(count)
+    return count
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from schemas.errors import BusError
+from vlabus.commands._bus import add_bus_arguments, transport_options
 
 
 def register(sub: Any) -> None:
@@ -24,15 +25,13 @@ def register(sub: Any) -> None:
     pub.add_argument("--version", required=True, type=int, metavar="N",
                      help="release version; robots accept only increasing versions")
     pub.add_argument("--keys", required=True, metavar="DIR", help="keyring holding the release key")
-    pub.add_argument("--bus", required=True, help="bus URL")
+    add_bus_arguments(pub)
     pub.add_argument("--release-id", default="release", metavar="ID",
                      help="identity of the release key (default: release)")
     pub.add_argument("--expires-s", type=float, default=7 * 86400, metavar="S",
                      help="manifest lifetime in seconds (default 7 days)")
     pub.add_argument("--chunk-size", type=int, default=256 << 10, metavar="B",
                      help="bytes per chunk (default 262144)")
-    pub.add_argument("--broker-config", default=None, metavar="DIR",
-                     help="rendered broker config: credentials for the release identity")
     pub.add_argument("--json", action="store_true", help="print a JSON summary")
     pub.set_defaults(func=run)
 
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 async def publish_command(args: argparse.Namespace) -> dict[str, Any]:
     from cloud_workers.publisher import build_release, publish_release, read_weights  # noqa: PLC0415
     from security.keys import load_signer  # noqa: PLC0415
-    from vlabus.transport import TransportOptions, open_transport  # noqa: PLC0415
+    from vlabus.transport import open_transport  # noqa: PLC0415
     from vlabus.wire import Encoder  # noqa: PLC0415
 
     try:
@@ -61,12 +60,7 @@ async def publish_command(args: argparse.Namespace) -> dict[str, Any]:
                                 expires_s=args.expires_s,
                                 metadata={"release_id": args.release_id})
         signer = load_signer(args.keys, "release", args.release_id)
-        options = TransportOptions(client_id=f"publisher-{args.release_id}")
-        if args.broker_config:
-            from vlabus.broker import client_options  # noqa: PLC0415
-
-            options = client_options(args.broker_config, args.release_id,
-                                     client_id=options.client_id)
+        options = transport_options(args, args.release_id, f"publisher-{args.release_id}")
     except (BusError, ValueError, OSError) as exc:
         return {"exit_code": 1, "error": str(exc)}
     try:

@@ -15,13 +15,14 @@ import sys
 from typing import Any
 
 from schemas.errors import BusError
+from vlabus.commands._bus import add_bus_arguments, transport_options
 
 log = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("worker", help="serve VLA inference for robots in a worker group")
-    parser.add_argument("--bus", required=True, help="bus URL: mqtt://, mqtts://, zmq://, memory://")
+    add_bus_arguments(parser)
     parser.add_argument("--keys", required=True, metavar="DIR",
                         help="keyring: this worker's private key and the robots' public keys")
     parser.add_argument("--id", required=True, help="worker id (its key identity and client id)")
@@ -30,6 +31,8 @@ def register(sub: Any) -> None:
                         help="reference | noop | FILE.safetensors | module:factory; repeat to "
                              "serve several models (the first also answers model 'default')")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads (default: all cores but one, left to the loop)")
     parser.add_argument("--max-batch", type=int, default=16, metavar="N")
     parser.add_argument("--max-delay-ms", type=float, default=2.0, metavar="T",
                         help="longest a request waits for company before its batch runs")
@@ -38,8 +41,6 @@ def register(sub: Any) -> None:
     parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
                         help="serve /metrics /healthz /readyz (0 picks a free port)")
     parser.add_argument("--metrics-host", default="127.0.0.1")
-    parser.add_argument("--broker-config", default=None, metavar="DIR",
-                        help="rendered broker config: credentials for this worker's identity")
     parser.add_argument("--replay-mode", action="store_true",
                         help="also accept frames signed by replay-role keys (restamped recordings)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on exit")
@@ -73,24 +74,21 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
     from schemas.topics import check_id, check_name  # noqa: PLC0415
     from security.keys import Keyring, load_signer  # noqa: PLC0415
     from vlabus.metrics import MetricsServer  # noqa: PLC0415
-    from vlabus.policy import describe, load_policy, resolve_device  # noqa: PLC0415
-    from vlabus.transport import TransportOptions  # noqa: PLC0415
+    from vlabus.policy import describe, load_policy, resolve_device, set_threads  # noqa: PLC0415
 
     try:
         worker_id = check_id(args.id)
         signer = load_signer(args.keys, "worker", worker_id)
         keyring = Keyring.load(args.keys)
         device = resolve_device(args.device)
+        threads = set_threads(args.threads)
         policies = {}
         for name, spec in parse_policies(args.policy):
             policy = load_policy(spec, device=device)
             policies[check_name(name or describe(policy)[0])] = policy
-        options = TransportOptions(client_id=worker_id)
-        if args.broker_config:
-            from vlabus.broker import client_options  # noqa: PLC0415
-
-            options = client_options(args.broker_config, worker_id)
-    except (BusError, ValueError, TypeError, RuntimeError, ImportError, AttributeError) as exc:
+        options = transport_options(args, worker_id)
+    except (BusError, ValueError, TypeError, RuntimeError, ImportError, AttributeError,
+            OSError) as exc:
         return {"exit_code": 1, "error": str(exc)}
 
     runner = PolicyRunner(policies, {})
@@ -99,7 +97,8 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
     config = WorkerConfig(worker_id=worker_id, group=args.group, max_batch=args.max_batch,
                           max_delay_ns=int(args.max_delay_ms * 1e6),
                           queue_capacity=args.queue_size, replay_mode=args.replay_mode,
-                          detail={"device": device, "max_batch": str(args.max_batch)})
+                          detail={"device": device, "max_batch": str(args.max_batch),
+                                  "threads": str(threads)})
     try:
         worker = await open_worker(args.bus, signer, keyring, runner, config=config,
                                    metrics=metrics, options=options)
