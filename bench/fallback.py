@@ -1,10 +1,11 @@
 """Lateness of the robot's action relative to its deadline, with the cloud dead, slow, healthy.
 
-    python -m bench.fallback --json [--quick] [--steps N] [--deadline-ms D]
+    python -m bench.fallback --json [--quick] [--steps N] [--deadline-ms D] [--bus zmq|mqtt]
 
-A real ZeroMQ hub and a responder run as separate processes (so they do not share the robot's
-GIL); the robot is an :class:`EdgeAgent` with the seeded local reference policy (width 16) and a
-224x224 tabletop camera frame per step, paced at 1.5x the deadline. The responder verifies each
+A real ZeroMQ hub (or Mosquitto with ``--bus mqtt``) and a responder run as separate
+processes (so they do not share the robot's GIL); the robot is an :class:`EdgeAgent` with the
+seeded local reference policy (width 16) and a 224x224 tabletop camera frame per step, paced
+at 1.5x the deadline. The responder verifies each
 frame and answers with a signed 16x7 chunk: at once (healthy), after 1.5x the deadline (slow),
 or never (dead). The breaker is switched off so every dead or slow step exercises the deadline
 watchdog and the hedged local inference (with it on, the robot would go local-only after three
@@ -42,7 +43,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _respond(url: str, keys: str, delay_ms: float) -> None:
+async def _respond(url: str, keys: str, delay_ms: float, broker: str | None) -> None:
     """The responder process: verify frames, answer after ``delay_ms`` (< 0: never)."""
     from schemas.arrays import pack_array  # noqa: PLC0415
     from schemas.messages import Action, Frame  # noqa: PLC0415
@@ -50,10 +51,10 @@ async def _respond(url: str, keys: str, delay_ms: float) -> None:
     from security.keys import Keyring, load_signer  # noqa: PLC0415
     from security.replay import ReplayGuard  # noqa: PLC0415
     from vlabus.inbound import Rejections, accept  # noqa: PLC0415
-    from vlabus.transport import TransportOptions, open_transport  # noqa: PLC0415
+    from vlabus.transport import open_transport  # noqa: PLC0415
     from vlabus.wire import Decoder, Encoder  # noqa: PLC0415
 
-    bus = await open_transport(url, TransportOptions(client_id="worker-1"))
+    bus = await open_transport(url, _options(broker, "worker-1"))
     encoder = Encoder(load_signer(keys, "worker", "worker-1"))
     decoder = Decoder(Keyring.load(keys), ReplayGuard())
     rejections = Rejections()
@@ -76,6 +77,17 @@ async def _respond(url: str, keys: str, delay_ms: float) -> None:
         if received is None or not isinstance(received.message, Frame) or delay_ms < 0:
             continue
         loop.create_task(answer(received.message, received.header.corr, arrived))  # noqa: RUF006
+
+
+def _options(broker: str | None, identity: str) -> Any:
+    """Credentials for ``identity`` on the rendered broker, or plain options for the hub."""
+    from vlabus.transport import TransportOptions  # noqa: PLC0415
+
+    if broker is None:
+        return TransportOptions(client_id=identity)
+    from vlabus.broker import client_options  # noqa: PLC0415
+
+    return client_options(broker, identity)
 
 
 def _spawn(args: list[str], ready: str, timeout: float = 30.0) -> subprocess.Popen[str]:
@@ -125,7 +137,8 @@ async def _timer_floor(deadline_ns: int, steps: int) -> list[int]:
     return out
 
 
-async def _scenario(url: str, keys: str, deadline_ms: float, steps: int) -> dict[str, Any]:
+async def _scenario(url: str, keys: str, deadline_ms: float, steps: int,
+                    broker: str | None) -> dict[str, Any]:
     from edge_agent.agent import AgentConfig  # noqa: PLC0415
     from edge_agent.breaker import BreakerConfig  # noqa: PLC0415
     from edge_agent.sim import SimRobot, summarize  # noqa: PLC0415
@@ -136,7 +149,8 @@ async def _scenario(url: str, keys: str, deadline_ms: float, steps: int) -> dict
     off = BreakerConfig(miss_limit=1 << 30, min_rtt_samples=1 << 30)
     config = AgentConfig(robot_id="robot-a", deadline_ns=round(deadline_ms * MS), breaker=off)
     agent = await open_edge(url, keys=ring, signer=signer, config=config,
-                            probe=robot.observe(0), model=LocalModel())
+                            probe=robot.observe(0), model=LocalModel(),
+                            options=_options(broker, "robot-a"))
     loop = asyncio.get_running_loop()
     period = 1.5 * deadline_ms / 1e3
     try:
@@ -159,6 +173,24 @@ async def _scenario(url: str, keys: str, deadline_ms: float, steps: int) -> dict
         await agent.transport.close()
 
 
+def _start_bus(bus: str, keys: str, work: Path,
+               stack: contextlib.ExitStack) -> tuple[str, str | None]:
+    """Start the bus as a separate process; returns its URL and the broker config (MQTT)."""
+    if bus == "mqtt":
+        from vlabus.broker import Limits, LocalMosquitto, render  # noqa: PLC0415
+
+        config = work / "broker"
+        render(keys, config, limits=Limits(persistence=False))
+        mosquitto = LocalMosquitto(config)
+        url = mosquitto.start()
+        stack.callback(mosquitto.stop)
+        return url, str(config)
+    port = _free_port()
+    hub = _spawn(["-m", "vlabus", "hub", "--bind", f"tcp://127.0.0.1:{port}"], "listening")
+    stack.callback(_stop, hub)
+    return f"zmq://127.0.0.1:{port}", None
+
+
 def _pick(summary: dict[str, Any]) -> dict[str, Any]:
     keys = ("steps", "actions_by_source", "fallbacks_by_cause", "lateness_ms", "rtt_ms",
             "late_replies_discarded", "steps_without_action", "local_inference_ms", "hedges",
@@ -166,7 +198,7 @@ def _pick(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary[k] for k in keys}
 
 
-def run(quick: bool, steps: int | None, deadline_ms: float) -> dict[str, Any]:
+def run(quick: bool, steps: int | None, deadline_ms: float, bus: str) -> dict[str, Any]:
     import torch  # noqa: PLC0415
 
     from security.keys import add_key  # noqa: PLC0415
@@ -177,21 +209,19 @@ def run(quick: bool, steps: int | None, deadline_ms: float) -> dict[str, Any]:
     keys = str(work / "keys")
     add_key(keys, "robot", "robot-a")
     add_key(keys, "worker", "worker-1")
-    port = _free_port()
-    url = f"zmq://127.0.0.1:{port}"
-    hub = _spawn(["-m", "vlabus", "hub", "--bind", f"tcp://127.0.0.1:{port}"], "listening")
     results: dict[str, Any] = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        url, broker = _start_bus(bus, keys, work, stack)
         floor = asyncio.run(_timer_floor(round(deadline_ms * MS), min(steps, 300)))
         for name, delay in (("dead", -1.0), ("slow", 1.5 * deadline_ms), ("healthy", 0.0)):
+            extra = [] if broker is None else ["--broker-config", broker]
             responder = _spawn(["-m", "bench.fallback", "--responder", url, "--keys", keys,
-                                "--delay-ms", str(delay)], "ready")
+                                "--delay-ms", str(delay), *extra], "ready")
             try:
-                results[name] = _pick(asyncio.run(_scenario(url, keys, deadline_ms, steps)))
+                results[name] = _pick(asyncio.run(
+                    _scenario(url, keys, deadline_ms, steps, broker)))
             finally:
                 _stop(responder)
-    finally:
-        _stop(hub)
     floor_p99 = float(np.quantile(np.asarray(floor) / 1e6, 0.99))
     worst = max(r["lateness_ms"]["p99"] for r in results.values())
     return {
@@ -199,7 +229,8 @@ def run(quick: bool, steps: int | None, deadline_ms: float) -> dict[str, Any]:
         "quick": quick,
         "steps_per_scenario": steps,
         "deadline_ms": deadline_ms,
-        "transport": "zmq hub (separate process)",
+        "transport": {"zmq": "vlabus hub (separate process)",
+                      "mqtt": "Mosquitto (separate process), paho in the robot"}[bus],
         "scenarios": results,
         "floor": {"asyncio_timer_overshoot_ms": {
             "p50": round(float(np.quantile(np.asarray(floor) / 1e6, 0.5)), 4),
@@ -217,16 +248,19 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--deadline-ms", type=float, default=None)
+    parser.add_argument("--bus", choices=["zmq", "mqtt"], default="zmq",
+                        help="ZeroMQ hub (default) or Mosquitto, each in its own process")
+    parser.add_argument("--broker-config", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--responder", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--keys", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.responder:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_respond(args.responder, args.keys, args.delay_ms))
+            asyncio.run(_respond(args.responder, args.keys, args.delay_ms, args.broker_config))
         return 0
     deadline = args.deadline_ms or (5.0 if args.quick else 10.0)
-    report = run(args.quick, args.steps, deadline)
+    report = run(args.quick, args.steps, deadline, args.bus)
     if args.json:
         print(json.dumps(report))
     else:

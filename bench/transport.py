@@ -7,7 +7,9 @@ payloads (QoS 0). Paths:
 
 * ``mqtt_vlabus``: vlabus mqtt adapter on both ends, through Mosquitto (``set_tcp_nodelay``).
 * ``mqtt_paho``: bare paho-mqtt 2 (MQTT 5, TCP_NODELAY both ends), same Mosquitto.
-* ``zmq_vlabus``: vlabus zmq adapter on both ends, through the vlabus hub (own process).
+* ``zmq_vlabus``: vlabus zmq adapter on both ends, through ``vlabus hub`` (its own process).
+* ``zmq_hub_bare``: bare sync pyzmq speaking the hub's frames, through ``vlabus hub``: what the
+  hub costs by itself, and (against ``zmq_vlabus``) what the adapter and asyncio cost.
 * ``zmq_forwarder``: bare pyzmq DEALERs through a bare Python ROUTER forwarder (same hop).
 * ``zmq_proxy``: bare pyzmq PUB/SUB through ``zmq.proxy(XSUB, XPUB)`` (the C device).
 * ``zmq_direct``: bare DEALER <-> ROUTER echo, no hub.
@@ -43,6 +45,7 @@ from bench import transport_peers as peers
 from bench.transport_bridges import BRIDGES
 from security.keys import add_key
 from vlabus.broker import Limits, LocalMosquitto, client_options, render
+from vlabus.hub_process import HubProcess
 from vlabus.transport import TransportOptions, open_transport
 
 SIZES = {"64B": 64, "150KB": 150_000}
@@ -110,6 +113,11 @@ async def run_async(send: Callable[[bytes], Awaitable[None]],
             await send(payload)
             sent += 1
     return lat, cpu, tput_n, (time.perf_counter_ns() - t0) / 1e9
+
+
+async def guarded(run: Awaitable[Sample]) -> Sample:
+    """One deadline for a whole measurement (a lost QoS 0 message must not hang the bench)."""
+    return await asyncio.wait_for(run, 120)
 
 
 def summarise(samples: list[Sample], size: int) -> dict[str, float]:
@@ -234,20 +242,45 @@ def vlabus_runner(stack: ExitStack, loop: asyncio.AbstractEventLoop, url: str, p
     async def send(payload: bytes) -> None:
         await bus.publish(ping, payload)
 
-    async def recv() -> object:
-        return await asyncio.wait_for(bus.recv(), TIMEOUT_S)
+    # No wait_for per message: it costs a task and a timer each (~15 us here); the whole run
+    # has one deadline instead (see guarded).
+    recv = bus.recv
 
     return lambda size, rtt_n, tput_n: loop.run_until_complete(
-        run_async(send, recv, size, rtt_n, tput_n, pids))
+        guarded(run_async(send, recv, size, rtt_n, tput_n, pids)))
 
 
 def zmq_vlabus(stack: ExitStack, loop: asyncio.AbstractEventLoop) -> Runner:
 
-    ready = CTX.Queue()
-    hub = process(stack, peers.vlabus_hub, ready)
-    url = ready_value(ready)
-    return vlabus_runner(stack, loop, url, TransportOptions(client_id="bench-ping"),
-                         TransportOptions(client_id="bench-echo"), [hub])
+    hub = stack.enter_context(HubProcess())  # `vlabus hub`, as deployed
+    assert hub.pid is not None
+    return vlabus_runner(stack, loop, hub.url, TransportOptions(client_id="bench-ping"),
+                         TransportOptions(client_id="bench-echo"), [hub.pid])
+
+
+def zmq_hub_bare(stack: ExitStack) -> Runner:
+    """Bare sync pyzmq clients through ``vlabus hub``: the hub's own cost, without the adapter."""
+    hub = stack.enter_context(HubProcess())
+    assert hub.pid is not None
+    port = int(hub.url.rsplit(":", 1)[1])
+    pids = [hub.pid, process(stack, peers.hub_protocol_echo, port, "bench/hb/ping",
+                             "bench/hb/pong")]
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    stack.callback(sock.close, 0)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    sock.send_multipart([b"S", b"bench/hb/pong", b""])
+    head = b"Pbench/hb/ping"
+
+    def send(payload: bytes) -> None:
+        sock.send_multipart([head, payload], copy=len(payload) < 65536)
+
+    def recv() -> object:
+        if not sock.poll(TIMEOUT_S * 1000):
+            raise TimeoutError("no echo")
+        return sock.recv_multipart(copy=False)
+
+    warm_up(send, lambda t: bool(sock.poll(int(t * 1000))) and bool(recv()))
+    return lambda size, rtt_n, tput_n: run_sync(send, recv, size, rtt_n, tput_n, pids)
 
 
 def bridge_runners(stack: ExitStack, loop: asyncio.AbstractEventLoop,
@@ -261,7 +294,8 @@ def bridge_runners(stack: ExitStack, loop: asyncio.AbstractEventLoop,
 
         def runner(size: int, rtt_n: int, tput_n: int, send: Any = send,
                    recv: Any = recv) -> Sample:
-            return loop.run_until_complete(run_async(send, recv, size, rtt_n, tput_n, pids))
+            return loop.run_until_complete(
+                guarded(run_async(send, recv, size, rtt_n, tput_n, pids)))
 
         runners[f"bridge_{name}"] = runner
     return runners
@@ -333,6 +367,8 @@ def ratios(paths: dict[str, Any]) -> dict[str, Any]:
     pairs = {"zmq_vlabus/zmq_forwarder": ("zmq_vlabus", "zmq_forwarder"),
              "zmq_vlabus/zmq_proxy": ("zmq_vlabus", "zmq_proxy"),
              "zmq_vlabus/zmq_direct": ("zmq_vlabus", "zmq_direct"),
+             "zmq_hub_bare/zmq_forwarder": ("zmq_hub_bare", "zmq_forwarder"),
+             "zmq_vlabus/zmq_hub_bare": ("zmq_vlabus", "zmq_hub_bare"),
              "bridge_add_reader/zmq_direct": ("bridge_add_reader", "zmq_direct"),
              "bridge_zmq_asyncio/zmq_direct": ("bridge_zmq_asyncio", "zmq_direct"),
              "bridge_io_thread/zmq_direct": ("bridge_io_thread", "zmq_direct"),
@@ -372,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             for kind in ("forwarder", "proxy", "direct"):
                 runners[f"zmq_{kind}"], port, pids = bare_zmq(stack, kind)
             runners.update(bridge_runners(stack, loop, port, pids))
+            runners["zmq_hub_bare"] = zmq_hub_bare(stack)
             runners["zmq_vlabus"] = zmq_vlabus(stack, loop)
         if args.only != "zmq":
             try:

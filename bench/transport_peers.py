@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 from multiprocessing.queues import Queue
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import zmq
 
-from vlabus.hub import start_hub
 from vlabus.transport import open_transport
 
 PING, PONG = "bench/ping", "bench/pong"
@@ -95,10 +93,13 @@ def zmq_direct_echo(ready: Queue[int]) -> None:
         router.send_multipart(router.recv_multipart(copy=False), copy=False)
 
 
-def vlabus_hub(ready: Queue[str]) -> None:
-    """The vlabus hub (Python routing loop in a thread; this process does nothing else)."""
 
-
-    hub = start_hub()
-    ready.put(hub.url)
-    threading.Event().wait()
+def hub_protocol_echo(port: int, ping: str, pong: str) -> None:
+    """Bare sync pyzmq speaking the vlabus hub's wire protocol (no adapter, no asyncio)."""
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    dealer.send_multipart([b"S", ping.encode(), b""])
+    head = b"P" + pong.encode()
+    while True:
+        _, payload = dealer.recv_multipart(copy=False)
+        dealer.send_multipart([head, payload], copy=False)

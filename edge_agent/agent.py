@@ -39,8 +39,8 @@ from edge_agent.receiver import CloudReply, Receiver
 from edge_agent.watchdog import HedgeTiming, TimerSlack, Watchdog, plan_hedge
 from schemas.errors import TransportError
 from schemas.images import Codec
-from schemas.messages import Priority
-from schemas.topics import check_id, frame_topic
+from schemas.messages import Priority, Status
+from schemas.topics import check_id, frame_topic, robot_status_topic
 from vlabus.policy import Observation
 from vlabus.transport import Transport
 from vlabus.wire import Encoder
@@ -69,6 +69,7 @@ class AgentConfig:
     refill_below: int = 0
     period_ns: int = 33_333_333
     model: str = "default"
+    local_model: str = "edge"
     priority: int = Priority.NORMAL
     codec: Codec = "raw"
     timer_slack_ns: int = 1_000_000
@@ -121,7 +122,7 @@ class EdgeAgent:
 
     def __init__(self, transport: Transport, encoder: Encoder, receiver: Receiver,
                  local: LocalPolicy, config: AgentConfig, *,
-                 metrics: EdgeMetrics | None = None) -> None:
+                 metrics: EdgeMetrics | None = None, session: int | None = None) -> None:
         self.transport = transport
         self.encoder = encoder
         self.receiver = receiver
@@ -134,7 +135,9 @@ class EdgeAgent:
         receiver.on_late = self.breaker.late_reply
         self.queue = ActionQueue(config.period_ns)
         self.slack = TimerSlack(config.timer_slack_ns)
-        self._session = os.urandom(4).hex()
+        self._session = os.urandom(4).hex()  # correlation ids of this run only
+        # status session (as in the will): grows across restarts without state on disk
+        self.session = time.time_ns() // 1000 if session is None else session
         self._step = 0
         self._inflight: asyncio.Task[Decision] | None = None
         self._topic = frame_topic(config.robot_id)
@@ -224,12 +227,12 @@ class EdgeAgent:
         timing = plan_hedge(deadline_ns, self.local.latency, slack_ns=self.config.hedge_slack_ns,
                             timer_slack_ns=self.slack.for_deadline(
                                 deadline_ns - time.monotonic_ns()))
-        reply_future = self.receiver.expect(corr, step, deadline_ns, timing.decide_ns, probe)
+        reply_future = self.receiver.expect(corr, step, timing.decide_ns, probe=probe)
         try:
             await self._publish(step, observation, deadline_ns, corr)
         except TransportError as exc:
             log.warning("frame %d not sent: %r", step, exc)
-            self.receiver.forget(corr)
+            self.receiver.expire(corr)
             return await self._local_now(step, observation, deadline_ns, Cause.DISCONNECTED)
         return await self._race(step, observation, corr=corr, deadline_ns=deadline_ns,
                                 timing=timing, reply_future=reply_future, probe=probe)
@@ -243,7 +246,7 @@ class EdgeAgent:
                          codec=self.config.codec)
         wire = self.encoder.encode(frame, deadline_ns=wall_deadline,
                                    priority=self.config.priority, corr=corr)
-        self.receiver.sent(corr, started, time.perf_counter_ns() - started, wire, self._topic)
+        self.receiver.sent(corr, time.perf_counter_ns() - started, wire, self._topic)
         expiry = max(0.001, (deadline_ns - time.monotonic_ns()) / 1e9)
         await self.transport.publish(self._topic, wire, qos=0, expiry_s=expiry)
         self.metrics.frames.inc()
@@ -254,12 +257,16 @@ class EdgeAgent:
         loop = asyncio.get_running_loop()
         hedge: asyncio.Future[Chunk] | None = None
 
+        def submit() -> asyncio.Future[Chunk]:
+            future = asyncio.wrap_future(self.local.submit(observation))
+            future.add_done_callback(_retrieve)  # a dropped hedge may fail unobserved
+            self.stats.hedges_started += 1
+            return future
+
         def start_hedge() -> None:
             nonlocal hedge
             if not reply_future.done():
-                hedge = asyncio.wrap_future(self.local.submit(observation))
-                hedge.add_done_callback(_retrieve)  # a dropped hedge may fail unobserved
-                self.stats.hedges_started += 1
+                hedge = submit()
 
         handle = loop.call_later(max(0.0, (timing.start_ns - time.monotonic_ns()) / 1e9),
                                  start_hedge)
@@ -286,9 +293,8 @@ class EdgeAgent:
         pending = self.receiver.expire(corr)
         cause = Cause.REJECTED_REPLY if pending is not None and pending.rejected else Cause.TIMEOUT
         self.breaker.missed(probe=probe)
-        if hedge is None:
-            start_hedge()
-        assert hedge is not None  # the reply was not in, so start_hedge submitted
+        if hedge is None:  # its timer did not get to run (a stalled loop): start it now
+            hedge = submit()
         return await self._finish_local(step, observation, deadline_ns, cause, hedge)
 
     async def _local_now(self, step: int, observation: Observation, deadline_ns: int,
@@ -339,7 +345,24 @@ class EdgeAgent:
             metrics.fallbacks.labels(result.cause.value).inc()
         self.receiver.decided(result)
 
+    def status(self, state: str) -> Status:
+        """The robot's retained birth/death message (its will is the ``offline`` one)."""
+        return Status(client_id=self.config.robot_id, role="robot", state=state,  # type: ignore[arg-type]
+                      session=self.session, time_ns=time.time_ns(),
+                      models={self.config.local_model: self.local.version})
+
+    async def announce(self, state: str) -> None:
+        """Publish :meth:`status` retained at QoS 1; a failure is logged, never raised."""
+        try:
+            await self.transport.publish(robot_status_topic(self.config.robot_id),
+                                         self.encoder.encode(self.status(state)), qos=1,
+                                         retain=True)
+        except TransportError as exc:
+            log.warning("%s status not published: %r", state, exc)
+
     async def close(self) -> None:
+        if self.transport.connected:
+            await self.announce("offline")
         if self._inflight is not None:
             self._inflight.cancel()
             with contextlib.suppress(asyncio.CancelledError):

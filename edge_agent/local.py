@@ -1,11 +1,13 @@
 """The robot's own policy: timed on every call, swapped between steps, the previous kept.
 
-Inference runs on one dedicated thread (the built-in policies are not thread-safe); the
-measured durations feed the estimator that times the hedge.
+Inference runs on one dedicated thread (the built-in policies are not thread-safe) with torch
+capped at ``threads`` intra-op threads on it; the measured durations feed the estimator that
+times the hedge.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,6 +21,15 @@ from vlabus.policy import Observation, Policy
 Chunk = npt.NDArray[np.float32]
 
 
+def _limit_threads(threads: int) -> None:
+    """Cap torch's intra-op threads for this thread (OpenMP's setting is per thread): a small
+    model gains nothing from them on a robot's CPU, and two OpenMP threads here made the first
+    calls ~70 ms and later ones spike while the control loop needed the other core."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
 class LocalPolicyError(RuntimeError):
     """The local policy raised or produced a non-finite or misshapen chunk."""
 
@@ -26,14 +37,16 @@ class LocalPolicyError(RuntimeError):
 class LocalPolicy:
     """Holds the active policy (and the one before it) and runs it on its own thread."""
 
-    def __init__(self, policy: Policy, version: int = 0, *, window: int = 128) -> None:
+    def __init__(self, policy: Policy, version: int = 0, *, window: int = 128,
+                 threads: int = 1) -> None:
         self.policy = policy
         self.version = version
         self.previous: tuple[Policy, int] | None = None
         self.latency = LatencyEstimator(window)
         self._staged: tuple[Policy, int] | None = None
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="local-policy")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="local-policy",
+                                        initializer=_limit_threads, initargs=(threads,))
         self.shape: tuple[int, int] | None = None
         self.calls = 0
 
@@ -58,10 +71,20 @@ class LocalPolicy:
         """Run :meth:`infer` on the policy thread."""
         return self._pool.submit(self.infer, observation)
 
-    def warm_up(self, observation: Observation, calls: int = 8) -> None:
-        """Run a few inferences so the latency estimate means something before step 0."""
-        for _ in range(calls):
-            self.infer(observation)
+    def warm_up(self, observation: Observation, calls: int = 8, max_calls: int = 64) -> None:
+        """Run inferences on the policy thread (blocking) until the last ``calls`` are steady
+        (none over 3x their median), then keep only those in the latency estimate.
+
+        The first calls of a torch model on a new thread can take 100x longer (thread pools,
+        kernel selection: ~70 ms against 0.4 ms here); left in the estimate they would start
+        every hedge at once, and left unrun they would make the first fallbacks late.
+        """
+        for done in range(1, max_calls + 1):
+            self.submit(observation).result()
+            recent = self.latency.recent(calls)
+            if done >= calls and max(recent) <= 3 * sorted(recent)[len(recent) // 2]:
+                break
+        self.latency.keep_last(calls)
 
     def stage(self, policy: Policy, version: int) -> None:
         """Queue ``policy`` to become active at the next :meth:`swap_staged` (between steps)."""

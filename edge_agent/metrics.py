@@ -38,5 +38,8 @@ class EdgeMetrics:
                                      "Model update outcomes, by result", ["result"], registry=reg)
         self.breaker_open = Gauge("vlabus_edge_breaker_open",
                                   "1 while the robot is local-only", registry=reg)
+        self.latency_parts = Histogram("vlabus_edge_latency_part_seconds",
+                                       "Round trip split into parts, each timed on one side",
+                                       ["part"], buckets=_LATENCY_BUCKETS, registry=reg)
         self.frames = Counter("vlabus_edge_frames_sent_total", "Frames sent to the cloud",
                               registry=reg)

@@ -58,12 +58,6 @@ class CloudReply:
     tick_stride: float
 
 
-@dataclass(slots=True)
-class _Expected:
-    future: asyncio.Future[CloudReply]
-    encode_ns: int = 0
-
-
 def strict_action_guard() -> ReplayGuard:
     """Window 1: a worker's actions must arrive with strictly increasing sequence numbers."""
     return ReplayGuard(window=1)
@@ -89,7 +83,7 @@ class Receiver:
         self.actions = Decoder(keyring, strict_action_guard())
         self.models = Decoder(keyring, ReplayGuard())
         self.on_late: Callable[[int], None] = lambda rtt_ns: None
-        self._expected: OrderedDict[str, _Expected] = OrderedDict()
+        self._expected: OrderedDict[str, asyncio.Future[CloudReply]] = OrderedDict()
         self._encode_ns: OrderedDict[str, int] = OrderedDict()
         self._max_wait = max_wait
         self._action_topic = action_topic(robot_id)
@@ -105,36 +99,30 @@ class Receiver:
             await self.transport.subscribe(model_chunk_topic(self.updater.name), qos=1)
         self._task = asyncio.create_task(self._run(), name=f"edge-recv-{self.robot_id}")
 
-    def expect(self, corr: str, step: int, deadline_ns: int, decide_ns: int,
-               probe: bool) -> asyncio.Future[CloudReply]:
-        """Register a step before its frame goes out; the future gets its on-time reply."""
-        del deadline_ns
+    def expect(self, corr: str, step: int, decide_ns: int, *,
+               probe: bool = False) -> asyncio.Future[CloudReply]:
+        """Register a step before its frame goes out; the future gets its reply if it arrives
+        by ``decide_ns`` (monotonic)."""
         self.watchdog.open(corr, step, decide_ns, probe=probe)
         future: asyncio.Future[CloudReply] = asyncio.get_running_loop().create_future()
-        self._expected[corr] = _Expected(future)
+        self._expected[corr] = future
         while len(self._expected) > self._max_wait:
             _, old = self._expected.popitem(last=False)
-            old.future.cancel()
+            old.cancel()
         return future
 
-    def sent(self, corr: str, started_ns: int, encode_ns: int, wire: bytes, topic: str) -> None:
-        del started_ns
+    def sent(self, corr: str, encode_ns: int, wire: bytes, topic: str) -> None:
+        """A frame went out: keep its encode time for the breakdown, and record it."""
         self._encode_ns[corr] = encode_ns
         while len(self._encode_ns) > self._max_wait:
             self._encode_ns.popitem(last=False)
         self._record(topic, wire)
 
-    def forget(self, corr: str) -> None:
-        self.watchdog.expire(corr)
-        expected = self._expected.pop(corr, None)
-        if expected is not None:
-            expected.future.cancel()
-
     def expire(self, corr: str) -> PendingStep | None:
         """The fallback decides ``corr``: later replies are late."""
         expected = self._expected.pop(corr, None)
         if expected is not None:
-            expected.future.cancel()
+            expected.cancel()
         return self.watchdog.expire(corr)
 
     def decided(self, result: ActionResult) -> None:
@@ -217,10 +205,10 @@ class Receiver:
             self._expected.pop(corr, None)
             return
         expected = self._expected.pop(corr, None)
-        if expected is None or expected.future.done():
+        if expected is None or expected.done():
             return
         stride = action.period_ns / self.period_ns if action.period_ns else 1.0
-        expected.future.set_result(CloudReply(chunk, reply.rtt_ns, action.worker_id, stride))
+        expected.set_result(CloudReply(chunk, reply.rtt_ns, action.worker_id, stride))
 
     def _measure(self, corr: str, rtt_ns: int, decode_ns: int, action: Action) -> None:
         self.stats.rtt_ns.append(rtt_ns)
@@ -228,11 +216,13 @@ class Receiver:
         encode_ns = self._encode_ns.pop(corr, None)
         if encode_ns is None or not action.span_ns:
             return
-        self.stats.add_breakdown(rtt_ns=rtt_ns, robot_encode_ns=encode_ns,
-                                 robot_decode_ns=decode_ns, worker={
-                                     "decode": action.decode_ns, "queue_wait": action.queue_wait_ns,
-                                     "inference": action.inference_ns,
-                                     "encode": action.encode_ns, "span": action.span_ns})
+        parts = self.stats.add_breakdown(
+            rtt_ns=rtt_ns, robot_encode_ns=encode_ns, robot_decode_ns=decode_ns,
+            worker={"decode": action.decode_ns, "queue_wait": action.queue_wait_ns,
+                    "inference": action.inference_ns, "encode": action.encode_ns,
+                    "span": action.span_ns})
+        for part, nanos in parts.items():
+            self.metrics.latency_parts.labels(part).observe(nanos / 1e9)
 
     def _mark_rejected(self, message: Message) -> None:
         # The header is unverified here: it only attributes the fallback's cause, nothing more.

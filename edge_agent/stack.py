@@ -7,6 +7,8 @@ subscribes to actions and model updates, and returns a started :class:`EdgeAgent
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +18,11 @@ from edge_agent.metrics import EdgeMetrics
 from edge_agent.receiver import BlackBox, Receiver
 from edge_agent.store import ModelStore
 from edge_agent.updates import ModelUpdater
+from schemas.messages import Status
+from schemas.topics import robot_status_topic
 from security.keys import Keyring, Signer, load_signer
 from vlabus.policy import Observation, Policy, ReferencePolicy
-from vlabus.transport import Transport, TransportOptions, open_transport
+from vlabus.transport import Transport, TransportOptions, Will, open_transport
 from vlabus.wire import Encoder
 
 
@@ -61,10 +65,17 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
     ``options`` carry credentials; the default client id is the robot id)."""
     model = model or LocalModel()
     metrics = metrics or EdgeMetrics()
-    if transport is None:
-        transport = await open_transport(
-            bus_url, options or TransportOptions(client_id=config.robot_id))
+    config = dataclasses.replace(config, local_model=model.name)
     policy, version = build_local(model)
+    encoder = Encoder(signer)
+    session = time.time_ns() // 1000
+    if transport is None:
+        # The broker (or hub) announces the robot's death if it vanishes without closing.
+        will = Will(robot_status_topic(config.robot_id), encoder.encode(Status(
+            client_id=config.robot_id, role="robot", state="offline", session=session,
+            time_ns=time.time_ns(), models={model.name: version})), qos=1, retain=True)
+        base = options or TransportOptions(client_id=config.robot_id)
+        transport = await open_transport(bus_url, dataclasses.replace(base, will=will))
     local = LocalPolicy(policy, version)
     local.warm_up(probe)
     updater = None
@@ -75,8 +86,10 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
     receiver = Receiver(transport, keys, config.robot_id, metrics=metrics,
                         period_ns=config.period_ns, updater=updater, local=local,
                         recorder=recorder)
-    agent = EdgeAgent(transport, Encoder(signer), receiver, local, config, metrics=metrics)
+    agent = EdgeAgent(transport, encoder, receiver, local, config, metrics=metrics,
+                      session=session)
     await receiver.start()
+    await agent.announce("online")
     return agent
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-BREAKDOWN = ("robot_encode", "transport", "worker_decode", "queue_wait", "inference",
+BREAKDOWN = ("robot_encode", "transport_up_down", "worker_decode", "queue_wait", "inference",
              "worker_encode", "robot_decode")
 
 
@@ -59,18 +59,19 @@ class RunStats:
             setattr(self, name, getattr(fresh, name))
 
     def add_breakdown(self, *, rtt_ns: int, robot_encode_ns: int, robot_decode_ns: int,
-                      worker: dict[str, int]) -> None:
-        """One on-time cloud action's parts; ``worker`` has decode/queue_wait/inference/
-        encode/span in ns as the worker measured them."""
+                      worker: dict[str, int]) -> dict[str, int]:
+        """One cloud action's parts (returned too); ``worker`` has decode/queue_wait/
+        inference/encode/span in ns as the worker measured them."""
         parts = self.parts_ns
         parts["robot_encode"].append(robot_encode_ns)
         parts["robot_decode"].append(robot_decode_ns)
-        parts["transport"].append(max(0, rtt_ns - robot_encode_ns - robot_decode_ns
+        parts["transport_up_down"].append(max(0, rtt_ns - robot_encode_ns - robot_decode_ns
                                       - worker["span"]))
         parts["worker_decode"].append(worker["decode"])
         parts["queue_wait"].append(worker["queue_wait"])
         parts["inference"].append(worker["inference"])
         parts["worker_encode"].append(worker["encode"])
+        return {name: samples[-1] for name, samples in parts.items()}
 
     def summary(self, rejected_by_reason: dict[str, int], **extra: Any) -> dict[str, Any]:
         return {
@@ -85,7 +86,7 @@ class RunStats:
             "latency_breakdown_p50_ms": {
                 name: percentiles_ms(samples, (0.5,))["p50"]
                 for name, samples in self.parts_ns.items()},
-            "breakdown_samples": len(self.parts_ns["transport"]),
+            "breakdown_samples": len(self.parts_ns["transport_up_down"]),
             "unmatched_replies": self.unmatched_replies,
             "hedges": {"started": self.hedges_started, "wasted": self.hedges_wasted},
             **extra,

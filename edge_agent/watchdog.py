@@ -34,6 +34,17 @@ class LatencyEstimator:
     def __len__(self) -> int:
         return len(self._samples)
 
+    def recent(self, count: int) -> list[int]:
+        """The last ``count`` samples, oldest first."""
+        return list(self._samples)[-count:]
+
+    def keep_last(self, count: int) -> None:
+        """Drop all but the last ``count`` samples (e.g. the cold ones of a warm-up)."""
+        kept = self.recent(count)
+        self.clear()
+        for sample in kept:
+            self.add(sample)
+
     def clear(self) -> None:
         self._samples.clear()
         self.ema_ns = float(self.initial_ns)

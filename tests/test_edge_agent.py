@@ -75,7 +75,7 @@ def test_on_time_cloud_action_wins(keydir: KeyDir) -> None:
             assert result.rtt_ns is not None
             assert 0 < result.rtt_ns < 30 * MS
             assert rig.agent.stats.actions_by_source == {"cloud": 1}
-            assert rig.agent.stats.parts_ns["transport"]  # breakdown recorded
+            assert rig.agent.stats.parts_ns["transport_up_down"]  # breakdown recorded
         finally:
             await rig.cloud.close()
             await rig.agent.close()
@@ -123,6 +123,21 @@ def test_hedge_makes_a_slow_local_policy_ready_at_the_deadline(keydir: KeyDir) -
                 assert took < 0.025 + 0.003, f"step {step} took {took * 1e3:.1f} ms"
                 assert result.lateness_ns < 3 * MS
             assert rig.agent.stats.hedges_started == 3
+        finally:
+            await rig.cloud.close()
+            await rig.agent.close()
+    run(main())
+
+
+def test_deadline_already_passed_still_gives_a_local_action(keydir: KeyDir) -> None:
+    async def main() -> None:
+        rig = await make_rig(keydir, deadline_ms=0.05)  # over before the frame is even sent
+        rig.cloud.alive = False
+        try:
+            for step in range(3):
+                result = await rig.agent.act(observation(step))
+                assert result.source is Source.FALLBACK
+                assert result.action is not None
         finally:
             await rig.cloud.close()
             await rig.agent.close()

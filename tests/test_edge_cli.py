@@ -11,9 +11,12 @@ from typing import Any
 
 import pytest
 
+from schemas.errors import KeyringError
+from security.keys import add_key
 from tests.conftest import KeyDir
 from tests.test_edge_support import FakeCloud
 from vlabus.cli import main
+from vlabus.commands.edge import claim_robot
 from vlabus.transport import TransportOptions, open_transport
 
 pytestmark = pytest.mark.integration
@@ -71,3 +74,20 @@ def test_edge_cli_bad_robot_id_is_a_config_error(capsys: pytest.CaptureFixture[s
                  str(keydir.path), "--sim", "--json"])
     assert code == 1
     assert "invalid id" in capsys.readouterr().out
+
+
+def test_robot_id_auto_claims_distinct_robot_identities(tmp_path: Path) -> None:
+    for ident in ("healthcheck", "recorder", "robot-2", "robot-1"):
+        add_key(tmp_path, "robot", ident)
+    first = claim_robot(str(tmp_path), "robot-")
+    second = claim_robot(str(tmp_path), "robot-")
+    try:
+        assert (first.identity, second.identity) == ("robot-1", "robot-2")
+        with pytest.raises(KeyringError, match="no free robot identity"):
+            claim_robot(str(tmp_path), "robot-")
+    finally:
+        first.release()
+        second.release()
+    again = claim_robot(str(tmp_path), "robot-")  # a dead replica's slot is free again
+    assert again.identity == "robot-1"
+    again.release()

@@ -126,3 +126,42 @@ def test_workers_stop_and_restart_over_zmq(zmq_hub: Any, keydir: KeyDir, tmp_pat
 def test_workers_stop_and_restart_over_mosquitto(mosquitto: Any, keydir: KeyDir,
                                                  tmp_path: Path) -> None:
     asyncio.run(scenario(mosquitto.url, keydir, mosquitto.options, tmp_path / "edge.mcap"))
+
+
+def test_broker_restart_gives_disconnected_fallbacks_then_cloud(mosquitto: Any,
+                                                                keydir: KeyDir) -> None:
+    async def main() -> None:
+        pool = Pool(mosquitto.url, keydir, mosquitto.options)
+        await pool.start()
+        robot = SimRobot(size=32)
+        config = AgentConfig(robot_id="robot-a", deadline_ns=60 * MS, period_ns=10 * MS,
+                             breaker=BreakerConfig(miss_limit=3, probe_interval_ns=50 * MS))
+        agent = await open_edge(mosquitto.url, keys=keydir.ring,
+                                signer=keydir.signers["robot-a"], config=config,
+                                probe=robot.observe(0), model=LocalModel(width=8, horizon=8),
+                                options=mosquitto.options("robot-a"))
+        results: list[ActionResult] = []
+        try:
+            for i in range(5):
+                results.append(await agent.act(robot.observe(i)))
+            assert results[-1].source is Source.CLOUD
+            await asyncio.to_thread(mosquitto.stop)
+            for _ in range(100):  # the client notices the lost connection within moments
+                results.append(await agent.act(robot.observe(len(results))))
+                if results[-1].cause is Cause.DISCONNECTED:
+                    break
+                await asyncio.sleep(0.01)
+            assert results[-1].cause is Cause.DISCONNECTED
+            await asyncio.to_thread(mosquitto.start)
+            for _ in range(600):
+                results.append(await agent.act(robot.observe(len(results))))
+                if results[-1].source is Source.CLOUD:
+                    break
+                await asyncio.sleep(0.01)
+            assert results[-1].source is Source.CLOUD, "no cloud action after the broker came back"
+        finally:
+            await pool.stop()
+            await agent.close()
+            await agent.transport.close()
+        assert all(r.action is not None for r in results)
+    asyncio.run(main())

@@ -4,40 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from schemas.errors import TransportError
 from security.curve import load_client_keys
+from vlabus.hub import tcp_endpoint
+from vlabus.hub_process import HubProcess
 from vlabus.transport import CurveKeys, TransportOptions
 from vlabus.zmq import open_zmq
 
 pytestmark = pytest.mark.integration
 
 
-def start(*args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vlabus", "hub", "--bind", "tcp://127.0.0.1:0", "--json", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    line = proc.stderr.readline()  # blocks until the hub is bound (or the process died)
-    assert line.startswith("hub listening on zmq://127.0.0.1:"), line
-    return proc, line.split()[3]
-
-
-def stop(proc: subprocess.Popen[str]) -> dict[str, object]:
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0, err
-    summary: dict[str, object] = json.loads(out)
-    return summary
-
-
 def test_hub_process_round_trip_and_summary() -> None:
-    proc, url = start()
+    hub = HubProcess()
+    url = hub.start()
     try:
         async def body() -> None:
             t = await open_zmq(url, TransportOptions(client_id="cli"))
@@ -47,7 +32,7 @@ def test_hub_process_round_trip_and_summary() -> None:
             await t.close()
         asyncio.run(body())
     finally:
-        summary = stop(proc)
+        summary = hub.stop()
     assert summary["url"] == url
     assert summary["delivered"] == 1
     assert summary["curve"] is False
@@ -59,7 +44,8 @@ def test_hub_process_with_curve(tmp_path: Path) -> None:
         [sys.executable, "-m", "vlabus", "hub", "--curve", str(keys), "--add-client", "robot-a",
          "--json"], capture_output=True, text=True, check=True)
     assert set(json.loads(made.stdout)["clients"]) == {"robot-a"}
-    proc, url = start("--curve", str(keys))
+    hub = HubProcess("tcp://127.0.0.1:0", "--curve", str(keys))
+    url = hub.start()
     try:
         async def body() -> None:
             opts = TransportOptions(client_id="robot-a",
@@ -69,9 +55,14 @@ def test_hub_process_with_curve(tmp_path: Path) -> None:
             await t.close()
         asyncio.run(body())
     finally:
-        summary = stop(proc)
+        summary = hub.stop()
     assert summary["curve"] is True
     assert summary["retained"] == 1
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    with HubProcess() as first, pytest.raises(TransportError, match="hub failed to start"):
+        HubProcess(tcp_endpoint(first.url)).start()
 
 
 def test_add_client_without_curve_is_an_error() -> None:

@@ -16,7 +16,7 @@ from cloud_workers.publisher import Release, build_release, publish_release
 from edge_agent.local import LocalPolicy
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.receiver import Receiver
-from edge_agent.stack import load_reference
+from edge_agent.stack import LocalModel, build_local, load_reference
 from edge_agent.store import ModelStore
 from edge_agent.updates import ModelUpdater
 from schemas.messages import ModelChunk
@@ -108,6 +108,10 @@ def test_valid_release_installs_swaps_between_steps_and_keeps_the_previous(
         assert active.version == 3
         assert active.path.read_bytes() == weights(tmp_path, 3)
         assert robot.local.infer(probe()).shape == (4, 7)
+        # a restarted robot starts from the installed release, not its built-in weights
+        policy, version = build_local(LocalModel(name=NAME, models_dir=tmp_path / "models"))
+        assert version == 3
+        assert np.array_equal(policy.infer([probe()]), robot.local.policy.infer([probe()]))
     asyncio.run(main())
 
 

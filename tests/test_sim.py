@@ -15,19 +15,21 @@ import pytest
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.sim import SimRobot, run_sim_robot
 from edge_agent.stack import LocalModel
+from schemas.messages import Status
 from tests.conftest import KeyDir
 from tests.test_edge_support import FakeCloud
 from vlabus.mcaplog import iter_log
-from vlabus.memory import reset_memory
+from vlabus.memory import broker_for, reset_memory
 from vlabus.metrics import MetricsServer
 from vlabus.record import Recorder
 from vlabus.transport import TransportOptions, open_transport
+from vlabus.wire import Decoder
 
 SUMMARY_KEYS = {"steps", "actions_by_source", "fallbacks_by_cause", "lateness_ms", "rtt_ms",
                 "late_replies_discarded", "steps_without_action", "rejected_by_reason",
                 "latency_breakdown_p50_ms"}
-BREAKDOWN_KEYS = {"robot_encode", "transport", "worker_decode", "queue_wait", "inference",
-                  "worker_encode", "robot_decode"}
+BREAKDOWN_KEYS = {"robot_encode", "transport_up_down", "worker_decode", "queue_wait",
+                  "inference", "worker_encode", "robot_decode"}
 _names = itertools.count()
 
 
@@ -50,9 +52,13 @@ async def with_cloud(keydir: KeyDir, body: Any, **cloud: Any) -> dict[str, Any]:
     fake = await FakeCloud(bus, keydir.signers["worker-1"], keydir.ring, **cloud).start()
     try:
         result: dict[str, Any] = await body(url)
-        return result
     finally:
         await fake.close()
+    retained = broker_for(url.removeprefix("memory://")).retained
+    statuses = [Decoder(keydir.ring).decode(payload).message for payload in retained.values()]
+    result["retained_status"] = [(s.client_id, s.state) for s in statuses
+                                 if isinstance(s, Status)]
+    return result
 
 
 def test_run_sim_robot_summary_with_a_healthy_cloud(keydir: KeyDir, tmp_path: Path) -> None:
@@ -78,9 +84,10 @@ def test_run_sim_robot_summary_with_a_healthy_cloud(keydir: KeyDir, tmp_path: Pa
     assert summary["rtt_ms"]["p50"] > 0
     # the fake worker reports a 70 us span: worker parts are its figures, transport the rest
     assert summary["latency_breakdown_p50_ms"]["inference"] == 0.03
-    assert summary["latency_breakdown_p50_ms"]["transport"] >= 0
+    assert summary["latency_breakdown_p50_ms"]["transport_up_down"] >= 0
     assert 'vlabus_edge_actions_total{source="cloud"}' in text
     assert "vlabus_edge_round_trip_seconds_count" in text
+    assert 'vlabus_edge_latency_part_seconds_count{part="transport_up_down"}' in text
     assert "vlabus_edge_model_version 0.0" in text
     topics: dict[str, int] = {}
     decisions = []
@@ -107,7 +114,10 @@ def test_run_sim_robot_dead_cloud_every_step_still_acts(keydir: KeyDir) -> None:
     assert causes.get("timeout", 0) >= 3  # then the breaker opens
     assert causes.get("breaker_open", 0) > 0
     assert summary["steps_without_action"] == 0
-    assert summary["lateness_ms"]["max"] < 5.0
+    # the policy thread is warmed up and single-threaded: no cold 70 ms first calls (a bound
+    # loose enough for a loaded CI machine; bench.fallback measures the real figure)
+    assert summary["lateness_ms"]["p50"] == 0.0
+    assert summary["lateness_ms"]["max"] < 20.0
 
 
 def test_run_sim_robot_in_chunk_mode(keydir: KeyDir) -> None:

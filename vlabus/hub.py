@@ -28,7 +28,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from schemas.errors import TransportError
+from schemas.errors import BusError, TransportError
 from security.curve import authorized_dir, load_hub_keys
 from vlabus import hub_routes as proto
 from vlabus.hub_routes import Routes
@@ -83,13 +83,17 @@ class Hub:
     def start(self, timeout_s: float = 5.0) -> Hub:
         self._thread = threading.Thread(target=self._run, name="vlabus-hub", daemon=True)
         self._thread.start()
-        if not self._ready.wait(timeout_s):
-            raise TransportError("hub did not start")
-        if self._error is not None:
-            raise TransportError(f"hub failed to start: {self._error}") from self._error
+        if not self._ready.wait(timeout_s) or self._error is not None:
+            self.stop()
+            raise TransportError(f"hub failed to start on {self.config.bind}: "
+                                 f"{self._error or 'timeout'}") from self._error
         return self
 
     def stop(self) -> None:
+        """Stop serving and release the port (idempotent). Clients are not told: they keep
+        reconnecting, as they would to a crashed hub."""
+        if self._ctx.closed:
+            return
         if self._thread is not None and self._thread.is_alive():
             ctrl = self._ctx.socket(zmq.PAIR)
             ctrl.connect(self._ctrl)
@@ -110,9 +114,8 @@ class Hub:
             self._auth.stop()
             self._auth = None
 
-    def _make_router(self) -> zmq.Socket[Any]:
+    def _configure(self, router: zmq.Socket[Any]) -> None:
         cfg = self.config
-        router = self._ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.SNDHWM, cfg.hwm)
         router.setsockopt(zmq.RCVHWM, cfg.hwm)
@@ -133,17 +136,22 @@ class Hub:
             router.zap_domain = _ZAP_DOMAIN.encode()
             router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         router.bind(cfg.bind)
-        endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        endpoint = cast(bytes, router.getsockopt(zmq.LAST_ENDPOINT)).decode()
         self.url = "zmq://" + endpoint.removeprefix("tcp://")
-        return cast("zmq.Socket[Any]", router)
 
     def _run(self) -> None:
+        opened: list[zmq.Socket[Any]] = []
         try:
-            router = self._make_router()
+            router = self._ctx.socket(zmq.ROUTER)
+            opened.append(router)
+            self._configure(router)
             ctrl = self._ctx.socket(zmq.PAIR)
+            opened.append(ctrl)
             ctrl.bind(self._ctrl)
             monitor = router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        except (zmq.ZMQError, OSError, ValueError) as exc:
+        except (zmq.ZMQError, OSError, ValueError, BusError) as exc:
+            for sock in opened:
+                sock.close(0)  # or the context's term() in stop() would wait for it forever
             self._error = exc
             self._ready.set()
             return
@@ -177,15 +185,17 @@ class Hub:
         stats = self.stats
         for _ in range(_DRAIN):
             # Checking EVENTS (~1 us) is cheaper than the zmq.Again raised by an empty recv.
-            if not router.getsockopt(_EVENTS) & _POLLIN:
+            if not _readable(router):
                 return
             parts: list[Any] = [router.recv(_NB)]
+            # Routing id and head frame as bytes; the rest (payloads) as zero-copy Frames.
             while router.getsockopt(_RCVMORE):
-                parts.append(router.recv(0, copy=len(parts) < 4))
+                parts.append(router.recv(0, copy=len(parts) < 2))
             stats["received"] += 1
-            if len(parts) == 5 and parts[1] == proto.PUB:  # the hot path
+            if len(parts) == 3 and parts[1][:1] == proto.PUB:  # the hot path
+                topic, _, meta = parts[1][1:].partition(b"\0")
                 try:
-                    self._publish(router, parts[0], parts[2], parts[3], parts[4])
+                    self._publish(router, parts[0], topic, meta, parts[2])
                 except (ValueError, UnicodeDecodeError) as exc:
                     self._malformed(parts[0], exc)
             else:
@@ -198,11 +208,11 @@ class Hub:
         try:
             if verb == proto.SUB and n == 4:
                 self.routes.seen(rid, time.monotonic_ns())
-                for topic, payload in self.routes.subscribe(rid, parts[2].decode(),
-                                                            parts[3].decode()):
-                    self._send(router, rid, [proto.MSG, topic.encode(), payload])
+                for topic, payload in self.routes.subscribe(rid, parts[2].bytes.decode(),
+                                                            parts[3].bytes.decode()):
+                    self._send(router, rid, [proto.MSG + topic.encode(), payload])
             elif verb == proto.UNSUB and n == 4:
-                self.routes.unsubscribe(rid, parts[2].decode(), parts[3].decode())
+                self.routes.unsubscribe(rid, parts[2].bytes.decode(), parts[3].bytes.decode())
             elif verb == proto.HELLO and n == 7:
                 self._hello(router, rid, parts)
             elif verb == proto.PING and n == 2:
@@ -220,8 +230,8 @@ class Hub:
 
     def _hello(self, router: zmq.Socket[Any], rid: bytes, parts: list[Any]) -> None:
         peer = self.routes.seen(rid, time.monotonic_ns())
-        peer.client_id = parts[2].decode()
-        peer.heartbeat_ns = int(parts[3]) * 1_000_000
+        peer.client_id = parts[2].bytes.decode()
+        peer.heartbeat_ns = int(parts[3].bytes) * 1_000_000
         will_topic = parts[4].bytes
         peer.will = (will_topic, parts[5].bytes, parts[6].bytes == b"1") if will_topic else None
         peer.fd = parts[4].get(zmq.SRCFD)  # matched against the monitor's DISCONNECTED fd
@@ -244,10 +254,14 @@ class Hub:
             self._fan_out(router, topic, payload)
 
     def _fan_out(self, router: zmq.Socket[Any], topic: bytes, payload: zmq.Frame | bytes) -> None:
-        for target in self.routes.recipients(topic):
-            self._send(router, target, [proto.MSG, topic, payload])
+        targets = self.routes.recipients(topic)
+        if targets:
+            head = proto.MSG + topic
+            for target in targets:
+                if self._send(router, target, [head, payload]):
+                    self.stats["delivered"] += 1
 
-    def _send(self, router: zmq.Socket[Any], rid: bytes, frames: list[Any]) -> None:
+    def _send(self, router: zmq.Socket[Any], rid: bytes, frames: list[Any]) -> bool:
         """Send to one client without ever blocking the hub. Frame by frame with plain-int flags
         (``send_multipart`` costs ~2 us more); only the first frame can fail: a multipart
         message is atomic."""
@@ -255,18 +269,17 @@ class Hub:
             router.send(rid, _MORE_NB)
         except zmq.Again:
             self.stats["dropped_hwm"] += 1
-            return
+            return False
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
             # The peer is gone (its disconnect may not have been seen yet).
             self.stats["dropped_unroutable"] += 1
-            return
+            return False
         last = len(frames) - 1
         for i, part in enumerate(frames):
             router.send(part, _NB if i == last else _MORE_NB, copy=len(part) < _ZERO_COPY)
-        if frames[0] == proto.MSG:
-            self.stats["delivered"] += 1
+        return True
 
     def _on_monitor(self, router: zmq.Socket[Any], monitor: zmq.Socket[Any]) -> None:
         while cast(int, monitor.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
@@ -293,3 +306,8 @@ class Hub:
 def start_hub(bind: str = "tcp://127.0.0.1:0", **options: Any) -> Hub:
     """Start a hub in a background thread; ``.url`` is its ``zmq://HOST:PORT``."""
     return Hub(HubConfig(bind=bind, **options)).start()
+
+
+def _readable(sock: zmq.Socket[Any]) -> bool:
+    """Whether a message waits; also re-arms the edge-triggered FD."""
+    return bool(cast(int, sock.getsockopt(_EVENTS)) & _POLLIN)

@@ -5,12 +5,17 @@ Frames on the single DEALER<->ROUTER pair (the hub's ROUTER adds/strips the rout
     client -> hub   HELLO   [b"H", client_id, heartbeat_ms, will_topic, will_payload, retain]
                     SUB     [b"S", pattern, group]            group b"" = plain subscription
                     UNSUB   [b"U", pattern, group]
-                    PUB     [b"P", topic, meta, payload]      meta: b"" or b"r", b"e<ns>", b"q<mid>"
+                    PUB     [b"P" topic [b"\0" meta], payload]
+                            meta: ";"-joined b"r" (retain), b"e<ns>" (expiry), b"q<mid>" (QoS 1)
                     PING    [b"I"]
                     BYE     [b"B"]                            clean close: no will
-    hub -> client   MSG     [b"M", topic, payload]
+    hub -> client   MSG     [b"M" topic, payload]
                     ACK     [b"A", mid]                       QoS 1 publish accepted
                     WELCOME [b"W"]                            answer to HELLO
+
+PUB and MSG carry verb, topic and flags in one frame: every frame costs a send and a receive
+call at each end, and these two verbs are the whole hot path. Topics cannot contain NUL (MQTT
+forbids it), so NUL separates topic from meta.
 
 Topic matching is MQTT's (``+``, ``#``), done here exactly: ZeroMQ SUB prefix filtering would
 let ``vla/v1/robot-1`` match ``vla/v1/robot-10/...``. Shared groups deliver each message to one
@@ -46,6 +51,11 @@ def encode_meta(*, retain: bool, expires_ns: int, mid: bytes) -> bytes:
     if mid:
         parts.append(b"q" + mid)
     return b";".join(parts)
+
+
+def pub_head(topic: bytes, meta: bytes) -> bytes:
+    """The first frame of a PUB."""
+    return PUB + topic + b"\0" + meta if meta else PUB + topic
 
 
 def decode_meta(meta: bytes) -> PubMeta:

@@ -72,6 +72,8 @@ class WorkerRow:
 
 
 def robot_row(name: str, before: Samples, after: Samples, dt: float) -> RobotRow:
+    if not after:  # finished or not up yet: nothing to difference against
+        return RobotRow(name, 0.0, None, None, None, int(_sum(before, "vlabus_edge_fallbacks_total")))
     actions = _sum(after, "vlabus_edge_actions_total") - _sum(before, "vlabus_edge_actions_total")
     cloud = (_sum(after, "vlabus_edge_actions_total", source="cloud")
              - _sum(before, "vlabus_edge_actions_total", source="cloud"))
@@ -88,6 +90,8 @@ def robot_row(name: str, before: Samples, after: Samples, dt: float) -> RobotRow
 
 
 def worker_row(name: str, before: Samples, after: Samples) -> WorkerRow:
+    if not after:
+        return WorkerRow(name, False, None, 0.0, int(_sum(before, "vlabus_worker_replies_total")))
     batches = _sum(after, "vlabus_worker_batch_size_count") - _sum(
         before, "vlabus_worker_batch_size_count")
     batched = _sum(after, "vlabus_worker_batch_size_sum") - _sum(

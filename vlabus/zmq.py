@@ -16,7 +16,6 @@ dropped and counted; expired ones dropped at flush and counted).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -84,8 +83,10 @@ class ZmqTransport:
         sock.setsockopt(zmq.SNDHWM, max(opts.outbox_size, 1000))
         sock.setsockopt(zmq.RCVHWM, max(opts.inbox_size, 1000))
         sock.setsockopt(zmq.MAXMSGSIZE, opts.max_payload + (64 << 10))
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        # libzmq waits the interval plus up to as much again at random, doubling up to the max.
+        extra = opts.extra
+        sock.setsockopt(zmq.RECONNECT_IVL, int(1000 * float(extra.get("reconnect_min_s", 0.1))))
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(1000 * float(extra.get("reconnect_max_s", 2))))
         sock.setsockopt(zmq.HEARTBEAT_IVL, self._heartbeat_ms)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * self._heartbeat_ms)
         if opts.curve is not None:
@@ -107,6 +108,8 @@ class ZmqTransport:
         retain: bool = False,
         expiry_s: float | None = None,
     ) -> None:
+        """See :class:`Transport`. Payloads of 64 KiB or more are sent without copying: do not
+        change the buffer behind a ``memoryview`` after publishing it."""
         if not self._open:
             raise TransportError("zmq transport closed")
         if len(payload) > self.options.max_payload:
@@ -115,8 +118,15 @@ class ZmqTransport:
         mid = b"%d" % next(self._mids) if qos > 0 else b""
         meta = (proto.encode_meta(retain=retain, expires_ns=expires_ns, mid=mid)
                 if retain or expires_ns or mid else b"")
-        body = payload if isinstance(payload, bytes | memoryview) else bytes(payload)
-        frames: list[bytes | memoryview] = [proto.PUB, topic.encode(), meta, body]
+        body: Any = payload if isinstance(payload, bytes | memoryview) else bytes(payload)
+        if isinstance(body, memoryview) and isinstance(body.obj, zmq.Frame) \
+                and body.nbytes == len(body.obj):
+            # A received payload published again (a relay): libzmq shares the frame's buffer,
+            # with no Python buffer to pin and release.
+            body = body.obj
+        if "\0" in topic:
+            raise TransportError(f"topic {topic!r} contains NUL")
+        frames: list[Any] = [proto.pub_head(topic.encode(), meta), body]
         if retain:
             self._remember_retained(topic, bytes(payload))
         self._stats["published"] += 1
@@ -127,22 +137,19 @@ class ZmqTransport:
         if len(self._pending) >= self.options.outbox_size:
             oldest = next(iter(self._pending))
             stale, _ = self._pending.pop(oldest)
-            if not stale.done():
-                stale.set_exception(TransportError("outbox full; oldest QoS 1 publish dropped"))
+            _fail(stale, TransportError("outbox full; oldest QoS 1 publish dropped"))
             self._stats["outbox_dropped"] += 1
         future: asyncio.Future[None] = self._loop.create_future()
         self._pending[mid] = (future, frames)
+        if not self._send(frames):
+            return  # kept in _pending; re-sent after the next handshake
+        # Wait for the hub's ACK (which pops the entry). A connection lost meanwhile resolves
+        # the future but keeps the entry, to be re-sent after the next handshake.
         try:
-            if not self._send(frames):
-                return  # kept in _pending; re-sent after the next handshake
-            # Wait for the hub's ACK; a connection lost meanwhile keeps it pending for resend.
             await asyncio.wait_for(asyncio.shield(future), 2 * self.options.keepalive_s)
         except TimeoutError as exc:
             self._pending.pop(mid, None)
             raise TransportError(f"hub did not acknowledge publish to {topic!r}") from exc
-        finally:
-            if future.done():
-                self._pending.pop(mid, None)
 
     async def subscribe(self, pattern: str, *, group: str | None = None, qos: int = 1) -> None:
         if not self._open:
@@ -187,10 +194,8 @@ class ZmqTransport:
         self._sock.close()
         self.inbox.close()
         for future, _ in self._pending.values():
-            if not future.done():
-                future.set_exception(TransportError("zmq transport closed"))
-        if not self._welcome.done():
-            self._welcome.set_exception(TransportError("zmq transport closed"))
+            _fail(future, TransportError("zmq transport closed"))
+        _fail(self._welcome, TransportError("zmq transport closed"))
 
     # -- socket I/O, all on the loop thread --------------------------------------------------
 
@@ -209,11 +214,12 @@ class ZmqTransport:
             return False
         finally:
             # Sending may consume the edge of the FD: look for input ourselves.
-            if self._open and sock.getsockopt(_EVENTS) & _POLLIN:
+            if self._open and _readable(sock):
                 self._loop.call_soon(self._drain)
         return True
 
     def _queue(self, frames: list[bytes | memoryview], expires_ns: int) -> None:
+        self._on_monitor()  # a disconnect may be waiting there, not yet seen
         if not self._connected:
             if len(self._outbox) >= self.options.outbox_size:
                 self._outbox.popleft()
@@ -228,27 +234,28 @@ class ZmqTransport:
         sock, inbox = self._sock, self.inbox
         for _ in range(256):
             # Checking EVENTS (~1 us) is cheaper than the zmq.Again raised by an empty recv.
-            if not sock.getsockopt(_EVENTS) & _POLLIN:
+            if not _readable(sock):
                 return
             parts: list[Any] = [sock.recv(_NB)]
-            # Verb and topic as bytes; the payload as a zero-copy Frame, kept only when large.
+            # The head frame as bytes; the payload as a zero-copy Frame, kept only when large.
             while sock.getsockopt(_RCVMORE):
-                parts.append(sock.recv(0, copy=len(parts) < 2))
-            verb = parts[0]
-            if verb == proto.MSG and len(parts) == 3:
-                body = parts[2]
+                parts.append(sock.recv(0, copy=False))
+            head = parts[0]
+            verb = head[:1]
+            if verb == proto.MSG and len(parts) == 2:
+                body = parts[1]
                 payload = body.buffer if len(body) >= _ZERO_COPY else body.bytes
                 try:
-                    topic = parts[1].decode()
+                    topic = head[1:].decode()
                 except UnicodeDecodeError as exc:
                     self._malformed(parts, exc)
                     continue
                 inbox.put(Message(topic, payload, now_ns()))
-            elif verb == proto.ACK and len(parts) == 2:
-                entry = self._pending.pop(parts[1], None)
+            elif head == proto.ACK and len(parts) == 2:
+                entry = self._pending.pop(parts[1].bytes, None)
                 if entry is not None and not entry[0].done():
                     entry[0].set_result(None)
-            elif verb == proto.WELCOME and len(parts) == 1:
+            elif head == proto.WELCOME and len(parts) == 1:
                 if not self._welcome.done():
                     self._welcome.set_result(None)
             else:
@@ -261,7 +268,7 @@ class ZmqTransport:
         log.warning("zmq: malformed message from the hub (%s): %r", why, shown)
 
     def _on_monitor(self) -> None:
-        while self._open and self._monitor.getsockopt(_EVENTS) & _POLLIN:
+        while self._open and _readable(self._monitor):
             event = parse_monitor_message(self._monitor.recv_multipart())["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._connected = True
@@ -271,8 +278,11 @@ class ZmqTransport:
                 self._resync()
             elif event == zmq.EVENT_DISCONNECTED:
                 self._connected = False
-            elif not self._welcome.done():
-                self._welcome.set_exception(TransportError(
+                for future, _ in self._pending.values():
+                    if not future.done():
+                        future.set_result(None)
+            else:
+                _fail(self._welcome, TransportError(
                     f"hub {self.url} refused the CURVE handshake (event {event})"))
 
     def _resync(self) -> None:
@@ -284,7 +294,7 @@ class ZmqTransport:
         for pattern, group in self._subs:
             self._send([proto.SUB, pattern.encode(), group.encode()])
         for topic, payload in self._retained.items():
-            self._send([proto.PUB, topic.encode(), b"r", payload])
+            self._send([proto.pub_head(topic.encode(), b"r"), payload])
         for _, frames in self._pending.values():
             self._send(frames)
         now = time.time_ns()
@@ -313,7 +323,8 @@ async def open_zmq(url: str, options: TransportOptions) -> ZmqTransport:
     """Connect to the hub at ``zmq://HOST:PORT`` and wait for its WELCOME.
 
     ``options.extra``: ``heartbeat_ms`` (default ``keepalive_s`` * 1000; the hub publishes the
-    will after three silent intervals) and ``connect_timeout_s`` (default 5).
+    will after three silent intervals), ``connect_timeout_s`` (default 5), ``reconnect_min_s``
+    and ``reconnect_max_s`` (0.1 and 2; ZeroMQ's reconnect interval and its exponential cap).
     """
     if not urlsplit(url).port:
         raise TransportError(f"zmq URL needs a port: {url!r}")
@@ -324,7 +335,18 @@ async def open_zmq(url: str, options: TransportOptions) -> ZmqTransport:
         await asyncio.wait_for(asyncio.shield(transport._welcome), timeout)
     except (TimeoutError, TransportError) as exc:
         transport.abort()
-        with contextlib.suppress(BaseException):
-            transport._welcome.exception()
         raise TransportError(f"no answer from the hub at {url}: {exc or 'timeout'}") from exc
     return transport
+
+
+def _readable(sock: zmq.Socket[Any]) -> bool:
+    """Whether a message waits; also re-arms the edge-triggered FD."""
+    return bool(cast(int, sock.getsockopt(_EVENTS)) & _POLLIN)
+
+
+def _fail(future: asyncio.Future[None], exc: BaseException) -> None:
+    """Fail a future that may have no awaiter left (a QoS 1 publish that already returned):
+    marking the exception retrieved keeps asyncio from logging it as lost."""
+    if not future.done():
+        future.set_exception(exc)
+        future.exception()

@@ -21,15 +21,21 @@ from vlabus.commands._bus import add_bus_arguments, transport_options
 def register(sub: Any) -> None:
     parser = sub.add_parser("edge", help="run a robot's edge agent (deadline watchdog + local "
                                          "fallback); --sim drives a simulated robot")
-    parser.add_argument("--robot-id", required=True, metavar="ID")
+    parser.add_argument("--robot-id", required=True, metavar="ID",
+                        help="robot id, or 'auto': claim the first free robot key in --keys "
+                             "whose id starts with --auto-prefix (scaled replicas)")
+    parser.add_argument("--auto-prefix", default="robot-", metavar="PREFIX",
+                        help="with --robot-id auto, only ids starting with this (default "
+                             "robot-), so service identities such as a recorder are skipped")
     add_bus_arguments(parser)
     parser.add_argument("--keys", required=True, metavar="DIR",
                         help="keyring: this robot's private key, workers' and release public keys")
     parser.add_argument("--sim", action="store_true",
                         help="drive a simulated tabletop robot (the only built-in robot)")
     parser.add_argument("--fps", type=float, default=30.0, metavar="F", help="control rate")
-    parser.add_argument("--deadline-ms", type=float, default=50.0, metavar="D",
-                        help="per-step budget for a cloud action")
+    parser.add_argument("--deadline-ms", type=float, default=25.0, metavar="D",
+                        help="per-step budget for a cloud action (keep it under the control "
+                             "period: a step waits up to D for the cloud)")
     parser.add_argument("--chunk", type=int, default=1, metavar="H",
                         help="execute action chunks from a queue (H > 1); 1 = one action/step")
     parser.add_argument("--refill-below", type=int, default=None, metavar="N",
@@ -77,20 +83,54 @@ async def edge_command(args: argparse.Namespace) -> dict[str, Any]:
     # heavy imports (torch, paho, zmq, mcap) only when the command runs
     import torch  # noqa: PLC0415
 
+    from schemas.errors import BusError  # noqa: PLC0415
+    from schemas.topics import check_id  # noqa: PLC0415
+
+    torch.set_num_threads(1)  # small local model: threads only add jitter on a robot's CPU
+    claim = None
+    try:
+        if args.robot_id == "auto":
+            claim = claim_robot(args.keys, args.auto_prefix)
+            robot_id = claim.identity
+        else:
+            robot_id = check_id(args.robot_id)
+        options = transport_options(args, robot_id)
+    except (BusError, OSError) as exc:
+        return {"error": str(exc), "exit_code": 1}
+    try:
+        return await _run(args, robot_id, options)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def claim_robot(keys_dir: str, prefix: str) -> Any:
+    """Claim (flock) the first free robot identity whose id starts with ``prefix``."""
+    from schemas.errors import KeyringError  # noqa: PLC0415
+    from vlabus.claim import claim_identity  # noqa: PLC0415
+
+    skipped = []
+    try:
+        while True:  # claim_identity raises KeyringError once every identity is held
+            claim = claim_identity(keys_dir, "robot")
+            if claim.identity.startswith(prefix):
+                return claim
+            skipped.append(claim)  # held until we find ours, so the next call moves on
+    except KeyringError as exc:
+        raise KeyringError(f"no free robot identity starting with {prefix!r}: {exc}") from exc
+    finally:
+        for other in skipped:
+            other.release()
+
+
+async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[str, Any]:
     from edge_agent.metrics import EdgeMetrics  # noqa: PLC0415
     from edge_agent.sim import run_sim_robot  # noqa: PLC0415
     from edge_agent.stack import LocalModel  # noqa: PLC0415
     from schemas.errors import BusError, TransportError  # noqa: PLC0415
-    from schemas.topics import check_id  # noqa: PLC0415
     from vlabus.metrics import MetricsServer  # noqa: PLC0415
     from vlabus.record import Recorder  # noqa: PLC0415
 
-    torch.set_num_threads(1)  # small local model: threads only add jitter on a robot's CPU
-    try:
-        robot_id = check_id(args.robot_id)
-        options = transport_options(args, robot_id)
-    except (BusError, OSError) as exc:
-        return {"error": str(exc), "exit_code": 1}
     metrics = EdgeMetrics()
     server = None
     if args.metrics_port is not None:

@@ -25,7 +25,9 @@ def register(sub: Any) -> None:
     add_bus_arguments(parser)
     parser.add_argument("--keys", required=True, metavar="DIR",
                         help="keyring: this worker's private key and the robots' public keys")
-    parser.add_argument("--id", required=True, help="worker id (its key identity and client id)")
+    parser.add_argument("--id", required=True,
+                        help="worker id (its key identity and client id); `auto` claims the "
+                             "first worker identity in the keyring no other replica holds")
     parser.add_argument("--group", default="workers", help="shared-subscription group")
     parser.add_argument("--policy", action="append", default=None, metavar="[NAME=]SPEC",
                         help="reference | noop | FILE.safetensors | module:factory; repeat to "
@@ -73,11 +75,15 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
     from cloud_workers.worker import WorkerConfig, open_worker  # noqa: PLC0415
     from schemas.topics import check_id, check_name  # noqa: PLC0415
     from security.keys import Keyring, load_signer  # noqa: PLC0415
+    from vlabus.claim import claim_identity  # noqa: PLC0415
     from vlabus.metrics import MetricsServer  # noqa: PLC0415
     from vlabus.policy import describe, load_policy, resolve_device, set_threads  # noqa: PLC0415
 
+    claim = None
     try:
-        worker_id = check_id(args.id)
+        if args.id == "auto":
+            claim = claim_identity(args.keys, "worker")  # held until this process exits
+        worker_id = check_id(claim.identity if claim else args.id)
         signer = load_signer(args.keys, "worker", worker_id)
         keyring = Keyring.load(args.keys)
         device = resolve_device(args.device)

@@ -1,0 +1,405 @@
+"""The whole secure loop against the bare libraries, in one run.
+
+    python -m bench.roundtrip --json [--quick] [--only zmq|mqtt]
+
+For an observation of two 224×224×3 cameras + a 14-float state + a task string (and one
+480×640×3 camera, and JPEG cameras), one round trip is: the robot encodes and signs the frame,
+the bus carries it, a real ``vlabus worker`` process verifies, replay-checks, decodes, queues and
+runs a no-op policy that returns a 50×14 float32 chunk, signs the Action, the bus carries it
+back, and the robot verifies and decodes it. Camera images are packed once (JPEG encode time is
+reported separately): the loop measures the bus, not the image codec.
+
+Floors, measured in the same run with the same bytes up (the signed frame) and the same number
+of bytes down (an Action envelope's size):
+
+* ``zmq_bare_direct``: bare pyzmq DEALER → ROUTER server, no hub.
+* ``zmq_bare_hop``: bare pyzmq through a bare ROUTER forwarder process — the hub's topology.
+* ``mqtt_bare``: bare paho-mqtt (MQTT 5, TCP_NODELAY both ends) through the same Mosquitto.
+
+Rounds of each path are interleaved in blocks, so background load hits all alike. Every vlabus
+Action carries the worker's own durations, so each round trip is split into robot encode,
+transport (both ways), worker decode, queue wait, inference, worker encode and robot decode
+without comparing clocks across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import queue
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import emit, environment, parser, ratio, stats_us
+from edge_agent.scene import TabletopScene
+from schemas import topics
+from schemas.arrays import pack_array
+from schemas.images import Image, encode_image
+from schemas.messages import Action, Frame
+from security.keys import Keyring, add_key, load_signer
+from security.replay import ReplayGuard
+from vlabus.policy import NoopPolicy
+from vlabus.procs import free_port
+from vlabus.transport import TransportOptions, open_transport
+from vlabus.wire import Decoder, Encoder
+
+HORIZON, ACTION_DIM = 50, 14
+BLOCK = 25
+CTX = multiprocessing.get_context("spawn")
+
+
+def chunk_policy(device: str = "auto") -> NoopPolicy:
+    """``--policy bench.roundtrip:chunk_policy``: zeros of shape 50×14, the peers' chunk."""
+    return NoopPolicy(horizon=HORIZON, action_dim=ACTION_DIM, name="bench")
+
+
+# -- the observation -------------------------------------------------------------------------
+
+
+def cameras(case: str) -> tuple[dict[str, Image], float]:
+    """The case's packed cameras and the JPEG encode time per frame (µs, 0 for raw)."""
+    if case.startswith("2x224"):
+        scenes = {"top": TabletopScene(224, 224, seed=1), "wrist": TabletopScene(224, 224, seed=2)}
+    else:
+        scenes = {"top": TabletopScene(480, 640, seed=1)}
+    pixels = {name: scene.render(0) for name, scene in scenes.items()}
+    codec = "jpeg" if case.endswith("jpeg") else "raw"
+    start = time.perf_counter_ns()
+    packed = {name: encode_image(img, codec) for name, img in pixels.items()}  # type: ignore[arg-type]
+    return packed, (time.perf_counter_ns() - start) / 1e3 if codec == "jpeg" else 0.0
+
+
+def frame(robot: str, step: int, cams: dict[str, Image], state: np.ndarray) -> Frame:  # type: ignore[type-arg]
+    return Frame(robot_id=robot, step=step, cameras=cams, command="pick up the red cube",
+                 state=pack_array(state), capture_ns=time.time_ns())
+
+
+# -- bare peers (each in its own process) ----------------------------------------------------
+
+
+def bare_zmq_server(ready: Any, reply_size: int) -> None:
+    import zmq
+
+    reply = b"\0" * reply_size
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    ready.put(router.bind_to_random_port("tcp://127.0.0.1"))
+    while True:
+        ident, _payload = router.recv_multipart(copy=False)
+        router.send_multipart([ident, reply], copy=False)
+
+
+def bare_zmq_forwarder(ready: Any) -> None:
+    """One ROUTER hop like the hub's: [dest, payload] from src leaves as [src, payload]."""
+    import zmq
+
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    ready.put(router.bind_to_random_port("tcp://127.0.0.1"))
+    while True:
+        src, dest, payload = router.recv_multipart(copy=False)
+        router.send_multipart([dest, src, payload], copy=False)
+
+
+def bare_zmq_hop_server(port: int, reply_size: int) -> None:
+    import zmq
+
+    reply = b"\0" * reply_size
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.setsockopt(zmq.IDENTITY, b"server")
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    while True:
+        src, _payload = dealer.recv_multipart(copy=False)
+        dealer.send_multipart([src.bytes, reply], copy=False)
+
+
+def bare_paho_server(port: int, username: str, password: str, reply_size: int) -> None:
+    import paho.mqtt.client as mqtt
+
+    reply = b"\0" * reply_size
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="rt-bare-server",
+                         protocol=mqtt.MQTTv5)
+    client.username_pw_set(username, password)
+    client.on_socket_open = lambda c, u, s: s.setsockopt(socket.IPPROTO_TCP,
+                                                         socket.TCP_NODELAY, 1)
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe("rt/bare/req", qos=0)
+    client.on_message = lambda c, u, msg: c.publish("rt/bare/rep", reply, qos=0)
+    client.connect("127.0.0.1", port)
+    client.loop_forever()
+
+
+def spawn(stack: ExitStack, target: Callable[..., None], *args: Any) -> None:
+    proc = CTX.Process(target=target, args=args, daemon=True)
+    proc.start()
+    stack.callback(proc.join, 5)
+    stack.callback(proc.terminate)
+
+
+# -- bare clients ----------------------------------------------------------------------------
+
+
+def zmq_client(port: int, route: bytes | None) -> Callable[[bytes], None]:
+    import zmq
+
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+
+    def round_trip(payload: bytes) -> None:
+        if route is None:
+            dealer.send(payload, copy=False)
+            dealer.recv(copy=False)
+        else:
+            dealer.send_multipart([route, payload], copy=False)
+            dealer.recv_multipart(copy=False)
+
+    return round_trip
+
+
+def paho_client(stack: ExitStack, port: int, username: str,
+                password: str) -> Callable[[bytes], None]:
+    import paho.mqtt.client as mqtt
+
+    inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    subscribed = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="rt-bare-client",
+                         protocol=mqtt.MQTTv5)
+    client.username_pw_set(username, password)
+    client.on_socket_open = lambda c, u, s: s.setsockopt(socket.IPPROTO_TCP,
+                                                         socket.TCP_NODELAY, 1)
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe("rt/bare/rep", qos=0)
+    client.on_subscribe = lambda c, u, mid, codes, p: subscribed.set()
+    client.on_message = lambda c, u, msg: inbox.put(msg.payload)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    stack.callback(client.loop_stop)
+    stack.callback(client.disconnect)
+    if not subscribed.wait(10):
+        raise RuntimeError("bare paho client did not subscribe")
+
+    def round_trip(payload: bytes) -> None:
+        client.publish("rt/bare/req", payload, qos=0)
+        inbox.get(timeout=5)
+
+    for _ in range(200):  # the server subscribes asynchronously: wait until it answers
+        client.publish("rt/bare/req", b"warm", qos=0)
+        try:
+            inbox.get(timeout=0.05)
+            break
+        except queue.Empty:
+            continue
+    while not inbox.empty():
+        inbox.get()
+    return round_trip
+
+
+# -- the vlabus robot side -------------------------------------------------------------------
+
+
+class Robot:
+    """One robot's side of the loop: encode+sign, publish, await the verified Action."""
+
+    def __init__(self, url: str, options: TransportOptions, keys: Path, robot: str) -> None:
+        self.url, self.options, self.robot = url, options, robot
+        self.encoder = Encoder(load_signer(keys, "robot", robot))
+        self.decoder = Decoder(Keyring.load(keys), ReplayGuard())
+        self.state = np.linspace(-1, 1, 14, dtype=np.float32)
+        self.step = 0
+
+    async def open(self) -> None:
+        self.bus = await open_transport(self.url, self.options)
+        await self.bus.subscribe(topics.action_topic(self.robot), qos=1)
+
+    async def round_trip(self, cams: dict[str, Image]) -> dict[str, int]:
+        self.step += 1
+        corr = f"{self.robot}/{self.step}"
+        t0 = time.perf_counter_ns()
+        wire = self.encoder.encode(frame(self.robot, self.step, cams, self.state),
+                                   deadline_ns=time.time_ns() + 1_000_000_000, corr=corr)
+        t1 = time.perf_counter_ns()
+        await self.bus.publish(topics.frame_topic(self.robot), wire, qos=0, expiry_s=1.0)
+        while True:
+            message = await asyncio.wait_for(self.bus.recv(), 5.0)
+            t2 = time.perf_counter_ns()
+            got = self.decoder.decode(message.payload)
+            if got.header.corr == corr:
+                break
+        t3 = time.perf_counter_ns()
+        action = got.message
+        assert isinstance(action, Action)
+        worker = action.span_ns + action.encode_ns
+        return {"rtt": t3 - t0, "robot_encode": t1 - t0, "robot_decode": t3 - t2,
+                "transport": max(0, (t2 - t1) - worker), "worker_decode": action.decode_ns,
+                "queue_wait": action.queue_wait_ns, "inference": action.inference_ns,
+                "worker_encode": action.encode_ns, "up_bytes": len(wire),
+                "down_bytes": len(message.payload)}
+
+
+def start_worker(stack: ExitStack, url: str, keys: Path, broker: Path | None) -> None:
+    port = free_port()
+    args = [sys.executable, "-m", "vlabus", "worker", "--bus", url, "--keys", str(keys),
+            "--id", "worker-1", "--group", "bench", "--policy", "bench.roundtrip:chunk_policy",
+            "--max-delay-ms", "0", "--max-batch", "8", "--metrics-port", str(port)]
+    if broker is not None:
+        args += ["--broker-config", str(broker)]
+    log = stack.enter_context(tempfile.TemporaryFile())
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
+    stack.callback(proc.wait, 20)
+    stack.callback(proc.terminate)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"worker exited: {log.read().decode(errors='replace')[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=0.5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)  # polling the worker's readiness endpoint
+    raise RuntimeError("worker not ready in 90 s")
+
+
+def start_hub(stack: ExitStack) -> str:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "vlabus", "hub", "--bind",
+                             f"tcp://127.0.0.1:{port}"], stdout=subprocess.DEVNULL)
+    stack.callback(proc.wait, 10)
+    stack.callback(proc.terminate)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return f"zmq://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)  # polling a port that is not open yet
+    raise RuntimeError("hub did not listen")
+
+
+# -- measurement -----------------------------------------------------------------------------
+
+
+def measure(loop: asyncio.AbstractEventLoop, robot: Robot, floors: dict[str, Callable[[bytes], None]],
+            case: str, rounds: int) -> dict[str, Any]:
+    cams, jpeg_us = cameras(case)
+    for _ in range(20):  # warm-up: worker queues, caches, estimates
+        loop.run_until_complete(robot.round_trip(cams))
+    probe = loop.run_until_complete(robot.round_trip(cams))
+    request = robot.encoder.encode(frame(robot.robot, 0, cams, robot.state))
+    reply_size = probe["down_bytes"]
+    del reply_size  # the bare servers were started with an Action's size (see main)
+    parts: dict[str, list[int]] = {}
+    samples: dict[str, list[int]] = {name: [] for name in floors}
+    done = 0
+    while done < rounds:
+        block = min(BLOCK, rounds - done)
+        for _ in range(block):
+            result = loop.run_until_complete(robot.round_trip(cams))
+            for key, value in result.items():
+                parts.setdefault(key, []).append(value)
+        for name, call in floors.items():
+            for _ in range(block):
+                start = time.perf_counter_ns()
+                call(request)
+                samples[name].append(time.perf_counter_ns() - start)
+        done += block
+    vlabus = stats_us(parts["rtt"])
+    out: dict[str, Any] = {
+        "up_bytes": probe["up_bytes"], "down_bytes": probe["down_bytes"],
+        "jpeg_encode_us_per_frame": round(jpeg_us, 1) if jpeg_us else None,
+        "vlabus": vlabus,
+        "breakdown_p50_us": {k: round(float(np.median(parts[k])) / 1e3, 1) for k in (
+            "robot_encode", "transport", "worker_decode", "queue_wait", "inference",
+            "worker_encode", "robot_decode")},
+    }
+    for name, values in samples.items():
+        floor = stats_us(values)
+        out[name] = floor
+        out[f"ratio_p50_vs_{name}"] = ratio(vlabus["p50_us"], floor["p50_us"])
+    return out
+
+
+def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
+    with ExitStack() as stack:
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        keys = root / "keys"
+        add_key(keys, "robot", "robot-1")
+        add_key(keys, "worker", "worker-1")
+        add_key(keys, "robot", "bare")
+        broker_dir = None
+        loop = asyncio.new_event_loop()
+        stack.callback(loop.close)
+        floors: dict[str, Callable[[bytes], None]] = {}
+        reply_size = action_size(keys)
+        ready: Any = CTX.Queue()
+        if bus == "zmq":
+            url = start_hub(stack)
+            options = TransportOptions(client_id="robot-1")
+            spawn(stack, bare_zmq_server, ready, reply_size)
+            floors["zmq_bare_direct"] = zmq_client(ready.get(timeout=20), None)
+            spawn(stack, bare_zmq_forwarder, ready)
+            hop = ready.get(timeout=20)
+            spawn(stack, bare_zmq_hop_server, hop, reply_size)
+            time.sleep(0.3)  # the hop server's DEALER registers its identity on connect
+            floors["zmq_bare_hop"] = zmq_client(hop, b"server")
+        else:
+            from vlabus.broker import Limits, LocalMosquitto, client_options, render
+
+            broker_dir = root / "broker"
+            render(keys, broker_dir, limits=Limits(persistence=False))
+            mosquitto = stack.enter_context(LocalMosquitto(broker_dir))
+            url = mosquitto.url
+            options = client_options(broker_dir, "robot-1")
+            bare = client_options(broker_dir, "bare")
+            assert bare.username is not None and bare.password is not None
+            spawn(stack, bare_paho_server, mosquitto.port, bare.username, bare.password,
+                  reply_size)
+            floors["mqtt_bare"] = paho_client(stack, mosquitto.port, bare.username,
+                                              bare.password)
+        start_worker(stack, url, keys, broker_dir)
+        robot = Robot(url, options, keys, "robot-1")
+        loop.run_until_complete(robot.open())
+        stack.callback(lambda: loop.run_until_complete(robot.bus.close()))
+        return {case: measure(loop, robot, floors, case, rounds) for case in cases}
+
+
+def action_size(keys: Path) -> int:
+    """Bytes of a signed Action carrying a 50×14 chunk (the bare servers reply this much)."""
+    encoder = Encoder(load_signer(keys, "worker", "worker-1"))
+    action = Action(robot_id="robot-1", step=1, actions=pack_array(
+        np.zeros((HORIZON, ACTION_DIM), np.float32)), period_ns=20_000_000, model="bench",
+        model_version=0, worker_id="worker-1", decode_ns=1, queue_wait_ns=1, inference_ns=1,
+        encode_ns=1, span_ns=1)
+    return len(encoder.encode(action, corr="robot-1/1", deadline_ns=time.time_ns()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parse = parser(__doc__.split("\n\n")[0])
+    parse.add_argument("--only", choices=["zmq", "mqtt"], default=None)
+    args = parse.parse_args(argv)
+    cases = ["2x224"] if args.quick else ["2x224", "1x480x640", "2x224-jpeg"]
+    rounds = 150 if args.quick else 1000
+    buses = [args.only] if args.only else ["zmq", "mqtt"]
+    started = time.monotonic()
+    report: dict[str, Any] = {"bench": "roundtrip", "environment": environment(),
+                              "rounds": rounds, "chunk": [HORIZON, ACTION_DIM],
+                              "target": "vlabus p50 <= 2.5x the bare round trip of the same bytes"}
+    for bus in buses:
+        report[bus] = run_bus(bus, cases, rounds)
+    report["seconds"] = round(time.monotonic() - started, 1)
+    emit(report, compact=args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
