@@ -36,7 +36,7 @@ MS = 1_000_000
 
 
 def _free_port() -> int:
-    import socket  # noqa: PLC0415
+    import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -45,14 +45,14 @@ def _free_port() -> int:
 
 async def _respond(url: str, keys: str, delay_ms: float, broker: str | None) -> None:
     """The responder process: verify frames, answer after ``delay_ms`` (< 0: never)."""
-    from schemas.arrays import pack_array  # noqa: PLC0415
-    from schemas.messages import Action, Frame  # noqa: PLC0415
-    from schemas.topics import ALL_FRAMES, action_topic  # noqa: PLC0415
-    from security.keys import Keyring, load_signer  # noqa: PLC0415
-    from security.replay import ReplayGuard  # noqa: PLC0415
-    from vlabus.inbound import Rejections, accept  # noqa: PLC0415
-    from vlabus.transport import open_transport  # noqa: PLC0415
-    from vlabus.wire import Decoder, Encoder  # noqa: PLC0415
+    from schemas.arrays import pack_array
+    from schemas.messages import Action, Frame
+    from schemas.topics import ALL_FRAMES, action_topic
+    from security.keys import Keyring, load_signer
+    from security.replay import ReplayGuard
+    from vlabus.inbound import Rejections, accept
+    from vlabus.transport import open_transport
+    from vlabus.wire import Decoder, Encoder
 
     bus = await open_transport(url, _options(broker, "worker-1"))
     encoder = Encoder(load_signer(keys, "worker", "worker-1"))
@@ -81,18 +81,18 @@ async def _respond(url: str, keys: str, delay_ms: float, broker: str | None) -> 
 
 def _options(broker: str | None, identity: str) -> Any:
     """Credentials for ``identity`` on the rendered broker, or plain options for the hub."""
-    from vlabus.transport import TransportOptions  # noqa: PLC0415
+    from vlabus.transport import TransportOptions
 
     if broker is None:
         return TransportOptions(client_id=identity)
-    from vlabus.broker import client_options  # noqa: PLC0415
+    from vlabus.broker import client_options
 
     return client_options(broker, identity)
 
 
 def _spawn(args: list[str], ready: str, timeout: float = 30.0) -> subprocess.Popen[str]:
     """Start ``python ARGS`` and wait (bounded) for a stdout line containing ``ready``."""
-    import selectors  # noqa: PLC0415
+    import selectors
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True,
@@ -139,10 +139,10 @@ async def _timer_floor(deadline_ns: int, steps: int) -> list[int]:
 
 async def _scenario(url: str, keys: str, deadline_ms: float, steps: int,
                     broker: str | None) -> dict[str, Any]:
-    from edge_agent.agent import AgentConfig  # noqa: PLC0415
-    from edge_agent.breaker import BreakerConfig  # noqa: PLC0415
-    from edge_agent.sim import SimRobot, summarize  # noqa: PLC0415
-    from edge_agent.stack import LocalModel, load_identity, open_edge  # noqa: PLC0415
+    from edge_agent.agent import AgentConfig
+    from edge_agent.breaker import BreakerConfig
+    from edge_agent.sim import SimRobot, summarize
+    from edge_agent.stack import LocalModel, load_identity, open_edge
 
     ring, signer = load_identity(keys, "robot-a")
     robot = SimRobot()
@@ -177,7 +177,7 @@ def _start_bus(bus: str, keys: str, work: Path,
                stack: contextlib.ExitStack) -> tuple[str, str | None]:
     """Start the bus as a separate process; returns its URL and the broker config (MQTT)."""
     if bus == "mqtt":
-        from vlabus.broker import Limits, LocalMosquitto, render  # noqa: PLC0415
+        from vlabus.broker import Limits, LocalMosquitto, render
 
         config = work / "broker"
         render(keys, config, limits=Limits(persistence=False))
@@ -199,9 +199,9 @@ def _pick(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(quick: bool, steps: int | None, deadline_ms: float, bus: str) -> dict[str, Any]:
-    import torch  # noqa: PLC0415
+    import torch
 
-    from security.keys import add_key  # noqa: PLC0415
+    from security.keys import add_key
 
     torch.set_num_threads(1)
     steps = steps or (300 if quick else 1000)

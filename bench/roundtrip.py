@@ -240,7 +240,10 @@ class Robot:
         return {"rtt": t3 - t0, "robot_encode": t1 - t0, "robot_decode": t3 - t2,
                 "transport": max(0, (t2 - t1) - worker), "worker_decode": action.decode_ns,
                 "queue_wait": action.queue_wait_ns, "inference": action.inference_ns,
-                "worker_encode": action.encode_ns, "up_bytes": len(wire),
+                "worker_encode": action.encode_ns,
+                "worker_handoffs": max(0, action.span_ns - action.decode_ns
+                                       - action.queue_wait_ns - action.inference_ns),
+                "up_bytes": len(wire),
                 "down_bytes": len(message.payload)}
 
 
@@ -320,7 +323,7 @@ def measure(loop: asyncio.AbstractEventLoop, robot: Robot, floors: dict[str, Cal
         "vlabus": vlabus,
         "breakdown_p50_us": {k: round(float(np.median(parts[k])) / 1e3, 1) for k in (
             "robot_encode", "transport", "worker_decode", "queue_wait", "inference",
-            "worker_encode", "robot_decode")},
+            "worker_handoffs", "worker_encode", "robot_decode")},
     }
     for name, values in samples.items():
         floor = stats_us(values)

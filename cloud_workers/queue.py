@@ -57,6 +57,17 @@ class InferenceEstimate:
     def get(self, model: str) -> int:
         return int(self._mean.get(model, self.initial_ns))
 
+    def relax(self, model: str) -> None:
+        """Shrink ``model``'s estimate after it caused drops.
+
+        An estimate is only corrected by running the model; if one slow batch inflates it so
+        far that every request looks hopeless, nothing would run again. Each drop pass pulls
+        the estimate down, so a request soon runs and measures the model afresh.
+        """
+        mean = self._mean.get(model)
+        if mean is not None:
+            self._mean[model] = mean * (1.0 - self.alpha)
+
 
 class DeadlineQueue:
     """Bounded priority/deadline queue. Entries are kept sorted with the best at the end,
@@ -108,6 +119,8 @@ class DeadlineQueue:
                 keep.append(item)
         if dropped:
             self._items = keep
+            for model in {req.model for req in dropped}:
+                self.estimate.relax(model)
         return dropped
 
     def count(self, model: str) -> int:

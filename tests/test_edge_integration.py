@@ -61,7 +61,7 @@ class Pool:
 
 async def scenario(url: str, keydir: KeyDir, options: Callable[[str], TransportOptions],
                    record: Path) -> None:
-    from vlabus.record import Recorder  # noqa: PLC0415
+    from vlabus.record import Recorder
 
     pool = Pool(url, keydir, options)
     await pool.start()

@@ -104,3 +104,20 @@ def test_queue_keeps_the_best_entries_in_order(entries: list[tuple[int, int]],
     assert len(shed) == len(entries) - len(kept)
     if kept and shed:
         assert max(keys) < min(r.sort_key for r in shed)
+
+
+def test_an_inflated_estimate_cannot_starve_the_model_forever() -> None:
+    est = InferenceEstimate(alpha=0.2)
+    est.observe("m", 90 * MS)  # one pathological first batch
+    now = [0]
+    q = DeadlineQueue(64, clock=lambda: now[0], estimate=est)
+    served_at = None
+    for step in range(50):  # a robot sending frames with a 25 ms budget every 10 ms
+        now[0] = step * 10 * MS
+        q.push(req(f"f{step}", deadline=now[0] + 25 * MS))
+        q.drop_hopeless()
+        if q.head() is not None:
+            served_at = step
+            break
+    assert served_at is not None, "every frame was dropped: the estimate never recovered"
+    assert est.get("m") < 25 * MS

@@ -81,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
 
 async def edge_command(args: argparse.Namespace) -> dict[str, Any]:
     # heavy imports (torch, paho, zmq, mcap) only when the command runs
-    import torch  # noqa: PLC0415
+    import torch
 
-    from schemas.errors import BusError  # noqa: PLC0415
-    from schemas.topics import check_id  # noqa: PLC0415
+    from schemas.errors import BusError
+    from schemas.topics import check_id
 
     torch.set_num_threads(1)  # small local model: threads only add jitter on a robot's CPU
     claim = None
@@ -106,8 +106,8 @@ async def edge_command(args: argparse.Namespace) -> dict[str, Any]:
 
 def claim_robot(keys_dir: str, prefix: str) -> Any:
     """Claim (flock) the first free robot identity whose id starts with ``prefix``."""
-    from schemas.errors import KeyringError  # noqa: PLC0415
-    from vlabus.claim import claim_identity  # noqa: PLC0415
+    from schemas.errors import KeyringError
+    from vlabus.claim import claim_identity
 
     skipped = []
     try:
@@ -124,12 +124,12 @@ def claim_robot(keys_dir: str, prefix: str) -> Any:
 
 
 async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[str, Any]:
-    from edge_agent.metrics import EdgeMetrics  # noqa: PLC0415
-    from edge_agent.sim import run_sim_robot  # noqa: PLC0415
-    from edge_agent.stack import LocalModel  # noqa: PLC0415
-    from schemas.errors import BusError, TransportError  # noqa: PLC0415
-    from vlabus.metrics import MetricsServer  # noqa: PLC0415
-    from vlabus.record import Recorder  # noqa: PLC0415
+    from edge_agent.metrics import EdgeMetrics
+    from edge_agent.sim import run_sim_robot
+    from edge_agent.stack import LocalModel
+    from schemas.errors import BusError, TransportError
+    from vlabus.metrics import MetricsServer
+    from vlabus.record import Recorder
 
     metrics = EdgeMetrics()
     server = None
