@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from cloud_workers.batcher import Batch, Batcher
 from cloud_workers.metrics import WorkerMetrics
 from cloud_workers.queue import DeadlineQueue, InferenceEstimate, Request
-from cloud_workers.runner import BatchResult, PolicyRunner, task_model
+from cloud_workers.runner import TASK_PREFIX, BatchResult, PolicyRunner, task_model
 from schemas import topics
 from schemas.arrays import pack_array
 from schemas.errors import BusError
@@ -51,6 +51,9 @@ class WorkerConfig:
     queue_capacity: int = 1024
     max_inflight_replies: int = 1024
     replay_mode: bool = False
+    #: Frame batches of a model measured faster than this run on the event loop itself: for
+    #: a CPU-cheap policy the two thread hand-offs cost more than the work. 0 disables.
+    inline_below_ns: int = 200_000
     detail: dict[str, str] = field(default_factory=dict)
 
 
@@ -94,6 +97,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._inflight: set[asyncio.Task[None]] = set()
         self._last_encode_ns = 0
+        self._measured: set[str] = set()  # models with a measured inference time
         self._status_topic = topics.worker_status_topic(config.worker_id)
         self._default_model = next(iter(runner.policies))  # frames naming "default" get it
 
@@ -102,7 +106,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         warm = await loop.run_in_executor(self._pool, self.runner.warm_up)
         for model, duration_ns in warm.items():
-            self.queue.estimate.observe(model, duration_ns)
+            self._observe(model, duration_ns)
         await self.transport.subscribe(topics.ALL_FRAMES, group=self.config.group, qos=0)
         await self.transport.subscribe(topics.ALL_TASKS, group=self.config.group, qos=1)
         await self._publish_status("online")
@@ -191,7 +195,7 @@ class Worker:
                 batch = await self._next_batch()
                 if batch is None:
                     return
-                running = (batch, loop.run_in_executor(self._pool, self.runner.run, batch))
+                running = (batch, self._start(loop, batch))
             batch, future = running
             # shielded: a cancelled serve task still answers the batch it holds
             result = await asyncio.shield(future)
@@ -199,11 +203,25 @@ class Worker:
             if not self._stopping:
                 following = self._due_batch()
                 if following is not None:
-                    running = (following, loop.run_in_executor(
-                        self._pool, self.runner.run, following))
-            self.queue.estimate.observe(batch.model, result.inference_ns)
+                    running = (following, self._start(loop, following))
+            self._observe(batch.model, result.inference_ns)
             self.metrics.on_batch(len(batch.requests), result.inference_ns)
             await self._reply(batch, result)
+
+    def _start(self, loop: asyncio.AbstractEventLoop, batch: Batch) -> asyncio.Future[BatchResult]:
+        """Run ``batch`` on the inference thread, or right here when its model is known to be
+        cheap (see ``WorkerConfig.inline_below_ns``); tasks always go to the thread."""
+        model = batch.model
+        if (model in self._measured and not model.startswith(TASK_PREFIX)
+                and self.queue.estimate.get(model) < self.config.inline_below_ns):
+            done: asyncio.Future[BatchResult] = loop.create_future()
+            done.set_result(self.runner.run(batch))  # run() never raises for bad input
+            return done
+        return loop.run_in_executor(self._pool, self.runner.run, batch)
+
+    def _observe(self, model: str, duration_ns: int) -> None:
+        self.queue.estimate.observe(model, duration_ns)
+        self._measured.add(model)
 
     def _due_batch(self) -> Batch | None:
         decision = self.batcher.poll()

@@ -19,7 +19,8 @@ def test_claims_are_exclusive_and_released(tmp_path: Path) -> None:
     first = claim_identity(tmp_path, "worker")
     second = claim_identity(tmp_path, "worker")
     third = claim_identity(tmp_path, "worker")
-    assert [first.identity, second.identity, third.identity] == ["worker-1", "worker-2", "worker-10"]
+    taken = [first.identity, second.identity, third.identity]
+    assert taken == ["worker-1", "worker-2", "worker-10"]
     with pytest.raises(KeyringError, match="taken"):
         claim_identity(tmp_path, "worker")
     second.release()

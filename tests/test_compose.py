@@ -61,9 +61,10 @@ def _local(command: list[str], paths: dict[str, str]) -> list[str]:
     """A service's command with container paths mapped to the test's folders."""
     out = []
     for arg in command:
+        mapped = arg
         for container, local in paths.items():
-            arg = arg.replace(container, local)
-        out.append(arg)
+            mapped = mapped.replace(container, local)
+        out.append(mapped)
     return out
 
 

@@ -7,10 +7,10 @@ import logging
 import pytest
 
 from schemas.errors import Reason
+from security.keys import Keyring
 from vlabus.inbound import Rejections, accept
 from vlabus.transport import Message
 from vlabus.wire import Decoder
-from security.keys import Keyring
 
 
 def test_flood_of_garbage_is_counted_each_time_and_logged_a_few_times(

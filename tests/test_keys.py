@@ -43,7 +43,7 @@ def test_add_key_writes_private_0600_and_loads_back(tmp_path: Path) -> None:
 
 
 def test_private_key_stays_0600_under_a_permissive_umask(tmp_path: Path) -> None:
-    import os  # noqa: PLC0415
+    import os
 
     old = os.umask(0)
     try:

@@ -136,7 +136,7 @@ def test_memoryview_input_and_zero_copy_images(fleet: Fleet) -> None:
 
 
 def test_encoder_is_safe_to_share_between_threads(fleet: Fleet) -> None:
-    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+    from concurrent.futures import ThreadPoolExecutor
 
     messages = [frame(step=i, size=48, noise=True) for i in range(64)]
     with ThreadPoolExecutor(4) as pool:

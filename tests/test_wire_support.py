@@ -76,6 +76,6 @@ def craft(signer: Signer, header: dict[str, Any] | bytes, body: bytes, *,
 
 
 def body_of(message: Frame) -> bytes:
-    import msgspec  # noqa: PLC0415
+    import msgspec
 
     return msgspec.msgpack.encode(message)

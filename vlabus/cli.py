@@ -12,7 +12,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ["keys", "doctor", "record", "replay", "hub", "broker", "log", "worker", "model", "demo", "edge"]
+COMMANDS = [
+    "demo", "keys", "doctor", "hub", "broker", "worker", "model", "edge", "record", "replay", "log",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

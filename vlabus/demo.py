@@ -61,6 +61,7 @@ class Fleet:
     recorder: Child | None = None
     events: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    timeline: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def keys(self) -> Path:
@@ -92,7 +93,8 @@ class Fleet:
             self.bus_url = f"zmq://127.0.0.1:{port}"
             _wait_port(port, 15.0, self.bus)
         elif bus == "mqtt":
-            from vlabus.broker import LocalMosquitto, render as render_broker
+            from vlabus.broker import LocalMosquitto
+            from vlabus.broker import render as render_broker
 
             if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
                 raise RuntimeError("--bus mqtt needs mosquitto installed (apt-get install "
@@ -202,9 +204,9 @@ def run_demo(config: DemoConfig, view: TextIO | None = sys.stderr) -> dict[str, 
     finally:
         fleet.stop()
     for worker in fleet.workers:
-        code = worker.process.returncode if worker.process else None
-        if code not in (0, None):
-            fleet.failures.append(f"{worker.name} exited {code}: {worker.stderr_tail(5)}")
+        status = worker.process.returncode if worker.process else None
+        if status not in (0, None):
+            fleet.failures.append(f"{worker.name} exited {status}: {worker.stderr_tail(5)}")
     summary = summarize(fleet, time.monotonic() - started)
     if not config.keep and not fleet.failures:
         shutil.rmtree(fleet.root, ignore_errors=True)
@@ -231,6 +233,7 @@ def _watch(fleet: Fleet, view: TextIO | None) -> None:
         after = {c.name: c.scrape() for c in [*fleet.robots, *fleet.workers]}
         robots = [robot_row(r.name, before[r.name], after[r.name], now - last)
                   for r in fleet.robots]
+        fleet.timeline.append(_tick(now - start, before, after))
         workers = [worker_row(w.name, before[w.name], after[w.name]) for w in fleet.workers]
         before, last = after, now
         if view is not None:
@@ -262,7 +265,8 @@ def summarize(fleet: Fleet, elapsed: float) -> dict[str, Any]:
             rejected.update(s.get("rejected", {}))
 
     def worst(key: str, q: str) -> float | None:
-        values = [s[key][q] for s in robots.values() if s and s.get(key) and s[key].get(q)]
+        values = [s[key][q] for s in robots.values() if s and s.get(key)
+                  and s[key].get(q) is not None]
         return max(values) if values else None
 
     def median(key: str, q: str) -> float | None:
@@ -290,6 +294,7 @@ def summarize(fleet: Fleet, elapsed: float) -> dict[str, Any]:
             "lateness_max_worst_robot": worst("lateness_ms", "max"),
         },
         "chaos_events": fleet.events,
+        "timeline": fleet.timeline,
         "per_robot": robots,
         "per_worker": workers,
         "failures": fleet.failures,
@@ -298,12 +303,25 @@ def summarize(fleet: Fleet, elapsed: float) -> dict[str, Any]:
     return summary
 
 
+def _tick(t: float, before: dict[str, dict[str, float]],
+          after: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Actions by source across all robots during the last refresh period."""
+    out = {"t": round(t, 1), "cloud": 0.0, "fallback": 0.0}
+    for name, samples in after.items():
+        if not samples:
+            continue
+        for source in ("cloud", "fallback"):
+            key = f"vlabus_edge_actions_total{{source={source}}}"
+            out[source] += samples.get(key, 0.0) - before.get(name, {}).get(key, 0.0)
+    return out
+
+
 def _ready(child: Child) -> bool:
     if child.metrics_port is None:
         return child.running
     try:
         url = f"http://127.0.0.1:{child.metrics_port}/readyz"
-        with urllib.request.urlopen(url, timeout=0.5) as reply:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=0.5) as reply:
             return bool(reply.status == 200)
     except OSError:
         return False

@@ -73,7 +73,8 @@ class WorkerRow:
 
 def robot_row(name: str, before: Samples, after: Samples, dt: float) -> RobotRow:
     if not after:  # finished or not up yet: nothing to difference against
-        return RobotRow(name, 0.0, None, None, None, int(_sum(before, "vlabus_edge_fallbacks_total")))
+        fallbacks = int(_sum(before, "vlabus_edge_fallbacks_total"))
+        return RobotRow(name, 0.0, None, None, None, fallbacks)
     actions = _sum(after, "vlabus_edge_actions_total") - _sum(before, "vlabus_edge_actions_total")
     cloud = (_sum(after, "vlabus_edge_actions_total", source="cloud")
              - _sum(before, "vlabus_edge_actions_total", source="cloud"))
@@ -91,7 +92,8 @@ def robot_row(name: str, before: Samples, after: Samples, dt: float) -> RobotRow
 
 def worker_row(name: str, before: Samples, after: Samples) -> WorkerRow:
     if not after:
-        return WorkerRow(name, False, None, 0.0, int(_sum(before, "vlabus_worker_replies_total")))
+        served = int(_sum(before, "vlabus_worker_replies_total"))
+        return WorkerRow(name, False, None, 0.0, served)
     batches = _sum(after, "vlabus_worker_batch_size_count") - _sum(
         before, "vlabus_worker_batch_size_count")
     batched = _sum(after, "vlabus_worker_batch_size_sum") - _sum(
@@ -113,7 +115,8 @@ def render(elapsed: float, total: float, robots: list[RobotRow], workers: list[W
            events: list[str]) -> str:
     """A plain-text frame of the view (the caller decides how to put it on screen)."""
     lines = [f"vlabus demo  t={elapsed:5.1f}/{total:.0f} s", "",
-             f"{'robot':12} {'fps':>6} {'cloud%':>7} {'rtt p50':>9} {'rtt p99':>9} {'fallbacks':>9}"]
+             f"{'robot':12} {'fps':>6} {'cloud%':>7} {'rtt p50':>9} {'rtt p99':>9} "
+             f"{'fallbacks':>9}"]
     for r in robots:
         share = None if r.cloud_share is None else 100 * r.cloud_share
         lines.append(f"{r.name:12} {r.fps:6.1f} {_fmt(share, '6.1f'):>7} "

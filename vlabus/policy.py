@@ -19,7 +19,6 @@ from one thread, as the worker's batch runner does.
 """
 
 # torch and safetensors load lazily so importing Observation/Policy stays cheap
-# ruff: noqa: PLC0415
 from __future__ import annotations
 
 import importlib

@@ -96,8 +96,8 @@ class Child:
     def stdout_json(self) -> dict[str, Any] | None:
         """The last JSON object the latest run printed on stdout, if any."""
         path = self.workdir / f"{self.name}.{self.restarts}.out"
-        for line in reversed(path.read_text(errors="replace").splitlines()):
-            line = line.strip()
+        for raw in reversed(path.read_text(errors="replace").splitlines()):
+            line = raw.strip()
             if line.startswith("{"):
                 try:
                     value = json.loads(line)
@@ -117,7 +117,7 @@ class Child:
             return {}
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as reply:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=timeout) as reply:
                 text = reply.read().decode()
         except OSError:
             return {}

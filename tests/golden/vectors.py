@@ -113,10 +113,10 @@ def raw_public(vector: Vector) -> str:
 
 def render() -> dict[str, Any]:
     """The JSON document: keys, then one entry per vector."""
-    import lz4.frame  # noqa: PLC0415
-    import msgpack  # noqa: PLC0415
+    import lz4.frame
+    import msgpack
 
-    from security.seal import Opener  # noqa: PLC0415
+    from security.seal import Opener
 
     pool = pool_secret()
     out: list[dict[str, Any]] = []

@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from vlabus.broker import render  # noqa: PLC0415 - cryptography
+    from vlabus.broker import render
 
     hostnames = tuple(args.hostname or ["localhost"])
     try:
@@ -64,7 +64,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vlabus.broker import BrokerError, LocalMosquitto, listener_of  # noqa: PLC0415
+    from vlabus.broker import BrokerError, LocalMosquitto, listener_of
 
     conf = Path(args.config) / "mosquitto.conf"
     try:

@@ -72,14 +72,14 @@ def run(args: argparse.Namespace) -> int:
         "problems": shadowed_packages(),
     }
     try:
-        import zmq  # noqa: PLC0415 (heavy: only when the command runs)
+        import zmq
 
         report["libzmq"] = zmq.zmq_version()
         report["curve"] = bool(zmq.has("curve"))
     except ImportError:
         report["libzmq"] = None
     try:
-        import torch  # noqa: PLC0415 (heavy: only when the command runs)
+        import torch
 
         report["cuda"] = torch.cuda.is_available()
     except ImportError:

@@ -39,9 +39,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from schemas.errors import BusError  # noqa: PLC0415
-    from security.curve import add_curve_client, init_curve  # noqa: PLC0415
-    from vlabus.hub import Hub, HubConfig  # noqa: PLC0415 - zmq stays out of `vlabus --help`
+    from schemas.errors import BusError
+    from security.curve import add_curve_client, init_curve
+    from vlabus.hub import Hub, HubConfig
 
     try:
         if args.add_client:

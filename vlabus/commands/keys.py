@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from security.keys import KEY_ROLES, init_keyring  # noqa: PLC0415 (see module docstring)
+    from security.keys import KEY_ROLES, init_keyring
 
     root = init_keyring(args.dir)
     print(f"keyring at {root} (roles: {', '.join(KEY_ROLES)})")
@@ -46,8 +46,8 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from schemas.errors import BusError  # noqa: PLC0415 (see module docstring)
-    from security.keys import (  # noqa: PLC0415
+    from schemas.errors import BusError
+    from security.keys import (
         KEY_ROLES,
         POOL,
         ROLES,
@@ -74,8 +74,8 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from schemas.errors import BusError  # noqa: PLC0415 (see module docstring)
-    from security.keys import POOL, Keyring, list_pool_keys  # noqa: PLC0415
+    from schemas.errors import BusError
+    from security.keys import POOL, Keyring, list_pool_keys
 
     try:
         ring = Keyring.load(args.dir)

@@ -15,7 +15,6 @@ from security.keys import Keyring, load_pool_secret
 from security.seal import Opener
 
 # mcap, numpy and torch load inside the handlers: `vlabus --help` stays fast.
-# ruff: noqa: PLC0415
 
 
 POOL_HELP = "open sealed frames with this worker pool's secret key (from --keys DIR)"

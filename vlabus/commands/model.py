@@ -49,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def publish_command(args: argparse.Namespace) -> dict[str, Any]:
-    from cloud_workers.publisher import build_release, publish_release, read_weights  # noqa: PLC0415
-    from security.keys import load_signer  # noqa: PLC0415
-    from vlabus.transport import open_transport  # noqa: PLC0415
-    from vlabus.wire import Encoder  # noqa: PLC0415
+    from cloud_workers.publisher import build_release, publish_release, read_weights
+    from security.keys import load_signer
+    from vlabus.transport import open_transport
+    from vlabus.wire import Encoder
 
     try:
         release = build_release(read_weights(args.weights), name=args.name,

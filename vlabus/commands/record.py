@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def record_command(args: argparse.Namespace) -> dict[str, Any]:
     """Connect, subscribe, record until the end condition; return the JSON summary."""
-    from vlabus.record import Recorder, RecordError, record_from  # noqa: PLC0415 - mcap
+    from vlabus.record import Recorder, RecordError, record_from
 
     client_id = args.client_id or f"recorder-{os.getpid()}"
     try:

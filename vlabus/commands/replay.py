@@ -79,7 +79,7 @@ def _signer(args: argparse.Namespace) -> Signer | None:
 
 async def replay_command(args: argparse.Namespace) -> dict[str, Any]:
     """Open the bus, play the file, return the JSON summary."""
-    from vlabus.replay import Replayer, Restamper  # noqa: PLC0415 - mcap
+    from vlabus.replay import Replayer, Restamper
 
     try:
         signer = _signer(args)

@@ -69,15 +69,15 @@ def parse_policies(specs: list[str] | None) -> list[tuple[str | None, str]]:
 
 async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
     # heavy imports (torch, paho) only when the command runs
-    from cloud_workers.metrics import WorkerMetrics  # noqa: PLC0415
-    from cloud_workers.runner import PolicyRunner  # noqa: PLC0415
-    from cloud_workers.tasks import default_handlers  # noqa: PLC0415
-    from cloud_workers.worker import WorkerConfig, open_worker  # noqa: PLC0415
-    from schemas.topics import check_id, check_name  # noqa: PLC0415
-    from security.keys import Keyring, load_signer  # noqa: PLC0415
-    from vlabus.claim import claim_identity  # noqa: PLC0415
-    from vlabus.metrics import MetricsServer  # noqa: PLC0415
-    from vlabus.policy import describe, load_policy, resolve_device, set_threads  # noqa: PLC0415
+    from cloud_workers.metrics import WorkerMetrics
+    from cloud_workers.runner import PolicyRunner
+    from cloud_workers.tasks import default_handlers
+    from cloud_workers.worker import WorkerConfig, open_worker
+    from schemas.topics import check_id, check_name
+    from security.keys import Keyring, load_signer
+    from vlabus.claim import claim_identity
+    from vlabus.metrics import MetricsServer
+    from vlabus.policy import describe, load_policy, resolve_device, set_threads
 
     claim = None
     try:
