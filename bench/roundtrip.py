@@ -80,7 +80,7 @@ def cameras(case: str) -> tuple[dict[str, Image], float]:
     return packed, (time.perf_counter_ns() - start) / 1e3 if codec == "jpeg" else 0.0
 
 
-def frame(robot: str, step: int, cams: dict[str, Image], state: np.ndarray) -> Frame:  # type: ignore[type-arg]
+def frame(robot: str, step: int, cams: dict[str, Image], state: np.ndarray) -> Frame:  # type: ignore[type-arg,unused-ignore]
     return Frame(robot_id=robot, step=step, cameras=cams, command="pick up the red cube",
                  state=pack_array(state), capture_ns=time.time_ns())
 
@@ -92,7 +92,7 @@ def bare_zmq_server(ready: Any, reply_size: int) -> None:
     import zmq
 
     reply = b"\0" * reply_size
-    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.ROUTER)
     ready.put(router.bind_to_random_port("tcp://127.0.0.1"))
     while True:
         ident, _payload = router.recv_multipart(copy=False)
@@ -103,7 +103,7 @@ def bare_zmq_forwarder(ready: Any) -> None:
     """One ROUTER hop like the hub's: [dest, payload] from src leaves as [src, payload]."""
     import zmq
 
-    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.ROUTER)
     router.setsockopt(zmq.ROUTER_MANDATORY, 1)
     ready.put(router.bind_to_random_port("tcp://127.0.0.1"))
     while True:
@@ -115,7 +115,7 @@ def bare_zmq_hop_server(port: int, reply_size: int) -> None:
     import zmq
 
     reply = b"\0" * reply_size
-    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
     dealer.setsockopt(zmq.IDENTITY, b"server")
     dealer.connect(f"tcp://127.0.0.1:{port}")
     while True:
@@ -127,15 +127,24 @@ def bare_paho_server(port: int, username: str, password: str, reply_size: int) -
     import paho.mqtt.client as mqtt
 
     reply = b"\0" * reply_size
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="rt-bare-server",
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rt-bare-server",
                          protocol=mqtt.MQTTv5)
     client.username_pw_set(username, password)
-    client.on_socket_open = lambda c, u, s: s.setsockopt(socket.IPPROTO_TCP,
-                                                         socket.TCP_NODELAY, 1)
+    client.on_socket_open = _nodelay
     client.on_connect = lambda c, u, f, rc, p: c.subscribe("rt/bare/req", qos=0)
-    client.on_message = lambda c, u, msg: c.publish("rt/bare/rep", reply, qos=0)
+
+    def answer(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        c.publish("rt/bare/rep", reply, qos=0)
+
+    client.on_message = answer
     client.connect("127.0.0.1", port)
     client.loop_forever()
+
+
+def _nodelay(client: Any, userdata: Any, sock: Any) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def spawn(stack: ExitStack, target: Callable[..., None], *args: Any) -> None:
@@ -151,7 +160,7 @@ def spawn(stack: ExitStack, target: Callable[..., None], *args: Any) -> None:
 def zmq_client(port: int, route: bytes | None) -> Callable[[bytes], None]:
     import zmq
 
-    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
     dealer.connect(f"tcp://127.0.0.1:{port}")
 
     def round_trip(payload: bytes) -> None:
@@ -171,14 +180,15 @@ def paho_client(stack: ExitStack, port: int, username: str,
 
     inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
     subscribed = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="rt-bare-client",
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rt-bare-client",
                          protocol=mqtt.MQTTv5)
     client.username_pw_set(username, password)
-    client.on_socket_open = lambda c, u, s: s.setsockopt(socket.IPPROTO_TCP,
-                                                         socket.TCP_NODELAY, 1)
+    client.on_socket_open = _nodelay
     client.on_connect = lambda c, u, f, rc, p: c.subscribe("rt/bare/rep", qos=0)
     client.on_subscribe = lambda c, u, mid, codes, p: subscribed.set()
-    client.on_message = lambda c, u, msg: inbox.put(msg.payload)
+    client.on_message = lambda c, u, msg: inbox.put(bytes(msg.payload))
     client.connect("127.0.0.1", port)
     client.loop_start()
     stack.callback(client.loop_stop)
@@ -227,12 +237,13 @@ class Robot:
                                    deadline_ns=time.time_ns() + 1_000_000_000, corr=corr)
         t1 = time.perf_counter_ns()
         await self.bus.publish(topics.frame_topic(self.robot), wire, qos=0, expiry_s=1.0)
-        while True:
-            message = await asyncio.wait_for(self.bus.recv(), 5.0)
-            t2 = time.perf_counter_ns()
-            got = self.decoder.decode(message.payload)
-            if got.header.corr == corr:
-                break
+        async with asyncio.timeout(5.0):  # unlike wait_for, no extra task per receive
+            while True:
+                message = await self.bus.recv()
+                t2 = time.perf_counter_ns()
+                got = self.decoder.decode(message.payload)
+                if got.header.corr == corr:
+                    break
         t3 = time.perf_counter_ns()
         action = got.message
         assert isinstance(action, Action)
@@ -254,7 +265,7 @@ def start_worker(stack: ExitStack, url: str, keys: Path, broker: Path | None) ->
             "--max-delay-ms", "0", "--max-batch", "8", "--metrics-port", str(port)]
     if broker is not None:
         args += ["--broker-config", str(broker)]
-    log = stack.enter_context(tempfile.TemporaryFile())
+    log = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 - the stack closes it
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
     stack.callback(proc.wait, 20)
     stack.callback(proc.terminate)
@@ -292,8 +303,8 @@ def start_hub(stack: ExitStack) -> str:
 # -- measurement -----------------------------------------------------------------------------
 
 
-def measure(loop: asyncio.AbstractEventLoop, robot: Robot, floors: dict[str, Callable[[bytes], None]],
-            case: str, rounds: int) -> dict[str, Any]:
+def measure(loop: asyncio.AbstractEventLoop, robot: Robot,
+            floors: dict[str, Callable[[bytes], None]], case: str, rounds: int) -> dict[str, Any]:
     cams, jpeg_us = cameras(case)
     for _ in range(20):  # warm-up: worker queues, caches, estimates
         loop.run_until_complete(robot.round_trip(cams))
@@ -364,7 +375,8 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
             url = mosquitto.url
             options = client_options(broker_dir, "robot-1")
             bare = client_options(broker_dir, "bare")
-            assert bare.username is not None and bare.password is not None
+            assert bare.username is not None
+            assert bare.password is not None
             spawn(stack, bare_paho_server, mosquitto.port, bare.username, bare.password,
                   reply_size)
             floors["mqtt_bare"] = paho_client(stack, mosquitto.port, bare.username,

@@ -3,8 +3,10 @@
 Two asyncio tasks share one event loop: ``_receive`` runs every message through
 :func:`vlabus.inbound.accept` and queues what passes; ``_serve`` asks the :class:`Batcher` for
 work and runs it on one inference thread, so receiving and verifying continue while the model
-runs. Replies go only to ``action_topic(header.sender)`` — the authenticated sender — with
-the frame's correlation id, deadline and priority.
+runs. A frame model measured faster than ``WorkerConfig.inline_below_ns`` runs on the loop
+itself instead: for a cheap policy the two thread hand-offs cost more than the work.
+Replies go only to ``action_topic(header.sender)`` — the authenticated sender — with the
+frame's correlation id, deadline and priority.
 
 Timing fields of each ``Action`` (durations on this worker's clocks): ``decode_ns`` (receive
 pipeline), ``queue_wait_ns`` (queued → batch formed), ``inference_ns`` (the whole batch),
@@ -53,7 +55,7 @@ class WorkerConfig:
     replay_mode: bool = False
     #: Frame batches of a model measured faster than this run on the event loop itself: for
     #: a CPU-cheap policy the two thread hand-offs cost more than the work. 0 disables.
-    inline_below_ns: int = 200_000
+    inline_below_ns: int = 500_000
     detail: dict[str, str] = field(default_factory=dict)
 
 
@@ -204,9 +206,10 @@ class Worker:
                 following = self._due_batch()
                 if following is not None:
                     running = (following, self._start(loop, following))
+            await self._reply(batch, result)
+            # bookkeeping after the replies are handed off: it is not on their critical path
             self._observe(batch.model, result.inference_ns)
             self.metrics.on_batch(len(batch.requests), result.inference_ns)
-            await self._reply(batch, result)
 
     def _start(self, loop: asyncio.AbstractEventLoop, batch: Batch) -> asyncio.Future[BatchResult]:
         """Run ``batch`` on the inference thread, or right here when its model is known to be

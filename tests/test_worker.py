@@ -276,7 +276,8 @@ def test_replay_keys_need_replay_mode(keydir: KeyDir) -> None:
 
 def test_critical_frames_served_before_queued_normal_ones(keydir: KeyDir) -> None:
     async def body(url: str) -> None:
-        async with serving(url, keydir, max_batch=1) as worker:
+        # inline_below_ns=0: the held model must run on the inference thread, not the loop
+        async with serving(url, keydir, max_batch=1, inline_below_ns=0) as worker:
             robot = await Robot.connect(url, keydir.signers["robot-a"], keydir.ring)
             gate = asyncio.Event()
             entered = asyncio.Event()
@@ -309,7 +310,7 @@ def test_stop_finishes_the_batch_in_hand_then_dies(keydir: KeyDir) -> None:
         runner = PolicyRunner({"reference": small_policy()}, {})
         worker = await open_worker(url, keydir.signers["worker-1"], keydir.ring, runner,
                                    config=WorkerConfig(worker_id="worker-1", max_batch=2,
-                                                       max_delay_ns=0))
+                                                       max_delay_ns=0, inline_below_ns=0))
         loop = asyncio.get_running_loop()
         entered, gate = asyncio.Event(), asyncio.Event()
         real = runner.run
