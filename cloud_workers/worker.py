@@ -55,7 +55,7 @@ class WorkerConfig:
     replay_mode: bool = False
     #: Frame batches of a model measured faster than this run on the event loop itself: for
     #: a CPU-cheap policy the two thread hand-offs cost more than the work. 0 disables.
-    inline_below_ns: int = 500_000
+    inline_below_ns: int = 200_000
     detail: dict[str, str] = field(default_factory=dict)
 
 

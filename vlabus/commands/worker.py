@@ -38,6 +38,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--max-batch", type=int, default=16, metavar="N")
     parser.add_argument("--max-delay-ms", type=float, default=2.0, metavar="T",
                         help="longest a request waits for company before its batch runs")
+    parser.add_argument("--inline-below-us", type=float, default=200.0, metavar="US",
+                        help="run frame models measured faster than this on the event loop "
+                             "instead of the inference thread (0: always use the thread)")
     parser.add_argument("--queue-size", type=int, default=1024, metavar="N",
                         help="bounded queue; beyond it the lowest priority is shed")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
@@ -102,6 +105,7 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
     metrics = WorkerMetrics()
     config = WorkerConfig(worker_id=worker_id, group=args.group, max_batch=args.max_batch,
                           max_delay_ns=int(args.max_delay_ms * 1e6),
+                          inline_below_ns=int(args.inline_below_us * 1e3),
                           queue_capacity=args.queue_size, replay_mode=args.replay_mode,
                           detail={"device": device, "max_batch": str(args.max_batch),
                                   "threads": str(threads)})
