@@ -1,9 +1,14 @@
 """The MQTT adapter: paho-mqtt 2.x speaking MQTT 5, bridged into asyncio in one place.
 
-paho's network thread (``loop_start``) only hands events over with ``call_soon_threadsafe``;
-everything else runs on the event loop. Pending acknowledgements live in one
-``dict[mid, _Inflight]``. Received messages become :class:`Message` in the bounded inbox,
-so a stalled consumer never blocks the network thread or its keepalive.
+paho is driven through its external-loop API, not ``loop_start``, so a message crosses no
+thread on the way in or out: the event loop reads the socket (``add_reader``) and puts messages
+straight into the bounded inbox; writes happen on the thread that queued them, one at a time
+(a publish from the loop goes straight to the socket). A small network thread of our own sends
+PINGREQ on time, finishes writes the socket could not take at once, and takes over the reads
+(handing them over with ``call_soon_threadsafe``, one wake-up per burst) while the loop has not
+run for two ticks: a blocked event loop keeps its connection and acknowledges QoS 1 deliveries.
+Pending acknowledgements live in one ``dict[mid, _Inflight]``; a stalled consumer only fills
+the inbox (oldest dropped and counted).
 
 Behaviour:
 
@@ -38,9 +43,12 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import select
 import socket
 import ssl
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -112,6 +120,22 @@ class MqttTransport:
         self._awaited: set[int] = set()  # QoS 1 mids whose PUBACK the loop waits for
         self._early_acks: OrderedDict[int, int] = OrderedDict()
         self._supervisor: asyncio.Task[None] | None = None
+        # Writes happen on whichever thread queued the packet (the loop for publishes), one at
+        # a time; the network thread only reads, keeps the connection alive and finishes
+        # writes the socket could not take at once.
+        self._write_lock = threading.Lock()
+        self._wake_r: socket.socket | None = None  # wakes the network thread; one per thread
+        self._wake_w: socket.socket | None = None
+        self._network: threading.Thread | None = None
+        self._network_stop = threading.Event()
+        self._loop_thread = threading.get_ident()
+        # Reads happen on the loop (add_reader) while it runs; the network thread takes over
+        # while the loop has not beaten for a while. One reader at a time.
+        self._read_lock = threading.Lock()
+        self._tick = min(1.0, max(0.05, options.keepalive_s / 4))
+        self._beat = time.monotonic()
+        self._beater: asyncio.TimerHandle | None = None
+        self._watched: tuple[Any, int] | None = None  # (paho's socket, our dup of its fd)
         self._counts = dict.fromkeys(
             ("published", "rejected", "reconnects", "disconnects", "expired_unsent",
              "unrouted_retries", "unrouted"), 0)
@@ -122,7 +146,11 @@ class MqttTransport:
     def _post(self, func: Callable[..., None], *args: Any) -> None:
         # RuntimeError: the loop closed under a late callback; nobody is waiting for it.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(func, *args)
+            if threading.get_ident() == self._loop_thread:
+                # Inside paho's read on the loop: run after it, outside paho's locks.
+                self._loop.call_soon(func, *args)
+            else:
+                self._loop.call_soon_threadsafe(func, *args)
 
     def _make_client(self, tls: bool) -> paho.Client:
         opts = self.options
@@ -142,16 +170,30 @@ class MqttTransport:
         if opts.will is not None:
             client.will_set(opts.will.topic, opts.will.payload, opts.will.qos, opts.will.retain)
         client.on_socket_open = _set_nodelay
+        client.on_socket_close = lambda c, u, sock: self._post(self._unwatch, sock)
+        # With this callback (and no loop_start) paho never writes on its own: _flush does.
+        client.on_socket_register_write = lambda c, u, sock: self._flush()
         client.on_connect = lambda c, u, flags, rc, props: self._post(
             self._on_connect, rc.value, flags.session_present, props)
         client.on_disconnect = lambda c, u, flags, rc, props: self._post(
             self._on_disconnect, rc.value)
-        client.on_publish = lambda c, u, mid, rc, props: self._acked(mid, rc.value)
+        # on_publish is set only while QoS 1 acks are awaited (see _send, _on_ack): paho also
+        # calls it for every QoS 0 packet written, building a ReasonCode and Properties (~7 us)
+        # each time on the writing thread.
+        self._on_publish = lambda c, u, mid, rc, props: self._acked(mid, rc.value)
         client.on_subscribe = lambda c, u, mid, codes, props: self._post(
             self._on_suback, mid, [code.value for code in codes])
-        client.on_message = lambda c, u, msg: self._arrive(Message(msg.topic, bytes(msg.payload),
-                                                                    now_ns()))
+        client.on_message = lambda c, u, msg: self._on_message(
+            Message(msg.topic, bytes(msg.payload), now_ns()))
         return client
+
+    def _on_message(self, message: Message) -> None:
+        # Read on the loop: straight into the inbox, unless the network thread's hand-over
+        # still holds earlier messages (order).
+        if threading.get_ident() == self._loop_thread and not self._wake_pending:
+            self.inbox.put(message)
+        else:
+            self._arrive(message)
 
     def _arrive(self, message: Message) -> None:
         # Batched hand-over: one loop wake-up per burst, and bounded even while the loop is
@@ -196,6 +238,137 @@ class MqttTransport:
         for message in batch:
             self.inbox.put(message)
 
+    # -- writing, from any thread; the network thread ------------------------------------
+
+    def _flush(self) -> None:
+        """Write what paho has queued, on the calling thread (no hand-over to another one).
+
+        Never blocks on the lock: paho may call this holding its own locks, and whoever holds
+        ours looks at the queue again after releasing it. Whatever the socket cannot take now
+        is left to the network thread, which waits for the socket to become writable."""
+        client = self._client
+        if self._write_lock.acquire(blocking=False):
+            try:
+                client.loop_write()
+            finally:
+                self._write_lock.release()
+        if client.want_write():
+            self._wake_network()
+
+    def _watch(self) -> None:
+        """Read paho's socket from the loop. asyncio watches a dup of its fd, so the number
+        stays ours until :meth:`_unwatch` (paho may close its socket on any thread)."""
+        self._unwatch()
+        sock = self._client.socket()
+        if sock is None:
+            return
+        fd = os.dup(sock.fileno())
+        self._watched = (sock, fd)
+        self._loop.add_reader(fd, self._on_readable, sock)
+
+    def _unwatch(self, sock: Any = None) -> None:
+        watched = self._watched
+        if watched is None or (sock is not None and watched[0] is not sock):
+            return
+        self._watched = None
+        self._loop.remove_reader(watched[1])
+        os.close(watched[1])
+
+    def _on_readable(self, sock: Any) -> None:
+        self._beat = time.monotonic()
+        client = self._client
+        if client.socket() is not sock:  # paho closed it; on_disconnect is on its way
+            self._unwatch(sock)
+            return
+        if not self._read_lock.acquire(blocking=False):
+            return  # the network thread is reading; the fd stays readable until it is done
+        try:
+            rc = client.loop_read()
+            tls = sock if isinstance(sock, ssl.SSLSocket) else None
+            while (rc == MQTTErrorCode.MQTT_ERR_SUCCESS and tls is not None and tls.pending()
+                   and client.socket() is tls):
+                rc = client.loop_read()  # TLS: bytes decrypted already are not readable
+        finally:
+            self._read_lock.release()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._unwatch(sock)
+
+    def _heartbeat(self) -> None:
+        self._beat = time.monotonic()
+        self._beater = self._loop.call_later(self._tick, self._heartbeat)
+
+    def _wake_network(self) -> None:
+        wake = self._wake_w
+        # Full: a wake-up is pending anyway. Closed: the thread is gone.
+        with contextlib.suppress(AttributeError, OSError):
+            wake.send(b"\0")  # type: ignore[union-attr]
+
+    def _start_network(self) -> None:
+        self._network_stop.clear()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._network = threading.Thread(target=self._run_network, daemon=True,
+                                         name=f"vlabus-mqtt-{self.options.client_id}")
+        self._network.start()
+
+    def _stop_network(self) -> None:
+        """Stop and join the network thread (blocking; call via to_thread on the loop)."""
+        thread, self._network = self._network, None
+        if thread is None:
+            return
+        self._network_stop.set()
+        self._wake_network()
+        if thread is not threading.current_thread():
+            thread.join()
+        if self._client.want_write():  # e.g. a DISCONNECT queued while the thread was writing
+            with self._write_lock:
+                self._client.loop_write()
+        for end in (self._wake_r, self._wake_w):
+            if end is not None:
+                end.close()
+
+    def _run_network(self) -> None:
+        """The network thread: PINGREQ on time, writes left over by :meth:`_flush`, and reads
+        while the event loop is stalled (callbacks then hand over to the loop), so a blocked
+        loop keeps its connection. Ends when the connection does (paho has then called
+        on_disconnect) or on :meth:`_stop_network`."""
+        client, wake = self._client, self._wake_r
+        assert wake is not None
+        # Wake often enough to send PINGREQ well inside the broker's 1.5 x keepalive.
+        tick = self._tick
+        while not self._network_stop.is_set():
+            sock = client.socket()
+            if sock is None:
+                return
+            stalled = time.monotonic() - self._beat > 2 * tick
+            pending = sock.pending() if stalled and isinstance(sock, ssl.SSLSocket) else 0
+            wanted = [sock] if client.want_write() else []
+            try:
+                readable, writable, _ = select.select([sock, wake] if stalled else [wake],
+                                                      wanted, [], 0.0 if pending else tick)
+            except (OSError, ValueError, TypeError):  # closed under us: loop_misc reports it
+                readable, writable = [], []
+                if client.socket() is not sock:
+                    continue
+            if wake in readable:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    wake.recv(4096)
+            if sock in readable or pending:
+                with self._read_lock:
+                    rc = client.loop_read()
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    return
+            if writable or client.want_write():
+                with self._write_lock:
+                    rc = client.loop_write()
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    return
+            with self._read_lock:  # not while the loop is inside loop_read
+                rc = client.loop_misc()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+
     # -- the loop: connection state -------------------------------------------------------
 
     def _on_connect(self, code: int, session_present: bool, props: Any) -> None:
@@ -224,6 +397,7 @@ class MqttTransport:
                        expiry_s=remaining, done=entry.done)
 
     def _on_disconnect(self, code: int) -> None:
+        self._unwatch()
         waiter = self._connack
         if waiter is not None and not waiter.done():
             waiter.set_exception(TransportError(f"connection closed before CONNACK: 0x{code:02x}"))
@@ -243,17 +417,18 @@ class MqttTransport:
             await asyncio.to_thread(self._client.connect, self._host, self._port,
                                     self.options.keepalive_s, clean_start=clean_start,
                                     properties=props)
-            # loop_start() makes a new wake-up socket pair without closing the last thread's.
-            self._client._reset_sockets(sockpair_only=True)
-            self._client.loop_start()
+            self._start_network()
+            self._watch()
             code, _ = await asyncio.wait_for(self._connack, self._connect_timeout)
         except (OSError, TimeoutError, TransportError) as exc:
-            await asyncio.to_thread(self._client.loop_stop)
+            self._unwatch()
+            await asyncio.to_thread(self._stop_network)
             raise TransportError(f"cannot connect to {self.url}: {exc!r}") from exc
         finally:
             self._connack = None
         if code >= 0x80:
-            await asyncio.to_thread(self._client.loop_stop)
+            self._unwatch()
+            await asyncio.to_thread(self._stop_network)
             raise TransportError(f"{self.url} refused the connection: 0x{code:02x}")
 
     async def _supervise(self) -> None:
@@ -261,7 +436,8 @@ class MqttTransport:
         while not self._closed:
             await self._lost.wait()
             self._lost.clear()
-            await asyncio.to_thread(self._client.loop_stop)  # the thread is ending; join it
+            self._unwatch()
+            await asyncio.to_thread(self._stop_network)  # the thread is ending; join it
             while not self._closed and not self._connected:
                 await asyncio.sleep(self._backoff.next_delay())
                 try:
@@ -288,6 +464,8 @@ class MqttTransport:
         if expiry_s is not None:
             props = _properties(PacketTypes.PUBLISH)
             props.MessageExpiryInterval = max(1, math.ceil(expiry_s))
+        if qos and self._client.on_publish is None:
+            self._client.on_publish = self._on_publish  # before: the PUBACK may beat publish()
         info = self._client.publish(topic, data, qos, retain, properties=props)
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos == 0:
             # Lost the connection before our flag knew: paho would drop it at reconnect.
@@ -306,6 +484,8 @@ class MqttTransport:
 
     def _on_ack(self, mid: int, code: int) -> None:
         sent = self._pending.pop(mid, None)
+        if not self._pending:
+            self._client.on_publish = None
         if sent is None or sent.future.done():
             return
         if code >= 0x80:
@@ -435,7 +615,10 @@ class MqttTransport:
         props = _properties(PacketTypes.DISCONNECT)
         props.SessionExpiryInterval = 0
         self._client.disconnect(properties=props)
-        await asyncio.to_thread(self._client.loop_stop)
+        await asyncio.to_thread(self._stop_network)
+        self._unwatch()
+        if self._beater is not None:
+            self._beater.cancel()
         self._client._reset_sockets()  # close now, not at collection
         for sent in self._pending.values():
             if not sent.future.done():
@@ -452,7 +635,10 @@ class MqttTransport:
         sock = self._client.socket()
         if isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
             sock.shutdown(socket.SHUT_RDWR)
-        self._client.loop_stop()
+        self._stop_network()
+        self._unwatch()
+        if self._beater is not None:
+            self._beater.cancel()
         self._client._reset_sockets()
         self._connected = False
         self.inbox.close()
@@ -482,4 +668,5 @@ async def open_mqtt(url: str, options: TransportOptions) -> MqttTransport:
     # start, so with session_expiry_s > 0 a broker restart would still lose it.
     await transport._connect(clean_start=options.extra.get("clean_start", "false") == "true")
     transport._supervisor = asyncio.create_task(transport._supervise())
+    transport._heartbeat()
     return transport
