@@ -139,6 +139,8 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
+        # Signal handlers exist only on the main thread of a Unix process; the agent is also
+        # run from threads (tests, embedding), where Ctrl-C handling is the caller's.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     model = LocalModel(name=args.local_model, width=args.local_width, models_dir=args.models_dir)
