@@ -18,8 +18,8 @@ itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -94,10 +94,12 @@ class Worker:
         self.batcher = Batcher(self.queue, max_batch=config.max_batch,
                                max_delay_ns=config.max_delay_ns)
         self.ready = asyncio.Event()
-        self._wake = asyncio.Event()
+        # The serving loop sleeps on this future; arrivals and shutdown complete it. A bare
+        # future costs one loop iteration to wake, an Event under wait_for three and a task.
+        self._wake: asyncio.Future[None] | None = None
         self._stopping = False
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: set[asyncio.Future[None]] = set()
         self._last_encode_ns = 0
         self._measured: set[str] = set()  # models with a measured inference time
         self._status_topic = topics.worker_status_topic(config.worker_id)
@@ -128,7 +130,7 @@ class Worker:
         self.ready.clear()
         for task in (receive, stopper):
             task.cancel()
-        self._wake.set()
+        self._wake_up()
         try:
             await serve  # returns after the batch in hand is answered
         except asyncio.CancelledError:
@@ -165,7 +167,12 @@ class Worker:
                 continue
             self.metrics.on_drop("shed", len(self.queue.push(request)))
             self.metrics.queue_depth.set(len(self.queue))
-            self._wake.set()
+            self._wake_up()
+
+    def _wake_up(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     def _request(self, header: Header, body: Message, received_ns: int,
                  decode_ns: int) -> Request | None:
@@ -234,18 +241,24 @@ class Worker:
 
     async def _next_batch(self) -> Batch | None:
         """Wait until a batch is due; None once the worker is stopping."""
+        loop = asyncio.get_running_loop()
         while not self._stopping:
-            self._wake.clear()
             decision = self.batcher.poll()
             self.metrics.on_drop("deadline", len(decision.expired))
             if decision.batch is not None:
                 self.metrics.queue_depth.set(len(self.queue))
                 return decision.batch
-            timeout = None
+            wake = self._wake = loop.create_future()
+            timer = None
             if decision.wake_at_ns is not None:
-                timeout = max(0.0, (decision.wake_at_ns - time.time_ns()) / 1e9)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                delay = max(0.0, (decision.wake_at_ns - time.time_ns()) / 1e9)
+                timer = loop.call_later(delay, self._wake_up)
+            try:
+                await wake
+            finally:
+                self._wake = None
+                if timer is not None:
+                    timer.cancel()
         return None
 
     async def _reply(self, batch: Batch, result: BatchResult) -> None:
@@ -286,20 +299,26 @@ class Worker:
             await self._send(topics.action_topic(header.sender), payload, header.deadline_ns)
 
     async def _send(self, topic: str, payload: bytes, deadline_ns: int) -> None:
+        """Publish a reply now (QoS 1) and count it when acknowledged; at most
+        ``max_inflight_replies`` wait for their acknowledgement at once."""
         if len(self._inflight) >= self.config.max_inflight_replies:
             await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
         expiry = None
         if deadline_ns:
             expiry = max(1.0, math.ceil((deadline_ns - time.time_ns()) / 1e9))
-        task = asyncio.create_task(self._publish(topic, payload, expiry))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-
-    async def _publish(self, topic: str, payload: bytes, expiry_s: float | None) -> None:
         try:
-            await self.transport.publish(topic, payload, qos=1, expiry_s=expiry_s)
+            acked = self.transport.publish_nowait(topic, payload, qos=1, expiry_s=expiry)
         except Exception as exc:  # noqa: BLE001 - one failed reply must not end the loop
             log.warning("reply to %r not published: %r", topic, exc)
+            return
+        self._inflight.add(acked)
+        acked.add_done_callback(functools.partial(self._replied, topic))
+
+    def _replied(self, topic: str, acked: asyncio.Future[None]) -> None:
+        self._inflight.discard(acked)
+        exc = None if acked.cancelled() else acked.exception()
+        if acked.cancelled() or exc is not None:
+            log.warning("reply to %r not published: %r", topic, exc or "cancelled")
             return
         self.metrics.replies.inc()
         self.metrics.summary.served += 1

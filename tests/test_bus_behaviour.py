@@ -114,6 +114,25 @@ def test_publish_subscribe_exact_bytes(bus: Bus) -> None:
     run(bus, body)
 
 
+def test_publish_nowait_sends_before_returning_and_completes_on_ack(bus: Bus) -> None:
+    async def body() -> None:
+        sub, pub = await bus.connect(), await bus.connect()
+        await sub.subscribe("vla/v1/robot-a/action")
+        await settle(pub, sub, "vla/v1/robot-a/action")
+        plain = pub.publish_nowait("vla/v1/robot-a/action", b"at-most-once", qos=0)
+        assert plain.done()  # nothing to wait for at QoS 0
+        assert plain.result() is None
+        acked = pub.publish_nowait("vla/v1/robot-a/action", b"at-least-once", qos=1)
+        await asyncio.wait_for(acked, TIMEOUT)  # resolves on the hub's ACK / broker's PUBACK
+        got = [bytes((await recv(sub)).payload) for _ in range(2)]
+        assert got == [b"at-most-once", b"at-least-once"]
+        await pub.close()
+        with pytest.raises(TransportError):
+            pub.publish_nowait("vla/v1/robot-a/action", b"late", qos=1)
+
+    run(bus, body)
+
+
 def test_wildcards(bus: Bus) -> None:
     async def body() -> None:
         plus, hash_, pub = await bus.connect(), await bus.connect(), await bus.connect()

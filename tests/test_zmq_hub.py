@@ -317,3 +317,60 @@ def test_outbox_bounded_while_disconnected() -> None:
         assert (counters["outbox"], counters["outbox_dropped"]) == (3, 2)
         await t.close()
     run(body())
+
+
+@contextmanager
+def silent_hub() -> Iterator[tuple[str, zmq.Socket[Any]]]:
+    """A ROUTER that welcomes clients and then never acknowledges a publish."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        yield f"zmq://127.0.0.1:{port}", router
+    finally:
+        router.close(0)
+        ctx.term()
+
+
+async def welcome(router: zmq.Socket[Any]) -> None:
+    while not router.poll(0):
+        await asyncio.sleep(0.005)
+    rid, verb, *_ = router.recv_multipart()
+    assert verb == b"H"
+    router.send_multipart([rid, b"W"])
+
+
+def test_unacknowledged_qos1_publish_fails_after_two_keepalives_and_is_forgotten() -> None:
+    async def body() -> None:
+        with silent_hub() as (url, router):
+            opening = asyncio.ensure_future(client(url, "lonely", keepalive_s=1))
+            await welcome(router)
+            t = await opening
+            started = time.monotonic()
+            acked = t.publish_nowait("vla/v1/r/action", b"x", qos=1)
+            assert not acked.done()
+            with pytest.raises(TransportError, match="did not acknowledge"):
+                await asyncio.wait_for(acked, 5)
+            assert 1.8 < time.monotonic() - started < 4
+            assert not t._pending  # not re-sent after a later reconnect
+            t.abort()
+
+    run(body())
+
+
+def test_qos1_publishes_beyond_the_outbox_fail_oldest_first() -> None:
+    async def body() -> None:
+        with silent_hub() as (url, router):
+            opening = asyncio.ensure_future(client(url, "crowded", outbox_size=2))
+            await welcome(router)
+            t = await opening
+            first, second, third = (t.publish_nowait("vla/v1/r/action", b"%d" % i, qos=1)
+                                    for i in range(3))
+            with pytest.raises(TransportError, match="outbox full"):
+                await first
+            assert not second.done()
+            assert not third.done()
+            assert t.counters()["outbox_dropped"] == 1
+            t.abort()
+
+    run(body())

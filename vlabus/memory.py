@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from schemas.errors import TransportError
 from schemas.topics import matches
-from vlabus.transport import Inbox, Message, TransportOptions, iterate, now_ns
+from vlabus.transport import Inbox, Message, TransportOptions, done_future, iterate, now_ns
 
 
 @dataclass
@@ -75,7 +75,8 @@ class MemoryTransport:
         self.url = url
         self.options = options
         self._broker = broker
-        self.inbox = Inbox(asyncio.get_running_loop(), options.inbox_size)
+        self._loop = asyncio.get_running_loop()
+        self.inbox = Inbox(self._loop, options.inbox_size)
         self._open = True
 
     @property
@@ -91,11 +92,23 @@ class MemoryTransport:
         retain: bool = False,
         expiry_s: float | None = None,
     ) -> None:
+        await self.publish_nowait(topic, payload, qos=qos, retain=retain, expiry_s=expiry_s)
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes | bytearray | memoryview,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        expiry_s: float | None = None,
+    ) -> asyncio.Future[None]:
         if not self._open:
             raise TransportError("memory transport closed")
         if len(payload) > self.options.max_payload:
             raise TransportError(f"payload of {len(payload)} bytes over {self.options.max_payload}")
         self._broker.deliver(topic, bytes(payload), retain)
+        return done_future(self._loop)
 
     async def subscribe(self, pattern: str, *, group: str | None = None, qos: int = 1) -> None:
         if not self._open:

@@ -65,7 +65,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from schemas.errors import PublishRejected, SubscribeRejected, TransportError
 from vlabus.backoff import Backoff
 from vlabus.outbox import Outbox
-from vlabus.transport import Inbox, Message, TransportOptions, iterate, now_ns
+from vlabus.transport import Inbox, Message, TransportOptions, done_future, iterate, now_ns
 
 log = logging.getLogger(__name__)
 
@@ -552,6 +552,25 @@ class MqttTransport:
     async def publish(self, topic: str, payload: bytes | bytearray | memoryview, *, qos: int = 0,
                       retain: bool = False, expiry_s: float | None = None) -> None:
         """Send ``payload``; QoS 1 waits for PUBACK (through an outage, from the outbox)."""
+        future = self._start_publish(topic, payload, qos=qos, retain=retain, expiry_s=expiry_s)
+        if future is None:
+            return
+        try:
+            await future
+        finally:
+            if future.cancelled():  # the caller gave up waiting; forget the ack
+                for mid in [m for m, sent in self._pending.items() if sent.future is future]:
+                    del self._pending[mid]
+
+    def publish_nowait(self, topic: str, payload: bytes | bytearray | memoryview, *,
+                       qos: int = 0, retain: bool = False,
+                       expiry_s: float | None = None) -> asyncio.Future[None]:
+        """See :class:`Transport`: PUBLISH written now; the future completes on PUBACK."""
+        future = self._start_publish(topic, payload, qos=qos, retain=retain, expiry_s=expiry_s)
+        return done_future(self._loop) if future is None else future
+
+    def _start_publish(self, topic: str, payload: bytes | bytearray | memoryview, *, qos: int,
+                       retain: bool, expiry_s: float | None) -> asyncio.Future[None] | None:
         if self._closed:
             raise TransportError("mqtt transport closed")
         if len(payload) > self.options.max_payload:
@@ -569,14 +588,7 @@ class MqttTransport:
         else:
             future = self._loop.create_future() if qos else None
             self._outbox.put(topic, data, qos, retain=retain, expiry_s=expiry_s, done=future)
-        if future is None:
-            return
-        try:
-            await future
-        finally:
-            if future.cancelled():  # the caller gave up waiting; forget the ack
-                for mid in [m for m, sent in self._pending.items() if sent.future is future]:
-                    del self._pending[mid]
+        return future
 
     async def subscribe(self, pattern: str, *, group: str | None = None, qos: int = 1) -> None:
         """Subscribe (as a member of ``$share/group`` when given); kept across reconnects."""

@@ -96,6 +96,24 @@ class Transport(Protocol):
         """Send ``payload``. QoS 1 waits for the broker's acknowledgement and raises
         :class:`~schemas.errors.PublishRejected` with its reason code when refused."""
 
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes | bytearray | memoryview,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        expiry_s: float | None = None,
+    ) -> asyncio.Future[None]:
+        """Send ``payload`` now, on the calling (loop) thread, without waiting for anything.
+
+        Returns a future that completes when :meth:`publish` would return: at once for QoS 0,
+        on the acknowledgement for QoS 1 (with the same exceptions). Errors in the arguments,
+        or a closed transport, raise here. For a caller that must not wait a loop iteration
+        before the bytes leave (a worker's replies): a task wrapped around :meth:`publish`
+        starts one iteration later, and awaiting the acknowledgement costs more than the work.
+        """
+
     async def subscribe(self, pattern: str, *, group: str | None = None, qos: int = 1) -> None:
         """Receive messages matching ``pattern``; with ``group``, share them round-robin with
         the other members of that group (MQTT ``$share/group/pattern``)."""
@@ -178,6 +196,14 @@ async def iterate(inbox: Inbox) -> AsyncIterator[Message]:
 
 def now_ns() -> int:
     return time.time_ns()
+
+
+def done_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+    """An already completed future: ``publish_nowait``'s answer when there is nothing to wait
+    for (QoS 0, or queued in the outbox to be sent after a reconnect)."""
+    future: asyncio.Future[None] = loop.create_future()
+    future.set_result(None)
+    return future
 
 
 async def open_transport(url: str, options: TransportOptions) -> Transport:

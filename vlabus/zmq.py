@@ -22,6 +22,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -31,7 +32,7 @@ from zmq.utils.monitor import parse_monitor_message
 from schemas.errors import TransportError
 from vlabus import hub_routes as proto
 from vlabus.hub import tcp_endpoint
-from vlabus.transport import Inbox, Message, TransportOptions, iterate, now_ns
+from vlabus.transport import Inbox, Message, TransportOptions, done_future, iterate, now_ns
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,15 @@ _EVENTS, _RCVMORE, _POLLIN = int(zmq.EVENTS), int(zmq.RCVMORE), int(zmq.POLLIN)
 _MONITOR = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
             | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 _Out = tuple[list[bytes | memoryview], int]  # frames, expires_ns
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A QoS 1 publish waiting for the hub's ACK."""
+
+    future: asyncio.Future[None]
+    frames: list[Any]
+    timer: asyncio.TimerHandle
 
 
 class ZmqTransport:
@@ -57,7 +67,7 @@ class ZmqTransport:
         self._monitor = self._sock.get_monitor_socket(_MONITOR)
         self._subs: dict[tuple[str, str], None] = {}
         self._retained: OrderedDict[str, bytes] = OrderedDict()
-        self._pending: dict[bytes, tuple[asyncio.Future[None], list[bytes | memoryview]]] = {}
+        self._pending: dict[bytes, _Pending] = {}
         self._outbox: deque[_Out] = deque()
         self._mids = itertools.count(1)
         self._welcome: asyncio.Future[None] = self._loop.create_future()
@@ -110,10 +120,29 @@ class ZmqTransport:
     ) -> None:
         """See :class:`Transport`. Payloads of 64 KiB or more are sent without copying: do not
         change the buffer behind a ``memoryview`` after publishing it."""
+        # shielded: a caller that gives up waiting leaves the publish to be acknowledged (or
+        # re-sent after a reconnect) like any other
+        await asyncio.shield(self.publish_nowait(topic, payload, qos=qos, retain=retain,
+                                                 expiry_s=expiry_s))
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes | bytearray | memoryview,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        expiry_s: float | None = None,
+    ) -> asyncio.Future[None]:
+        """See :class:`Transport`. QoS 1: the future fails with ``TransportError`` when the hub
+        has not acknowledged within two keepalive intervals; a connection lost meanwhile
+        completes it and keeps the publish, to be re-sent after the next handshake."""
         if not self._open:
             raise TransportError("zmq transport closed")
         if len(payload) > self.options.max_payload:
             raise TransportError(f"payload of {len(payload)} bytes over {self.options.max_payload}")
+        if "\0" in topic:
+            raise TransportError(f"topic {topic!r} contains NUL")
         expires_ns = time.time_ns() + int(expiry_s * 1e9) if expiry_s is not None else 0
         mid = b"%d" % next(self._mids) if qos > 0 else b""
         meta = (proto.encode_meta(retain=retain, expires_ns=expires_ns, mid=mid)
@@ -124,8 +153,6 @@ class ZmqTransport:
             # A received payload published again (a relay): libzmq shares the frame's buffer,
             # with no Python buffer to pin and release.
             body = body.obj
-        if "\0" in topic:
-            raise TransportError(f"topic {topic!r} contains NUL")
         frames: list[Any] = [proto.pub_head(topic.encode(), meta), body]
         if retain:
             self._remember_retained(topic, bytes(payload))
@@ -133,23 +160,28 @@ class ZmqTransport:
         if not mid:
             if not self._send(frames):
                 self._queue(frames, expires_ns)
-            return
+            return done_future(self._loop)
         if len(self._pending) >= self.options.outbox_size:
-            oldest = next(iter(self._pending))
-            stale, _ = self._pending.pop(oldest)
-            _fail(stale, TransportError("outbox full; oldest QoS 1 publish dropped"))
+            self._forget(next(iter(self._pending)),
+                         TransportError("outbox full; oldest QoS 1 publish dropped"))
             self._stats["outbox_dropped"] += 1
         future: asyncio.Future[None] = self._loop.create_future()
-        self._pending[mid] = (future, frames)
+        timer = self._loop.call_later(2 * self.options.keepalive_s, self._forget, mid,
+                                      TransportError(f"hub did not acknowledge publish to "
+                                                     f"{topic!r}"))
+        self._pending[mid] = _Pending(future, frames, timer)
         if not self._send(frames):
-            return  # kept in _pending; re-sent after the next handshake
-        # Wait for the hub's ACK (which pops the entry). A connection lost meanwhile resolves
-        # the future but keeps the entry, to be re-sent after the next handshake.
-        try:
-            await asyncio.wait_for(asyncio.shield(future), 2 * self.options.keepalive_s)
-        except TimeoutError as exc:
-            self._pending.pop(mid, None)
-            raise TransportError(f"hub did not acknowledge publish to {topic!r}") from exc
+            # kept in _pending, re-sent after the next handshake; nothing to wait for now
+            timer.cancel()
+            future.set_result(None)
+        return future
+
+    def _forget(self, mid: bytes, exc: BaseException) -> None:
+        """Give up on a QoS 1 publish (ack timeout, outbox full): drop it and fail its future."""
+        entry = self._pending.pop(mid, None)
+        if entry is not None:
+            entry.timer.cancel()
+            _fail(entry.future, exc)
 
     async def subscribe(self, pattern: str, *, group: str | None = None, qos: int = 1) -> None:
         if not self._open:
@@ -193,8 +225,9 @@ class ZmqTransport:
         self._monitor.close(0)
         self._sock.close()
         self.inbox.close()
-        for future, _ in self._pending.values():
-            _fail(future, TransportError("zmq transport closed"))
+        for entry in self._pending.values():
+            entry.timer.cancel()
+            _fail(entry.future, TransportError("zmq transport closed"))
         _fail(self._welcome, TransportError("zmq transport closed"))
 
     # -- socket I/O, all on the loop thread --------------------------------------------------
@@ -253,8 +286,10 @@ class ZmqTransport:
                 inbox.put(Message(topic, payload, now_ns()))
             elif head == proto.ACK and len(parts) == 2:
                 entry = self._pending.pop(parts[1].bytes, None)
-                if entry is not None and not entry[0].done():
-                    entry[0].set_result(None)
+                if entry is not None:
+                    entry.timer.cancel()
+                    if not entry.future.done():
+                        entry.future.set_result(None)
             elif head == proto.WELCOME and len(parts) == 1:
                 if not self._welcome.done():
                     self._welcome.set_result(None)
@@ -278,9 +313,10 @@ class ZmqTransport:
                 self._resync()
             elif event == zmq.EVENT_DISCONNECTED:
                 self._connected = False
-                for future, _ in self._pending.values():
-                    if not future.done():
-                        future.set_result(None)
+                for entry in self._pending.values():  # kept: re-sent after the handshake
+                    entry.timer.cancel()
+                    if not entry.future.done():
+                        entry.future.set_result(None)
             else:
                 _fail(self._welcome, TransportError(
                     f"hub {self.url} refused the CURVE handshake (event {event})"))
@@ -295,8 +331,8 @@ class ZmqTransport:
             self._send([proto.SUB, pattern.encode(), group.encode()])
         for topic, payload in self._retained.items():
             self._send([proto.pub_head(topic.encode(), b"r"), payload])
-        for _, frames in self._pending.values():
-            self._send(frames)
+        for entry in self._pending.values():
+            self._send(entry.frames)
         now = time.time_ns()
         while self._outbox and self._connected:
             frames, expires_ns = self._outbox.popleft()
