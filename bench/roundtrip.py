@@ -238,8 +238,8 @@ class Robot:
         self.step += 1
         corr = f"{self.robot}/{self.step}"
         t0 = time.perf_counter_ns()
-        wire = self.encoder.encode(frame(self.robot, self.step, cams, self.state),
-                                   deadline_ns=time.time_ns() + 1_000_000_000, corr=corr)
+        wire = self.encoder.encode_view(frame(self.robot, self.step, cams, self.state),
+                                        deadline_ns=time.time_ns() + 1_000_000_000, corr=corr)
         t1 = time.perf_counter_ns()
         await self.bus.publish(topics.frame_topic(self.robot), wire, qos=0, expiry_s=1.0)
         async with asyncio.timeout(5.0):  # unlike wait_for, no extra task per receive

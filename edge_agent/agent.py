@@ -244,8 +244,8 @@ class EdgeAgent:
         frame = frame_of(observation, robot_id=self.config.robot_id, step=step,
                          capture_ns=time.time_ns(), model=self.config.model,
                          codec=self.config.codec)
-        wire = self.encoder.encode(frame, deadline_ns=wall_deadline,
-                                   priority=self.config.priority, corr=corr)
+        wire = self.encoder.encode_view(frame, deadline_ns=wall_deadline,
+                                        priority=self.config.priority, corr=corr)
         self.receiver.sent(corr, time.perf_counter_ns() - started, wire, self._topic)
         expiry = max(0.001, (deadline_ns - time.monotonic_ns()) / 1e9)
         await self.transport.publish(self._topic, wire, qos=0, expiry_s=expiry)

@@ -111,7 +111,7 @@ class Receiver:
             old.cancel()
         return future
 
-    def sent(self, corr: str, encode_ns: int, wire: bytes, topic: str) -> None:
+    def sent(self, corr: str, encode_ns: int, wire: bytes | memoryview, topic: str) -> None:
         """A frame went out: keep its encode time for the breakdown, and record it."""
         self._encode_ns[corr] = encode_ns
         while len(self._encode_ns) > self._max_wait:

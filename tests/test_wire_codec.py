@@ -144,3 +144,32 @@ def test_encoder_is_safe_to_share_between_threads(fleet: Fleet) -> None:
     got = [fleet.decoder.decode(w) for w in wires]
     assert [g.message for g in got] == messages
     assert len({g.header.seq for g in got}) == len(messages)
+
+
+
+def test_encode_view_builds_an_uncompressed_frame_in_place_with_the_same_bytes() -> None:
+    robot = Signer.generate("robot", "robot-a")
+    clock = Clock(NOW)
+    viewed = Encoder(robot, clock=clock, start_seq=1, compress="never")
+    copied = Encoder(robot, clock=clock, start_seq=1, compress="never")
+    decoder = Decoder(Keyring([robot.public]), ReplayGuard(clock=clock))
+    for step in range(3):
+        message = frame(step, size=64, noise=True)
+        view = viewed.encode_view(message, corr=f"robot-a/{step}")
+        assert isinstance(view, memoryview)
+        assert view.readonly
+        assert bytes(view) == copied.encode(message, corr=f"robot-a/{step}")
+        got = decoder.decode(view)
+        assert got.message == message
+        assert got.header.seq == step + 1
+
+
+def test_encode_view_of_a_compressed_body_is_bytes() -> None:
+    zeros = Action(robot_id="robot-a", step=1, actions=pack_array(np.zeros((50, 14), np.float32)),
+                   model="m", model_version=0, worker_id="worker-1")
+    worker = Signer.generate("worker", "worker-1")
+    wire = Encoder(worker).encode_view(zeros)
+    assert isinstance(wire, bytes)
+    decoded = Decoder(Keyring([worker.public])).decode(wire)
+    assert decoded.header.enc & ENC_LZ4
+    assert decoded.message == zeros

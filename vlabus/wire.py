@@ -89,6 +89,9 @@ class Limits:
 
 
 _MAX_BODY = Limits().max_body
+#: Room an encoder leaves in front of the body for prefix and header (a header is at most
+#: ~300 bytes: its strings are capped); a larger one falls back to joining the parts.
+_HEAD_ROOM = 384
 _SKIP_FIRST = 16  # after lz4 fails to pay, skip it for this many messages of the kind...
 _SKIP_MAX = 1024  # ...doubling on each further failure up to this (~20 s at 50 Hz)
 
@@ -132,8 +135,9 @@ class Encoder:
     number instead (golden vectors, tests). ``seal_to`` encrypts every body to a worker pool's
     key (a ``PoolKey``, or a ``Sealer`` when the caller manages the ephemeral key).
 
-    The body is encoded into one reusable buffer (it grows to the largest message sent), so a
-    frame's image bytes are copied twice per envelope: into that buffer and into the result.
+    Each body is encoded into a fresh buffer with room for the header in front, so an
+    uncompressed frame's image bytes are copied once, into the envelope (:meth:`encode_view`);
+    :meth:`encode` copies that into ``bytes``.
     Thread-safe: a lock serialises ``encode`` (uncontended, it costs well under a microsecond).
     """
 
@@ -153,7 +157,6 @@ class Encoder:
         self._sealer = Sealer(seal_to) if isinstance(seal_to, PoolKey) else seal_to
         self._body = msgspec.msgpack.Encoder()
         self._header = msgspec.msgpack.Encoder()
-        self._buffer = bytearray()
         self._lock = threading.Lock()
         self._skip: dict[str, int] = {}  # per kind: messages left before lz4 is tried again
         self._backoff: dict[str, int] = {}  # per kind: the last skip length
@@ -176,6 +179,26 @@ class Encoder:
         Raises ``SchemaError`` for a correlation id over 64 characters and ``TooLargeError``
         for a body over the default envelope cap: receivers would refuse either.
         """
+        wire = self.encode_view(message, deadline_ns=deadline_ns, priority=priority, corr=corr,
+                                sent_ns=sent_ns)
+        return wire if isinstance(wire, bytes) else bytes(wire)
+
+    def encode_view(
+        self,
+        message: Message,
+        *,
+        deadline_ns: int = 0,
+        priority: int = Priority.NORMAL,
+        corr: str = "",
+        sent_ns: int | None = None,
+    ) -> bytes | memoryview:
+        """:meth:`encode` without its final copy, for large frames on the hot path.
+
+        An envelope whose body travels as encoded (not compressed, not sealed: raw camera
+        frames) is built in place: the body is encoded once into a fresh buffer, behind room
+        left for the header, and signed there. The result is then a read-only view of that
+        buffer, which belongs to the caller; otherwise it is ``bytes``.
+        """
         kind = KIND_OF[type(message)]
         if len(corr) > 64:
             raise SchemaError(f"correlation id of {len(corr)} characters, at most 64", "corr")
@@ -184,34 +207,47 @@ class Encoder:
                                 corr=corr, sent_ns=sent_ns)
 
     def _encode(self, kind: str, message: Message, *, deadline_ns: int, priority: int,
-                corr: str, sent_ns: int | None) -> bytes:
-        self._body.encode_into(message, self._buffer)
-        with memoryview(self._buffer) as raw:
-            raw_len = len(raw)
-            if raw_len > _MAX_BODY:
-                raise TooLargeError("body", _MAX_BODY, raw_len)
-            body: bytes | memoryview = raw
-            enc = 0
-            if self._should_compress(kind, raw_len):
-                packed = lz4.frame.compress(raw, store_size=True)
-                if len(packed) * 10 < raw_len * 9:  # pays only when it saves at least 10 %
-                    body, enc = packed, ENC_LZ4
-                    self._backoff[kind] = 0
-                elif self.compress == "auto":
+                corr: str, sent_ns: int | None) -> bytes | memoryview:
+        out = bytearray(_HEAD_ROOM)
+        self._body.encode_into(message, out, _HEAD_ROOM)
+        raw_len = len(out) - _HEAD_ROOM
+        if raw_len > _MAX_BODY:
+            raise TooLargeError("body", _MAX_BODY, raw_len)
+        enc = 0
+        packed = None
+        if self._should_compress(kind, raw_len):
+            with memoryview(out) as view:
+                packed = lz4.frame.compress(view[_HEAD_ROOM:], store_size=True)
+            if len(packed) * 10 < raw_len * 9:  # pays only when it saves at least 10 %
+                enc = ENC_LZ4
+                self._backoff[kind] = 0
+            else:
+                packed = None
+                if self.compress == "auto":
                     # camera bytes rarely compress: stop trying for a while, longer each time
                     wait = min(max(2 * self._backoff.get(kind, 0), _SKIP_FIRST), _SKIP_MAX)
                     self._backoff[kind] = self._skip[kind] = wait
-            if self._sealer is not None:
-                enc |= ENC_SEAL
-            header = self._header.encode(Header(
-                kind=kind, sender=self.signer.identity, key=self.signer.key_id,
-                seq=self.next_seq(), sent_ns=self._clock() if sent_ns is None else sent_ns,
-                deadline_ns=deadline_ns, priority=priority, corr=corr, enc=enc, raw_len=raw_len,
-            ))
-            prefix = _PREFIX.pack(MAGIC, VERSION, len(header)) + header
-            if self._sealer is not None:
-                body = self._sealer.seal(body, prefix)
-            return b"".join((prefix, body, self.signer.sign(prefix, body)))
+        if self._sealer is not None:
+            enc |= ENC_SEAL
+        header = self._header.encode(Header(
+            kind=kind, sender=self.signer.identity, key=self.signer.key_id,
+            seq=self.next_seq(), sent_ns=self._clock() if sent_ns is None else sent_ns,
+            deadline_ns=deadline_ns, priority=priority, corr=corr, enc=enc, raw_len=raw_len,
+        ))
+        prefix = _PREFIX.pack(MAGIC, VERSION, len(header)) + header
+        if packed is not None or self._sealer is not None or len(prefix) > _HEAD_ROOM:
+            with memoryview(out) as view:
+                body: bytes | memoryview = view[_HEAD_ROOM:] if packed is None else packed
+                if self._sealer is not None:
+                    body = self._sealer.seal(body, prefix)
+                return b"".join((prefix, body, self.signer.sign(prefix, body)))
+        # the common case for frames: sign the buffer where it lies
+        start = _HEAD_ROOM - len(prefix)
+        out[start:_HEAD_ROOM] = prefix
+        with memoryview(out) as view:
+            signature = self.signer.sign(view[start:])
+        out += signature
+        return memoryview(out)[start:].toreadonly()
 
     def _should_compress(self, kind: str, size: int) -> bool:
         if self.compress == "never" or size < 256:
