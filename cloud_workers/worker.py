@@ -168,6 +168,10 @@ class Worker:
             self.metrics.on_drop("shed", len(self.queue.push(request)))
             self.metrics.queue_depth.set(len(self.queue))
             self._wake_up()
+            # The inbox hands over a backlog without suspending: yield after each message so
+            # a finished batch is answered, and the next one started, between two decodes
+            # rather than after the whole backlog (the model would sit idle meanwhile).
+            await asyncio.sleep(0)
 
     def _wake_up(self) -> None:
         wake = self._wake

@@ -36,8 +36,8 @@ async def serving(url: str, keydir: KeyDir, policies: dict[str, Policy] | None =
     policies = policies or {"reference": small_policy()}
     runner = PolicyRunner(policies, default_handlers({}))
     runner.handlers = default_handlers(runner.models)
-    config = WorkerConfig(worker_id=worker_id, group="pool", max_delay_ns=1 * MS,
-                          **cfg)  # type: ignore[arg-type]
+    config = WorkerConfig(worker_id=worker_id, group="pool",
+                          **{"max_delay_ns": 1 * MS, **cfg})  # type: ignore[arg-type]
     worker = await open_worker(url, keydir.signers[worker_id], keydir.ring, runner,
                                config=config, metrics=WorkerMetrics())
     stop = asyncio.Event()

@@ -55,3 +55,37 @@ def test_slow_policy_runs_on_the_inference_thread(keydir: KeyDir) -> None:
 def test_inline_can_be_disabled(keydir: KeyDir) -> None:
     threads = served_threads(keydir, ThreadRecorder(), inline_below_ns=0)
     assert all(name.startswith("inference") for name in threads)
+
+
+class BatchRecorder(ThreadRecorder):
+    """Records the size of every batch it is given."""
+
+    def __init__(self, cost_s: float) -> None:
+        super().__init__(cost_s)
+        self.sizes: list[int] = []
+
+    def infer(self, batch: Sequence[Observation]) -> npt.NDArray[np.float32]:
+        self.sizes.append(len(batch))
+        return super().infer(batch)
+
+
+def test_a_backlog_does_not_keep_the_model_waiting_until_all_of_it_is_decoded(
+        keydir: KeyDir) -> None:
+    """Frames that arrive together are handed over without a suspension; the receive loop
+    yields after each one, so the first batch starts at once instead of after the backlog."""
+    policy = BatchRecorder(cost_s=0.002)
+    sent = 24
+
+    async def body(url: str) -> None:
+        async with serving(url, keydir, {"m": policy}, max_batch=32, max_delay_ns=0):
+            policy.sizes.clear()  # forget the warm-up
+            robot = await Robot.connect(url, keydir.signers["robot-a"], keydir.ring)
+            for step in range(sent):  # memory:// delivers each into the worker's inbox at once
+                await robot.send_frame(make_frame("robot-a", step), f"c{step}")
+            await robot.wait_for(sent)
+            await robot.close()
+
+    run(body)
+    assert sum(policy.sizes) == sent
+    assert policy.sizes[0] == 1  # without the yield: all 24 in the first batch
+    assert max(policy.sizes[1:]) > 1  # the rest queued, and batched, while the first ran
