@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -50,7 +50,7 @@ async def serving(url: str, keydir: KeyDir, policies: dict[str, Policy] | None =
         await asyncio.wait_for(task, 30)
 
 
-def run(body: Callable[[str], Awaitable[None]]) -> None:
+def run(body: Callable[[str], Coroutine[object, object, None]]) -> None:
     url = f"memory://{uuid.uuid4().hex}"
     try:
         asyncio.run(body(url))
