@@ -11,10 +11,10 @@ from collections import Counter as Tally
 from collections import deque
 from typing import Any
 
-import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from schemas.errors import Reason
+from vlabus.quantiles import quantiles
 
 #: Why a request left the queue without a reply.
 CAUSES = ("deadline", "shed", "unknown_model", "policy_error", "shutdown")
@@ -90,13 +90,7 @@ class Summary:
             "dropped_total": sum(self.dropped.values()),
             "batches": self.batches,
             "mean_batch_size": round(self.batched / self.batches, 3) if self.batches else 0.0,
-            "queue_wait_ms": _percentiles(self.queue_wait_ns),
-            "inference_ms": _percentiles(self.inference_ns),
+            "queue_wait_ms": quantiles(self.queue_wait_ns, (0.5, 0.99), scale=1e6),
+            "inference_ms": quantiles(self.inference_ns, (0.5, 0.99), scale=1e6),
         }
 
-
-def _percentiles(samples: deque[int]) -> dict[str, float]:
-    if not samples:
-        return {"p50": 0.0, "p99": 0.0}
-    p50, p99 = np.percentile(np.fromiter(samples, np.int64), [50, 99]) / 1e6
-    return {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}

@@ -12,7 +12,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from vlabus.quantiles import quantiles
 
 BREAKDOWN = ("robot_encode", "transport_up_down", "worker_decode", "queue_wait", "inference",
              "worker_encode", "robot_decode")
@@ -20,14 +20,7 @@ BREAKDOWN = ("robot_encode", "transport_up_down", "worker_decode", "queue_wait",
 
 def percentiles_ms(samples_ns: list[int] | deque[int], qs: tuple[float, ...]) -> dict[str, float]:
     """``{"p50": …, "p99": …, "max": …}`` in ms (keys from ``qs``; 1.0 is ``max``)."""
-    if not samples_ns:
-        return {_qname(q): 0.0 for q in qs}
-    values = np.asarray(samples_ns, dtype=np.float64) / 1e6
-    return {_qname(q): round(float(np.quantile(values, q)), 4) for q in qs}
-
-
-def _qname(q: float) -> str:
-    return "max" if q >= 1.0 else f"p{round(q * 100)}"
+    return quantiles(samples_ns, qs, scale=1e6, digits=4)
 
 
 @dataclass

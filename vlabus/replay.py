@@ -27,6 +27,7 @@ from schemas.errors import WireError
 from security.keys import Keyring, Signer
 from security.seal import Opener
 from vlabus.mcaplog import iter_log, time_range, topic_filter
+from vlabus.quantiles import quantiles
 from vlabus.transport import Transport
 from vlabus.wire import Decoder, Encoder
 
@@ -86,13 +87,10 @@ class OffsetStats:
     def summary(self) -> dict[str, float]:
         if not self.samples:
             return {"count": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0, "mean_ms": 0.0}
-        ordered = sorted(self.samples)
-
-        def pct(q: float) -> float:
-            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
-
-        return {"count": self.count, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-                "max_ms": round(self.max_ms, 3), "mean_ms": round(sum(ordered) / len(ordered), 3)}
+        found = quantiles(self.samples, (0.5, 0.99))
+        return {"count": self.count, "p50_ms": found["p50"], "p99_ms": found["p99"],
+                "max_ms": round(self.max_ms, 3),
+                "mean_ms": round(sum(self.samples) / len(self.samples), 3)}
 
 
 @dataclass
