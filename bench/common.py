@@ -82,6 +82,41 @@ def environment() -> dict[str, Any]:
     }
 
 
+def single_thread_probe() -> dict[str, float]:
+    """Best-of-five single-thread costs (µs) of the work on a secure round trip's critical path:
+    interpreted Python, BLAKE3 of a 300 KB frame, an Ed25519 sign and verify. Two machines whose
+    floors (wake-ups) match can still differ here, and the vlabus/floor ratio moves with it."""
+    import blake3
+    import nacl.bindings
+
+    frame = bytes(range(256)) * 1176  # 301,056 bytes
+    public, secret = nacl.bindings.crypto_sign_seed_keypair(b"\x01" * 32)
+    signed = nacl.bindings.crypto_sign(b"\x00" * 64, secret)
+
+    def loop() -> None:
+        total = 0
+        for i in range(10_000):
+            total += i
+
+    calls: dict[str, tuple[Callable[[], object], int]] = {
+        "python_loop_10k_us": (loop, 20),
+        "blake3_300k_us": (lambda: blake3.blake3(frame).digest(), 200),
+        "ed25519_sign_us": (lambda: nacl.bindings.crypto_sign(b"\x00" * 64, secret), 500),
+        "ed25519_verify_us": (lambda: nacl.bindings.crypto_sign_open(signed, public), 500),
+    }
+    out = {}
+    for name, (call, count) in calls.items():
+        call()
+        best = math.inf
+        for _ in range(5):
+            start = time.perf_counter_ns()
+            for _ in range(count):
+                call()
+            best = min(best, (time.perf_counter_ns() - start) / count / 1000)
+        out[name] = round(best, 2)
+    return out
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     """The common ``--json`` / ``--quick`` flags."""
     parse = argparse.ArgumentParser(description=description)

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import emit, environment, parser, ratio, stats_us
+from bench.common import emit, environment, parser, ratio, single_thread_probe, stats_us
 from edge_agent.scene import TabletopScene
 from schemas import topics
 from schemas.arrays import pack_array
@@ -410,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     buses = [args.only] if args.only else ["zmq", "mqtt"]
     started = time.monotonic()
     report: dict[str, Any] = {"bench": "roundtrip", "environment": environment(),
+                              "single_thread_us": single_thread_probe(),
                               "rounds": rounds, "chunk": [HORIZON, ACTION_DIM],
                               "target": "vlabus p50 <= 2.5x the bare round trip of the same bytes"}
     for bus in buses:
