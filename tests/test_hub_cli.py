@@ -12,6 +12,7 @@ import pytest
 
 from schemas.errors import TransportError
 from security.curve import load_client_keys
+from security.keys import add_key
 from vlabus.hub import tcp_endpoint
 from vlabus.hub_process import HubProcess
 from vlabus.transport import CurveKeys, TransportOptions
@@ -67,6 +68,36 @@ def test_port_in_use_is_a_clear_error() -> None:
 
 def test_add_client_without_curve_is_an_error() -> None:
     done = subprocess.run([sys.executable, "-m", "vlabus", "hub", "--add-client", "x"],
+                          check=False, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "--curve" in done.stderr
+
+
+def test_hub_process_enforces_keyring_roles(tmp_path: Path) -> None:
+    curve, keyring = tmp_path / "curve", tmp_path / "keys"
+    add_key(keyring, "robot", "robot-a")
+    subprocess.run([sys.executable, "-m", "vlabus", "hub", "--curve", str(curve),
+                    "--add-client", "robot-a"], capture_output=True, check=True)
+    hub = HubProcess("tcp://127.0.0.1:0", "--curve", str(curve), "--keys", str(keyring))
+    url = hub.start()
+    try:
+        async def body() -> None:
+            opts = TransportOptions(client_id="robot-a",
+                                    curve=CurveKeys(*load_client_keys(curve, "robot-a")))
+            t = await open_zmq(url, opts)
+            await t.publish("vla/v1/robot-a/frame", b"mine", qos=1)
+            with pytest.raises(TransportError, match="hub refused"):
+                await t.publish("vla/v1/robot-b/frame", b"not mine", qos=1)
+            await t.close()
+        asyncio.run(body())
+    finally:
+        summary = hub.stop()
+    assert summary["access"] is True
+    assert summary["denied"] == 1
+
+
+def test_keys_without_curve_is_an_error(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "vlabus", "hub", "--keys", str(tmp_path)],
                           check=False, capture_output=True, text=True)
     assert done.returncode == 2
     assert "--curve" in done.stderr

@@ -9,7 +9,9 @@ Protection: send/receive high-water marks (a full subscriber's messages are drop
 never blocking the hub: ``ROUTER_MANDATORY`` turns the silent drop into ``EAGAIN``), ZMTP
 heartbeats, ``MAXMSGSIZE`` (a peer sending more is disconnected by libzmq). With ``curve_dir``,
 CurveZMQ with a ZAP handler and ``ZAP_ENFORCE_DOMAIN``: without the handler clients are refused,
-not admitted (DESIGN trap 6).
+not admitted (DESIGN trap 6). With ``access`` as well, each publish, subscription and will is
+checked against the sender's CURVE identity (:mod:`vlabus.hub_access`); a refusal is counted in
+``denied`` and answered with NACK.
 
 Wills are published when a client's TCP connection drops without a BYE (socket monitor event,
 matched by file descriptor) or when it is silent for three heartbeat intervals.
@@ -31,6 +33,7 @@ from zmq.utils.monitor import recv_monitor_message
 from schemas.errors import BusError, TransportError
 from security.curve import authorized_dir, load_hub_keys
 from vlabus import hub_routes as proto
+from vlabus.hub_access import Access, curve_names
 from vlabus.hub_routes import Routes
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,8 @@ class HubConfig:
     hwm: int = 10_000
     max_msg_size: int = 32 << 20
     heartbeat_ms: int = 1000
+    #: per-identity topic rules; needs ``curve_dir`` (the identities are CURVE's)
+    access: Access | None = None
 
 
 def tcp_endpoint(url: str) -> str:
@@ -67,18 +72,23 @@ class Hub:
     """Runs the routing loop in a daemon thread; ``start()`` returns once bound."""
 
     def __init__(self, config: HubConfig) -> None:
+        if config.access is not None and config.curve_dir is None:
+            raise TransportError("hub access rules need CurveZMQ (curve_dir): without it a "
+                                 "client's identity is not known")
         self.config = config
         self.url = ""
         self.routes = Routes()
         self.stats: dict[str, int] = dict.fromkeys(
             ("received", "delivered", "dropped_hwm", "dropped_unroutable", "expired",
-             "malformed", "wills", "disconnects"), 0)
+             "malformed", "denied", "wills", "disconnects"), 0)
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._ctrl = f"inproc://hub-ctrl-{id(self)}"
         self._auth: Any = None
+        self._access = config.access
+        self._denials_logged: set[tuple[str, str]] = set()
 
     def start(self, timeout_s: float = 5.0) -> Hub:
         self._thread = threading.Thread(target=self._run, name="vlabus-hub", daemon=True)
@@ -126,10 +136,10 @@ class Hub:
         router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * cfg.heartbeat_ms)
         if cfg.curve_dir is not None:
             public, secret = load_hub_keys(cfg.curve_dir)
-            self._auth = ThreadAuthenticator(self._ctx, log=log)
+            allowed = authorized_dir(cfg.curve_dir)
+            self._auth = _NamingAuthenticator(curve_names(allowed), self._ctx, log=log)
             self._auth.start()
-            allowed = str(authorized_dir(cfg.curve_dir))
-            self._auth.configure_curve(domain=_ZAP_DOMAIN, location=allowed)
+            self._auth.configure_curve(domain=_ZAP_DOMAIN, location=str(allowed))
             router.curve_server = True
             router.curve_publickey = public
             router.curve_secretkey = secret
@@ -194,6 +204,11 @@ class Hub:
             stats["received"] += 1
             if len(parts) == 3 and parts[1][:1] == proto.PUB:  # the hot path
                 topic, _, meta = parts[1][1:].partition(b"\0")
+                access = self._access
+                if access is not None and not access.may_publish(_user(parts[2]), topic):
+                    self._deny(router, parts[0], _user(parts[2]), f"publish to {topic!r}",
+                               _mid(meta))
+                    continue
                 try:
                     self._publish(router, parts[0], topic, meta, parts[2])
                 except (ValueError, UnicodeDecodeError) as exc:
@@ -208,8 +223,14 @@ class Hub:
         try:
             if verb == proto.SUB and n == 4:
                 self.routes.seen(rid, time.monotonic_ns())
-                for topic, payload in self.routes.subscribe(rid, parts[2].bytes.decode(),
-                                                            parts[3].bytes.decode()):
+                pattern, group = parts[2].bytes.decode(), parts[3].bytes.decode()
+                user = _user(parts[2])
+                if self._access is not None and not self._access.may_subscribe(user, pattern,
+                                                                               group):
+                    where = f" in group {group!r}" if group else ""
+                    self._deny(router, rid, user, f"subscribe to {pattern!r}{where}", b"")
+                    return
+                for topic, payload in self.routes.subscribe(rid, pattern, group):
                     self._send(router, rid, [proto.MSG + topic.encode(), payload])
             elif verb == proto.UNSUB and n == 4:
                 self.routes.unsubscribe(rid, parts[2].bytes.decode(), parts[3].bytes.decode())
@@ -228,12 +249,29 @@ class Hub:
         self.stats["malformed"] += 1
         log.warning("hub: malformed message from %r: %r", rid, why)
 
+    def _deny(self, router: zmq.Socket[Any], rid: bytes, user: str, what: str,
+              mid: bytes) -> None:
+        """Refuse what ``user`` asked for: count it, log it once, and answer with NACK."""
+        self.stats["denied"] += 1
+        key = (user, what)
+        if key not in self._denials_logged:
+            if len(self._denials_logged) >= 1024:
+                self._denials_logged.clear()
+            self._denials_logged.add(key)
+            log.warning("hub: %r may not %s", user, what)
+        self._send(router, rid, [proto.NACK, mid, f"{user!r} may not {what}".encode()])
+
     def _hello(self, router: zmq.Socket[Any], rid: bytes, parts: list[Any]) -> None:
         peer = self.routes.seen(rid, time.monotonic_ns())
         peer.client_id = parts[2].bytes.decode()
         peer.heartbeat_ns = int(parts[3].bytes) * 1_000_000
         will_topic = parts[4].bytes
         peer.will = (will_topic, parts[5].bytes, parts[6].bytes == b"1") if will_topic else None
+        user = _user(parts[4])
+        if (peer.will is not None and self._access is not None
+                and not self._access.may_publish(user, will_topic)):
+            peer.will = None  # the hub publishes a will on the client's behalf: same rules
+            self._deny(router, rid, user, f"leave a will on {will_topic!r}", b"")
         peer.fd = parts[4].get(zmq.SRCFD)  # matched against the monitor's DISCONNECTED fd
         self._send(router, rid, [proto.WELCOME])
 
@@ -301,6 +339,33 @@ class Hub:
         self.stats["wills"] += 1
         log.info("hub: client %r gone, publishing its will on %r", peer.client_id, topic)
         self._publish(router, rid, topic, b"r" if retain else b"", payload)
+
+
+class _NamingAuthenticator(ThreadAuthenticator):
+    """The ZAP handler, naming each admitted client after its ``authorized/NAME.key`` file:
+    libzmq then gives every frame that client sends the ``User-Id`` property ``NAME``."""
+
+    def __init__(self, names: dict[bytes, str], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._names = names
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return self._names.get(client_public_key, "")
+
+
+def _user(frame: zmq.Frame) -> str:
+    """The CURVE identity the ZAP handler gave the frame's connection; "" without one."""
+    try:
+        return str(frame.get("User-Id"))
+    except zmq.ZMQError:
+        return ""
+
+
+def _mid(meta: bytes) -> bytes:
+    try:
+        return proto.decode_meta(meta).mid
+    except ValueError:
+        return b""
 
 
 def start_hub(bind: str = "tcp://127.0.0.1:0", **options: Any) -> Hub:

@@ -12,6 +12,8 @@ Frames on the single DEALER<->ROUTER pair (the hub's ROUTER adds/strips the rout
     hub -> client   MSG     [b"M" topic, payload]
                     ACK     [b"A", mid]                       QoS 1 publish accepted
                     WELCOME [b"W"]                            answer to HELLO
+                    NACK    [b"N", mid, reason]               refused by the hub's access
+                                                              rules (mid b"" unless QoS 1)
 
 PUB and MSG carry verb, topic and flags in one frame: every frame costs a send and a receive
 call at each end, and these two verbs are the whole hot path. Topics cannot contain NUL (MQTT
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from schemas.topics import matches
 
 HELLO, SUB, UNSUB, PUB, PING, BYE = b"H", b"S", b"U", b"P", b"I", b"B"
-MSG, ACK, WELCOME = b"M", b"A", b"W"
+MSG, ACK, WELCOME, NACK = b"M", b"A", b"W", b"N"
 
 
 @dataclass(frozen=True, slots=True)

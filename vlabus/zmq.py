@@ -74,7 +74,7 @@ class ZmqTransport:
         self._connected = False
         self._open = True
         self._stats = dict.fromkeys(("published", "reconnects", "outbox_dropped",
-                                     "expired_dropped", "hwm_dropped", "malformed"), 0)
+                                     "expired_dropped", "hwm_dropped", "malformed", "denied"), 0)
         self._handshakes = 0
         self._loop.add_reader(self._sock.FD, self._drain)
         self._loop.add_reader(self._monitor.FD, self._on_monitor)
@@ -290,12 +290,25 @@ class ZmqTransport:
                     entry.timer.cancel()
                     if not entry.future.done():
                         entry.future.set_result(None)
+            elif head == proto.NACK and len(parts) == 3:
+                self._refused(parts[1].bytes, parts[2].bytes.decode(errors="replace"))
             elif head == proto.WELCOME and len(parts) == 1:
                 if not self._welcome.done():
                     self._welcome.set_result(None)
             else:
                 self._malformed(parts, "unknown verb")
         self._loop.call_soon(self._drain)  # more may be waiting; let other tasks run first
+
+    def _refused(self, mid: bytes, reason: str) -> None:
+        """The hub's access rules refused a publish, subscription or will: a QoS 1 publish
+        fails with the reason; anything else is logged. Both are counted in ``denied``."""
+        self._stats["denied"] += 1
+        entry = self._pending.pop(mid, None) if mid else None
+        if entry is not None:
+            entry.timer.cancel()
+            _fail(entry.future, TransportError(f"hub refused: {reason}"))
+        else:
+            log.warning("zmq: hub refused: %s", reason)
 
     def _malformed(self, parts: list[Any], why: object) -> None:
         self._stats["malformed"] += 1

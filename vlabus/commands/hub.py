@@ -1,7 +1,9 @@
-"""``vlabus hub --bind tcp://HOST:PORT [--curve DIR] [--json]``: run the ZeroMQ hub.
+"""``vlabus hub --bind tcp://HOST:PORT [--curve DIR [--keys DIR]] [--json]``: run the ZeroMQ hub.
 
 Runs in the foreground until SIGINT or SIGTERM, then prints its counters (one JSON object with
-``--json``). ``--curve DIR --add-client NAME`` creates CurveZMQ key pairs and exits.
+``--json``). ``--curve DIR --add-client NAME`` creates CurveZMQ key pairs and exits. With
+``--keys`` as well, each client may publish and subscribe only as its keyring role allows
+(``broker_config/acl.json``, the fleet broker's rules).
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ def register(sub: Any) -> None:
     parser.add_argument("--curve", metavar="DIR", type=Path,
                         help="require CurveZMQ: DIR holds hub.key_secret and authorized/*.key "
                              "(created when missing)")
+    parser.add_argument("--keys", metavar="DIR", type=Path,
+                        help="with --curve: enforce per-role topic access; DIR is the vlabus "
+                             "keyring that gives each CURVE client NAME its role")
+    parser.add_argument("--acl", metavar="FILE", type=Path, default=None,
+                        help="access rules per role (default broker_config/acl.json)")
     parser.add_argument("--add-client", metavar="NAME", action="append", default=[],
                         help="with --curve: create and admit a client key pair, then exit "
                              "(repeatable)")
@@ -41,7 +48,9 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from schemas.errors import BusError
     from security.curve import add_curve_client, init_curve
+    from vlabus.broker import TEMPLATES
     from vlabus.hub import Hub, HubConfig
+    from vlabus.hub_access import Access
 
     try:
         if args.add_client:
@@ -54,10 +63,18 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.curve is not None:
             init_curve(args.curve)
+        access = None
+        if args.keys is not None:
+            if args.curve is None:
+                print("vlabus hub: --keys needs --curve DIR (identities come from CurveZMQ)",
+                      file=sys.stderr)
+                return 2
+            access = Access.from_keyring(args.keys, args.acl or TEMPLATES / "acl.json")
         hub = Hub(HubConfig(bind=args.bind, curve_dir=args.curve, hwm=args.hwm,
-                            max_msg_size=args.max_msg_size, heartbeat_ms=args.heartbeat_ms))
+                            max_msg_size=args.max_msg_size, heartbeat_ms=args.heartbeat_ms,
+                            access=access))
         hub.start()
-    except BusError as exc:
+    except (BusError, OSError, ValueError) as exc:
         print(f"vlabus hub: {exc}", file=sys.stderr)
         return 1
     stop = threading.Event()
@@ -67,11 +84,13 @@ def run(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    print(f"hub listening on {hub.url}" + (" (CURVE)" if args.curve else ""),
+    mode = " (CURVE, access rules)" if access else " (CURVE)" if args.curve else ""
+    print(f"hub listening on {hub.url}{mode}",
           file=sys.stderr, flush=True)
     stop.wait()
     hub.stop()
-    counters = {"url": hub.url, "curve": args.curve is not None, **hub.counters()}
+    counters = {"url": hub.url, "curve": args.curve is not None,
+                "access": access is not None, **hub.counters()}
     if args.json:
         print(json.dumps(counters))
     else:

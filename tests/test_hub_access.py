@@ -1,0 +1,201 @@
+"""The hub's per-identity access rules: unit checks of the rules, then a real CURVE hub."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud_workers.runner import PolicyRunner
+from cloud_workers.worker import WorkerConfig, open_worker
+from schemas import topics
+from schemas.errors import TransportError
+from schemas.messages import Action
+from security.curve import add_curve_client, init_curve
+from security.keys import Keyring, Role, add_key, load_signer
+from tests.fixtures_zmq import CurveHub
+from tests.test_worker_support import Robot, make_frame
+from vlabus.broker import TEMPLATES
+from vlabus.hub import Hub, HubConfig
+from vlabus.hub_access import Access
+from vlabus.policy import NoopPolicy
+from vlabus.transport import Will
+from vlabus.zmq import ZmqTransport, open_zmq
+
+RULES = json.loads((TEMPLATES / "acl.json").read_text())
+FRAMES, ACTIONS = topics.ALL_FRAMES, "vla/v1/+/action"
+
+
+def access() -> Access:
+    return Access.for_identities(
+        [("robot", "robot-a"), ("robot", "robot-b"), ("worker", "worker-1")], RULES)
+
+
+def test_robots_publish_only_under_their_own_id() -> None:
+    rules = access()
+    assert rules.may_publish("robot-a", b"vla/v1/robot-a/frame")
+    assert rules.may_publish("robot-a", b"vla/v1/robot-a/task")
+    assert not rules.may_publish("robot-a", b"vla/v1/robot-b/frame")
+    assert not rules.may_publish("robot-a", b"vla/v1/robot-a/action")
+    assert not rules.may_publish("robot-a", b"vla/v1/workers/worker-1/status")
+    # asked twice: the cached decision is the same
+    assert not rules.may_publish("robot-a", b"vla/v1/robot-b/frame")
+    assert rules.may_publish("worker-1", b"vla/v1/robot-b/action")
+    assert not rules.may_publish("worker-1", b"vla/v1/robot-b/frame")
+    assert not rules.may_publish("stranger", b"vla/v1/stranger/frame")
+    assert not rules.may_publish("", b"vla/v1/robot-a/frame")
+
+
+def test_subscriptions_are_checked_with_wildcards_taken_literally() -> None:
+    rules = access()
+    assert rules.may_subscribe("robot-a", "vla/v1/robot-a/action", "")
+    assert rules.may_subscribe("robot-a", "vla/v1/models/#", "")
+    assert not rules.may_subscribe("robot-a", "vla/v1/robot-b/action", "")
+    assert not rules.may_subscribe("robot-a", ACTIONS, "")  # matches its own, still refused
+    assert not rules.may_subscribe("robot-a", "#", "")
+    assert not rules.may_subscribe("robot-a", FRAMES, "workers")  # joining the pool
+    assert rules.may_subscribe("worker-1", FRAMES, "workers")
+    assert not rules.may_subscribe("worker-1", FRAMES, "")  # every frame, not a share
+    assert not rules.may_subscribe("stranger", "vla/v1/models/#", "")
+
+
+@pytest.fixture
+def fleet_hub(tmp_path: Path) -> Iterator[CurveHub]:
+    keyring, curve = tmp_path / "keys", tmp_path / "curve"
+    names: dict[str, Role] = {"robot-a": "robot", "robot-b": "robot", "worker-1": "worker"}
+    init_curve(curve)
+    for name, role in names.items():
+        add_key(keyring, role, name)
+        add_curve_client(curve, name)
+    add_curve_client(curve, "stranger")  # admitted by CURVE, absent from the keyring
+    rules = Access.from_keyring(keyring, TEMPLATES / "acl.json")
+    hub = Hub(HubConfig(curve_dir=curve, heartbeat_ms=200, access=rules)).start()
+    try:
+        yield CurveHub(hub, curve)
+    finally:
+        hub.stop()
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 30))
+
+
+async def connect(hub: CurveHub, name: str, **kw: Any) -> ZmqTransport:
+    return await open_zmq(hub.url, hub.options(name, **kw))
+
+
+async def settle(worker: ZmqTransport) -> None:
+    """A QoS 1 round trip through the hub, so the worker's earlier SUBs have been handled."""
+    await worker.publish(topics.action_topic("nobody"), b"", qos=1)
+
+
+async def eventually(check: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_a_robot_cannot_take_the_pools_frames(fleet_hub: CurveHub) -> None:
+    async def body() -> None:
+        worker = await connect(fleet_hub, "worker-1")
+        robot_a = await connect(fleet_hub, "robot-a")
+        thief = await connect(fleet_hub, "robot-b")
+        await worker.subscribe(FRAMES, group="workers")
+        await thief.subscribe(FRAMES, group="workers")  # would take every other frame
+        await thief.subscribe(ACTIONS)  # would read every robot's actions
+        await eventually(lambda: thief.counters()["denied"] == 2)
+        for step in range(6):
+            await robot_a.publish(topics.frame_topic("robot-a"), b"f%d" % step, qos=1)
+        got = [bytes((await asyncio.wait_for(worker.recv(), 5)).payload) for _ in range(6)]
+        assert got == [b"f%d" % step for step in range(6)]
+        await worker.publish(topics.action_topic("robot-a"), b"act", qos=1)
+        await asyncio.sleep(0.2)
+        assert thief.inbox.received == 0
+        assert fleet_hub.hub.counters()["denied"] == 2
+        for t in (worker, robot_a, thief):
+            await t.close()
+    run(body())
+
+
+def test_a_refused_publish_fails_at_qos1_and_is_never_delivered(fleet_hub: CurveHub) -> None:
+    async def body() -> None:
+        worker = await connect(fleet_hub, "worker-1")
+        robot_a = await connect(fleet_hub, "robot-a")
+        stranger = await connect(fleet_hub, "stranger")
+        await worker.subscribe(FRAMES, group="workers")
+        await settle(worker)
+        with pytest.raises(TransportError, match=r"hub refused.*robot-b/frame"):
+            await robot_a.publish(topics.frame_topic("robot-b"), b"forged", qos=1)
+        await robot_a.publish(topics.frame_topic("robot-b"), b"forged-qos0")
+        with pytest.raises(TransportError, match="hub refused"):
+            await stranger.publish(topics.frame_topic("stranger"), b"who", qos=1)
+        await robot_a.publish(topics.frame_topic("robot-a"), b"real", qos=1)
+        message = await asyncio.wait_for(worker.recv(), 5)
+        assert (message.topic, bytes(message.payload)) == (topics.frame_topic("robot-a"), b"real")
+        await eventually(lambda: robot_a.counters()["denied"] == 2)
+        assert len(worker.inbox) == 0
+        assert fleet_hub.hub.counters()["denied"] == 3
+        for t in (worker, robot_a, stranger):
+            await t.close()
+    run(body())
+
+
+def test_a_will_on_a_foreign_topic_is_dropped(fleet_hub: CurveHub) -> None:
+    async def body() -> None:
+        worker = await connect(fleet_hub, "worker-1")
+        await worker.subscribe("vla/v1/workers/+/status")
+        await worker.subscribe("vla/v1/+/status")
+        forged = Will(topics.worker_status_topic("worker-1"), b"offline?", retain=False)
+        honest = Will("vla/v1/robot-b/status", b"robot-b gone", retain=False)
+        robot_a = await connect(fleet_hub, "robot-a", will=forged)
+        robot_b = await connect(fleet_hub, "robot-b", will=honest)
+        await settle(worker)
+        await eventually(lambda: robot_a.counters()["denied"] == 1)
+        robot_a.abort()
+        robot_b.abort()  # no BYE: the hub publishes the wills it accepted
+        message = await asyncio.wait_for(worker.recv(), 5)
+        assert (message.topic, bytes(message.payload)) == ("vla/v1/robot-b/status",
+                                                           b"robot-b gone")
+        await asyncio.sleep(0.3)
+        assert len(worker.inbox) == 0
+        assert fleet_hub.hub.counters()["wills"] == 1
+        await worker.close()
+    run(body())
+
+
+def test_access_rules_need_curve() -> None:
+    with pytest.raises(TransportError, match="need CurveZMQ"):
+        Hub(HubConfig(access=access()))
+
+
+def test_a_worker_and_a_robot_work_within_their_rules(fleet_hub: CurveHub,
+                                                      tmp_path: Path) -> None:
+    keyring = tmp_path / "keys"
+    ring = Keyring.load(keyring)
+
+    async def body() -> None:
+        runner = PolicyRunner({"reference": NoopPolicy(horizon=4, action_dim=3)}, {})
+        config = WorkerConfig(worker_id="worker-1", group="pool", max_delay_ns=1_000_000)
+        worker = await open_worker(fleet_hub.url, load_signer(keyring, "worker", "worker-1"),
+                                   ring, runner, config=config,
+                                   options=fleet_hub.options("worker-1"))
+        stop = asyncio.Event()
+        serving = asyncio.create_task(worker.run(stop))
+        await asyncio.wait_for(worker.ready.wait(), 10)
+        robot = await Robot.connect(fleet_hub.url, load_signer(keyring, "robot", "robot-a"),
+                                    ring, fleet_hub.options("robot-a"))
+        for step in range(3):
+            await robot.send_frame(make_frame("robot-a", step), f"c{step}")
+        await robot.wait_for(3)
+        assert all(isinstance(a, Action) for a in robot.replies.values())
+        await robot.close()
+        stop.set()
+        await asyncio.wait_for(serving, 10)
+        await worker.transport.close()
+        assert fleet_hub.hub.counters()["denied"] == 0  # birth, death, subscriptions: allowed
+    run(body())
