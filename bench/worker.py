@@ -16,7 +16,9 @@ Sections (one JSON object on stdout):
   ``WINDOW_MQTT`` in flight; frames/s and the worker's own ``--json`` summary. Its floor is the
   single-thread rate of the receive pipeline alone (``Decoder.decode`` of the same frames).
 * ``served_cuda`` (only when torch sees a GPU) — the same real worker process and load as the
-  ceiling, serving the reference policy with ``--device cuda``.
+  ceiling, serving the reference policy with ``--device cuda``; ``served_cuda_xN`` the same
+  with N worker processes in one group sharing the GPU (``--gpu-workers``), and
+  ``served_cuda_processes`` their frames/s by process count.
 
 Frames are from ``edge_agent.scene.TabletopScene``; every envelope is distinct (no replays),
 so the worker's replay guard stays on. The robot side reads reply headers without verifying
@@ -211,33 +213,39 @@ def decode_floor(frames: list[bytes], ring: Keyring) -> float:
 
 
 async def ceiling_run(count: int, images: list[np.ndarray], workdir: Path, *,
-                      policy: str = "noop", device: str = "cpu") -> dict[str, Any]:
+                      policy: str = "noop", device: str = "cpu",
+                      workers: int = 1) -> dict[str, Any]:
+    """``workers`` real worker processes in one group, fed over Mosquitto by 64 robots."""
     keys = workdir / "keys"
     robots = [add_key(keys, "robot", f"robot-{i:03d}") for i in range(64)]
-    add_key(keys, "worker", "bench-worker")
+    names = ["bench-worker"] if workers == 1 else [f"bench-worker-{i}" for i in range(workers)]
+    for name in names:
+        add_key(keys, "worker", name)
     render(keys, workdir / "broker", limits=Limits(persistence=False, max_queued_messages=4096))
     broker = LocalMosquitto(workdir / "broker")
     broker.start()
-    proc = None
+    procs: list[subprocess.Popen[bytes]] = []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     try:
         frames = encode_frames(robots, images, count)
         floor = decode_floor(frames[: min(len(frames), 1000)], Keyring.load(keys))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vlabus", "worker", "--bus", broker.url, "--keys", str(keys),
-             "--id", "bench-worker", "--group", "bench", "--policy", policy, "--device", device,
-             "--max-batch", "32", "--max-delay-ms", "2", "--queue-size", "2048",
-             "--broker-config", str(workdir / "broker"), "--json"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)})
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if b'"event": "ready"' in line:
-                break
-        else:
-            raise RuntimeError("worker exited before it was ready")
-        # keep draining its log so a full pipe can never stall the worker
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
+        for name in names:  # all start at once; each is waited for below
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "vlabus", "worker", "--bus", broker.url, "--keys",
+                 str(keys), "--id", name, "--group", "bench", "--policy", policy, "--device",
+                 device, "--max-batch", "32", "--max-delay-ms", "2", "--queue-size", "2048",
+                 "--broker-config", str(workdir / "broker"), "--json"],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env))
+        for proc in procs:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                if b'"event": "ready"' in line:
+                    break
+            else:
+                raise RuntimeError("worker exited before it was ready")
+            # keep draining its log so a full pipe can never stall the worker
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
         sender = await open_transport(broker.url, broker.options("robot-000", "bench-send"))
         receiver = await open_transport(broker.url, broker.options(
             "robot-001", "bench-recv", inbox_size=1 << 16))
@@ -246,20 +254,30 @@ async def ceiling_run(count: int, images: list[np.ndarray], workdir: Path, *,
                                          WINDOW_MQTT, None)
         await sender.close()
         await receiver.close()
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-        summary = json.loads(out.decode().strip().splitlines()[-1])
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        summaries = []
+        for proc in procs:
+            printed, _ = proc.communicate(timeout=60)
+            summaries.append(json.loads(printed.decode().strip().splitlines()[-1]))
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         broker.stop()
     fps = round(got / elapsed, 1)
-    return {"frames_per_s": fps, "frames": got, "decode_floor_frames_per_s": floor,
-            "ratio_to_decode_floor": round(fps / floor, 3), "policy": policy, "device": device,
-            "worker": {k: summary.get(k) for k in (
-                "received", "served", "rejected_total", "dropped", "batches", "mean_batch_size",
-                "queue_wait_ms", "inference_ms")}}
+    shown = [{k: summary.get(k) for k in (
+        "received", "served", "rejected_total", "dropped", "batches", "mean_batch_size",
+        "queue_wait_ms", "inference_ms")} for summary in summaries]
+    out: dict[str, Any] = {
+        "frames_per_s": fps, "frames": got, "decode_floor_frames_per_s": floor,
+        "ratio_to_decode_floor": round(fps / floor, 3), "policy": policy, "device": device}
+    if workers == 1:
+        out["worker"] = shown[0]
+    else:
+        out["workers"] = shown
+    return out
 
 
 def main() -> None:
@@ -267,6 +285,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object (default)")
     parser.add_argument("--quick", action="store_true", help="finish in well under 20 s")
     parser.add_argument("--skip-ceiling", action="store_true", help="no Mosquitto section")
+    parser.add_argument("--gpu-workers", type=int, nargs="*", default=[2, 4], metavar="N",
+                        help="with a GPU: also serve with N worker processes sharing it "
+                             "(default 2 4)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: the worker's, all cores but one)")
     args = parser.parse_args()
@@ -288,10 +309,18 @@ def main() -> None:
             result["ceiling"] = asyncio.run(ceiling_run(frames, images, Path(tmp)))
         result["ceiling"]["target_frames_per_s"] = 1500
         if "cuda" in devices:
-            # the same process and load, serving the reference policy on the GPU
+            # the same process and load, serving the reference policy on the GPU; then
+            # several such processes sharing the one GPU
             with tempfile.TemporaryDirectory() as tmp:
                 result["served_cuda"] = asyncio.run(ceiling_run(
                     frames, images, Path(tmp), policy="reference", device="cuda"))
+            result["served_cuda_processes"] = {"1": result["served_cuda"]["frames_per_s"]}
+            for workers in args.gpu_workers:
+                with tempfile.TemporaryDirectory() as tmp:
+                    run = asyncio.run(ceiling_run(frames, images, Path(tmp), policy="reference",
+                                                  device="cuda", workers=workers))
+                result["served_cuda_processes"][str(workers)] = run["frames_per_s"]
+                result[f"served_cuda_x{workers}"] = run
     print(json.dumps(result))
 
 
