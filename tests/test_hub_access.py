@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
 from cloud_workers.runner import PolicyRunner
 from cloud_workers.worker import WorkerConfig, open_worker
@@ -20,7 +21,7 @@ from security.keys import Keyring, Role, add_key, load_signer
 from tests.fixtures_zmq import CurveHub
 from tests.test_worker_support import Robot, make_frame
 from vlabus.broker import TEMPLATES
-from vlabus.hub import Hub, HubConfig
+from vlabus.hub import Hub, HubConfig, tcp_endpoint
 from vlabus.hub_access import Access
 from vlabus.policy import NoopPolicy
 from vlabus.transport import Will
@@ -198,4 +199,35 @@ def test_a_worker_and_a_robot_work_within_their_rules(fleet_hub: CurveHub,
         await asyncio.wait_for(serving, 10)
         await worker.transport.close()
         assert fleet_hub.hub.counters()["denied"] == 0  # birth, death, subscriptions: allowed
+    run(body())
+
+
+def test_another_identity_cannot_take_over_a_routing_id(fleet_hub: CurveHub) -> None:
+    async def body() -> None:
+        worker = await connect(fleet_hub, "worker-1")
+        robot_a = await connect(fleet_hub, "robot-a")
+        await robot_a.subscribe(topics.action_topic("robot-a"))
+        await robot_a.publish(topics.frame_topic("robot-a"), b"sync", qos=1)  # SUB handled
+        # robot-b's own keys, robot-a's routing id: with ROUTER_HANDOVER it would take over
+        # robot-a's connection and with it robot-a's subscription
+        opts = fleet_hub.options("robot-b")
+        assert opts.curve is not None
+        thief: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        thief.setsockopt(zmq.LINGER, 0)
+        thief.setsockopt(zmq.ROUTING_ID, robot_a._sock.getsockopt(zmq.ROUTING_ID))
+        thief.curve_serverkey = opts.curve.server_public
+        thief.curve_publickey = opts.curve.public
+        thief.curve_secretkey = opts.curve.secret
+        thief.connect(tcp_endpoint(fleet_hub.url))
+        try:
+            await asyncio.sleep(0.3)
+            await worker.publish(topics.action_topic("robot-a"), b"for a", qos=1)
+            message = await asyncio.wait_for(robot_a.recv(), 5)
+            assert bytes(message.payload) == b"for a"
+            await asyncio.sleep(0.2)
+            assert not thief.poll(0)
+        finally:
+            thief.close(0)
+        for t in (worker, robot_a):
+            await t.close()
     run(body())

@@ -131,7 +131,11 @@ class Hub:
         router.setsockopt(zmq.RCVHWM, cfg.hwm)
         router.setsockopt(zmq.MAXMSGSIZE, cfg.max_msg_size)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # A reconnecting client may take over its routing id from a half-dead connection. With
+        # access rules, no: the subscriptions under that id were granted to the identity that
+        # made them, and a takeover by another identity would inherit its deliveries. A client
+        # then reconnects once libzmq has dropped the old connection (3 heartbeats at most).
+        router.setsockopt(zmq.ROUTER_HANDOVER, 0 if cfg.access is not None else 1)
         router.setsockopt(zmq.HEARTBEAT_IVL, cfg.heartbeat_ms)
         router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * cfg.heartbeat_ms)
         if cfg.curve_dir is not None:
