@@ -98,6 +98,10 @@ class Receiver:
             await self.transport.subscribe(model_manifest_topic(self.updater.name), qos=1)
             await self.transport.subscribe(model_chunk_topic(self.updater.name), qos=1)
         self._task = asyncio.create_task(self._run(), name=f"edge-recv-{self.robot_id}")
+        # Handled as they arrive, in the transport's receive callback: an action reaches the
+        # waiting control step without first waking the task below (which takes what queued
+        # before this was set, or while it had a backlog).
+        self.transport.inbox.direct = self._take
 
     def expect(self, corr: str, step: int, decide_ns: int, *,
                probe: bool = False) -> asyncio.Future[CloudReply]:
@@ -159,10 +163,14 @@ class Receiver:
 
     async def _run(self) -> None:
         async for message in self.transport.messages():
-            try:
-                self.handle(message)
-            except Exception:  # the robot keeps acting whatever one message does
-                log.exception("unexpected error handling a message on %r", message.topic)
+            self._take(message)
+
+    def _take(self, message: Message) -> bool:
+        try:
+            self.handle(message)
+        except Exception:  # the robot keeps acting whatever one message does
+            log.exception("unexpected error handling a message on %r", message.topic)
+        return True
 
     def handle(self, message: Message) -> None:
         """Route one received message; never raises for bad input."""
@@ -264,6 +272,7 @@ class Receiver:
         return {"model_updates": dict(self.updater.results) if self.updater else {}}
 
     async def close(self) -> None:
+        self.transport.inbox.direct = None
         for task in [self._task, *self._installs]:
             if task is not None:
                 task.cancel()

@@ -254,3 +254,34 @@ def test_reconnect_resubscribes(bus: Bus) -> None:
             assert pub.counters()["reconnects"] >= 1
 
     run(bus, body)
+
+
+def test_direct_consumer_keeps_order_and_loses_only_what_it_fails_on(bus: Bus) -> None:
+    """``Inbox.direct`` is offered messages as they arrive while nothing waits in the queue: a
+    message it declines is queued, and everything after it queues behind it, in order. A
+    consumer that raises loses that one message, counted as an inbox drop, and nothing else."""
+    async def body() -> None:
+        sub, pub = await bus.connect(), await bus.connect()
+        await sub.subscribe("vla/v1/robot-a/frame")
+        await settle(pub, sub, "vla/v1/robot-a/frame")
+        taken: list[int] = []
+
+        def direct(message: Message) -> bool:
+            n = int.from_bytes(bytes(message.payload), "big")
+            if n == 0:
+                raise RuntimeError("a consumer bug")
+            if n == 1:
+                taken.append(n)
+                return True
+            return False  # 2 declined: queued, and from then on nothing is offered
+
+        sub.inbox.direct = direct
+        dropped = sub.counters()["inbox_dropped"]
+        for i in range(8):
+            await pub.publish("vla/v1/robot-a/frame", i.to_bytes(4, "big"), qos=1)
+        got = [int.from_bytes(bytes((await recv(sub)).payload), "big") for _ in range(6)]
+        assert got == list(range(2, 8))
+        assert taken == [1]
+        assert sub.counters()["inbox_dropped"] == dropped + 1
+
+    run(bus, body)

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from schemas import topics
+from schemas.messages import Action
 from tests.conftest import KeyDir
 from tests.test_worker import run, serving
 from tests.test_worker_support import Robot, make_frame
@@ -89,3 +91,48 @@ def test_a_backlog_does_not_keep_the_model_waiting_until_all_of_it_is_decoded(
     assert sum(policy.sizes) == sent
     assert policy.sizes[0] == 1  # without the yield: all 24 in the first batch
     assert max(policy.sizes[1:]) > 1  # the rest queued, and batched, while the first ran
+
+
+def answered_inside_publish(keydir: KeyDir, **cfg: int) -> bool:
+    """Whether the worker's Action is already in the robot's inbox when the robot's publish of
+    the frame returns. memory:// delivers inside ``publish_nowait``, so that is true only when
+    the worker answered from its receive callback, with none of its tasks running between."""
+    policy = ThreadRecorder()
+    inside = False
+
+    async def body(url: str) -> None:
+        nonlocal inside
+        settings: dict[str, object] = {"max_delay_ns": 0, **cfg}
+        async with serving(url, keydir, {"m": policy}, **settings):  # type: ignore[arg-type]
+            robot = await Robot.connect(url, keydir.signers["robot-a"], keydir.ring)
+            await robot.send_frame(make_frame("robot-a", 0), "c0")
+            await robot.wait_for(1)  # the model is measured now: cheap, so it runs inline
+            inbox = robot.transport.inbox
+            before = inbox.received
+            wire = robot.encoder.encode(make_frame("robot-a", 1),
+                                        deadline_ns=time.time_ns() + 10**9, corr="c1")
+            robot.transport.publish_nowait(topics.frame_topic("robot-a"), wire)
+            inside = inbox.received == before + 1
+            await robot.wait_for(2)
+            reply = robot.replies["c1"]
+            assert isinstance(reply, Action)
+            assert reply.step == 1
+            await robot.close()
+
+    run(body)
+    return inside
+
+
+def test_an_idle_worker_answers_from_the_receive_callback(keydir: KeyDir) -> None:
+    assert answered_inside_publish(keydir)
+
+
+def test_a_model_on_the_inference_thread_is_answered_by_the_serving_loop(
+        keydir: KeyDir) -> None:
+    assert not answered_inside_publish(keydir, inline_below_ns=0)
+
+
+def test_a_batching_worker_waits_for_company_instead(keydir: KeyDir) -> None:
+    """With a batching delay the direct path only queues the frame: the batch is formed by
+    the serving loop when it is due, as before."""
+    assert not answered_inside_publish(keydir, max_delay_ns=5_000_000)

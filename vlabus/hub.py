@@ -43,7 +43,7 @@ _DRAIN = 512
 _ZAP_DOMAIN = "vlabus"
 _ZERO_COPY = 64 << 10
 _NB, _MORE_NB = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
-_EVENTS, _RCVMORE, _POLLIN = int(zmq.EVENTS), int(zmq.RCVMORE), int(zmq.POLLIN)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 @dataclass(frozen=True)
@@ -196,15 +196,22 @@ class Hub:
     def _drain(self, router: zmq.Socket[Any]) -> None:
         """Handle up to ``_DRAIN`` waiting messages. Routing id, verb, topic and meta are read as
         bytes (cheaper when small); later frames, i.e. payloads, as zero-copy ``zmq.Frame``."""
-        stats = self.stats
-        for _ in range(_DRAIN):
-            # Checking EVENTS (~1 us) is cheaper than the zmq.Again raised by an empty recv.
-            if not _readable(router):
+        stats, recv = self.stats, router.recv
+        for i in range(_DRAIN):
+            # The poller has just seen input, so the first check is skipped; after that,
+            # checking EVENTS (~1 us) is cheaper than the zmq.Again raised by an empty recv.
+            if i and not _readable(router):
                 return
-            parts: list[Any] = [router.recv(_NB)]
             # Routing id and head frame as bytes; the rest (payloads) as zero-copy Frames.
-            while router.getsockopt(_RCVMORE):
-                parts.append(router.recv(0, copy=len(parts) < 2))
+            # Frame.more is read from the message itself: getsockopt(RCVMORE) costs ~0.5 us.
+            try:
+                frame = recv(_NB, copy=False)
+            except zmq.Again:
+                return
+            parts: list[Any] = [frame.bytes]
+            while frame.more:
+                frame = recv(0, copy=False)
+                parts.append(frame.bytes if len(parts) < 2 else frame)
             stats["received"] += 1
             if len(parts) == 3 and parts[1][:1] == proto.PUB:  # the hot path
                 topic, _, meta = parts[1][1:].partition(b"\0")

@@ -14,15 +14,18 @@ Adapters import their vendor library inside their own module only. Vendor messag
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from schemas.errors import TransportError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,9 @@ class Transport(Protocol):
     """What the rest of vlabus needs from a bus."""
 
     url: str
+    #: received messages, in order; a consumer on the loop thread may take them as they
+    #: arrive (:attr:`Inbox.direct`)
+    inbox: Inbox
 
     @property
     def connected(self) -> bool: ...
@@ -135,6 +141,12 @@ class Inbox:
     """A bounded queue of received messages; when full the oldest is dropped and counted.
 
     ``put`` must run on the loop's thread; vendor threads call ``put_threadsafe``.
+
+    ``direct``, when set, is offered each message as it arrives while nothing waits in the
+    queue, on the loop thread, inside the adapter's receive callback: it returns True when it
+    has taken the message, False to leave it queued. It lets a latency-critical consumer (an
+    idle worker) skip the wake-up of the task awaiting :meth:`get`; order is kept because it
+    is never offered a message while older ones wait.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
@@ -145,11 +157,21 @@ class Inbox:
         self._closed = False
         self.dropped = 0
         self.received = 0
+        self.direct: Callable[[Message], bool] | None = None
 
     def put(self, message: Message) -> None:
         if self._closed:
             return
         self.received += 1
+        direct = self.direct
+        if direct is not None and not self._items:
+            try:
+                if direct(message):
+                    return
+            except Exception:  # a consumer's bug must not stop the adapter's receive loop
+                self.dropped += 1
+                log.exception("inbox consumer failed on a message from %r; dropped", message.topic)
+                return
         if len(self._items) >= self._limit:
             self._items.popleft()
             self.dropped += 1
