@@ -16,6 +16,15 @@ of bytes down (an Action envelope's size):
 * ``zmq_bare_hop``: bare pyzmq through a bare ROUTER forwarder process — the hub's topology.
 * ``mqtt_bare``: bare paho-mqtt (MQTT 5, TCP_NODELAY both ends) through the same Mosquitto.
 
+And one reference that is not a floor of the bus but of the wire format:
+
+* ``zmq_wire_hop``: the vlabus wire alone through the bare hop. Each round trip encodes and
+  signs a fresh frame, a blocking server verifies, replay-checks and decodes it and answers
+  with a signed Action, which the client verifies and decodes: the same crypto and codec as
+  vlabus, with no hub, event loop, queue or policy runner. ``ratio_p50_zmq_wire_hop_vs_
+  zmq_bare_hop`` is the lowest ratio any bus using this wire could reach on the machine, and
+  ``ratio_p50_vs_zmq_wire_hop`` what vlabus's own machinery adds on top of it.
+
 Rounds of each path are interleaved in blocks, so background load hits all alike. Every vlabus
 Action carries the worker's own durations, so each round trip is split into robot encode,
 transport (both ways), worker decode, queue wait, inference, worker encode and robot decode
@@ -55,6 +64,7 @@ from vlabus.transport import TransportOptions, open_transport
 from vlabus.wire import Decoder, Encoder
 
 HORIZON, ACTION_DIM = 50, 14
+WIRE = "zmq_wire_hop"
 BLOCK = 25
 CTX = multiprocessing.get_context("spawn")
 
@@ -123,6 +133,29 @@ def bare_zmq_hop_server(port: int, reply_size: int) -> None:
         dealer.send_multipart([src.bytes, reply], copy=False)
 
 
+def wire_hop_server(port: int, keys: str) -> None:
+    """The vlabus wire alone at the worker's end: verify, replay-check and decode each frame,
+    answer with a signed Action of zeros, on a blocking DEALER behind the bare forwarder."""
+    import zmq
+
+    encoder = Encoder(load_signer(Path(keys), "worker", "wire-worker"))
+    decoder = Decoder(Keyring.load(Path(keys)), ReplayGuard())
+    chunk = pack_array(np.zeros((HORIZON, ACTION_DIM), np.float32))
+    dealer: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.setsockopt(zmq.IDENTITY, b"wire")
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    while True:
+        src, payload = dealer.recv_multipart(copy=False)
+        got = decoder.decode(payload.buffer)
+        request = got.message
+        assert isinstance(request, Frame)
+        reply = Action(robot_id=request.robot_id, step=request.step, actions=chunk,
+                       model="bench", model_version=0, worker_id="wire-worker")
+        dealer.send_multipart([src.bytes, encoder.encode(reply, corr=got.header.corr,
+                                                         deadline_ns=got.header.deadline_ns)],
+                              copy=False)
+
+
 def bare_paho_server(port: int, username: str, password: str, reply_size: int) -> None:
     import paho.mqtt.client as mqtt
 
@@ -172,6 +205,35 @@ def zmq_client(port: int, route: bytes | None) -> Callable[[bytes], None]:
             dealer.recv_multipart(copy=False)
 
     return round_trip
+
+
+class WireClient:
+    """The vlabus wire alone at the robot's end, on a blocking DEALER through the bare hop:
+    each round trip encodes and signs a fresh frame and verifies and decodes the Action."""
+
+    def __init__(self, port: int, keys: Path) -> None:
+        import zmq
+
+        self.encoder = Encoder(load_signer(keys, "robot", "robot-1"))
+        self.decoder = Decoder(Keyring.load(keys), ReplayGuard())
+        self.state = np.linspace(-1, 1, 14, dtype=np.float32)
+        self.dealer: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
+        self.dealer.connect(f"tcp://127.0.0.1:{port}")
+        self.step = 0
+
+    def bind(self, cams: dict[str, Image]) -> Callable[[bytes], None]:
+        def round_trip(_payload: bytes) -> None:
+            self.step += 1
+            wire = self.encoder.encode_view(frame("robot-1", self.step, cams, self.state),
+                                            deadline_ns=time.time_ns() + 1_000_000_000,
+                                            corr=f"robot-1/{self.step}")
+            self.dealer.send_multipart([b"wire", wire], copy=False)
+            _, reply = self.dealer.recv_multipart(copy=False)
+            action = self.decoder.decode(reply.buffer).message
+            assert isinstance(action, Action)
+            assert action.step == self.step
+
+        return round_trip
 
 
 def paho_client(stack: ExitStack, port: int, username: str,
@@ -309,8 +371,14 @@ def start_hub(stack: ExitStack) -> str:
 
 
 def measure(loop: asyncio.AbstractEventLoop, robot: Robot,
-            floors: dict[str, Callable[[bytes], None]], case: str, rounds: int) -> dict[str, Any]:
+            floors: dict[str, Callable[[bytes], None]], case: str, rounds: int,
+            wire: WireClient | None = None) -> dict[str, Any]:
     cams, jpeg_us = cameras(case)
+    floors = dict(floors)
+    if wire is not None:
+        floors[WIRE] = wire.bind(cams)
+        for _ in range(20):  # warm-up, as for vlabus
+            floors[WIRE](b"")
     loop.run_until_complete(robot.round_trips(cams, 20))  # warm-up: queues, caches, estimates
     probe = loop.run_until_complete(robot.round_trip(cams))
     request = robot.encoder.encode(frame(robot.robot, 0, cams, robot.state))
@@ -343,6 +411,11 @@ def measure(loop: asyncio.AbstractEventLoop, robot: Robot,
         floor = stats_us(values)
         out[name] = floor
         out[f"ratio_p50_vs_{name}"] = ratio(vlabus["p50_us"], floor["p50_us"])
+    if WIRE in out and "zmq_bare_hop" in out:
+        # what the crypto and codec alone cost against the same hop: the lowest ratio any
+        # bus built on this wire format could reach on this machine
+        out[f"ratio_p50_{WIRE}_vs_zmq_bare_hop"] = ratio(out[WIRE]["p50_us"],
+                                                         out["zmq_bare_hop"]["p50_us"])
     return out
 
 
@@ -353,6 +426,8 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
         add_key(keys, "robot", "robot-1")
         add_key(keys, "worker", "worker-1")
         add_key(keys, "robot", "bare")
+        add_key(keys, "worker", "wire-worker")
+        wire: WireClient | None = None
         broker_dir = None
         loop = asyncio.new_event_loop()
         stack.callback(loop.close)
@@ -367,8 +442,10 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
             spawn(stack, bare_zmq_forwarder, ready)
             hop = ready.get(timeout=20)
             spawn(stack, bare_zmq_hop_server, hop, reply_size)
-            time.sleep(0.3)  # the hop server's DEALER registers its identity on connect
+            spawn(stack, wire_hop_server, hop, str(keys))
+            time.sleep(0.3)  # the hop servers' DEALERs register their identities on connect
             floors["zmq_bare_hop"] = zmq_client(hop, b"server")
+            wire = WireClient(hop, keys)
         else:
             from vlabus.broker import Limits, LocalMosquitto, client_options, render
 
@@ -388,7 +465,7 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
         robot = Robot(url, options, keys, "robot-1")
         loop.run_until_complete(robot.open())
         stack.callback(lambda: loop.run_until_complete(robot.bus.close()))
-        return {case: measure(loop, robot, floors, case, rounds) for case in cases}
+        return {case: measure(loop, robot, floors, case, rounds, wire) for case in cases}
 
 
 def action_size(keys: Path) -> int:
