@@ -14,6 +14,9 @@ of bytes down (an Action envelope's size):
 
 * ``zmq_bare_direct``: bare pyzmq DEALER → ROUTER server, no hub.
 * ``zmq_bare_hop``: bare pyzmq through a bare ROUTER forwarder process — the hub's topology.
+* ``zmq_bare_via_hub``: bare pyzmq clients speaking the hub's protocol by hand, through the
+  same ``vlabus hub`` process as vlabus: the hub's routing against the bare forwarder
+  (``ratio_p50_zmq_bare_via_hub_vs_zmq_bare_hop``).
 * ``mqtt_bare``: bare paho-mqtt (MQTT 5, TCP_NODELAY both ends) through the same Mosquitto.
 
 And one reference that is not a floor of the bus but of the wire format:
@@ -58,6 +61,7 @@ from schemas.images import Image, encode_image
 from schemas.messages import Action, Frame
 from security.keys import Keyring, add_key, load_signer
 from security.replay import ReplayGuard
+from vlabus import hub_routes
 from vlabus.policy import NoopPolicy
 from vlabus.procs import free_port
 from vlabus.transport import TransportOptions, open_transport
@@ -131,6 +135,32 @@ def bare_zmq_hop_server(port: int, reply_size: int) -> None:
     while True:
         src, _payload = dealer.recv_multipart(copy=False)
         dealer.send_multipart([src.bytes, reply], copy=False)
+
+
+def hub_protocol_server(port: int, reply_size: int) -> None:
+    """A bare pyzmq client of ``vlabus hub`` speaking its protocol by hand: it answers every
+    publish on ``rt/bare/req`` with ``reply_size`` bytes on ``rt/bare/rep``."""
+
+    reply = b"\0" * reply_size
+    dealer = hub_protocol_client(port, b"rt-bare-server")
+    dealer.send_multipart([hub_routes.SUB, b"rt/bare/req", b""])
+    answer = hub_routes.pub_head(b"rt/bare/rep", b"")
+    while True:
+        parts = dealer.recv_multipart(copy=False)
+        if parts[0].bytes[:1] == hub_routes.MSG:
+            dealer.send_multipart([answer, reply], copy=False)
+
+
+def hub_protocol_client(port: int, name: bytes) -> Any:
+    """A DEALER that has said HELLO to the hub (no will, a heartbeat slower than any run)."""
+    import zmq
+
+    dealer: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    dealer.send_multipart([hub_routes.HELLO, name, b"600000", b"", b"", b"0"])
+    if dealer.recv_multipart() != [hub_routes.WELCOME]:
+        raise RuntimeError("the hub did not welcome a bare client")
+    return dealer
 
 
 def wire_hop_server(port: int, keys: str) -> None:
@@ -234,6 +264,26 @@ class WireClient:
             assert action.step == self.step
 
         return round_trip
+
+
+def via_hub_client(port: int) -> Callable[[bytes], None]:
+    dealer = hub_protocol_client(port, b"rt-bare-client")
+    dealer.send_multipart([hub_routes.SUB, b"rt/bare/rep", b""])
+    request = hub_routes.pub_head(b"rt/bare/req", b"")
+
+    def round_trip(payload: bytes) -> None:
+        dealer.send_multipart([request, payload], copy=False)
+        while dealer.recv_multipart(copy=False)[0].bytes[:1] != hub_routes.MSG:
+            pass  # nothing else is expected; skipped all the same
+
+    for _ in range(200):  # the subscriptions reach the hub asynchronously: wait for an answer
+        dealer.send_multipart([request, b"warm"])
+        if dealer.poll(50):
+            dealer.recv_multipart()
+            break
+    while dealer.poll(50):
+        dealer.recv_multipart()
+    return round_trip
 
 
 def paho_client(stack: ExitStack, port: int, username: str,
@@ -411,11 +461,13 @@ def measure(loop: asyncio.AbstractEventLoop, robot: Robot,
         floor = stats_us(values)
         out[name] = floor
         out[f"ratio_p50_vs_{name}"] = ratio(vlabus["p50_us"], floor["p50_us"])
-    if WIRE in out and "zmq_bare_hop" in out:
-        # what the crypto and codec alone cost against the same hop: the lowest ratio any
-        # bus built on this wire format could reach on this machine
-        out[f"ratio_p50_{WIRE}_vs_zmq_bare_hop"] = ratio(out[WIRE]["p50_us"],
-                                                         out["zmq_bare_hop"]["p50_us"])
+    if "zmq_bare_hop" in out:
+        hop = out["zmq_bare_hop"]["p50_us"]
+        # what the hub's routing alone costs against the bare forwarder, and what the crypto
+        # and codec alone cost: the lowest ratio any bus on this wire could reach here
+        for name in ("zmq_bare_via_hub", WIRE):
+            if name in out:
+                out[f"ratio_p50_{name}_vs_zmq_bare_hop"] = ratio(out[name]["p50_us"], hop)
     return out
 
 
@@ -437,6 +489,8 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
         if bus == "zmq":
             url = start_hub(stack)
             options = TransportOptions(client_id="robot-1")
+            hub_port = int(url.rsplit(":", 1)[1])
+            spawn(stack, hub_protocol_server, hub_port, reply_size)
             spawn(stack, bare_zmq_server, ready, reply_size)
             floors["zmq_bare_direct"] = zmq_client(ready.get(timeout=20), None)
             spawn(stack, bare_zmq_forwarder, ready)
@@ -445,6 +499,7 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
             spawn(stack, wire_hop_server, hop, str(keys))
             time.sleep(0.3)  # the hop servers' DEALERs register their identities on connect
             floors["zmq_bare_hop"] = zmq_client(hop, b"server")
+            floors["zmq_bare_via_hub"] = via_hub_client(hub_port)
             wire = WireClient(hop, keys)
         else:
             from vlabus.broker import Limits, LocalMosquitto, client_options, render
