@@ -19,14 +19,21 @@ of bytes down (an Action envelope's size):
   (``ratio_p50_zmq_bare_via_hub_vs_zmq_bare_hop``).
 * ``mqtt_bare``: bare paho-mqtt (MQTT 5, TCP_NODELAY both ends) through the same Mosquitto.
 
-And one reference that is not a floor of the bus but of the wire format:
+References that are not floors of the bus but of its wire format, and a peer:
 
-* ``zmq_wire_hop``: the vlabus wire alone through the bare hop. Each round trip encodes and
-  signs a fresh frame, a blocking server verifies, replay-checks and decodes it and answers
-  with a signed Action, which the client verifies and decodes: the same crypto and codec as
-  vlabus, with no hub, event loop, queue or policy runner. ``ratio_p50_zmq_wire_hop_vs_
-  zmq_bare_hop`` is the lowest ratio any bus using this wire could reach on the machine, and
-  ``ratio_p50_vs_zmq_wire_hop`` what vlabus's own machinery adds on top of it.
+* ``zmq_wire_hop`` and ``zmq_wire_direct``: the vlabus wire alone, through the bare hop and
+  straight to the server. Each round trip encodes and signs a fresh frame; a blocking server
+  verifies, replay-checks and decodes it and answers with a signed Action, which the client
+  verifies and decodes. The same crypto and codec as vlabus, with no hub, event loop, queue or
+  policy runner: ``ratio_p50_zmq_wire_hop_vs_zmq_bare_hop`` is the lowest ratio any bus using
+  this wire could reach through a hop on the machine, and ``ratio_p50_vs_zmq_wire_hop`` what
+  vlabus's own machinery adds on top of it.
+* ``ws_msgpack_peer`` (when ``websockets`` is installed; raw cases only): openpi's published
+  remote-inference path rebuilt with the same libraries (:mod:`bench.websocket_peer`): a
+  ``websockets`` server, MessagePack with NumPy arrays, no signature, direct, carrying the same
+  observation and a 50×14 chunk. ``ratio_p50_vs_ws_msgpack_peer`` below 1 means vlabus is
+  faster than that unsigned path; ``ratio_p50_zmq_wire_direct_vs_ws_msgpack_peer`` says whether
+  the signed wire could be, without a hop.
 
 Rounds of each path are interleaved in blocks, so background load hits all alike. Every vlabus
 Action carries the worker's own durations, so each round trip is split into robot encode,
@@ -57,7 +64,7 @@ from bench.common import emit, environment, parser, ratio, single_thread_probe, 
 from edge_agent.scene import TabletopScene
 from schemas import topics
 from schemas.arrays import pack_array
-from schemas.images import Image, encode_image
+from schemas.images import Image, decode_image, encode_image
 from schemas.messages import Action, Frame
 from security.keys import Keyring, add_key, load_signer
 from security.replay import ReplayGuard
@@ -69,6 +76,8 @@ from vlabus.wire import Decoder, Encoder
 
 HORIZON, ACTION_DIM = 50, 14
 WIRE = "zmq_wire_hop"
+WIRE_DIRECT = "zmq_wire_direct"
+PEER = "ws_msgpack_peer"
 BLOCK = 25
 CTX = multiprocessing.get_context("spawn")
 
@@ -163,17 +172,22 @@ def hub_protocol_client(port: int, name: bytes) -> Any:
     return dealer
 
 
-def wire_hop_server(port: int, keys: str) -> None:
+def wire_server(keys: str, hop: int | None, ready: Any) -> None:
     """The vlabus wire alone at the worker's end: verify, replay-check and decode each frame,
-    answer with a signed Action of zeros, on a blocking DEALER behind the bare forwarder."""
+    answer with a signed Action of zeros. On a blocking DEALER behind the bare forwarder at
+    port ``hop``, or (``hop`` None) on a ROUTER of its own whose port goes on ``ready``."""
     import zmq
 
     encoder = Encoder(load_signer(Path(keys), "worker", "wire-worker"))
     decoder = Decoder(Keyring.load(Path(keys)), ReplayGuard())
     chunk = pack_array(np.zeros((HORIZON, ACTION_DIM), np.float32))
-    dealer: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
-    dealer.setsockopt(zmq.IDENTITY, b"wire")
-    dealer.connect(f"tcp://127.0.0.1:{port}")
+    if hop is None:
+        dealer: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.ROUTER)
+        ready.put(dealer.bind_to_random_port("tcp://127.0.0.1"))
+    else:
+        dealer = zmq.Context.instance().socket(zmq.DEALER)
+        dealer.setsockopt(zmq.IDENTITY, b"wire")
+        dealer.connect(f"tcp://127.0.0.1:{hop}")
     while True:
         src, payload = dealer.recv_multipart(copy=False)
         got = decoder.decode(payload.buffer)
@@ -238,10 +252,12 @@ def zmq_client(port: int, route: bytes | None) -> Callable[[bytes], None]:
 
 
 class WireClient:
-    """The vlabus wire alone at the robot's end, on a blocking DEALER through the bare hop:
-    each round trip encodes and signs a fresh frame and verifies and decodes the Action."""
+    """The vlabus wire alone at the robot's end, on a blocking DEALER, through the bare hop
+    (``route``: the server's identity there) or straight to the server (``route`` None): each
+    round trip encodes and signs a fresh frame and verifies and decodes the Action."""
 
-    def __init__(self, port: int, keys: Path) -> None:
+    def __init__(self, port: int, keys: Path, route: bytes | None) -> None:
+        self.head = [route] if route is not None else []
         import zmq
 
         self.encoder = Encoder(load_signer(keys, "robot", "robot-1"))
@@ -257,8 +273,8 @@ class WireClient:
             wire = self.encoder.encode_view(frame("robot-1", self.step, cams, self.state),
                                             deadline_ns=time.time_ns() + 1_000_000_000,
                                             corr=f"robot-1/{self.step}")
-            self.dealer.send_multipart([b"wire", wire], copy=False)
-            _, reply = self.dealer.recv_multipart(copy=False)
+            self.dealer.send_multipart([*self.head, wire], copy=False)
+            reply = self.dealer.recv_multipart(copy=False)[-1]
             action = self.decoder.decode(reply.buffer).message
             assert isinstance(action, Action)
             assert action.step == self.step
@@ -375,6 +391,18 @@ class Robot:
                 "down_bytes": len(message.payload)}
 
 
+def start_peer(stack: ExitStack, ready: Any) -> int | None:
+    """The openpi-style websocket server, when ``websockets`` is installed (``.[dev]``)."""
+    try:
+        import websockets  # noqa: F401
+    except ImportError:
+        return None
+    from bench import websocket_peer
+
+    spawn(stack, websocket_peer.serve, ready)
+    return int(ready.get(timeout=20))
+
+
 def start_worker(stack: ExitStack, url: str, keys: Path, broker: Path | None) -> None:
     port = free_port()
     args = [sys.executable, "-m", "vlabus", "worker", "--bus", url, "--keys", str(keys),
@@ -422,13 +450,19 @@ def start_hub(stack: ExitStack) -> str:
 
 def measure(loop: asyncio.AbstractEventLoop, robot: Robot,
             floors: dict[str, Callable[[bytes], None]], case: str, rounds: int,
-            wire: WireClient | None = None) -> dict[str, Any]:
+            wires: dict[str, WireClient], ws_port: int | None) -> dict[str, Any]:
     cams, jpeg_us = cameras(case)
     floors = dict(floors)
-    if wire is not None:
-        floors[WIRE] = wire.bind(cams)
-        for _ in range(20):  # warm-up, as for vlabus
-            floors[WIRE](b"")
+    for name, wire in wires.items():
+        floors[name] = wire.bind(cams)
+    if ws_port is not None and not case.endswith("jpeg"):  # the peer sends raw arrays only
+        from bench import websocket_peer
+
+        pixels = {name: decode_image(image) for name, image in cams.items()}
+        floors[PEER] = websocket_peer.client(ws_port, pixels, robot.state)
+    for name in (*wires, PEER):
+        for _ in range(20 if name in floors else 0):  # warm-up, as for vlabus
+            floors[name](b"")
     loop.run_until_complete(robot.round_trips(cams, 20))  # warm-up: queues, caches, estimates
     probe = loop.run_until_complete(robot.round_trip(cams))
     request = robot.encoder.encode(frame(robot.robot, 0, cams, robot.state))
@@ -461,13 +495,13 @@ def measure(loop: asyncio.AbstractEventLoop, robot: Robot,
         floor = stats_us(values)
         out[name] = floor
         out[f"ratio_p50_vs_{name}"] = ratio(vlabus["p50_us"], floor["p50_us"])
-    if "zmq_bare_hop" in out:
-        hop = out["zmq_bare_hop"]["p50_us"]
-        # what the hub's routing alone costs against the bare forwarder, and what the crypto
-        # and codec alone cost: the lowest ratio any bus on this wire could reach here
-        for name in ("zmq_bare_via_hub", WIRE):
-            if name in out:
-                out[f"ratio_p50_{name}_vs_zmq_bare_hop"] = ratio(out[name]["p50_us"], hop)
+    # the references against each other: what the hub's routing alone costs against the bare
+    # forwarder; what the crypto and codec alone cost, through the hop and direct (the lowest
+    # ratios any bus on this wire could reach here); and the direct wire against the peer
+    for name, base in (("zmq_bare_via_hub", "zmq_bare_hop"), (WIRE, "zmq_bare_hop"),
+                       (WIRE_DIRECT, "zmq_bare_direct"), (WIRE_DIRECT, PEER)):
+        if name in out and base in out:
+            out[f"ratio_p50_{name}_vs_{base}"] = ratio(out[name]["p50_us"], out[base]["p50_us"])
     return out
 
 
@@ -479,13 +513,14 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
         add_key(keys, "worker", "worker-1")
         add_key(keys, "robot", "bare")
         add_key(keys, "worker", "wire-worker")
-        wire: WireClient | None = None
+        wires: dict[str, WireClient] = {}
         broker_dir = None
         loop = asyncio.new_event_loop()
         stack.callback(loop.close)
         floors: dict[str, Callable[[bytes], None]] = {}
         reply_size = action_size(keys)
         ready: Any = CTX.Queue()
+        ws_port = start_peer(stack, ready)
         if bus == "zmq":
             url = start_hub(stack)
             options = TransportOptions(client_id="robot-1")
@@ -496,11 +531,13 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
             spawn(stack, bare_zmq_forwarder, ready)
             hop = ready.get(timeout=20)
             spawn(stack, bare_zmq_hop_server, hop, reply_size)
-            spawn(stack, wire_hop_server, hop, str(keys))
+            spawn(stack, wire_server, str(keys), hop, None)
             time.sleep(0.3)  # the hop servers' DEALERs register their identities on connect
             floors["zmq_bare_hop"] = zmq_client(hop, b"server")
             floors["zmq_bare_via_hub"] = via_hub_client(hub_port)
-            wire = WireClient(hop, keys)
+            spawn(stack, wire_server, str(keys), None, ready)
+            wires = {WIRE: WireClient(hop, keys, b"wire"),
+                     WIRE_DIRECT: WireClient(ready.get(timeout=20), keys, None)}
         else:
             from vlabus.broker import Limits, LocalMosquitto, client_options, render
 
@@ -520,7 +557,8 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
         robot = Robot(url, options, keys, "robot-1")
         loop.run_until_complete(robot.open())
         stack.callback(lambda: loop.run_until_complete(robot.bus.close()))
-        return {case: measure(loop, robot, floors, case, rounds, wire) for case in cases}
+        return {case: measure(loop, robot, floors, case, rounds, wires, ws_port)
+                for case in cases}
 
 
 def action_size(keys: Path) -> int:
