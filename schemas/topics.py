@@ -84,7 +84,11 @@ def robot_of(topic: str) -> str | None:
 
 
 def matches(pattern: str, topic: str) -> bool:
-    """MQTT topic matching with ``+`` (one level) and ``#`` (the rest)."""
+    """MQTT topic matching with ``+`` (one level) and ``#`` (the rest). As in MQTT (5.0,
+    4.7.2), a pattern that starts with a wildcard does not match a topic starting with ``$``:
+    ``#`` is not ``$share/...`` nor ``$SYS/...``."""
+    if topic.startswith("$") and pattern[:1] in ("#", "+"):
+        return False
     pat = pattern.split("/")
     top = topic.split("/")
     for i, part in enumerate(pat):

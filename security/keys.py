@@ -7,6 +7,7 @@ Layout of a keyring directory (one folder per role, one PEM pair per identity)::
     DIR/worker/worker-1.pub.pem
     DIR/release/release.pub.pem
     DIR/replay/replay.pub.pem
+    DIR/recorder/recorder.pub.pem a fleet recorder: reads the bus, may send nothing
     DIR/pool/gpu.pub.pem          X25519 public key of worker pool "gpu" (optional sealing)
     DIR/pool/gpu.key.pem          X25519 private key (0600), only on that pool's workers
 
@@ -35,8 +36,8 @@ from schemas.errors import KeyringError
 from schemas.topics import check_id
 from security.seal import PoolKey, PoolSecret
 
-Role = Literal["robot", "worker", "release", "replay"]
-ROLES: tuple[Role, ...] = ("robot", "worker", "release", "replay")
+Role = Literal["robot", "worker", "release", "replay", "recorder"]
+ROLES: tuple[Role, ...] = ("robot", "worker", "release", "replay", "recorder")
 #: The folder of X25519 pool keys used to seal bodies; not a signing role.
 POOL = "pool"
 #: Every folder of a keyring directory (``vlabus keys add`` accepts each).

@@ -27,7 +27,7 @@ class KeyDir:
 IDENTITIES = [
     ("robot", "robot-a"), ("robot", "robot-b"), ("robot", "robot-c"),
     ("worker", "worker-1"), ("worker", "worker-2"),
-    ("release", "release"), ("replay", "replay"),
+    ("release", "release"), ("replay", "replay"), ("recorder", "recorder"),
 ]
 
 

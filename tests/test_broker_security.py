@@ -134,6 +134,31 @@ def test_workers_group_loses_nothing_to_an_intruder(mosquitto_fleet: LocalMosqui
     run(body)
 
 
+def test_recorder_reads_the_fleet_and_sends_nothing(mosquitto_fleet: LocalMosquitto) -> None:
+    """The ``recorder`` role: "vla/v1/#" delivers the whole tree (frames the worker pool also
+    gets, actions); "#", joining a pool and publishing are refused. (A "#" rule would have let
+    it join the pool: the dynamic-security plugin matches "#" against "$share/...".)"""
+    async def body() -> None:
+        worker = await connect(mosquitto_fleet, "worker-1")
+        rec = await connect(mosquitto_fleet, "recorder")
+        robot_a = await connect(mosquitto_fleet, "robot-a")
+        await worker.subscribe("vla/v1/+/frame", group="workers")
+        await rec.subscribe("vla/v1/#")
+        for pattern, group in (("#", None), ("vla/v1/+/frame", "workers"), ("#", "workers")):
+            with pytest.raises(SubscribeRejected):
+                await rec.subscribe(pattern, group=group)
+        with pytest.raises(PublishRejected):
+            await rec.publish("vla/v1/robot-a/frame", b"forged", qos=1)
+        await robot_a.publish("vla/v1/robot-a/frame", b"frame", qos=1)
+        assert bytes((await recv(worker)).payload) == b"frame"
+        await worker.publish("vla/v1/robot-a/action", b"action", qos=1)
+        seen = {(m.topic, bytes(m.payload)) for m in [await recv(rec), await recv(rec)]}
+        assert seen == {("vla/v1/robot-a/frame", b"frame"), ("vla/v1/robot-a/action", b"action")}
+        await close(worker, rec, robot_a)
+
+    run(body)
+
+
 def test_client_without_valid_certificate_is_refused(
     mosquitto_fleet: LocalMosquitto, tmp_path: Path
 ) -> None:

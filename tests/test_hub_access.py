@@ -33,7 +33,8 @@ FRAMES, ACTIONS = topics.ALL_FRAMES, "vla/v1/+/action"
 
 def access() -> Access:
     return Access.for_identities(
-        [("robot", "robot-a"), ("robot", "robot-b"), ("worker", "worker-1")], RULES)
+        [("robot", "robot-a"), ("robot", "robot-b"), ("worker", "worker-1"),
+         ("recorder", "rec")], RULES)
 
 
 def test_robots_publish_only_under_their_own_id() -> None:
@@ -64,10 +65,33 @@ def test_subscriptions_are_checked_with_wildcards_taken_literally() -> None:
     assert not rules.may_subscribe("stranger", "vla/v1/models/#", "")
 
 
+def test_a_recorder_reads_everything_and_sends_nothing() -> None:
+    rules = access()
+    assert rules.may_subscribe("rec", "vla/v1/#", "")
+    assert rules.may_subscribe("rec", FRAMES, "")
+    assert not rules.may_subscribe("rec", "#", "")
+    assert not rules.may_subscribe("rec", FRAMES, "workers")  # joining the pool
+    for topic in (b"vla/v1/robot-a/frame", b"vla/v1/robot-a/action", b"vla/v1/models/m/x",
+                  b"vla/v1/workers/rec/status"):
+        assert not rules.may_publish("rec", topic)
+
+
+def test_a_leading_wildcard_rule_does_not_open_the_pools() -> None:
+    """Mosquitto's dynamic-security plugin lets a "#" subscribe rule join "$share/..." groups
+    (tests/test_broker_security.py shows the role avoids it); the hub matches as MQTT says:
+    a leading wildcard never matches a "$" topic."""
+    rules = Access.for_identities([("recorder", "rec")],
+                                  {"recorder": {"publish": [], "subscribe": ["#"]}})
+    assert rules.may_subscribe("rec", "#", "")
+    assert not rules.may_subscribe("rec", FRAMES, "workers")
+    assert not rules.may_subscribe("rec", "#", "workers")
+
+
 @pytest.fixture
 def fleet_hub(tmp_path: Path) -> Iterator[CurveHub]:
     keyring, curve = tmp_path / "keys", tmp_path / "curve"
-    names: dict[str, Role] = {"robot-a": "robot", "robot-b": "robot", "worker-1": "worker"}
+    names: dict[str, Role] = {"robot-a": "robot", "robot-b": "robot", "worker-1": "worker",
+                              "rec": "recorder"}
     init_curve(curve)
     for name, role in names.items():
         add_key(keyring, role, name)
@@ -229,5 +253,35 @@ def test_another_identity_cannot_take_over_a_routing_id(fleet_hub: CurveHub) -> 
         finally:
             thief.close(0)
         for t in (worker, robot_a):
+            await t.close()
+    run(body())
+
+
+def test_a_recorder_sees_the_pools_traffic_without_taking_any(fleet_hub: CurveHub) -> None:
+    """A plain "vla/v1/#" subscription gets a copy of every message while the pool still gets
+    each frame; the recorder cannot join the pool, nor publish."""
+    async def body() -> None:
+        worker = await connect(fleet_hub, "worker-1")
+        robot_a = await connect(fleet_hub, "robot-a")
+        rec = await connect(fleet_hub, "rec")
+        await worker.subscribe(FRAMES, group="workers")
+        await rec.subscribe("vla/v1/#")
+        await rec.subscribe(FRAMES, group="workers")  # refused: would take frames from the pool
+        await eventually(lambda: rec.counters()["denied"] == 1)
+        await settle(worker)
+        for step in range(4):
+            await robot_a.publish(topics.frame_topic("robot-a"), b"f%d" % step, qos=1)
+        got = [bytes((await asyncio.wait_for(worker.recv(), 5)).payload) for _ in range(4)]
+        assert got == [b"f%d" % step for step in range(4)]
+        await worker.publish(topics.action_topic("robot-a"), b"act", qos=1)
+        seen = [await asyncio.wait_for(rec.recv(), 5) for _ in range(6)]  # 4 frames, the
+        # worker's settle probe and the action, in publish order per sender
+        assert [bytes(m.payload) for m in seen if m.topic == topics.frame_topic("robot-a")] \
+            == [b"f%d" % step for step in range(4)]
+        assert (topics.action_topic("robot-a"), b"act") in {(m.topic, bytes(m.payload))
+                                                           for m in seen}
+        with pytest.raises(TransportError, match="hub refused"):
+            await rec.publish(topics.frame_topic("robot-a"), b"forged", qos=1)
+        for t in (worker, robot_a, rec):
             await t.close()
     run(body())

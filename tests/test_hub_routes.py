@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from schemas.topics import matches
 from vlabus.hub_routes import Routes, decode_meta, encode_meta
 
 
@@ -15,6 +16,19 @@ def test_wildcards_match_levels_not_prefixes() -> None:
     # ZeroMQ's SUB prefix filter would deliver this to a; MQTT matching must not.
     assert list(routes.recipients(b"vla/v1/robot-10/frame")) == [b"b"]
     assert list(routes.recipients(b"vla/v1/robot-10/frame/x")) == []
+
+
+def test_leading_wildcards_do_not_match_dollar_topics() -> None:
+    """MQTT 5.0, 4.7.2: "#" is not "$share/..." (a recorder's "#" rule must not let it join a
+    worker pool) nor "$SYS/..."; a "$" level given literally still matches."""
+    assert not matches("#", "$share/workers/vla/v1/+/frame")
+    assert not matches("+/workers/#", "$share/workers/vla/v1/+/frame")
+    assert matches("$share/+/vla/v1/+/frame", "$share/workers/vla/v1/+/frame")
+    assert matches("#", "vla/v1/robot-1/frame")
+    routes = Routes()
+    routes.subscribe(b"a", "#", "")
+    assert list(routes.recipients(b"$SYS/broker/uptime")) == []
+    assert list(routes.recipients(b"vla/v1/r/frame")) == [b"a"]
 
 
 def test_overlapping_subscriptions_deliver_once() -> None:
