@@ -448,7 +448,7 @@ def start_hub(stack: ExitStack) -> str:
 # -- measurement -----------------------------------------------------------------------------
 
 
-def measure(loop: asyncio.AbstractEventLoop, robot: Robot,
+def measure(stack: ExitStack, loop: asyncio.AbstractEventLoop, robot: Robot,
             floors: dict[str, Callable[[bytes], None]], case: str, rounds: int,
             wires: dict[str, WireClient], ws_port: int | None) -> dict[str, Any]:
     cams, jpeg_us = cameras(case)
@@ -459,7 +459,7 @@ def measure(loop: asyncio.AbstractEventLoop, robot: Robot,
         from bench import websocket_peer
 
         pixels = {name: decode_image(image) for name, image in cams.items()}
-        floors[PEER] = websocket_peer.client(ws_port, pixels, robot.state)
+        floors[PEER] = websocket_peer.client(stack, ws_port, pixels, robot.state)
     for name in (*wires, PEER):
         for _ in range(20 if name in floors else 0):  # warm-up, as for vlabus
             floors[name](b"")
@@ -557,7 +557,7 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
         robot = Robot(url, options, keys, "robot-1")
         loop.run_until_complete(robot.open())
         stack.callback(lambda: loop.run_until_complete(robot.bus.close()))
-        return {case: measure(loop, robot, floors, case, rounds, wires, ws_port)
+        return {case: measure(stack, loop, robot, floors, case, rounds, wires, ws_port)
                 for case in cases}
 
 

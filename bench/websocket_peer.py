@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 import msgpack
@@ -70,13 +71,14 @@ def serve(ready: Any) -> None:
     asyncio.run(main())
 
 
-def client(port: int, cams: dict[str, np.ndarray],
+def client(stack: ExitStack, port: int, cams: dict[str, np.ndarray],
            state: np.ndarray) -> Callable[[bytes], None]:
-    """A blocking client; each call packs the observation, sends it and unpacks the answer."""
+    """A blocking client, connected until ``stack`` closes; each call packs the observation,
+    sends it and unpacks the answer."""
     import websockets.sync.client
 
-    ws = websockets.sync.client.connect(f"ws://127.0.0.1:{port}", compression=None,
-                                        max_size=None)
+    ws = stack.enter_context(websockets.sync.client.connect(
+        f"ws://127.0.0.1:{port}", compression=None, max_size=None))
 
     def round_trip(_payload: bytes) -> None:
         obs = {"images": cams, "state": state, "prompt": "pick up the red cube"}
