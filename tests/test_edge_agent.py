@@ -33,7 +33,7 @@ class Rig:
     url: str
 
 
-async def make_rig(keydir: KeyDir, *, deadline_ms: float = 30, chunk: int = 1,
+async def make_rig(keydir: KeyDir, *, deadline_ms: float = 200, chunk: int = 1,
                    refill_below: int = 0, period_ms: float = 10, delay_s: float = 0.0,
                    breaker: BreakerConfig | None = None,
                    policy: TinyPolicy | None = None) -> Rig:
@@ -73,7 +73,7 @@ def test_on_time_cloud_action_wins(keydir: KeyDir) -> None:
             assert result.action[0] == pytest.approx(0.5)
             assert result.worker_id == "worker-1"
             assert result.rtt_ns is not None
-            assert 0 < result.rtt_ns < 30 * MS
+            assert 0 < result.rtt_ns < 200 * MS  # inside the deadline
             assert rig.agent.stats.actions_by_source == {"cloud": 1}
             assert rig.agent.stats.parts_ns["transport_up_down"]  # breakdown recorded
         finally:
@@ -85,7 +85,7 @@ def test_on_time_cloud_action_wins(keydir: KeyDir) -> None:
 def test_late_cloud_falls_back_at_the_deadline_and_late_reply_is_discarded(
         keydir: KeyDir) -> None:
     async def main() -> None:
-        rig = await make_rig(keydir, deadline_ms=20, delay_s=0.040)
+        rig = await make_rig(keydir, deadline_ms=20, delay_s=0.100)
         try:
             loop = asyncio.get_running_loop()
             start = loop.time()
@@ -95,13 +95,14 @@ def test_late_cloud_falls_back_at_the_deadline_and_late_reply_is_discarded(
             assert result.cause is Cause.TIMEOUT
             assert result.action is not None
             assert result.action[0] == pytest.approx(-0.5)
-            assert 0.017 < took < 0.026  # decided at the deadline, not after the cloud
-            assert result.lateness_ns < 5 * MS
+            # decided at the deadline, not after the cloud (bounds loose for a loaded CI machine)
+            assert 0.017 < took < 0.050
+            assert result.lateness_ns < 15 * MS
             stats = rig.agent.stats
             await wait_until(lambda: stats.late_replies_discarded == 1)
             assert stats.actions_by_source == {"fallback": 1}  # never executed late
             assert stats.rtt_ns
-            assert stats.rtt_ns[-1] > 35 * MS
+            assert stats.rtt_ns[-1] > 95 * MS
         finally:
             await rig.cloud.close()
             await rig.agent.close()
@@ -110,8 +111,8 @@ def test_late_cloud_falls_back_at_the_deadline_and_late_reply_is_discarded(
 
 def test_hedge_makes_a_slow_local_policy_ready_at_the_deadline(keydir: KeyDir) -> None:
     async def main() -> None:
-        # local inference takes 8 ms: started at the deadline it would finish 8 ms late
-        rig = await make_rig(keydir, deadline_ms=25, policy=SlowPolicy(0.008))
+        # local inference takes 25 ms: started at the deadline it would finish 25 ms late
+        rig = await make_rig(keydir, deadline_ms=60, policy=SlowPolicy(0.025))
         rig.cloud.alive = False
         try:
             loop = asyncio.get_running_loop()
@@ -120,8 +121,8 @@ def test_hedge_makes_a_slow_local_policy_ready_at_the_deadline(keydir: KeyDir) -
                 result = await rig.agent.act(observation(step))
                 took = loop.time() - start
                 assert result.cause is Cause.TIMEOUT
-                assert took < 0.025 + 0.003, f"step {step} took {took * 1e3:.1f} ms"
-                assert result.lateness_ns < 3 * MS
+                assert took < 0.060 + 0.012, f"step {step} took {took * 1e3:.1f} ms"
+                assert result.lateness_ns < 12 * MS
             assert rig.agent.stats.hedges_started == 3
         finally:
             await rig.cloud.close()
@@ -146,7 +147,7 @@ def test_deadline_already_passed_still_gives_a_local_action(keydir: KeyDir) -> N
 
 def test_forged_reply_gives_rejected_reply_cause(keydir: KeyDir) -> None:
     async def main() -> None:
-        rig = await make_rig(keydir, deadline_ms=20)
+        rig = await make_rig(keydir)
         rig.cloud.forge = True
         try:
             result = await rig.agent.act(observation())
@@ -218,7 +219,7 @@ def test_breaker_opens_on_dead_cloud_and_recovers_when_it_returns(keydir: KeyDir
 
 def test_chunks_execute_from_the_queue_and_refill_before_running_dry(keydir: KeyDir) -> None:
     async def main() -> None:
-        rig = await make_rig(keydir, chunk=4, refill_below=2, period_ms=5, deadline_ms=30)
+        rig = await make_rig(keydir, chunk=4, refill_below=2, period_ms=5)
         try:
             results = []
             for tick in range(12):
@@ -237,7 +238,7 @@ def test_chunks_execute_from_the_queue_and_refill_before_running_dry(keydir: Key
 
 def test_chunk_gap_is_filled_by_the_local_policy(keydir: KeyDir) -> None:
     async def main() -> None:
-        rig = await make_rig(keydir, chunk=4, refill_below=2, period_ms=5, deadline_ms=15)
+        rig = await make_rig(keydir, chunk=4, refill_below=2, period_ms=5, deadline_ms=60)
         try:
             first = await rig.agent.act(observation(0))
             assert first.source is Source.CLOUD

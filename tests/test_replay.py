@@ -46,7 +46,74 @@ def ordered(written: list[tuple[str, bytes, int]]) -> list[tuple[str, bytes, int
     return sorted(written, key=lambda row: row[2])  # stable: ties keep file order
 
 
+class VirtualClock:
+    """A monotonic clock that moves only when the replayer sleeps or a publish stalls it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sent: list[tuple[str, bytes, float]] = []
+        self.stalls: dict[int, float] = {}  # publish index -> seconds that publish takes
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+        self.now += seconds
+
+    async def publish(self, topic: str, payload: bytes, **_options: object) -> None:
+        self.sent.append((topic, bytes(payload), self.now))
+        self.now += self.stalls.get(len(self.sent) - 1, 0.0)
+
+
+def play_virtual(path: Path, clock: VirtualClock, **options: object) -> ReplayStats:
+    replayer = Replayer(clock, path, monotonic=clock.monotonic,  # type: ignore[arg-type]
+                        sleep=clock.sleep, **options)  # type: ignore[arg-type]
+    return asyncio.run(replayer.run())
+
+
+def test_each_message_is_due_at_its_recorded_offset(keydir: KeyDir, tmp_path: Path) -> None:
+    path = tmp_path / "log.mcap"
+    written = write_log(path, keydir.signers, steps=15, period_ns=20_000_000)
+    clock = VirtualClock()
+    stats = play_virtual(path, clock)
+
+    expected = ordered(written)
+    first = expected[0][2]
+    assert [(t, w) for t, w, _ in clock.sent] == [(t, w) for t, w, _ in expected]
+    assert [at for _t, _w, at in clock.sent] == pytest.approx(
+        [(log_ns - first) / 1e9 for _t, _w, log_ns in expected], abs=1e-9)
+    offsets = stats.as_dict()["offset_ms"]
+    assert offsets["count"] == len(written) == stats.published
+    assert offsets["max_ms"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_stall_makes_messages_late_without_shifting_later_ones(
+        keydir: KeyDir, tmp_path: Path) -> None:
+    path = tmp_path / "log.mcap"
+    written = write_log(path, keydir.signers, steps=10, period_ns=20_000_000)
+    expected = ordered(written)
+    first = expected[0][2]
+    due = [(log_ns - first) / 1e9 / 2.0 for _t, _w, log_ns in expected]  # rate 2
+    clock = VirtualClock()
+    clock.stalls[4] = 0.030  # the fifth publish blocks for 30 ms
+    stats = play_virtual(path, clock, rate=2.0)
+
+    sent = [at for _t, _w, at in clock.sent]
+    stall_end = due[4] + 0.030
+    for index, (at, when) in enumerate(zip(sent, due, strict=True)):
+        if index > 4 and when < stall_end:
+            assert at == pytest.approx(stall_end), index  # sent at once, in order
+        else:
+            assert at == pytest.approx(when), index  # on time: lateness did not accumulate
+    late = [i for i in range(len(due)) if i > 4 and due[i] < stall_end]
+    assert late  # the stall really delayed someone
+    assert stats.offsets.max_ms == pytest.approx((stall_end - due[late[0]]) * 1000)
+
+
 def test_rate_1_follows_recorded_timing_and_order(keydir: KeyDir, tmp_path: Path) -> None:
+    """The same on the real clock and a real bus; bounds loose enough for a loaded CI machine
+    (the exact schedule is checked on the virtual clock above)."""
     path = tmp_path / "log.mcap"
     written = write_log(path, keydir.signers, steps=15, period_ns=20_000_000)
     stats, got, elapsed = asyncio.run(play(path, "rp-rate1"))
@@ -54,16 +121,16 @@ def test_rate_1_follows_recorded_timing_and_order(keydir: KeyDir, tmp_path: Path
     expected = ordered(written)
     assert [(m.topic, bytes(m.payload)) for m in got] == [(t, w) for t, w, _ in expected]
     span = (expected[-1][2] - expected[0][2]) / 1e9
-    assert span * 0.95 <= elapsed <= span + 0.25
-    # Each message lands at its recorded offset from the first one (generous bounds for CI).
+    assert span * 0.95 <= elapsed <= span + 1.0
     first_recv, first_log = got[0].received_ns, expected[0][2]
-    lateness_ms = [((m.received_ns - first_recv) - (log_ns - first_log)) / 1e6
-                   for m, (_t, _w, log_ns) in zip(got, expected, strict=True)]
-    assert min(lateness_ms) > -2.0
-    assert max(lateness_ms) < 50.0
+    lateness_ms = sorted(((m.received_ns - first_recv) - (log_ns - first_log)) / 1e6
+                         for m, (_t, _w, log_ns) in zip(got, expected, strict=True))
+    assert lateness_ms[0] > -2.0  # never early
+    assert lateness_ms[len(lateness_ms) // 2] < 20.0  # the median on time; a stall is allowed
     offsets = stats.as_dict()["offset_ms"]
     assert offsets["count"] == len(written) == stats.published
-    assert 0.0 <= offsets["p50_ms"] <= offsets["p99_ms"] <= offsets["max_ms"] < 50.0
+    assert 0.0 <= offsets["p50_ms"] <= offsets["p99_ms"] <= offsets["max_ms"]
+    assert offsets["p50_ms"] < 20.0
 
 
 def test_rate_2_takes_half_the_time(keydir: KeyDir, tmp_path: Path) -> None:
@@ -72,7 +139,7 @@ def test_rate_2_takes_half_the_time(keydir: KeyDir, tmp_path: Path) -> None:
     _, got1, slow = asyncio.run(play(path, "rp-r1"))
     _, got2, fast = asyncio.run(play(path, "rp-r2", rate=2.0))
     assert [bytes(m.payload) for m in got1] == [bytes(m.payload) for m in got2]
-    assert 0.4 <= fast / slow <= 0.7
+    assert 0.4 <= fast / slow <= 0.8  # exact halving is checked on the virtual clock
 
 
 def test_loop_repeats_the_same_sequence(keydir: KeyDir, tmp_path: Path) -> None:

@@ -116,8 +116,8 @@ def test_run_sim_robot_dead_cloud_every_step_still_acts(keydir: KeyDir) -> None:
     assert summary["steps_without_action"] == 0
     # the policy thread is warmed up and single-threaded: no cold 70 ms first calls (a bound
     # loose enough for a loaded CI machine; bench.fallback measures the real figure)
-    assert summary["lateness_ms"]["p50"] == 0.0
-    assert summary["lateness_ms"]["max"] < 20.0
+    assert summary["lateness_ms"]["p50"] < 2.0
+    assert summary["lateness_ms"]["max"] < 50.0
 
 
 def test_run_sim_robot_in_chunk_mode(keydir: KeyDir) -> None:

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from vlabus.wire import Decoder, Encoder
 log = logging.getLogger(__name__)
 
 Monotonic = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class Restamper:
@@ -123,6 +124,7 @@ class Replayer:
         start_offset_s: float = 0.0,
         restamper: Restamper | None = None,
         monotonic: Monotonic = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
@@ -134,6 +136,7 @@ class Replayer:
         self.start_offset_s = start_offset_s
         self.restamper = restamper
         self._monotonic = monotonic
+        self._sleep = sleep  # with ``monotonic``, a test's virtual clock
         self.stats = ReplayStats()
 
     async def run(self) -> ReplayStats:
@@ -155,7 +158,7 @@ class Replayer:
             due = t0 + (record.log_ns - origin_ns) / 1e9 / self.rate
             delay = due - self._monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
             payload = record.data
             if self.restamper is not None:
                 try:
