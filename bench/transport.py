@@ -27,7 +27,6 @@ import json
 import multiprocessing
 import os
 import queue
-import socket
 import statistics
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import zmq
+from paho.mqtt.enums import CallbackAPIVersion
 
 from bench import transport_peers as peers
 from bench.transport_bridges import BRIDGES
@@ -177,7 +177,7 @@ def ready_value(q: Any) -> Any:
 def bare_zmq(stack: ExitStack, kind: str) -> tuple[Runner, int, list[int]]:
     """A bare pyzmq pinger for path ``kind``: the runner, the hub (or echo) port, the pids."""
 
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     ready = CTX.Queue()
     hub_target = {"forwarder": peers.zmq_forwarder, "proxy": peers.zmq_proxy,
                   "direct": peers.zmq_direct_echo}[kind]
@@ -206,7 +206,7 @@ def bare_zmq(stack: ExitStack, kind: str) -> tuple[Runner, int, list[int]]:
         out.send_multipart([*head, payload], copy=len(payload) < 65536)
 
     def recv() -> object:
-        if not inp.poll(TIMEOUT_S * 1000):
+        if not inp.poll(int(TIMEOUT_S * 1000)):
             raise TimeoutError("no echo")
         return inp.recv_multipart(copy=False)
 
@@ -265,7 +265,7 @@ def zmq_hub_bare(stack: ExitStack) -> Runner:
     port = int(hub.url.rsplit(":", 1)[1])
     pids = [hub.pid, process(stack, peers.hub_protocol_echo, port, "bench/hb/ping",
                              "bench/hb/pong")]
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     stack.callback(sock.close, 0)
     sock.connect(f"tcp://127.0.0.1:{port}")
     sock.send_multipart([b"S", b"bench/hb/pong", b""])
@@ -275,7 +275,7 @@ def zmq_hub_bare(stack: ExitStack) -> Runner:
         sock.send_multipart([head, payload], copy=len(payload) < 65536)
 
     def recv() -> object:
-        if not sock.poll(TIMEOUT_S * 1000):
+        if not sock.poll(int(TIMEOUT_S * 1000)):
             raise TimeoutError("no echo")
         return sock.recv_multipart(copy=False)
 
@@ -330,14 +330,13 @@ def bare_paho(stack: ExitStack, port: int, username: str | None,
 
     inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
     subscribed = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-ping-bare",
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-ping-bare",
                          protocol=mqtt.MQTTv5)
     client.username_pw_set(username, password)
-    client.on_socket_open = lambda c, u, s: s.setsockopt(
-        socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client.on_socket_open = peers.no_delay
     client.on_connect = lambda c, u, f, rc, p: c.subscribe("bench/bare/pong", qos=0)
     client.on_subscribe = lambda c, u, mid, codes, p: subscribed.set()
-    client.on_message = lambda c, u, msg: inbox.put(msg.payload)
+    client.on_message = lambda c, u, msg: inbox.put(bytes(msg.payload))
     client.connect("127.0.0.1", port)
     client.loop_start()
     stack.callback(client.loop_stop)

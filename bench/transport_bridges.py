@@ -63,7 +63,7 @@ async def add_reader(endpoint: str) -> Bridge:
 
     async def send(payload: bytes) -> None:
         sock.send(payload, zmq.NOBLOCK)
-        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             loop.call_soon(drain)
 
     async def recv() -> Any:

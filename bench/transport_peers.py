@@ -13,6 +13,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import zmq
+from paho.mqtt.enums import CallbackAPIVersion
 
 from vlabus.transport import open_transport
 
@@ -30,24 +31,32 @@ def vlabus_echo(url: str, options: Any, ping: str, pong: str) -> None:
     asyncio.run(run())
 
 
+def no_delay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+    """paho's ``on_socket_open``: turn Nagle off on the TCP socket."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def paho_echo(port: int, username: str | None, password: str | None, ping: str,
               pong: str) -> None:
     """Echo with bare paho (MQTT 5, TCP_NODELAY), answering from the network thread."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-echo-bare",
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-echo-bare",
                          protocol=mqtt.MQTTv5)
     if username:
         client.username_pw_set(username, password)
-    client.on_socket_open = lambda c, u, s: s.setsockopt(
-        socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client.on_socket_open = no_delay
     client.on_connect = lambda c, u, f, rc, p: c.subscribe(ping, qos=0)
-    client.on_message = lambda c, u, msg: c.publish(pong, msg.payload, qos=0)
+
+    def echo(c: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        c.publish(pong, msg.payload, qos=0)
+
+    client.on_message = echo
     client.connect("127.0.0.1", port)
     client.loop_forever()
 
 
 def zmq_forwarder(ready: Queue[int]) -> None:
     """A bare ROUTER hop in Python: [dest, payload] from src goes out as [src, payload] to dest."""
-    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
     ready.put(router.bind_to_random_port("tcp://127.0.0.1"))
     while True:
         src, dest, payload = router.recv_multipart(copy=False)
@@ -56,7 +65,7 @@ def zmq_forwarder(ready: Queue[int]) -> None:
 
 def zmq_forwarder_echo(port: int) -> None:
 
-    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     dealer.setsockopt(zmq.ROUTING_ID, b"echo")
     dealer.connect(f"tcp://127.0.0.1:{port}")
     while True:
@@ -66,7 +75,7 @@ def zmq_forwarder_echo(port: int) -> None:
 
 def zmq_proxy(ready: Queue[int]) -> None:
     """The C device: ``zmq.proxy(XSUB, XPUB)``, no Python on the message path."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     xsub, xpub = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
     ready.put(xsub.bind_to_random_port("tcp://127.0.0.1"))
     ready.put(xpub.bind_to_random_port("tcp://127.0.0.1"))
@@ -75,7 +84,7 @@ def zmq_proxy(ready: Queue[int]) -> None:
 
 def zmq_proxy_echo(xsub_port: int, xpub_port: int) -> None:
 
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sub, pub = ctx.socket(zmq.SUB), ctx.socket(zmq.PUB)
     sub.setsockopt(zmq.SUBSCRIBE, PING.encode())
     sub.connect(f"tcp://127.0.0.1:{xpub_port}")
@@ -87,7 +96,7 @@ def zmq_proxy_echo(xsub_port: int, xpub_port: int) -> None:
 
 def zmq_direct_echo(ready: Queue[int]) -> None:
     """No hub: a ROUTER that sends every message back to its sender."""
-    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
     ready.put(router.bind_to_random_port("tcp://127.0.0.1"))
     while True:
         router.send_multipart(router.recv_multipart(copy=False), copy=False)
@@ -96,7 +105,7 @@ def zmq_direct_echo(ready: Queue[int]) -> None:
 
 def hub_protocol_echo(port: int, ping: str, pong: str) -> None:
     """Bare sync pyzmq speaking the vlabus hub's wire protocol (no adapter, no asyncio)."""
-    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     dealer.connect(f"tcp://127.0.0.1:{port}")
     dealer.send_multipart([b"S", ping.encode(), b""])
     head = b"P" + pong.encode()
