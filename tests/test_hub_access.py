@@ -14,13 +14,14 @@ import zmq
 from cloud_workers.runner import PolicyRunner
 from cloud_workers.worker import WorkerConfig, open_worker
 from schemas import topics
-from schemas.errors import TransportError
+from schemas.errors import SubscribeRejected, TransportError
 from schemas.messages import Action
 from security.curve import add_curve_client, init_curve
 from security.keys import Keyring, Role, add_key, load_signer
 from tests.fixtures_zmq import CurveHub
 from tests.test_worker_support import Robot, make_frame
 from vlabus.broker import TEMPLATES
+from vlabus.cli import main
 from vlabus.hub import Hub, HubConfig, tcp_endpoint
 from vlabus.hub_access import Access
 from vlabus.policy import NoopPolicy
@@ -131,9 +132,13 @@ def test_a_robot_cannot_take_the_pools_frames(fleet_hub: CurveHub) -> None:
         robot_a = await connect(fleet_hub, "robot-a")
         thief = await connect(fleet_hub, "robot-b")
         await worker.subscribe(FRAMES, group="workers")
-        await thief.subscribe(FRAMES, group="workers")  # would take every other frame
-        await thief.subscribe(ACTIONS)  # would read every robot's actions
-        await eventually(lambda: thief.counters()["denied"] == 2)
+        with pytest.raises(SubscribeRejected, match=r"\$share/workers/.*0x87.*'robot-b' may not"):
+            await thief.subscribe(FRAMES, group="workers")  # would take every other frame
+        with pytest.raises(SubscribeRejected) as refused:
+            await thief.subscribe(ACTIONS)  # would read every robot's actions
+        assert (refused.value.pattern, refused.value.code) == (ACTIONS, 0x87)
+        assert thief.counters()["denied"] == 2
+        assert not thief._subs  # a refused subscription is not sent again after a reconnect
         for step in range(6):
             await robot_a.publish(topics.frame_topic("robot-a"), b"f%d" % step, qos=1)
         got = [bytes((await asyncio.wait_for(worker.recv(), 5)).payload) for _ in range(6)]
@@ -266,8 +271,9 @@ def test_a_recorder_sees_the_pools_traffic_without_taking_any(fleet_hub: CurveHu
         rec = await connect(fleet_hub, "rec")
         await worker.subscribe(FRAMES, group="workers")
         await rec.subscribe("vla/v1/#")
-        await rec.subscribe(FRAMES, group="workers")  # refused: would take frames from the pool
-        await eventually(lambda: rec.counters()["denied"] == 1)
+        with pytest.raises(SubscribeRejected):  # would take frames from the pool
+            await rec.subscribe(FRAMES, group="workers")
+        assert rec.counters()["denied"] == 1
         await settle(worker)
         for step in range(4):
             await robot_a.publish(topics.frame_topic("robot-a"), b"f%d" % step, qos=1)
@@ -285,3 +291,25 @@ def test_a_recorder_sees_the_pools_traffic_without_taking_any(fleet_hub: CurveHu
         for t in (worker, robot_a, rec):
             await t.close()
     run(body())
+
+
+def test_vlabus_record_with_the_default_topics_is_refused_with_a_hint(
+        fleet_hub: CurveHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``vlabus record``'s default ``#`` is refused on an access-controlled hub: exit 2 and an
+    error that says what to pass; with ``--topics 'vla/v1/#'`` the recorder-role identity
+    records."""
+    out = tmp_path / "rec.mcap"
+    common = ["record", "--bus", fleet_hub.url, "--curve", str(fleet_hub.keys), "--identity",
+              "rec", "-o", str(out), "--duration", "0.2", "--quiet", "--json"]
+    assert main(common) == 2
+    summary = json.loads(capsys.readouterr().out)
+    assert "subscribe to '#' refused: 0x87" in summary["error"]
+    assert "--topics 'vla/v1/#'" in summary["error"]
+    assert fleet_hub.hub.counters()["denied"] == 1
+
+    assert main([*common, "--topics", "vla/v1/#"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["error"] is None
+    assert summary["file"] == str(out)
+    assert out.stat().st_size > 0
+    assert fleet_hub.hub.counters()["denied"] == 1

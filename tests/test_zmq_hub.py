@@ -122,6 +122,33 @@ def test_retained_and_cleared(zmq_hub: Hub) -> None:
     run(body())
 
 
+def test_sub_with_a_mid_is_acknowledged_before_its_retained_messages(zmq_hub: Hub) -> None:
+    """The hub protocol by hand: a SUB with a mid gets ACK first (as MQTT's SUBACK precedes
+    retained messages); a SUB without one, from an older client, gets no answer but works."""
+    async def body() -> None:
+        pub = await client(zmq_hub.url, "pub")
+        await pub.publish("vla/v1/r/status", b"online", retain=True, qos=1)
+        await pub.close()
+    run(body())
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(tcp_endpoint(zmq_hub.url))
+    try:
+        dealer.send_multipart([b"S", b"vla/v1/+/status", b"", b"7"])
+        assert dealer.poll(5000)
+        assert dealer.recv_multipart() == [b"A", b"7"]
+        assert dealer.poll(5000)
+        assert dealer.recv_multipart() == [b"Mvla/v1/r/status", b"online"]
+        dealer.send_multipart([b"S", b"vla/v1/r/#", b""])  # the old form
+        assert dealer.poll(5000)
+        assert dealer.recv_multipart() == [b"Mvla/v1/r/status", b"online"]
+        assert not dealer.poll(200)  # no ACK for it
+    finally:
+        dealer.close(0)
+        ctx.term()
+
+
 def test_will_on_abort_not_on_close(zmq_hub: Hub) -> None:
     async def body() -> None:
         watcher = await client(zmq_hub.url, "watcher")
@@ -353,6 +380,24 @@ def test_unacknowledged_qos1_publish_fails_after_two_keepalives_and_is_forgotten
                 await asyncio.wait_for(acked, 5)
             assert 1.8 < time.monotonic() - started < 4
             assert not t._pending  # not re-sent after a later reconnect
+            t.abort()
+
+    run(body())
+
+
+def test_a_subscription_the_hub_never_answers_fails_clearly() -> None:
+    """A hub that does not confirm subscriptions (one older than this client) gives an error
+    after two keepalives, not a silent subscription that receives nothing."""
+    async def body() -> None:
+        with silent_hub() as (url, router):
+            opening = asyncio.ensure_future(client(url, "lonely", keepalive_s=1))
+            await welcome(router)
+            t = await opening
+            started = time.monotonic()
+            with pytest.raises(TransportError, match="did not answer the subscription"):
+                await t.subscribe("vla/v1/r/action")
+            assert 1.8 < time.monotonic() - started < 4
+            assert not t._sub_waits
             t.abort()
 
     run(body())

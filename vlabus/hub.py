@@ -232,15 +232,18 @@ class Hub:
         verb = parts[1] if len(parts) > 1 else b""
         n = len(parts)
         try:
-            if verb == proto.SUB and n == 4:
+            if verb == proto.SUB and n in (4, 5):
                 self.routes.seen(rid, time.monotonic_ns())
                 pattern, group = parts[2].bytes.decode(), parts[3].bytes.decode()
+                mid = parts[4].bytes if n == 5 else b""  # asks for ACK or NACK
                 user = _user(parts[2])
                 if self._access is not None and not self._access.may_subscribe(user, pattern,
                                                                                group):
                     where = f" in group {group!r}" if group else ""
-                    self._deny(router, rid, user, f"subscribe to {pattern!r}{where}", b"")
+                    self._deny(router, rid, user, f"subscribe to {pattern!r}{where}", mid)
                     return
+                if mid:  # before the retained messages, as MQTT's SUBACK
+                    self._send(router, rid, [proto.ACK, mid])
                 for topic, payload in self.routes.subscribe(rid, pattern, group):
                     self._send(router, rid, [proto.MSG + topic.encode(), payload])
             elif verb == proto.UNSUB and n == 4:

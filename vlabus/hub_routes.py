@@ -3,17 +3,19 @@
 Frames on the single DEALER<->ROUTER pair (the hub's ROUTER adds/strips the routing id)::
 
     client -> hub   HELLO   [b"H", client_id, heartbeat_ms, will_topic, will_payload, retain]
-                    SUB     [b"S", pattern, group]            group b"" = plain subscription
+                    SUB     [b"S", pattern, group (, mid)]    group b"" = plain subscription;
+                                                              with mid: answered ACK or NACK
                     UNSUB   [b"U", pattern, group]
                     PUB     [b"P" topic [b"\0" meta], payload]
                             meta: ";"-joined b"r" (retain), b"e<ns>" (expiry), b"q<mid>" (QoS 1)
                     PING    [b"I"]
                     BYE     [b"B"]                            clean close: no will
     hub -> client   MSG     [b"M" topic, payload]
-                    ACK     [b"A", mid]                       QoS 1 publish accepted
+                    ACK     [b"A", mid]                       QoS 1 publish or SUB accepted
                     WELCOME [b"W"]                            answer to HELLO
                     NACK    [b"N", mid, reason]               refused by the hub's access
-                                                              rules (mid b"" unless QoS 1)
+                                                              rules (mid b"" unless QoS 1
+                                                              or a SUB with mid)
 
 PUB and MSG carry verb, topic and flags in one frame: every frame costs a send and a receive
 call at each end, and these two verbs are the whole hot path. Topics cannot contain NUL (MQTT

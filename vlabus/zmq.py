@@ -11,6 +11,10 @@ HELLO (its will and heartbeat), its subscriptions, its retained messages and una
 publishes, so a restarted hub relearns everything. ``IMMEDIATE`` keeps libzmq from queueing into
 a dead connection; while disconnected, publishes wait in our bounded outbox instead (oldest
 dropped and counted; expired ones dropped at flush and counted).
+
+A subscription made while connected waits for the hub's answer, as MQTT's SUBACK: ACK, or NACK
+from its access rules (:class:`SubscribeRejected`). Those re-sent after a handshake are not
+confirmed; a refusal then is logged and counted in ``denied``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from urllib.parse import urlsplit
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from schemas.errors import TransportError
+from schemas.errors import SubscribeRejected, TransportError
 from vlabus import hub_routes as proto
 from vlabus.hub import tcp_endpoint
 from vlabus.transport import Inbox, Message, TransportOptions, done_future, iterate, now_ns
@@ -68,6 +72,7 @@ class ZmqTransport:
         self._subs: dict[tuple[str, str], None] = {}
         self._retained: OrderedDict[str, bytes] = OrderedDict()
         self._pending: dict[bytes, _Pending] = {}
+        self._sub_waits: dict[bytes, tuple[asyncio.Future[None], str]] = {}  # mid -> (, filter)
         self._outbox: deque[_Out] = deque()
         self._mids = itertools.count(1)
         self._welcome: asyncio.Future[None] = self._loop.create_future()
@@ -184,10 +189,30 @@ class ZmqTransport:
             _fail(entry.future, exc)
 
     async def subscribe(self, pattern: str, *, group: str | None = None, qos: int = 1) -> None:
+        """See :class:`Transport`. Connected, it waits for the hub's answer, like MQTT's SUBACK:
+        a subscription the hub's access rules refuse raises :class:`SubscribeRejected` and is
+        not kept. Disconnected, it is kept and sent after the next handshake, unconfirmed."""
         if not self._open:
             raise TransportError("zmq transport closed")
-        self._subs[(pattern, group or "")] = None
-        self._send([proto.SUB, pattern.encode(), (group or "").encode()])
+        key = (pattern, group or "")
+        self._subs[key] = None
+        if not self._connected:
+            return
+        mid = b"%d" % next(self._mids)
+        if not self._send([proto.SUB, pattern.encode(), key[1].encode(), mid]):
+            return  # the connection is going: sent again after the next handshake
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._sub_waits[mid] = (future, f"$share/{group}/{pattern}" if group else pattern)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), 2 * self.options.keepalive_s)
+        except SubscribeRejected:
+            self._subs.pop(key, None)
+            raise
+        except TimeoutError:
+            raise TransportError(f"hub {self.url} did not answer the subscription to "
+                                 f"{pattern!r} (a hub older than this client?)") from None
+        finally:
+            self._sub_waits.pop(mid, None)
 
     async def unsubscribe(self, pattern: str, *, group: str | None = None) -> None:
         self._subs.pop((pattern, group or ""), None)
@@ -228,6 +253,8 @@ class ZmqTransport:
         for entry in self._pending.values():
             entry.timer.cancel()
             _fail(entry.future, TransportError("zmq transport closed"))
+        for future, _filter in self._sub_waits.values():
+            _fail(future, TransportError("zmq transport closed"))
         _fail(self._welcome, TransportError("zmq transport closed"))
 
     # -- socket I/O, all on the loop thread --------------------------------------------------
@@ -288,11 +315,14 @@ class ZmqTransport:
                     continue
                 inbox.put(Message(topic, payload, now_ns()))
             elif head == proto.ACK and len(parts) == 2:
-                entry = self._pending.pop(parts[1].bytes, None)
+                mid = parts[1].bytes
+                entry = self._pending.pop(mid, None)
                 if entry is not None:
                     entry.timer.cancel()
                     if not entry.future.done():
                         entry.future.set_result(None)
+                elif (wait := self._sub_waits.pop(mid, None)) is not None:
+                    _done(wait[0])
             elif head == proto.NACK and len(parts) == 3:
                 self._refused(parts[1].bytes, parts[2].bytes.decode(errors="replace"))
             elif head == proto.WELCOME and len(parts) == 1:
@@ -307,9 +337,12 @@ class ZmqTransport:
         fails with the reason; anything else is logged. Both are counted in ``denied``."""
         self._stats["denied"] += 1
         entry = self._pending.pop(mid, None) if mid else None
+        wait = self._sub_waits.pop(mid, None) if mid else None
         if entry is not None:
             entry.timer.cancel()
             _fail(entry.future, TransportError(f"hub refused: {reason}"))
+        elif wait is not None:
+            _fail(wait[0], SubscribeRejected(wait[1], 0x87, f"Not authorized ({reason})"))
         else:
             log.warning("zmq: hub refused: %s", reason)
 
@@ -333,6 +366,9 @@ class ZmqTransport:
                     entry.timer.cancel()
                     if not entry.future.done():
                         entry.future.set_result(None)
+                for future, _filter in self._sub_waits.values():  # kept, like a publish
+                    _done(future)
+                self._sub_waits.clear()
             else:
                 _fail(self._welcome, TransportError(
                     f"hub {self.url} refused the CURVE handshake (event {event})"))
@@ -402,3 +438,8 @@ def _fail(future: asyncio.Future[None], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
         future.exception()
+
+
+def _done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,7 +1,8 @@
 """``vlabus record``: write bus traffic to an MCAP file (see :mod:`vlabus.record`).
 
 Exit status 0 when the recording ended normally (duration, Ctrl-C, SIGTERM), 1 when the file
-could not be written (e.g. a full disk), 2 when the bus could not be reached.
+could not be written (e.g. a full disk), 2 when the bus could not be reached or refused a
+subscription.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from schemas.errors import BusError, WireError
+from schemas.errors import BusError, SubscribeRejected, WireError
 from security.keys import Keyring
 from vlabus.commands._bus import add_bus_arguments, transport_options
 from vlabus.inbound import Rejections
@@ -70,11 +71,20 @@ async def record_command(args: argparse.Namespace) -> dict[str, Any]:
     try:
         transport = await open_transport(
             args.bus, transport_options(args, args.identity, client_id))
+    except (BusError, OSError) as exc:
+        recorder.close()
+        return {"exit_code": 2, "error": f"cannot reach {args.bus}: {exc}"}
+    try:
         for pattern in args.topics:
             await transport.subscribe(pattern)
     except (BusError, OSError) as exc:
         recorder.close()
-        return {"exit_code": 2, "error": f"cannot reach {args.bus}: {exc}"}
+        await transport.close()
+        refused = f"{args.bus}: {exc}"
+        if isinstance(exc, SubscribeRejected) and exc.pattern[:1] in ("#", "+"):
+            refused += (f"; on an access-controlled bus identity {args.identity!r} needs the "
+                      "recorder role and --topics 'vla/v1/#'")
+        return {"exit_code": 2, "error": refused}
 
     verified = 0
     rejections = Rejections()
