@@ -42,6 +42,51 @@ def check_name(value: str) -> str:
     return value
 
 
+MAX_TOPIC_BYTES = 65535  # MQTT's UTF-8 string limit
+
+
+def topic_name_problem(topic: str) -> str | None:
+    """Why ``topic`` may not be published to, or None. MQTT 5 (4.7.3, 1.5.4): not empty, no
+    wildcard, no NUL, UTF-8 of at most 65,535 bytes. Every adapter checks before sending, so a
+    bad name fails the call instead of making the broker drop the connection."""
+    if not topic:
+        return "is empty"
+    if "+" in topic or "#" in topic:
+        return "contains a wildcard"
+    return _string_problem(topic)
+
+
+def topic_filter_problem(pattern: str) -> str | None:
+    """Why ``pattern`` may not be subscribed to, or None. MQTT 5 (4.7.1): not empty, ``#``
+    only as the whole last level, ``+`` only as a whole level, no NUL, UTF-8 of at most
+    65,535 bytes. ``$share/...`` is refused: the Transport API takes the group separately."""
+    if not pattern:
+        return "is empty"
+    if pattern.startswith("$share/"):
+        return "is a shared subscription: pass the group as group="
+    if "+" in pattern or "#" in pattern:
+        levels = pattern.split("/")
+        for index, level in enumerate(levels):
+            if "#" in level and (level != "#" or index != len(levels) - 1):
+                return "has '#' other than as the whole last level"
+            if "+" in level and level != "+":
+                return "has '+' other than as a whole level"
+    return _string_problem(pattern)
+
+
+def _string_problem(text: str) -> str | None:
+    if "\0" in text:
+        return "contains NUL"
+    if text.isascii():
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode())
+        except UnicodeEncodeError:
+            return "is not valid UTF-8"
+    return f"is {size} bytes, over {MAX_TOPIC_BYTES}" if size > MAX_TOPIC_BYTES else None
+
+
 def frame_topic(robot_id: str) -> str:
     return f"{PREFIX}/{check_id(robot_id)}/frame"
 

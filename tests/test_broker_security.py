@@ -91,8 +91,11 @@ def test_robot_cannot_subscribe_to_wildcards_or_groups(
 ) -> None:
     async def body() -> None:
         robot = await connect(mosquitto_fleet, "robot-b")
+        group, wanted = None, pattern
+        if pattern.startswith("$share/"):  # the adapter takes the group apart from the filter
+            _, group, wanted = pattern.split("/", 2)
         with pytest.raises(SubscribeRejected) as info:
-            await robot.subscribe(pattern)
+            await robot.subscribe(wanted, group=group)
         assert info.value.code == 0x87
         await close(robot)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from schemas.errors import TransportError
+from schemas.errors import PublishRejected, SubscribeRejected, TransportError
 from vlabus.hub import Hub, HubConfig
 from vlabus.memory import reset_memory
 from vlabus.transport import Message, Transport, TransportOptions, open_transport
@@ -129,6 +129,36 @@ def test_publish_nowait_sends_before_returning_and_completes_on_ack(bus: Bus) ->
         await pub.close()
         with pytest.raises(TransportError):
             pub.publish_nowait("vla/v1/robot-a/action", b"late", qos=1)
+
+    run(bus, body)
+
+
+def test_invalid_topics_fail_the_call_and_lose_nothing_else(bus: Bus) -> None:
+    """Checked before sending, on every bus: Mosquitto would drop the connection over a bad
+    name, and with it whatever else was in flight; the hub would route a wildcard literally."""
+    async def body() -> None:
+        sub, pub = await bus.connect(), await bus.connect()
+        await sub.subscribe("vla/v1/robot-a/action")
+        await settle(pub, sub, "vla/v1/robot-a/action")
+        pub.publish_nowait("vla/v1/robot-a/action", b"before", qos=1)
+        for topic in ("", "vla/v1/+/action", "vla/v1/#", "vla/v1/a\0b"):
+            for qos in (0, 1):
+                with pytest.raises(PublishRejected) as refused:
+                    await pub.publish(topic, b"bad", qos=qos)
+                assert refused.value.code == 0x90
+            with pytest.raises(PublishRejected):
+                pub.publish_nowait(topic, b"bad")
+        for pattern, group in (("", None), ("vla/#/x", None), ("vla/a+", None),
+                               ("$share/workers/vla/v1/+/frame", None),
+                               ("vla/v1/+/frame", "a/b"), ("vla/v1/+/frame", "g#")):
+            with pytest.raises(SubscribeRejected) as rejected:
+                await sub.subscribe(pattern, group=group)
+            assert rejected.value.code == 0x8F
+        await pub.publish("vla/v1/robot-a/action", b"after", qos=1)
+        assert [bytes((await recv(sub)).payload) for _ in range(2)] == [b"before", b"after"]
+        assert pub.connected
+        assert sub.connected
+        assert pub.counters().get("reconnects", 0) == 0
 
     run(bus, body)
 

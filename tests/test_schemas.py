@@ -20,6 +20,8 @@ from schemas.topics import (
     model_chunk_topic,
     robot_of,
     shared,
+    topic_filter_problem,
+    topic_name_problem,
     worker_status_topic,
 )
 
@@ -170,6 +172,25 @@ def test_topics() -> None:
             check_id(bad)
     with pytest.raises(SchemaError):
         model_chunk_topic("a/b")
+
+
+def test_topic_names_and_filters_follow_mqtt() -> None:
+    for good in ("vla/v1/robot-a/frame", "/", "a//b", "$SYS/x", "é/ü", "x" * 65535):
+        assert topic_name_problem(good) is None, good
+    for bad, why in (("", "empty"), ("vla/+/frame", "wildcard"), ("vla/#", "wildcard"),
+                     ("a+b", "wildcard"), ("a\0b", "NUL"), ("x" * 65536, "over 65535"),
+                     ("é" * 32768, "over 65535"), ("a\ud800", "UTF-8")):
+        problem = topic_name_problem(bad)
+        assert problem is not None, bad
+        assert why in problem
+    for good in ("#", "+", "vla/v1/+/frame", "vla/v1/#", "+/+/#", "/#", "a//+", "vla/v1/r"):
+        assert topic_filter_problem(good) is None, good
+    for bad, why in (("", "empty"), ("vla/#/x", "'#'"), ("vla/#x", "'#'"), ("a#", "'#'"),
+                     ("vla/a+", "'+'"), ("+a/b", "'+'"), ("a\0#", "'#'"), ("a\0b", "NUL"),
+                     ("$share/g/vla/#", "group="), ("y" * 65536, "over 65535")):
+        problem = topic_filter_problem(bad)
+        assert problem is not None, bad
+        assert why in problem, (bad, problem)
 
 
 @pytest.mark.parametrize("channels", [2, 4])

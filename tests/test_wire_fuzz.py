@@ -58,10 +58,14 @@ def test_mutated_real_envelopes(wire: bytes, data: st.DataObject) -> None:
             mutated[at:at] = data.draw(st.binary(min_size=1, max_size=8))
         else:
             del mutated[at: at + data.draw(st.integers(1, 8))]
-    fleet = Fleet()
+    # A fleet that knows the sender's key (and shares its clock): a mutation must fail the
+    # signature or an earlier check, not merely the key lookup.
+    fleet = Fleet(clock=FLEET.clock, robot=FLEET.robot)
     reason = _decode_or_reason(bytes(mutated), fleet)
     if bytes(mutated) != wire:
         assert reason is not None
+    else:
+        assert reason is None
 
 
 @SETTINGS

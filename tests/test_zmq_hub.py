@@ -149,6 +149,35 @@ def test_sub_with_a_mid_is_acknowledged_before_its_retained_messages(zmq_hub: Hu
         ctx.term()
 
 
+def test_the_hub_refuses_invalid_topics_from_any_client(zmq_hub: Hub) -> None:
+    """A client that skips the adapter's checks: an invalid filter or a wildcard topic is
+    answered with NACK and counted as malformed; the hub routes nothing of it, and serves on."""
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(tcp_endpoint(zmq_hub.url))
+    try:
+        dealer.send_multipart([b"S", b"vla/#/x", b"", b"1"])
+        assert dealer.poll(5000)
+        verb, mid, reason = dealer.recv_multipart()
+        assert (verb, mid) == (b"N", b"1")
+        assert b"invalid topic filter" in reason
+        dealer.send_multipart([b"S", b"#", b"", b"2"])
+        assert dealer.poll(5000)
+        assert dealer.recv_multipart() == [b"A", b"2"]
+        for topic in (b"vla/+/x", b"", b"vla/#"):
+            dealer.send_multipart([b"P" + topic + b"\0q9", b"bad"])
+            assert dealer.poll(5000)
+            assert dealer.recv_multipart()[:2] == [b"N", b"9"]
+        dealer.send_multipart([b"Pvla/ok\0q10", b"good"])
+        got = [dealer.recv_multipart() for _ in range(2) if dealer.poll(5000)]
+        assert sorted(got) == [[b"A", b"10"], [b"Mvla/ok", b"good"]]
+        assert zmq_hub.counters()["malformed"] == 4
+    finally:
+        dealer.close(0)
+        ctx.term()
+
+
 def test_will_on_abort_not_on_close(zmq_hub: Hub) -> None:
     async def body() -> None:
         watcher = await client(zmq_hub.url, "watcher")

@@ -31,6 +31,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from schemas.errors import BusError, TransportError
+from schemas.topics import topic_filter_problem
 from security.curve import authorized_dir, load_hub_keys
 from vlabus import hub_routes as proto
 from vlabus.hub_access import Access, curve_names
@@ -224,6 +225,8 @@ class Hub:
                     self._publish(router, parts[0], topic, meta, parts[2])
                 except (ValueError, UnicodeDecodeError) as exc:
                     self._malformed(parts[0], exc)
+                    if mid := _mid(meta):  # a QoS 1 publisher learns at once, not by timeout
+                        self._send(router, parts[0], [proto.NACK, mid, str(exc).encode()])
             else:
                 self._handle(router, parts)
 
@@ -237,6 +240,13 @@ class Hub:
                 pattern, group = parts[2].bytes.decode(), parts[3].bytes.decode()
                 mid = parts[4].bytes if n == 5 else b""  # asks for ACK or NACK
                 user = _user(parts[2])
+                problem = topic_filter_problem(pattern) or (
+                    "has an invalid group" if any(c in group for c in "/+#\0") else None)
+                if problem is not None:
+                    self._malformed(rid, f"subscribe to {pattern!r}: it {problem}")
+                    self._send(router, rid, [proto.NACK, mid, f"invalid topic filter {pattern!r}: "
+                                             f"it {problem}".encode()])
+                    return
                 if self._access is not None and not self._access.may_subscribe(user, pattern,
                                                                                group):
                     where = f" in group {group!r}" if group else ""
@@ -291,6 +301,8 @@ class Hub:
 
     def _publish(self, router: zmq.Socket[Any], rid: bytes, topic: bytes, meta_raw: bytes,
                  payload: zmq.Frame | bytes) -> None:
+        if not topic or b"+" in topic or b"#" in topic:  # NUL cannot be in it: it ends the topic
+            raise ValueError(f"invalid topic name {topic[:64]!r}")
         if meta_raw:
             meta = proto.decode_meta(meta_raw)
             if meta.expires_ns and meta.expires_ns < time.time_ns():

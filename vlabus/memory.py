@@ -14,7 +14,16 @@ from urllib.parse import urlsplit
 
 from schemas.errors import TransportError
 from schemas.topics import matches
-from vlabus.transport import Inbox, Message, TransportOptions, done_future, iterate, now_ns
+from vlabus.transport import (
+    Inbox,
+    Message,
+    TransportOptions,
+    check_filter,
+    check_topic,
+    done_future,
+    iterate,
+    now_ns,
+)
 
 
 @dataclass
@@ -105,6 +114,7 @@ class MemoryTransport:
     ) -> asyncio.Future[None]:
         if not self._open:
             raise TransportError("memory transport closed")
+        check_topic(topic)
         if len(payload) > self.options.max_payload:
             raise TransportError(f"payload of {len(payload)} bytes over {self.options.max_payload}")
         self._broker.deliver(topic, bytes(payload), retain)
@@ -113,6 +123,7 @@ class MemoryTransport:
     async def subscribe(self, pattern: str, *, group: str | None = None, qos: int = 1) -> None:
         if not self._open:
             raise TransportError("memory transport closed")
+        check_filter(pattern, group)
         if group is None:
             self._broker.plain.append((pattern, self))
             for topic, payload in self._broker.retained.items():

@@ -65,7 +65,16 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from schemas.errors import PublishRejected, SubscribeRejected, TransportError
 from vlabus.backoff import Backoff
 from vlabus.outbox import Outbox
-from vlabus.transport import Inbox, Message, TransportOptions, done_future, iterate, now_ns
+from vlabus.transport import (
+    Inbox,
+    Message,
+    TransportOptions,
+    check_filter,
+    check_topic,
+    done_future,
+    iterate,
+    now_ns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -573,6 +582,7 @@ class MqttTransport:
                        retain: bool, expiry_s: float | None) -> asyncio.Future[None] | None:
         if self._closed:
             raise TransportError("mqtt transport closed")
+        check_topic(topic)
         if len(payload) > self.options.max_payload:
             raise TransportError(f"payload of {len(payload)} bytes over {self.options.max_payload}")
         if qos not in (0, 1):
@@ -594,6 +604,7 @@ class MqttTransport:
         """Subscribe (as a member of ``$share/group`` when given); kept across reconnects."""
         if self._closed:
             raise TransportError("mqtt transport closed")
+        check_filter(pattern, group)
         topic = f"$share/{group}/{pattern}" if group else pattern
         if self._connected:
             codes = await asyncio.wait_for(self._send_subscribe([(topic, qos)]),

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from schemas.errors import TransportError
+from schemas.errors import PublishRejected, SubscribeRejected, TransportError
+from schemas.topics import topic_filter_problem, topic_name_problem
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,9 @@ class Transport(Protocol):
         expiry_s: float | None = None,
     ) -> None:
         """Send ``payload``. QoS 1 waits for the broker's acknowledgement and raises
-        :class:`~schemas.errors.PublishRejected` with its reason code when refused."""
+        :class:`~schemas.errors.PublishRejected` with its reason code when refused. An invalid
+        topic name raises ``PublishRejected`` (0x90) before anything is sent (:func:`check_topic`).
+        """
 
     def publish_nowait(
         self,
@@ -122,7 +125,9 @@ class Transport(Protocol):
 
     async def subscribe(self, pattern: str, *, group: str | None = None, qos: int = 1) -> None:
         """Receive messages matching ``pattern``; with ``group``, share them round-robin with
-        the other members of that group (MQTT ``$share/group/pattern``)."""
+        the other members of that group (MQTT ``$share/group/pattern``). A refused or invalid
+        subscription raises :class:`~schemas.errors.SubscribeRejected` (0x8F for an invalid
+        filter or group, checked before anything is sent: :func:`check_filter`)."""
 
     async def recv(self) -> Message:
         """The next message; raises :class:`TransportError` once closed."""
@@ -244,3 +249,22 @@ async def open_transport(url: str, options: TransportOptions) -> Transport:
 
         return await open_zmq(url, options)
     raise TransportError(f"unknown bus URL scheme in {url!r}; use memory://, mqtt://, zmq://")
+
+
+def check_topic(topic: str) -> None:
+    """Raise ``PublishRejected`` (0x90 Topic Name invalid) unless ``topic`` is a valid MQTT
+    topic name. Every adapter calls it first: Mosquitto answers a bad name by dropping the
+    connection, with everything in flight on it."""
+    problem = topic_name_problem(topic)
+    if problem is not None:
+        raise PublishRejected(topic, 0x90, f"Topic Name invalid: it {problem}")
+
+
+def check_filter(pattern: str, group: str | None) -> None:
+    """Raise ``SubscribeRejected`` (0x8F Topic Filter invalid) unless ``pattern`` is a valid
+    MQTT topic filter and ``group``, when given, a valid share name (no ``/``, ``+``, ``#``)."""
+    problem = topic_filter_problem(pattern)
+    if problem is None and group and any(c in group for c in "/+#\0"):
+        problem = f"has the invalid group {group!r}"
+    if problem is not None:
+        raise SubscribeRejected(pattern, 0x8F, f"Topic Filter invalid: it {problem}")

@@ -36,7 +36,16 @@ from zmq.utils.monitor import parse_monitor_message
 from schemas.errors import SubscribeRejected, TransportError
 from vlabus import hub_routes as proto
 from vlabus.hub import tcp_endpoint
-from vlabus.transport import Inbox, Message, TransportOptions, done_future, iterate, now_ns
+from vlabus.transport import (
+    Inbox,
+    Message,
+    TransportOptions,
+    check_filter,
+    check_topic,
+    done_future,
+    iterate,
+    now_ns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +155,7 @@ class ZmqTransport:
             raise TransportError("zmq transport closed")
         if len(payload) > self.options.max_payload:
             raise TransportError(f"payload of {len(payload)} bytes over {self.options.max_payload}")
-        if "\0" in topic:
-            raise TransportError(f"topic {topic!r} contains NUL")
+        check_topic(topic)
         expires_ns = time.time_ns() + int(expiry_s * 1e9) if expiry_s is not None else 0
         mid = b"%d" % next(self._mids) if qos > 0 else b""
         meta = (proto.encode_meta(retain=retain, expires_ns=expires_ns, mid=mid)
@@ -194,6 +202,7 @@ class ZmqTransport:
         not kept. Disconnected, it is kept and sent after the next handshake, unconfirmed."""
         if not self._open:
             raise TransportError("zmq transport closed")
+        check_filter(pattern, group)
         key = (pattern, group or "")
         self._subs[key] = None
         if not self._connected:
