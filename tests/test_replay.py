@@ -284,3 +284,22 @@ def test_replay_cli_summary_with_a_key_file(keydir: KeyDir, tmp_path: Path,
                  "--json"])
     assert code == 1
     assert "no such file" in json.loads(capsys.readouterr().out)["error"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["replay", "x.mcap", "--bus", "memory://x", "--topics", "vla/v1/#/frame"],
+    ["record", "--bus", "memory://x", "-o", "x.mcap", "--topics", "vla/+x"],
+    ["log", "cat", "x.mcap", "--topics", ""],
+    ["log", "export", "x.mcap", "out", "--topics", "$share/g/vla/#"],
+    ["log", "evaluate", "x.mcap", "--topics", "a\0b"],
+])
+def test_an_invalid_topics_pattern_is_a_usage_error(
+        argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caught by argparse, before a file is opened or a bus reached, with the reason."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert "invalid topic filter" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -16,7 +16,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from schemas.topics import topic_filter_problem
 from vlabus.transport import CurveKeys, TlsFiles, TransportOptions
+
+
+def topic_pattern(text: str) -> str:
+    """argparse ``type=`` for ``--topics``: an MQTT topic filter, or a usage error saying why."""
+    problem = topic_filter_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"invalid topic filter {text!r}: it {problem}")
+    return text
 
 
 def add_bus_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from schemas.errors import BusError, KeyringError
 from security.keys import Keyring, load_pool_secret
 from security.seal import Opener
+from vlabus.commands._bus import topic_pattern
 
 # mcap, numpy and torch load inside the handlers: `vlabus --help` stays fast.
 
@@ -31,7 +32,7 @@ def register(sub: Any) -> None:
 
     cat = actions.add_parser("cat", help="decoded messages as JSON lines (arrays summarised)")
     cat.add_argument("file")
-    cat.add_argument("--topics", nargs="+", default=None, metavar="PATTERN")
+    cat.add_argument("--topics", nargs="+", type=topic_pattern, default=None, metavar="PATTERN")
     cat.add_argument("--keys", default=None, metavar="DIR", help="verify signatures")
     cat.add_argument("--limit", type=int, default=None, help="stop after N messages")
     cat.add_argument("--pool", default=None, metavar="NAME", help=POOL_HELP)
@@ -46,7 +47,7 @@ def register(sub: Any) -> None:
     export = actions.add_parser("export", help="JSON-encoded MCAP for Foxglove")
     export.add_argument("file")
     export.add_argument("output")
-    export.add_argument("--topics", nargs="+", default=None, metavar="PATTERN")
+    export.add_argument("--topics", nargs="+", type=topic_pattern, default=None, metavar="PATTERN")
     export.add_argument("--keys", default=None, metavar="DIR",
                         help="verify signatures; skip messages that fail")
     export.add_argument("--pool", default=None, metavar="NAME", help=POOL_HELP)
@@ -58,7 +59,8 @@ def register(sub: Any) -> None:
     evaluate.add_argument("--policy", required=True,
                           help="reference, noop, FILE.safetensors or module:factory")
     evaluate.add_argument("--keys", default=None, metavar="DIR", help="verify signatures")
-    evaluate.add_argument("--topics", nargs="+", default=None, metavar="PATTERN")
+    evaluate.add_argument("--topics", nargs="+", type=topic_pattern, default=None,
+                          metavar="PATTERN")
     evaluate.add_argument("--device", default="cpu", help="policy device (default cpu)")
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--pool", default=None, metavar="NAME", help=POOL_HELP)

@@ -18,7 +18,7 @@ from typing import Any
 
 from schemas.errors import BusError, SubscribeRejected, WireError
 from security.keys import Keyring
-from vlabus.commands._bus import add_bus_arguments, transport_options
+from vlabus.commands._bus import add_bus_arguments, topic_pattern, transport_options
 from vlabus.inbound import Rejections
 from vlabus.transport import Message, open_transport
 from vlabus.wire import Decoder
@@ -30,8 +30,8 @@ def register(sub: Any) -> None:
     parser.add_argument("--identity", default="recorder",
                         help="identity whose bus credentials to use (default recorder)")
     parser.add_argument("-o", "--output", required=True, help="MCAP file to write")
-    parser.add_argument("--topics", nargs="+", default=["#"], metavar="PATTERN",
-                        help="topic patterns with MQTT wildcards (default: #)")
+    parser.add_argument("--topics", nargs="+", type=topic_pattern, default=["#"],
+                        metavar="PATTERN", help="topic patterns with MQTT wildcards (default: #)")
     parser.add_argument("--duration", type=float, default=None, metavar="S",
                         help="stop after S seconds (default: until Ctrl-C / SIGTERM)")
     parser.add_argument("--keys", default=None, metavar="DIR",

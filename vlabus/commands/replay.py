@@ -20,7 +20,7 @@ from typing import Any
 from schemas.errors import BusError, KeyringError
 from security.keys import Keyring, Signer, load_pool_secret, load_signer
 from security.seal import Opener
-from vlabus.commands._bus import add_bus_arguments, transport_options
+from vlabus.commands._bus import add_bus_arguments, topic_pattern, transport_options
 from vlabus.transport import open_transport
 
 
@@ -32,7 +32,8 @@ def register(sub: Any) -> None:
                         help="identity whose bus credentials to use (default replay)")
     parser.add_argument("--rate", type=float, default=1.0, help="speed factor (default 1.0)")
     parser.add_argument("--loop", action="store_true", help="start over at the end")
-    parser.add_argument("--topics", nargs="+", default=None, metavar="PATTERN",
+    parser.add_argument("--topics", nargs="+", type=topic_pattern, default=None,
+                        metavar="PATTERN",
                         help="only topics matching these patterns (MQTT wildcards)")
     parser.add_argument("--start-offset", type=float, default=0.0, metavar="S",
                         help="skip the first S seconds of the recording")
