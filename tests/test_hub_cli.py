@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.errors import TransportError
 from security.curve import load_client_keys
@@ -37,6 +42,68 @@ def test_hub_process_round_trip_and_summary() -> None:
     assert summary["url"] == url
     assert summary["delivered"] == 1
     assert summary["curve"] is False
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_hub_serves_its_counters_to_prometheus() -> None:
+    hub = HubProcess("tcp://127.0.0.1:0", "--metrics-port", "0")
+    url = hub.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not (lines := [x for x in hub.log_tail if x.startswith("metrics on http://")]):
+            assert time.monotonic() < deadline, list(hub.log_tail)
+            time.sleep(0.01)
+        port = int(lines[0].rsplit(":", 1)[1].split("/")[0])
+        assert scrape(port, "/healthz")[0] == 200
+        assert scrape(port, "/readyz")[0] == 200
+
+        async def body() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            sub = await open_zmq(url, TransportOptions(client_id="sub"))
+            pub = await open_zmq(url, TransportOptions(client_id="pub"))
+            await sub.subscribe("vla/v1/+/action")
+            for step in range(3):
+                await pub.publish("vla/v1/r/action", b"%d" % step, qos=1)
+            await pub.publish("vla/v1/r/status", b"up", qos=1, retain=True)
+            for _ in range(3):
+                await asyncio.wait_for(sub.recv(), 5)
+            _, text = await asyncio.to_thread(scrape, port)
+            await sub.close()
+            await pub.close()
+            return samples(text)
+
+        seen = asyncio.run(body())
+    finally:
+        summary = hub.stop()
+    assert seen[("vlabus_hub_delivered_total", ())] == 3
+    assert seen[("vlabus_hub_received_total", ())] >= 5  # 4 publishes, the SUB, HELLOs
+    assert seen[("vlabus_hub_clients", ())] == 2
+    assert seen[("vlabus_hub_retained_topics", ())] == 1
+    for cause in ("hwm", "unroutable", "expired"):
+        assert seen[("vlabus_hub_dropped_total", (("cause", cause),))] == 0
+    assert seen[("vlabus_hub_denied_total", ())] == 0
+    assert summary["metrics_port"] == port
+    assert summary["delivered"] == 3
+
+
+def test_a_metrics_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(TransportError, match=f"metrics on 127.0.0.1:{port}"):
+            HubProcess("tcp://127.0.0.1:0", "--metrics-port", str(port)).start()
 
 
 def test_hub_process_with_curve(tmp_path: Path) -> None:

@@ -7,10 +7,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 
 class MetricsServer:
@@ -57,3 +60,33 @@ class MetricsServer:
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+class HubCollector(Collector):
+    """The hub's counters as Prometheus series, read at scrape time from ``counters()``
+    (:meth:`vlabus.hub.Hub.counters`): nothing is added to the hub's message path."""
+
+    def __init__(self, counters: Callable[[], dict[str, int]]) -> None:
+        self._counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        c = self._counters()
+        for name, key, text in (
+                ("received", "received", "Messages received from clients"),
+                ("delivered", "delivered", "Messages sent to subscribers"),
+                ("denied", "denied", "Publishes, subscriptions and wills refused by the "
+                 "access rules"),
+                ("malformed", "malformed", "Client messages that were not the hub protocol, "
+                 "or named an invalid topic"),
+                ("wills", "wills", "Wills published for clients that vanished"),
+                ("disconnects", "disconnects", "Client connections lost")):
+            yield CounterMetricFamily(f"vlabus_hub_{name}", text, value=c[key])
+        dropped = CounterMetricFamily("vlabus_hub_dropped", "Messages not delivered",
+                                      labels=["cause"])
+        for cause, key in (("hwm", "dropped_hwm"), ("unroutable", "dropped_unroutable"),
+                           ("expired", "expired")):
+            dropped.add_metric([cause], c[key])
+        yield dropped
+        yield GaugeMetricFamily("vlabus_hub_clients", "Clients connected", value=c["clients"])
+        yield GaugeMetricFamily("vlabus_hub_retained_topics", "Topics holding a retained message",
+                                value=c["retained"])

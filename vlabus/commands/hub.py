@@ -1,9 +1,11 @@
-"""``vlabus hub --bind tcp://HOST:PORT [--curve DIR [--keys DIR]] [--json]``: run the ZeroMQ hub.
+"""``vlabus hub --bind tcp://HOST:PORT [--curve DIR [--keys DIR]] [--metrics-port P] [--json]``:
+run the ZeroMQ hub.
 
 Runs in the foreground until SIGINT or SIGTERM, then prints its counters (one JSON object with
-``--json``). ``--curve DIR --add-client NAME`` creates CurveZMQ key pairs and exits. With
-``--keys`` as well, each client may publish and subscribe only as its keyring role allows
-(``broker_config/acl.json``, the fleet broker's rules).
+``--json``). ``--metrics-port`` serves them to Prometheus while it runs. ``--curve DIR
+--add-client NAME`` creates CurveZMQ key pairs and exits. With ``--keys`` as well, each client
+may publish and subscribe only as its keyring role allows (``broker_config/acl.json``, the fleet
+broker's rules).
 """
 
 from __future__ import annotations
@@ -41,16 +43,22 @@ def register(sub: Any) -> None:
                              "(default 33554432)")
     parser.add_argument("--heartbeat-ms", type=int, default=1000,
                         help="ZMTP heartbeat interval; the peer times out after 3x (default 1000)")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
+                        help="serve /metrics /healthz /readyz (0 picks a free port)")
+    parser.add_argument("--metrics-host", default="127.0.0.1")
     parser.add_argument("--json", action="store_true", help="print the final counters as JSON")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
+
     from schemas.errors import BusError
     from security.curve import add_curve_client, init_curve
     from vlabus.broker import TEMPLATES
     from vlabus.hub import Hub, HubConfig
     from vlabus.hub_access import Access
+    from vlabus.metrics import HubCollector, MetricsServer
 
     try:
         if args.add_client:
@@ -77,6 +85,18 @@ def run(args: argparse.Namespace) -> int:
     except (BusError, OSError, ValueError) as exc:
         print(f"vlabus hub: {exc}", file=sys.stderr)
         return 1
+    server = None
+    if args.metrics_port is not None:
+        registry = CollectorRegistry()
+        registry.register(HubCollector(hub.counters))
+        try:
+            server = MetricsServer(registry, args.metrics_host, args.metrics_port).start()
+        except OSError as exc:
+            hub.stop()
+            print(f"vlabus hub: metrics on {args.metrics_host}:{args.metrics_port}: {exc}",
+                  file=sys.stderr)
+            return 1
+        server.ready.set()
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -85,12 +105,18 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     mode = " (CURVE, access rules)" if access else " (CURVE)" if args.curve else ""
-    print(f"hub listening on {hub.url}{mode}",
-          file=sys.stderr, flush=True)
+    print(f"hub listening on {hub.url}{mode}", file=sys.stderr, flush=True)
+    if server is not None:
+        print(f"metrics on http://{args.metrics_host}:{server.port}/metrics", file=sys.stderr,
+              flush=True)
     stop.wait()
     hub.stop()
+    if server is not None:
+        server.close()
     counters = {"url": hub.url, "curve": args.curve is not None,
                 "access": access is not None, **hub.counters()}
+    if server is not None:
+        counters["metrics_port"] = server.port
     if args.json:
         print(json.dumps(counters))
     else:
