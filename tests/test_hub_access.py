@@ -313,3 +313,58 @@ def test_vlabus_record_with_the_default_topics_is_refused_with_a_hint(
     assert summary["file"] == str(out)
     assert out.stat().st_size > 0
     assert fleet_hub.hub.counters()["denied"] == 1
+
+
+def test_reload_admits_a_new_client_and_revokes_what_a_removed_identity_held(
+        fleet_hub: CurveHub, tmp_path: Path) -> None:
+    """The fleet changes while the hub runs: robot-c joins (CURVE key and keyring entry),
+    robot-b leaves the keyring. Until ``reload`` robot-c is refused at the handshake; after
+    it, robot-c works within its rules and robot-b's subscription is cancelled at once."""
+    keyring = tmp_path / "keys"
+    acl = TEMPLATES / "acl.json"
+
+    async def body() -> None:
+        worker = await connect(fleet_hub, "worker-1")
+        robot_b = await connect(fleet_hub, "robot-b")
+        await robot_b.subscribe(topics.action_topic("robot-b"))
+        await worker.publish(topics.action_topic("robot-b"), b"before", qos=1)
+        assert bytes((await asyncio.wait_for(robot_b.recv(), 5)).payload) == b"before"
+
+        add_key(keyring, "robot", "robot-c")
+        add_curve_client(fleet_hub.keys, "robot-c")
+        with pytest.raises(TransportError, match="refused the CURVE handshake"):
+            await connect(fleet_hub, "robot-c", extra={"connect_timeout_s": "5"})
+        for path in (keyring / "robot").glob("robot-b.*"):
+            path.unlink()
+
+        done = await asyncio.to_thread(fleet_hub.hub.reload, Access.from_keyring(keyring, acl))
+        assert done == {"clients_admitted": 6, "revoked": 1}  # 5 at the start, robot-c
+        robot_c = await connect(fleet_hub, "robot-c")
+        await robot_c.subscribe(topics.action_topic("robot-c"))
+        with pytest.raises(SubscribeRejected):
+            await robot_c.subscribe(topics.action_topic("robot-a"))
+        await worker.publish(topics.action_topic("robot-c"), b"hello c", qos=1)
+        assert bytes((await asyncio.wait_for(robot_c.recv(), 5)).payload) == b"hello c"
+        await worker.publish(topics.action_topic("robot-b"), b"after", qos=1)
+        with pytest.raises(TransportError, match="hub refused"):
+            await robot_b.publish(topics.frame_topic("robot-b"), b"gone", qos=1)
+        await asyncio.sleep(0.2)
+        assert len(robot_b.inbox) == 0  # its subscription went with its keyring entry
+        counters = fleet_hub.hub.counters()
+        assert (counters["reloads"], counters["revoked"]) == (1, 1)
+        for t in (worker, robot_b, robot_c):
+            await t.close()
+    run(body())
+
+
+def test_reload_cannot_switch_access_rules_on_or_off(fleet_hub: CurveHub) -> None:
+    with pytest.raises(TransportError, match="not switch them on or off"):
+        fleet_hub.hub.reload(None)
+    plain = Hub(HubConfig(heartbeat_ms=200)).start()
+    try:
+        with pytest.raises(TransportError, match="not switch them on or off"):
+            plain.reload(access())
+        assert plain.reload() == {"clients_admitted": 0, "revoked": 0}
+        assert plain.counters()["reloads"] == 1
+    finally:
+        plain.stop()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -168,3 +170,50 @@ def test_keys_without_curve_is_an_error(tmp_path: Path) -> None:
                           check=False, capture_output=True, text=True)
     assert done.returncode == 2
     assert "--curve" in done.stderr
+
+
+def test_sighup_reloads_keys_and_rules_and_a_bad_keyring_keeps_the_old_ones(
+        tmp_path: Path) -> None:
+    curve, keyring = tmp_path / "curve", tmp_path / "keys"
+    add_key(keyring, "robot", "robot-a")
+    hub = HubProcess("tcp://127.0.0.1:0", "--curve", str(curve), "--keys", str(keyring))
+    url = hub.start()
+
+    def opts(name: str) -> TransportOptions:
+        return TransportOptions(client_id=name, curve=CurveKeys(*load_client_keys(curve, name)),
+                                extra={"connect_timeout_s": "3"})
+
+    def hup_and_wait(expect: str) -> None:
+        assert hub.pid is not None
+        os.kill(hub.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not any(expect in line for line in hub.log_tail):
+            assert time.monotonic() < deadline, list(hub.log_tail)
+            time.sleep(0.01)
+        hub.log_tail.clear()
+
+    try:
+        add_key(keyring, "robot", "robot-c")  # a robot joins the fleet while the hub runs
+        subprocess.run([sys.executable, "-m", "vlabus", "hub", "--curve", str(curve),
+                        "--add-client", "robot-c"], capture_output=True, check=True)
+
+        async def refused() -> None:
+            with pytest.raises(TransportError, match="CURVE handshake"):
+                await open_zmq(url, opts("robot-c"))
+
+        asyncio.run(refused())
+        hup_and_wait("hub reloaded: 1 clients admitted")
+
+        async def admitted() -> None:
+            t = await open_zmq(url, opts("robot-c"))
+            await t.publish("vla/v1/robot-c/frame", b"mine", qos=1)
+            await t.close()
+
+        asyncio.run(admitted())
+        (keyring / "robot" / "robot-a.pub.pem").write_text("not a key")
+        hup_and_wait("reload failed, the previous keys and rules stay")
+        asyncio.run(admitted())  # still served, under the rules in force
+    finally:
+        summary = hub.stop()
+    assert summary["reloads"] == 1
+    assert summary["denied"] == 0

@@ -81,7 +81,7 @@ class Hub:
         self.routes = Routes()
         self.stats: dict[str, int] = dict.fromkeys(
             ("received", "delivered", "dropped_hwm", "dropped_unroutable", "expired",
-             "malformed", "denied", "wills", "disconnects"), 0)
+             "malformed", "denied", "wills", "disconnects", "reloads", "revoked"), 0)
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -90,6 +90,9 @@ class Hub:
         self._auth: Any = None
         self._access = config.access
         self._denials_logged: set[tuple[str, str]] = set()
+        self._next_access: Access | None = None
+        self._reloaded = threading.Event()
+        self._reload_lock = threading.Lock()
 
     def start(self, timeout_s: float = 5.0) -> Hub:
         self._thread = threading.Thread(target=self._run, name="vlabus-hub", daemon=True)
@@ -106,7 +109,7 @@ class Hub:
         if self._ctx.closed:
             return
         if self._thread is not None and self._thread.is_alive():
-            ctrl = self._ctx.socket(zmq.PAIR)
+            ctrl = self._ctx.socket(zmq.PUSH)
             ctrl.connect(self._ctrl)
             ctrl.send(b"stop")
             self._thread.join(5.0)
@@ -114,6 +117,38 @@ class Hub:
         if self._auth is not None:
             self._auth.stop()
         self._ctx.term()
+
+    def reload(self, access: Access | None = None, timeout_s: float = 5.0) -> dict[str, int]:
+        """Re-read the CURVE allow-list (``authorized/``) and, on a hub with access rules, put
+        ``access`` in force: a client added since the start is admitted at its next handshake,
+        and every subscription held by an identity the new rules no longer allow is cancelled
+        (counted in ``revoked``). A key removed from the allow-list keeps the connection it has
+        until that reconnects; with access rules, remove it from the keyring as well to cut it
+        off at once. Rules can be changed, not switched on or off (that changes how routing
+        ids are handed over, see ``_configure``). Returns {"clients_admitted", "revoked"}."""
+        if (access is None) != (self._access is None):
+            raise TransportError("reload can change the hub's access rules, not switch them "
+                                 "on or off: restart the hub with or without --keys")
+        with self._reload_lock:
+            admitted = 0
+            if self._auth is not None and self.config.curve_dir is not None:
+                allowed = authorized_dir(self.config.curve_dir)
+                names = curve_names(allowed)
+                self._auth._names = names  # one reference swap: the ZAP thread reads it
+                self._auth.configure_curve(domain=_ZAP_DOMAIN, location=str(allowed))
+                admitted = len(names)
+            before = self.stats["revoked"]
+            self._next_access = access
+            self._reloaded.clear()
+            ctrl = self._ctx.socket(zmq.PUSH)
+            try:
+                ctrl.connect(self._ctrl)
+                ctrl.send(b"reload")
+                if not self._reloaded.wait(timeout_s):
+                    raise TransportError("hub did not apply the reload in time")
+            finally:
+                ctrl.close(0)
+            return {"clients_admitted": admitted, "revoked": self.stats["revoked"] - before}
 
     def counters(self) -> dict[str, int]:
         return {**self.stats, "clients": len(self.routes.peers),
@@ -160,7 +195,7 @@ class Hub:
             router = self._ctx.socket(zmq.ROUTER)
             opened.append(router)
             self._configure(router)
-            ctrl = self._ctx.socket(zmq.PAIR)
+            ctrl = self._ctx.socket(zmq.PULL)
             opened.append(ctrl)
             ctrl.bind(self._ctrl)
             monitor = router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
@@ -179,7 +214,9 @@ class Hub:
             while True:
                 events = dict(poller.poll(_TICK_MS))
                 if ctrl in events:
-                    break
+                    if ctrl.recv() != b"reload":
+                        break
+                    self._apply_reload()
                 if router in events:
                     self._drain(router)
                 if monitor in events:
@@ -193,6 +230,24 @@ class Hub:
             router.disable_monitor()
             for sock in (monitor, ctrl, router):
                 sock.close(0)
+
+    def _apply_reload(self) -> None:
+        """On the hub's thread: the new rules in force, and what they no longer allow undone."""
+        access = self._next_access
+        if access is not None:
+            self._access = access
+            self._denials_logged.clear()
+            for rid, pattern, group in self.routes.subscriptions():
+                peer = self.routes.peers.get(rid)
+                user = peer.user if peer is not None else ""
+                if not access.may_subscribe(user, pattern, group):
+                    self.routes.unsubscribe(rid, pattern, group)
+                    self.stats["revoked"] += 1
+                    where = f" in group {group!r}" if group else ""
+                    log.warning("hub: %r may no longer subscribe to %r%s: cancelled", user,
+                                pattern, where)
+        self.stats["reloads"] += 1
+        self._reloaded.set()
 
     def _drain(self, router: zmq.Socket[Any]) -> None:
         """Handle up to ``_DRAIN`` waiting messages. Routing id, verb, topic and meta are read as
@@ -236,10 +291,11 @@ class Hub:
         n = len(parts)
         try:
             if verb == proto.SUB and n in (4, 5):
-                self.routes.seen(rid, time.monotonic_ns())
+                peer = self.routes.seen(rid, time.monotonic_ns())
                 pattern, group = parts[2].bytes.decode(), parts[3].bytes.decode()
                 mid = parts[4].bytes if n == 5 else b""  # asks for ACK or NACK
                 user = _user(parts[2])
+                peer.user = user  # whom a later reload checks its subscriptions against
                 problem = topic_filter_problem(pattern) or (
                     "has an invalid group" if any(c in group for c in "/+#\0") else None)
                 if problem is not None:

@@ -89,6 +89,7 @@ class Peer:
     last_seen_ns: int = 0
     fd: int = -1
     will: tuple[bytes, bytes, bool] | None = None
+    user: str = ""  # the CURVE identity its subscriptions were granted to ("" without CURVE)
 
 
 @dataclass
@@ -126,6 +127,13 @@ class Routes:
             return []
         self.plain.setdefault(pattern, set()).add(rid)
         return [(t, p) for t, p in self.retained.items() if matches(pattern, t)]
+
+    def subscriptions(self) -> list[tuple[bytes, str, str]]:
+        """Every (routing id, pattern, group) held now; group "" for a plain subscription."""
+        held = [(rid, pattern, "") for pattern, rids in self.plain.items() for rid in rids]
+        held += [(rid, pattern, group) for (group, pattern), g in self.groups.items()
+                 for rid in g.members]
+        return held
 
     def unsubscribe(self, rid: bytes, pattern: str, group: str) -> None:
         self._cache.clear()

@@ -79,7 +79,9 @@ class HubCollector(Collector):
                 ("malformed", "malformed", "Client messages that were not the hub protocol, "
                  "or named an invalid topic"),
                 ("wills", "wills", "Wills published for clients that vanished"),
-                ("disconnects", "disconnects", "Client connections lost")):
+                ("disconnects", "disconnects", "Client connections lost"),
+                ("reloads", "reloads", "Keys and access rules read again (SIGHUP)"),
+                ("revoked", "revoked", "Subscriptions cancelled by a reload's rules")):
             yield CounterMetricFamily(f"vlabus_hub_{name}", text, value=c[key])
         dropped = CounterMetricFamily("vlabus_hub_dropped", "Messages not delivered",
                                       labels=["cause"])

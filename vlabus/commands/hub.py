@@ -5,7 +5,8 @@ Runs in the foreground until SIGINT or SIGTERM, then prints its counters (one JS
 ``--json``). ``--metrics-port`` serves them to Prometheus while it runs. ``--curve DIR
 --add-client NAME`` creates CurveZMQ key pairs and exits. With ``--keys`` as well, each client
 may publish and subscribe only as its keyring role allows (``broker_config/acl.json``, the fleet
-broker's rules).
+broker's rules). SIGHUP re-reads the CURVE allow-list, the keyring and the rules
+(:meth:`vlabus.hub.Hub.reload`); a reload that fails to read them keeps the ones in force.
 """
 
 from __future__ import annotations
@@ -97,19 +98,25 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
         server.ready.set()
-    stop = threading.Event()
+    wake, hup, stop = threading.Event(), threading.Event(), threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        (hup if signum == signal.SIGHUP else stop).set()
+        wake.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     mode = " (CURVE, access rules)" if access else " (CURVE)" if args.curve else ""
     print(f"hub listening on {hub.url}{mode}", file=sys.stderr, flush=True)
     if server is not None:
         print(f"metrics on http://{args.metrics_host}:{server.port}/metrics", file=sys.stderr,
               flush=True)
-    stop.wait()
+    while not stop.is_set():
+        wake.wait()
+        wake.clear()
+        if hup.is_set() and not stop.is_set():
+            hup.clear()
+            _reload(hub, args)
     hub.stop()
     if server is not None:
         server.close()
@@ -122,3 +129,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(" ".join(f"{k}={v}" for k, v in counters.items()))
     return 0
+
+
+def _reload(hub: Any, args: argparse.Namespace) -> None:
+    """SIGHUP: read the allow-list, keyring and rules again, and hand them to the hub."""
+    from schemas.errors import BusError
+    from vlabus.broker import TEMPLATES
+    from vlabus.hub_access import Access
+
+    try:
+        access = (Access.from_keyring(args.keys, args.acl or TEMPLATES / "acl.json")
+                  if args.keys is not None else None)
+        done = hub.reload(access)
+    except (BusError, OSError, ValueError) as exc:
+        print(f"vlabus hub: reload failed, the previous keys and rules stay: {exc}",
+              file=sys.stderr, flush=True)
+        return
+    print(f"hub reloaded: {done['clients_admitted']} clients admitted, "
+          f"{done['revoked']} subscriptions revoked", file=sys.stderr, flush=True)
