@@ -133,6 +133,31 @@ def test_release_over_the_bus_reaches_the_receiver(keydir: KeyDir, tmp_path: Pat
     asyncio.run(main())
 
 
+def test_a_robot_that_missed_chunks_completes_when_the_release_is_published_again(
+        keydir: KeyDir, tmp_path: Path) -> None:
+    """Chunks are not retained: a robot offline during part of a rollout keeps its download
+    open, and running ``vlabus model publish`` again fills in what it missed."""
+    async def main() -> None:
+        robot = await make_robot(keydir, tmp_path)
+        release = build_release(weights(tmp_path, 2), name=NAME, version=2, chunk_size=2048)
+        chunks = [ModelChunk(name=NAME, version=2, index=i, data=memoryview(c))
+                  for i, c in enumerate(release.chunks)]
+        half = len(chunks) // 2
+        assert half >= 2
+        send(robot, keydir.signers["release"], release, chunks=chunks[::2])  # every other one
+        await robot.receiver.settle()
+        assert robot.updater.results["chunk_ok"] == len(chunks[::2])
+        assert "installed" not in robot.updater.results
+        assert robot.unchanged()
+        send(robot, keydir.signers["release"], release)  # the release published again
+        await robot.receiver.settle()
+        assert robot.updater.results["installed"] == 1
+        assert robot.updater.results["duplicate_chunk"] == len(chunks[::2])
+        assert robot.local.swap_staged()
+        assert robot.local.version == 2
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("attack", ["unsigned", "worker_key", "unknown_release_key"])
 def test_bad_signers_are_rejected(keydir: KeyDir, tmp_path: Path, attack: str) -> None:
     async def main() -> None:
