@@ -154,6 +154,8 @@ def test_invalid_topics_fail_the_call_and_lose_nothing_else(bus: Bus) -> None:
             with pytest.raises(SubscribeRejected) as rejected:
                 await sub.subscribe(pattern, group=group)
             assert rejected.value.code == 0x8F
+        with pytest.raises(TransportError, match="qos 2 not supported"):
+            await pub.publish("vla/v1/robot-a/action", b"exactly once?", qos=2)
         await pub.publish("vla/v1/robot-a/action", b"after", qos=1)
         assert [bytes((await recv(sub)).payload) for _ in range(2)] == [b"before", b"after"]
         assert pub.connected

@@ -19,6 +19,7 @@ from vlabus.transport import (
     Message,
     TransportOptions,
     check_filter,
+    check_qos,
     check_topic,
     done_future,
     iterate,
@@ -115,6 +116,7 @@ class MemoryTransport:
         if not self._open:
             raise TransportError("memory transport closed")
         check_topic(topic)
+        check_qos(qos)
         if len(payload) > self.options.max_payload:
             raise TransportError(f"payload of {len(payload)} bytes over {self.options.max_payload}")
         self._broker.deliver(topic, bytes(payload), retain)

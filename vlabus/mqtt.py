@@ -70,6 +70,7 @@ from vlabus.transport import (
     Message,
     TransportOptions,
     check_filter,
+    check_qos,
     check_topic,
     done_future,
     iterate,
@@ -585,8 +586,7 @@ class MqttTransport:
         check_topic(topic)
         if len(payload) > self.options.max_payload:
             raise TransportError(f"payload of {len(payload)} bytes over {self.options.max_payload}")
-        if qos not in (0, 1):
-            raise TransportError(f"qos {qos} not supported; use 0 or 1")
+        check_qos(qos)
         if self._max_packet is not None and len(payload) + len(topic) + 64 > self._max_packet:
             # The broker would close the connection, and paho would resend it forever.
             self._counts["rejected"] += 1

@@ -251,6 +251,12 @@ async def open_transport(url: str, options: TransportOptions) -> Transport:
     raise TransportError(f"unknown bus URL scheme in {url!r}; use memory://, mqtt://, zmq://")
 
 
+def check_qos(qos: int) -> None:
+    """vlabus speaks QoS 0 and 1 on every bus; anything else is the caller's error."""
+    if qos not in (0, 1):
+        raise TransportError(f"qos {qos!r} not supported; use 0 or 1")
+
+
 def check_topic(topic: str) -> None:
     """Raise ``PublishRejected`` (0x90 Topic Name invalid) unless ``topic`` is a valid MQTT
     topic name. Every adapter calls it first: Mosquitto answers a bad name by dropping the

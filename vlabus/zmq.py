@@ -41,6 +41,7 @@ from vlabus.transport import (
     Message,
     TransportOptions,
     check_filter,
+    check_qos,
     check_topic,
     done_future,
     iterate,
@@ -156,6 +157,7 @@ class ZmqTransport:
         if len(payload) > self.options.max_payload:
             raise TransportError(f"payload of {len(payload)} bytes over {self.options.max_payload}")
         check_topic(topic)
+        check_qos(qos)
         expires_ns = time.time_ns() + int(expiry_s * 1e9) if expiry_s is not None else 0
         mid = b"%d" % next(self._mids) if qos > 0 else b""
         meta = (proto.encode_meta(retain=retain, expires_ns=expires_ns, mid=mid)
