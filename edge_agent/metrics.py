@@ -36,6 +36,12 @@ class EdgeMetrics:
                                    registry=reg)
         self.model_updates = Counter("vlabus_edge_model_updates_total",
                                      "Model update outcomes, by result", ["result"], registry=reg)
+        self.download_missing = Gauge("vlabus_edge_model_download_missing_chunks",
+                                      "Chunks the open model download still lacks (0: none open)",
+                                      registry=reg)
+        self.download_idle = Gauge("vlabus_edge_model_download_idle_seconds",
+                                   "Since the open model download last made progress (0: none)",
+                                   registry=reg)
         self.breaker_open = Gauge("vlabus_edge_breaker_open",
                                   "1 while the robot is local-only", registry=reg)
         self.latency_parts = Histogram("vlabus_edge_latency_part_seconds",

@@ -91,6 +91,9 @@ class Receiver:
         self._task: asyncio.Task[None] | None = None
         self._installs: set[asyncio.Task[None]] = set()
         self._pack = msgspec.msgpack.Encoder()
+        if updater is not None:  # read when Prometheus scrapes
+            metrics.download_missing.set_function(lambda: _progress(updater, "missing"))
+            metrics.download_idle.set_function(lambda: _progress(updater, "idle_s"))
 
     async def start(self) -> None:
         await self.transport.subscribe(self._action_topic, qos=1)
@@ -269,7 +272,9 @@ class Receiver:
         self.metrics.model_updates.labels(result.value).inc()
 
     def counters(self) -> dict[str, Any]:
-        return {"model_updates": dict(self.updater.results) if self.updater else {}}
+        updater = self.updater
+        return {"model_updates": dict(updater.results) if updater else {},
+                "model_download": updater.progress() if updater else None}
 
     async def close(self) -> None:
         self.transport.inbox.direct = None
@@ -278,3 +283,12 @@ class Receiver:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+def _progress(updater: ModelUpdater, key: str) -> float:
+    progress = updater.progress()
+    if progress is None:
+        return 0.0
+    if key == "missing":
+        return float(progress["total"] - progress["chunks"])
+    return float(progress[key])

@@ -127,6 +127,7 @@ def summarize(agent: EdgeAgent, **extra: Any) -> dict[str, Any]:
         robot_id=agent.config.robot_id,
         model_version=agent.local.version,
         model_updates=receiver.counters()["model_updates"],
+        model_download=receiver.counters()["model_download"],
         breaker={"open": agent.breaker.open, "opened": agent.breaker.opened,
                  "closed": agent.breaker.closed},
         timer_slack_ms=round(agent.slack.for_deadline(agent.config.deadline_ns) / 1e6, 4),

@@ -59,6 +59,7 @@ class Download:
     manifest: ModelManifest
     path: Path
     have: set[int] = field(default_factory=set)
+    last_ns: int = 0  # when the manifest was accepted or a chunk last written (updater clock)
 
     @property
     def complete(self) -> bool:
@@ -137,7 +138,7 @@ class ModelUpdater:
         path = self.store.part_path(self.name, manifest.version)
         with open(path, "wb") as handle:
             handle.truncate(manifest.size)
-        self._download = Download(manifest, path)
+        self._download = Download(manifest, path, last_ns=self._clock())
         return self._count(UpdateResult.ACCEPTED, "")
 
     def on_chunk(self, chunk: ModelChunk) -> UpdateResult:
@@ -167,7 +168,18 @@ class ModelUpdater:
         finally:
             os.close(fd)
         download.have.add(chunk.index)
+        download.last_ns = self._clock()
         return self._count(UpdateResult.CHUNK_OK, "")
+
+    def progress(self) -> dict[str, int | float] | None:
+        """The open download, or None: ``version``, ``chunks`` written of ``total``, and
+        ``idle_s`` since the last one (a stalled rollout: publish the release again)."""
+        download = self._download
+        if download is None:
+            return None
+        return {"version": download.manifest.version, "chunks": len(download.have),
+                "total": len(download.manifest.chunk_sha256),
+                "idle_s": round(max(0, self._clock() - download.last_ns) / 1e9, 3)}
 
     def take(self) -> Download | None:
         """Hand over the download once every chunk is in (then :meth:`finish` it)."""

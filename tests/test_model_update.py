@@ -149,9 +149,19 @@ def test_a_robot_that_missed_chunks_completes_when_the_release_is_published_agai
         assert robot.updater.results["chunk_ok"] == len(chunks[::2])
         assert "installed" not in robot.updater.results
         assert robot.unchanged()
+        stuck = robot.receiver.counters()["model_download"]
+        assert stuck is not None
+        assert (stuck["version"], stuck["chunks"], stuck["total"]) == \
+            (2, len(chunks[::2]), len(chunks))
+        assert stuck["idle_s"] >= 0
+        registry = robot.receiver.metrics.registry
+        missing = "vlabus_edge_model_download_missing_chunks"
+        assert registry.get_sample_value(missing) == len(chunks) - len(chunks[::2])
         send(robot, keydir.signers["release"], release)  # the release published again
         await robot.receiver.settle()
         assert robot.updater.results["installed"] == 1
+        assert robot.receiver.counters()["model_download"] is None
+        assert registry.get_sample_value(missing) == 0
         assert robot.updater.results["duplicate_chunk"] == len(chunks[::2])
         assert robot.local.swap_staged()
         assert robot.local.version == 2
