@@ -113,8 +113,20 @@ class ModelUpdater:
             log.warning("model update %s: %s", result.value, detail)
         return result
 
+    def _outlived(self) -> bool:
+        """Drop an open download whose manifest has expired: a release is not installed after
+        its expiry, however it was delayed (missed chunks, a robot offline for days)."""
+        download = self._download
+        if download is None or download.manifest.expires_ns > self._clock():
+            return False
+        self._abort(UpdateResult.EXPIRED, f"download of v{download.manifest.version} outlived "
+                    f"its manifest ({len(download.have)} of "
+                    f"{len(download.manifest.chunk_sha256)} chunks)")
+        return True
+
     def on_manifest(self, manifest: ModelManifest) -> UpdateResult:
         """Check a verified manifest and start its download when it qualifies."""
+        self._outlived()
         if manifest.name != self.name:
             return self._count(UpdateResult.OTHER_MODEL, repr(manifest.name))
         if manifest.version <= self.installed:
@@ -143,6 +155,8 @@ class ModelUpdater:
 
     def on_chunk(self, chunk: ModelChunk) -> UpdateResult:
         """Write a verified chunk if it belongs to the download and hashes right."""
+        if self._outlived():
+            return UpdateResult.EXPIRED
         download = self._download
         if download is None or chunk.name != self.name or \
                 chunk.version != download.manifest.version:

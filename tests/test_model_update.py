@@ -213,6 +213,37 @@ def test_older_version_is_rejected(keydir: KeyDir, tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_a_download_does_not_outlive_its_manifest(tmp_path: Path) -> None:
+    """Chunks still missing when the manifest expires: the download is dropped with its .part
+    file, nothing is installed, and the release published again (a new expiry) starts over."""
+    now = [1_000 * 10**9]
+    store = ModelStore(tmp_path / "models")
+    updater = ModelUpdater(store, NAME, installed=0, loader=load_reference, probe=probe(),
+                           shape=(4, 7), max_bytes=1 << 20, clock=lambda: now[0])
+    release = build_release(weights(tmp_path, 2), name=NAME, version=2, chunk_size=4096,
+                            expires_s=60, now_ns=now[0])
+    chunks = [ModelChunk(name=NAME, version=2, index=i, data=memoryview(c))
+              for i, c in enumerate(release.chunks)]
+    assert updater.on_manifest(release.manifest) == "accepted"
+    assert updater.on_chunk(chunks[0]) == "chunk_ok"
+    part = store.part_path(NAME, 2)
+    assert part.exists()
+    now[0] += 61 * 10**9
+    assert updater.on_chunk(chunks[1]) == "expired"
+    assert updater.progress() is None
+    assert not part.exists()
+    assert updater.take() is None
+    again = build_release(weights(tmp_path, 2), name=NAME, version=2, chunk_size=4096,
+                          expires_s=60, now_ns=now[0])
+    assert updater.on_manifest(again.manifest) == "accepted"
+    for chunk in chunks:
+        assert updater.on_chunk(chunk) == "chunk_ok"
+    download = updater.take()
+    assert download is not None
+    assert updater.finish(download)[0] == "installed"
+    assert updater.results["expired"] == 1
+
+
 def test_expired_manifest_is_rejected(keydir: KeyDir, tmp_path: Path) -> None:
     async def main() -> None:
         robot = await make_robot(keydir, tmp_path)
