@@ -20,7 +20,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.conftest import IDENTITIES, KeyDir
-from vlabus.broker import BrokerError, client_options, hash_password, listener_of, render, with_port
+from vlabus.broker import (
+    ADMIN,
+    CONTROL,
+    BrokerError,
+    client_options,
+    hash_password,
+    listener_of,
+    render,
+    with_port,
+)
 from vlabus.cli import main
 from vlabus.transport import open_transport
 
@@ -85,7 +94,12 @@ def test_fleet_config_tls_and_access_control(keydir: KeyDir, tmp_path: Path) -> 
     assert ("subscribePattern", "vla/v1/robot-a/action") in robot
     assert not any("robot-b" in topic or topic.startswith("$share") for _, topic in robot)
     assert ("subscribePattern", "$share/+/vla/v1/+/task") in acls["worker-worker-1"]
-    assert sorted(c["username"] for c in dynsec["clients"]) == ALL_IDS
+    assert sorted(c["username"] for c in dynsec["clients"]) == sorted([*ALL_IDS, ADMIN])
+    # the administrator may use the control topics and nothing else
+    assert acls[ADMIN] == {("publishClientSend", CONTROL), ("subscribePattern", f"{CONTROL}/#"),
+                           ("publishClientReceive", f"{CONTROL}/response")}
+    assert not any(topic.startswith("$CONTROL") for role, rules in acls.items()
+                   if role != ADMIN for _, topic in rules)
     assert client_options(root, "worker-2").tls is not None
 
 

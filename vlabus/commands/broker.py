@@ -1,4 +1,5 @@
-"""``vlabus broker render|run``: Mosquitto configuration for a keyring, and a local broker."""
+"""``vlabus broker render|run|sync``: Mosquitto configuration for a keyring, a local broker, and
+the running fleet broker's access control brought in line with the keyring."""
 
 from __future__ import annotations
 
@@ -38,9 +39,21 @@ def register(sub: Any) -> None:
     run.add_argument("--json", action="store_true", help="print a JSON summary at exit")
     run.set_defaults(func=_run)
 
+    sync = broker.add_parser(
+        "sync", help="apply keyring and rule changes to a running fleet broker, no restart")
+    sync.add_argument("--config", required=True, help="fleet directory written by `render --tls`")
+    sync.add_argument("--keys", required=True, help="keyring directory")
+    sync.add_argument("--acl", default=None, help="rules per role (default broker_config/acl.json)")
+    sync.add_argument("--bus", default=None, metavar="URL",
+                      help="the broker (default: the configuration's listener)")
+    sync.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                      help="how long to wait for each answer (default 10)")
+    sync.add_argument("--json", action="store_true", help="print a JSON summary")
+    sync.set_defaults(func=_sync)
+
 
 def _render(args: argparse.Namespace) -> int:
-    from vlabus.broker import render
+    from vlabus.broker import ADMIN, render
 
     hostnames = tuple(args.hostname or ["localhost"])
     try:
@@ -50,11 +63,14 @@ def _render(args: argparse.Namespace) -> int:
         print(f"vlabus broker render: {exc}")
         return 1
     root = conf.parent
-    clients = sorted(p.name.split(".")[0] for p in (root / "tls" / "clients").glob("*.crt")) \
+    clients = sorted(p.name.split(".")[0] for p in (root / "tls" / "clients").glob("*.crt")
+                     if p.name.split(".")[0] != ADMIN) \
         if args.tls else sorted(p.stem for p in (root / "clients").glob("*.password"))
     summary = {"config": str(conf), "mode": "fleet" if args.tls else "dev",
                "clients": clients, "files": sorted(str(p.relative_to(root))
                                                    for p in root.rglob("*") if p.is_file())}
+    if args.tls:
+        summary["admin"] = ADMIN
     if args.json:
         print(json.dumps(summary))
     else:
@@ -101,3 +117,65 @@ def _run(args: argparse.Namespace) -> int:
     elif status:
         print(f"mosquitto exited with status {status}:\n{broker.log_tail()}")
     return 0 if stopped or status == 0 else 1
+
+
+def _sync(args: argparse.Namespace) -> int:
+    """Exit 0 when applied, 1 when the broker refused a command or a file is bad, 2 when the
+    broker cannot be reached or the configuration is not a fleet one."""
+    import asyncio
+
+    from vlabus.broker import (
+        ADMIN,
+        TEMPLATES,
+        BrokerError,
+        client_options,
+        is_tls,
+        listener_of,
+        sync_access,
+    )
+    from vlabus.transport import open_transport
+
+    def done(code: int, **fields: Any) -> int:
+        if args.json:
+            print(json.dumps({"exit_code": code, **fields}))
+        elif "error" in fields:
+            print(f"vlabus broker sync: {fields['error']}", file=sys.stderr)
+        else:
+            print(" ".join(f"{k}={','.join(v) or '-'}" for k, v in fields.items()))
+        return code
+
+    config = Path(args.config)
+    if not is_tls(config):
+        return done(2, error=f"{config} is a dev configuration: it has no access rules to sync. "
+                    "A dev broker reads its password file again on SIGHUP: run `vlabus broker "
+                    "render` again, then send mosquitto SIGHUP")
+    try:
+        url = args.bus
+        if url is None:
+            text = (config / "mosquitto.conf").read_text()
+            port, host = listener_of(text)
+            if f"listener {port} {host}" not in text:  # bound to every address: the
+                host = "localhost"  # certificate names localhost, not 127.0.0.1
+            url = f"mqtts://{host}:{port}"
+        options = client_options(config, ADMIN, extra={"connect_timeout_s": str(args.timeout)})
+    except (OSError, BrokerError) as exc:
+        return done(2, error=str(exc))
+
+    async def run() -> dict[str, list[str]]:
+        try:
+            admin = await open_transport(url, options)
+        except (BusError, OSError) as exc:
+            raise ConnectionError(f"cannot reach {url} as {ADMIN}: {exc}") from exc
+        try:
+            return await sync_access(admin, args.keys, args.acl or TEMPLATES / "acl.json",
+                                     timeout_s=args.timeout)
+        finally:
+            await admin.close()
+
+    try:
+        result = asyncio.run(run())
+    except ConnectionError as exc:
+        return done(2, error=str(exc))
+    except (BusError, OSError, ValueError) as exc:
+        return done(1, error=str(exc))
+    return done(0, **result)
