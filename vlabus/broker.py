@@ -379,15 +379,17 @@ async def sync_access(transport: Transport, keys: str | Path, acl: str | Path, *
     removed = sorted(set(have) - set(clients))
     changed: list[str] = []
     commands: list[dict[str, Any]] = []
-    for name in removed:
+    for name in removed:  # its own roles go with it ("ROLE-ID", as render names them)
         commands.append({"command": "deleteClient", "username": name})
-        commands += [{"command": "deleteRole", "rolename": role} for role in have[name]]
+        commands += [{"command": "deleteRole", "rolename": role} for role in have[name]
+                     if role.endswith(f"-{name}")]
     for name in sorted(set(have) & set(clients)):
         role = clients[name]["roles"][0]["rolename"]
         if have[name] != [role]:  # its keyring role changed: make it again
             changed.append(name)
             commands.append({"command": "deleteClient", "username": name})
-            commands += [{"command": "deleteRole", "rolename": r} for r in have[name]]
+            commands += [{"command": "deleteRole", "rolename": r} for r in have[name]
+                         if r.endswith(f"-{name}")]
             commands += _create(clients[name], roles[role])
             continue
         found = await _control(transport, [{"command": "getRole", "rolename": role}], timeout_s)
