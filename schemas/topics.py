@@ -74,6 +74,13 @@ def topic_filter_problem(pattern: str) -> str | None:
     return _string_problem(pattern)
 
 
+def group_problem(group: str) -> str | None:
+    """Why ``group`` may not name a shared subscription (``$share/GROUP/...``), or None."""
+    if any(c in group for c in "/+#\0"):
+        return f"has the invalid group {group!r} ('/', '+', '#' or NUL)"
+    return None
+
+
 def _string_problem(text: str) -> str | None:
     if "\0" in text:
         return "contains NUL"

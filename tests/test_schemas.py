@@ -16,6 +16,7 @@ from schemas.topics import (
     action_topic,
     check_id,
     frame_topic,
+    group_problem,
     matches,
     model_chunk_topic,
     robot_of,
@@ -191,6 +192,9 @@ def test_topic_names_and_filters_follow_mqtt() -> None:
         problem = topic_filter_problem(bad)
         assert problem is not None, bad
         assert why in problem, (bad, problem)
+    assert group_problem("workers") is None
+    for bad in ("a/b", "g+", "#", "x\0"):
+        assert group_problem(bad) is not None, bad
 
 
 @pytest.mark.parametrize("channels", [2, 4])

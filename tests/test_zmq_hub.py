@@ -122,6 +122,20 @@ def test_retained_and_cleared(zmq_hub: Hub) -> None:
     run(body())
 
 
+@contextmanager
+def raw_dealer(url: str) -> Iterator[zmq.Socket[bytes]]:
+    """A bare DEALER on the hub: the protocol spoken by hand, no adapter checks."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(tcp_endpoint(url))
+    try:
+        yield dealer
+    finally:
+        dealer.close(0)
+        ctx.term()
+
+
 def test_sub_with_a_mid_is_acknowledged_before_its_retained_messages(zmq_hub: Hub) -> None:
     """The hub protocol by hand: a SUB with a mid gets ACK first (as MQTT's SUBACK precedes
     retained messages); a SUB without one, from an older client, gets no answer but works."""
@@ -130,11 +144,7 @@ def test_sub_with_a_mid_is_acknowledged_before_its_retained_messages(zmq_hub: Hu
         await pub.publish("vla/v1/r/status", b"online", retain=True, qos=1)
         await pub.close()
     run(body())
-    ctx = zmq.Context()
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(tcp_endpoint(zmq_hub.url))
-    try:
+    with raw_dealer(zmq_hub.url) as dealer:
         dealer.send_multipart([b"S", b"vla/v1/+/status", b"", b"7"])
         assert dealer.poll(5000)
         assert dealer.recv_multipart() == [b"A", b"7"]
@@ -144,19 +154,12 @@ def test_sub_with_a_mid_is_acknowledged_before_its_retained_messages(zmq_hub: Hu
         assert dealer.poll(5000)
         assert dealer.recv_multipart() == [b"Mvla/v1/r/status", b"online"]
         assert not dealer.poll(200)  # no ACK for it
-    finally:
-        dealer.close(0)
-        ctx.term()
 
 
 def test_the_hub_refuses_invalid_topics_from_any_client(zmq_hub: Hub) -> None:
     """A client that skips the adapter's checks: an invalid filter or a wildcard topic is
     answered with NACK and counted as malformed; the hub routes nothing of it, and serves on."""
-    ctx = zmq.Context()
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(tcp_endpoint(zmq_hub.url))
-    try:
+    with raw_dealer(zmq_hub.url) as dealer:
         dealer.send_multipart([b"S", b"vla/#/x", b"", b"1"])
         assert dealer.poll(5000)
         verb, mid, reason = dealer.recv_multipart()
@@ -173,9 +176,6 @@ def test_the_hub_refuses_invalid_topics_from_any_client(zmq_hub: Hub) -> None:
         got = [dealer.recv_multipart() for _ in range(2) if dealer.poll(5000)]
         assert sorted(got) == [[b"A", b"10"], [b"Mvla/ok", b"good"]]
         assert zmq_hub.counters()["malformed"] == 4
-    finally:
-        dealer.close(0)
-        ctx.term()
 
 
 def test_will_on_abort_not_on_close(zmq_hub: Hub) -> None:

@@ -31,7 +31,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from schemas.errors import BusError, TransportError
-from schemas.topics import topic_filter_problem
+from schemas.topics import group_problem, topic_filter_problem
 from security.curve import authorized_dir, load_hub_keys
 from vlabus import hub_routes as proto
 from vlabus.hub_access import Access, curve_names
@@ -296,8 +296,7 @@ class Hub:
                 mid = parts[4].bytes if n == 5 else b""  # asks for ACK or NACK
                 user = _user(parts[2])
                 peer.user = user  # whom a later reload checks its subscriptions against
-                problem = topic_filter_problem(pattern) or (
-                    "has an invalid group" if any(c in group for c in "/+#\0") else None)
+                problem = topic_filter_problem(pattern) or group_problem(group)
                 if problem is not None:
                     self._malformed(rid, f"subscribe to {pattern!r}: it {problem}")
                     self._send(router, rid, [proto.NACK, mid, f"invalid topic filter {pattern!r}: "

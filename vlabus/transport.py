@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from schemas.errors import PublishRejected, SubscribeRejected, TransportError
-from schemas.topics import topic_filter_problem, topic_name_problem
+from schemas.topics import group_problem, topic_filter_problem, topic_name_problem
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ def check_filter(pattern: str, group: str | None) -> None:
     """Raise ``SubscribeRejected`` (0x8F Topic Filter invalid) unless ``pattern`` is a valid
     MQTT topic filter and ``group``, when given, a valid share name (no ``/``, ``+``, ``#``)."""
     problem = topic_filter_problem(pattern)
-    if problem is None and group and any(c in group for c in "/+#\0"):
-        problem = f"has the invalid group {group!r}"
+    if problem is None and group:
+        problem = group_problem(group)
     if problem is not None:
         raise SubscribeRejected(pattern, 0x8F, f"Topic Filter invalid: it {problem}")
