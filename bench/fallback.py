@@ -50,8 +50,8 @@ async def _respond(url: str, keys: str, delay_ms: float, broker: str | None) -> 
     from schemas.topics import ALL_FRAMES, action_topic
     from security.keys import Keyring, load_signer
     from security.replay import ReplayGuard
+    from vlabus.bus.transport import open_transport
     from vlabus.inbound import Rejections, accept
-    from vlabus.transport import open_transport
     from vlabus.wire import Decoder, Encoder
 
     bus = await open_transport(url, _options(broker, "worker-1"))
@@ -81,11 +81,11 @@ async def _respond(url: str, keys: str, delay_ms: float, broker: str | None) -> 
 
 def _options(broker: str | None, identity: str) -> Any:
     """Credentials for ``identity`` on the rendered broker, or plain options for the hub."""
-    from vlabus.transport import TransportOptions
+    from vlabus.bus.transport import TransportOptions
 
     if broker is None:
         return TransportOptions(client_id=identity)
-    from vlabus.broker import client_options
+    from vlabus.broker.render import client_options
 
     return client_options(broker, identity)
 
@@ -177,7 +177,8 @@ def _start_bus(bus: str, keys: str, work: Path,
                stack: contextlib.ExitStack) -> tuple[str, str | None]:
     """Start the bus as a separate process; returns its URL and the broker config (MQTT)."""
     if bus == "mqtt":
-        from vlabus.broker import Limits, LocalMosquitto, render
+        from vlabus.broker.local import LocalMosquitto
+        from vlabus.broker.render import Limits, render
 
         config = work / "broker"
         render(keys, config, limits=Limits(persistence=False))

@@ -28,10 +28,10 @@ from schemas.arrays import pack_array
 from schemas.images import encode_image
 from schemas.messages import Action, Frame
 from security.keys import Signer
-from vlabus.memory import reset_memory
-from vlabus.record import Recorder
-from vlabus.replay import Replayer
-from vlabus.transport import TransportOptions, open_transport
+from vlabus.bus.memory import reset_memory
+from vlabus.bus.transport import TransportOptions, open_transport
+from vlabus.log.record import Recorder
+from vlabus.log.replay import Replayer
 from vlabus.wire import Encoder
 
 

@@ -68,10 +68,10 @@ from schemas.images import Image, decode_image, encode_image
 from schemas.messages import Action, Frame
 from security.keys import Keyring, add_key, load_signer
 from security.replay import ReplayGuard
-from vlabus import hub_routes
-from vlabus.policy import NoopPolicy
-from vlabus.procs import free_port
-from vlabus.transport import TransportOptions, open_transport
+from vlabus.bus.transport import TransportOptions, open_transport
+from vlabus.cli.procs import free_port
+from vlabus.hub import routes as hub_routes
+from vlabus.policy.reference import NoopPolicy
 from vlabus.wire import Decoder, Encoder
 
 HORIZON, ACTION_DIM = 50, 14
@@ -540,7 +540,8 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
             wires = {WIRE: WireClient(hop, keys, b"wire"),
                      WIRE_DIRECT: WireClient(ready.get(timeout=20), keys, None)}
         else:
-            from vlabus.broker import Limits, LocalMosquitto, client_options, render
+            from vlabus.broker.local import LocalMosquitto
+            from vlabus.broker.render import Limits, client_options, render
 
             broker_dir = root / "broker"
             render(keys, broker_dir, limits=Limits(persistence=False))

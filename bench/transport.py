@@ -14,7 +14,8 @@ payloads (QoS 0). Paths:
 * ``zmq_proxy``: bare pyzmq PUB/SUB through ``zmq.proxy(XSUB, XPUB)`` (the C device).
 * ``zmq_direct``: bare DEALER <-> ROUTER echo, no hub.
 * ``bridge_*``: the direct path again, driven from asyncio three ways (zmq.asyncio, an
-  ``add_reader`` drain as in vlabus.zmq, a dedicated I/O thread), to choose the adapter's design.
+  ``add_reader`` drain as in vlabus.bus.zmq, a dedicated I/O thread), to choose the adapter's
+  design.
 
 Throughput keeps a window of 32 messages in flight. Ratios compare p50 with the bare path.
 """
@@ -44,9 +45,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bench import transport_peers as peers
 from bench.transport_bridges import BRIDGES
 from security.keys import add_key
-from vlabus.broker import Limits, LocalMosquitto, client_options, render
-from vlabus.hub_process import HubProcess
-from vlabus.transport import TransportOptions, open_transport
+from vlabus.broker.local import LocalMosquitto
+from vlabus.broker.render import Limits, client_options, render
+from vlabus.bus.transport import TransportOptions, open_transport
+from vlabus.hub.process import HubProcess
 
 SIZES = {"64B": 64, "150KB": 150_000}
 WINDOW = 32

@@ -1,10 +1,10 @@
-"""Three ways to drive one DEALER socket from asyncio, to choose vlabus.zmq's design.
+"""Three ways to drive one DEALER socket from asyncio, to choose vlabus.bus.zmq's design.
 
 Each factory connects to ``endpoint`` and returns ``(send, recv, close)``.
 
 * ``zmq_asyncio``: pyzmq's own ``zmq.asyncio`` sockets (a future per recv).
 * ``add_reader``: a plain socket; ``loop.add_reader`` on its edge-triggered FD drains into a
-  deque and wakes one waiter (what vlabus.zmq does).
+  deque and wakes one waiter (what vlabus.bus.zmq does).
 * ``io_thread``: a dedicated thread owns the socket, takes sends over an inproc PAIR and hands
   messages to the loop with ``call_soon_threadsafe``.
 """

@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import zmq
 from paho.mqtt.enums import CallbackAPIVersion
 
-from vlabus.transport import open_transport
+from vlabus.bus.transport import open_transport
 
 PING, PONG = "bench/ping", "bench/pong"
 

@@ -55,10 +55,12 @@ from schemas.arrays import pack_array
 from schemas.images import encode_image
 from schemas.messages import Action, Frame
 from security.keys import Keyring, Signer, add_key
-from vlabus.broker import Limits, LocalMosquitto, render
-from vlabus.memory import reset_memory
-from vlabus.policy import Observation, ReferencePolicy, set_threads
-from vlabus.transport import Transport, TransportOptions, open_transport
+from vlabus.broker.local import LocalMosquitto
+from vlabus.broker.render import Limits, render
+from vlabus.bus.memory import reset_memory
+from vlabus.bus.transport import Transport, TransportOptions, open_transport
+from vlabus.policy import Observation
+from vlabus.policy.reference import ReferencePolicy, set_threads
 from vlabus.wire import PREFIX_SIZE, SIGNATURE_SIZE, Decoder, Encoder
 
 BATCHES = (1, 4, 16, 32)

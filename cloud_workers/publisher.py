@@ -17,7 +17,7 @@ from pathlib import Path
 
 from schemas import topics
 from schemas.messages import ModelChunk, ModelManifest
-from vlabus.transport import Transport
+from vlabus.bus.transport import Transport
 from vlabus.wire import Encoder
 
 DEFAULT_CHUNK = 256 << 10

@@ -38,9 +38,9 @@ from schemas.errors import BusError
 from schemas.messages import Action, Frame, Message, Priority, Status, TaskRequest, TaskResult
 from security.keys import Keyring, Role, Signer
 from security.replay import ReplayGuard
+from vlabus.bus.transport import Message as BusMessage
+from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
 from vlabus.inbound import Rejections, accept
-from vlabus.transport import Message as BusMessage
-from vlabus.transport import Transport, TransportOptions, Will, open_transport
 from vlabus.wire import SENDER_ROLES, Decoder, Encoder, Header
 
 log = logging.getLogger(__name__)

@@ -41,8 +41,8 @@ from schemas.errors import TransportError
 from schemas.images import Codec
 from schemas.messages import Priority, Status
 from schemas.topics import check_id, frame_topic, robot_status_topic
+from vlabus.bus.transport import Transport
 from vlabus.policy import Observation
-from vlabus.transport import Transport
 from vlabus.wire import Encoder
 
 log = logging.getLogger(__name__)

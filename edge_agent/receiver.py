@@ -33,8 +33,8 @@ from schemas.messages import Action, ModelChunk, ModelManifest
 from schemas.topics import action_topic, model_chunk_topic, model_manifest_topic
 from security.keys import Keyring
 from security.replay import ReplayGuard
+from vlabus.bus.transport import Message, Transport
 from vlabus.inbound import Rejections, accept
-from vlabus.transport import Message, Transport
 from vlabus.wire import Decoder
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 
 class BlackBox(Protocol):
-    """What the receiver needs from a recorder (``vlabus.record.Recorder`` fits)."""
+    """What the receiver needs from a recorder (``vlabus.log.record.Recorder`` fits)."""
 
     def write(self, topic: str, payload: bytes | bytearray | memoryview, received_ns: int,
               sent_ns: int | None = None) -> None: ...

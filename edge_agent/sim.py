@@ -24,8 +24,8 @@ from edge_agent.agent import ActionResult, AgentConfig, EdgeAgent
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.scene import TabletopScene
 from edge_agent.stack import LocalModel, load_identity, open_edge
+from vlabus.bus.transport import TransportOptions
 from vlabus.policy import Observation
-from vlabus.transport import TransportOptions
 
 COMMANDS = ("pick up the red block", "put the cup on the plate", "open the drawer")
 

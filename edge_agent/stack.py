@@ -21,8 +21,9 @@ from edge_agent.updates import ModelUpdater
 from schemas.messages import Status
 from schemas.topics import robot_status_topic
 from security.keys import Keyring, Signer, load_signer
-from vlabus.policy import Observation, Policy, ReferencePolicy
-from vlabus.transport import Transport, TransportOptions, Will, open_transport
+from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
+from vlabus.policy import Observation, Policy
+from vlabus.policy.reference import ReferencePolicy
 from vlabus.wire import Encoder
 
 

@@ -1,6 +1,7 @@
 """pytest plugin: a real Mosquitto from ``broker_config/`` on a free loopback port.
 
-``mosquitto`` yields a running :class:`vlabus.broker.LocalMosquitto` with the dev configuration
+``mosquitto`` yields a running :class:`vlabus.broker.local.LocalMosquitto` with the dev
+configuration
 (password authentication) rendered for the session keyring; ``mosquitto_fleet`` the fleet
 configuration (TLS client certificates, dynamic-security access control). Both have ``.url``,
 ``.options(identity, client_id)``, ``.stop()``, ``.start()`` and ``.restart()`` (same port).
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import KeyDir
-from vlabus.broker import Limits, LocalMosquitto, render
+from vlabus.broker.local import LocalMosquitto
+from vlabus.broker.render import Limits, render
 
 
 def _running(config: Path) -> Iterator[LocalMosquitto]:

@@ -1,6 +1,6 @@
 """pytest plugin: a real vlabus ZeroMQ hub on a free port (plain and CURVE).
 
-``zmq_hub`` yields a running :class:`vlabus.hub.Hub` (``.url`` is ``zmq://127.0.0.1:PORT``),
+``zmq_hub`` yields a running :class:`vlabus.hub.server.Hub` (``.url`` is ``zmq://127.0.0.1:PORT``),
 stopped after the test. ``zmq_curve_hub`` yields a :class:`CurveHub`: the hub plus its key
 directory, where ``options(name)`` builds :class:`TransportOptions` for an admitted client.
 """
@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from security.curve import add_curve_client, init_curve, load_client_keys
-from vlabus.hub import Hub, HubConfig
-from vlabus.transport import CurveKeys, TransportOptions
+from vlabus.bus.transport import CurveKeys, TransportOptions
+from vlabus.hub.server import Hub, HubConfig
 
 
 @dataclass

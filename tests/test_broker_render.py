@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.conftest import IDENTITIES, KeyDir
-from vlabus.broker import (
+from vlabus.broker.render import (
     ADMIN,
     CONTROL,
     BrokerError,
@@ -30,8 +30,8 @@ from vlabus.broker import (
     render,
     with_port,
 )
+from vlabus.bus.transport import open_transport
 from vlabus.cli import main
-from vlabus.transport import open_transport
 
 ALL_IDS = sorted(ident for _, ident in IDENTITIES)
 

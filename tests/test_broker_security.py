@@ -12,8 +12,8 @@ import pytest
 
 from schemas.errors import PublishRejected, SubscribeRejected, TransportError
 from security.tls import issue, make_ca, write_pair, write_tls
-from vlabus.broker import LocalMosquitto
-from vlabus.transport import Message, TlsFiles, Transport, TransportOptions, open_transport
+from vlabus.broker.local import LocalMosquitto
+from vlabus.bus.transport import Message, TlsFiles, Transport, TransportOptions, open_transport
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 10.0

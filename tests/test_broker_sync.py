@@ -16,9 +16,10 @@ import pytest
 from schemas.errors import BusError, SubscribeRejected, TransportError
 from security.keys import add_key
 from tests.fixtures_mqtt import _running
-from vlabus.broker import ADMIN, TEMPLATES, LocalMosquitto, render
+from vlabus.broker.local import LocalMosquitto
+from vlabus.broker.render import ADMIN, TEMPLATES, render
+from vlabus.bus.transport import Transport, open_transport
 from vlabus.cli import main
-from vlabus.transport import Transport, open_transport
 
 pytestmark = pytest.mark.integration
 

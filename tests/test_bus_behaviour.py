@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from schemas.errors import PublishRejected, SubscribeRejected, TransportError
-from vlabus.hub import Hub, HubConfig
-from vlabus.memory import reset_memory
-from vlabus.transport import Message, Transport, TransportOptions, open_transport
+from vlabus.bus.memory import reset_memory
+from vlabus.bus.transport import Message, Transport, TransportOptions, open_transport
+from vlabus.hub.server import Hub, HubConfig
 
 TIMEOUT = 10.0
 _names = itertools.count()

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from vlabus.procs import Child, free_port
+from vlabus.cli.procs import Child, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
@@ -97,7 +97,7 @@ def test_services_run_locally_and_spread_load(compose: dict[str, Any], tmp_path:
     env["PATH"] = f"{bindir}:{env['PATH']}"
     subprocess.run(["/bin/sh", "-ec", script], check=True, env=env, timeout=120)
 
-    from vlabus.broker import LocalMosquitto
+    from vlabus.broker.local import LocalMosquitto
 
     with LocalMosquitto(broker, executable=MOSQUITTO) as mosquitto:
         os.environ["VLABUS_BUS"] = mosquitto.url

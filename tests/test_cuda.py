@@ -19,7 +19,8 @@ from schemas.messages import Action
 from tests.conftest import KeyDir
 from tests.test_worker import run, serving
 from tests.test_worker_support import Robot, make_frame
-from vlabus.policy import Observation, Policy, ReferencePolicy
+from vlabus.policy import Observation, Policy
+from vlabus.policy.reference import ReferencePolicy
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device")
 

@@ -17,8 +17,8 @@ from edge_agent.receiver import Receiver
 from edge_agent.threaded import ThreadedAgent
 from tests.conftest import KeyDir
 from tests.test_edge_support import FakeCloud, SlowPolicy, TinyPolicy, observation
-from vlabus.memory import reset_memory
-from vlabus.transport import TransportOptions, open_transport
+from vlabus.bus.memory import reset_memory
+from vlabus.bus.transport import TransportOptions, open_transport
 from vlabus.wire import Encoder
 
 MS = 1_000_000

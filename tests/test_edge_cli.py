@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
+from edge_agent.cli import claim_robot
 from schemas.errors import KeyringError
 from security.keys import add_key
 from tests.conftest import KeyDir
 from tests.test_edge_support import FakeCloud
+from vlabus.bus.transport import TransportOptions, open_transport
 from vlabus.cli import main
-from vlabus.commands.edge import claim_robot
-from vlabus.transport import TransportOptions, open_transport
 
 pytestmark = pytest.mark.integration
 

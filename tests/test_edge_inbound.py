@@ -15,8 +15,8 @@ from schemas.messages import Action
 from schemas.topics import action_topic
 from security.keys import Signer
 from tests.conftest import KeyDir
-from vlabus.memory import reset_memory
-from vlabus.transport import Message, TransportOptions, open_transport
+from vlabus.bus.memory import reset_memory
+from vlabus.bus.transport import Message, TransportOptions, open_transport
 from vlabus.wire import Encoder
 
 TOPIC = action_topic("robot-a")

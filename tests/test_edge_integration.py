@@ -22,8 +22,8 @@ from edge_agent.breaker import BreakerConfig
 from edge_agent.sim import SimRobot
 from edge_agent.stack import LocalModel, open_edge
 from tests.conftest import KeyDir
-from vlabus.policy import NoopPolicy
-from vlabus.transport import TransportOptions
+from vlabus.bus.transport import TransportOptions
+from vlabus.policy.reference import NoopPolicy
 
 pytestmark = pytest.mark.integration
 MS = 1_000_000
@@ -61,7 +61,7 @@ class Pool:
 
 async def scenario(url: str, keydir: KeyDir, options: Callable[[str], TransportOptions],
                    record: Path) -> None:
-    from vlabus.record import Recorder
+    from vlabus.log.record import Recorder
 
     pool = Pool(url, keydir, options)
     await pool.start()

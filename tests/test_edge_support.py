@@ -20,9 +20,9 @@ from schemas.messages import Action, Frame
 from schemas.topics import ALL_FRAMES, action_topic
 from security.keys import Keyring, Signer
 from security.replay import ReplayGuard
+from vlabus.bus.transport import Transport
 from vlabus.inbound import Rejections, accept
 from vlabus.policy import Observation
-from vlabus.transport import Transport
 from vlabus.wire import Decoder, Encoder
 
 

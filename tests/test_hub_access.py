@@ -20,13 +20,13 @@ from security.curve import add_curve_client, init_curve
 from security.keys import Keyring, Role, add_key, load_signer
 from tests.fixtures_zmq import CurveHub
 from tests.test_worker_support import Robot, make_frame
-from vlabus.broker import TEMPLATES
+from vlabus.broker.render import TEMPLATES
+from vlabus.bus.transport import Will
+from vlabus.bus.zmq import ZmqTransport, open_zmq
 from vlabus.cli import main
-from vlabus.hub import Hub, HubConfig, tcp_endpoint
-from vlabus.hub_access import Access
-from vlabus.policy import NoopPolicy
-from vlabus.transport import Will
-from vlabus.zmq import ZmqTransport, open_zmq
+from vlabus.hub.access import Access
+from vlabus.hub.server import Hub, HubConfig, tcp_endpoint
+from vlabus.policy.reference import NoopPolicy
 
 RULES = json.loads((TEMPLATES / "acl.json").read_text())
 FRAMES, ACTIONS = topics.ALL_FRAMES, "vla/v1/+/action"

@@ -20,10 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas.errors import TransportError
 from security.curve import load_client_keys
 from security.keys import add_key
-from vlabus.hub import tcp_endpoint
-from vlabus.hub_process import HubProcess
-from vlabus.transport import CurveKeys, TransportOptions
-from vlabus.zmq import open_zmq
+from vlabus.bus.transport import CurveKeys, TransportOptions
+from vlabus.bus.zmq import open_zmq
+from vlabus.hub.process import HubProcess
+from vlabus.hub.server import tcp_endpoint
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ import pytest
 
 from schemas.errors import Reason
 from security.keys import Keyring
+from vlabus.bus.transport import Message
 from vlabus.inbound import Rejections, accept
-from vlabus.transport import Message
 from vlabus.wire import Decoder
 
 

@@ -16,11 +16,11 @@ from security.seal import Opener, PoolSecret
 from tests.conftest import KeyDir
 from tests.test_record_support import make_frame, write_log
 from vlabus.cli import main
-from vlabus.logview import cat, kind_schema
-from vlabus.mcaplog import LogError, iter_log, recover
+from vlabus.log.reader import LogError, iter_log, recover
+from vlabus.log.record import Recorder
+from vlabus.log.replay import Restamper
+from vlabus.log.view import cat, kind_schema
 from vlabus.policy import Observation
-from vlabus.record import Recorder
-from vlabus.replay import Restamper
 from vlabus.wire import SENDER_ROLES, Decoder, Encoder
 
 

@@ -24,9 +24,10 @@ from schemas.topics import model_chunk_topic, model_manifest_topic
 from security.keys import Signer
 from tests.conftest import KeyDir
 from tests.test_edge_support import TinyPolicy
-from vlabus.memory import reset_memory
-from vlabus.policy import Observation, ReferencePolicy
-from vlabus.transport import Message, TransportOptions, open_transport
+from vlabus.bus.memory import reset_memory
+from vlabus.bus.transport import Message, TransportOptions, open_transport
+from vlabus.policy import Observation
+from vlabus.policy.reference import ReferencePolicy
 from vlabus.wire import Encoder
 
 NAME = "edge"

@@ -14,9 +14,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from schemas.errors import PublishRejected, TransportError
-from vlabus.broker import MAX_PACKET_SIZE, LocalMosquitto
-from vlabus.mqtt import MqttTransport
-from vlabus.transport import Transport, TransportOptions, Will, open_transport
+from vlabus.broker.local import LocalMosquitto
+from vlabus.broker.render import MAX_PACKET_SIZE
+from vlabus.bus.mqtt import MqttTransport
+from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 10.0

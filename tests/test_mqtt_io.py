@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from vlabus.broker import LocalMosquitto
-from vlabus.transport import Transport, open_transport
+from vlabus.broker.local import LocalMosquitto
+from vlabus.bus.transport import Transport, open_transport
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 10.0

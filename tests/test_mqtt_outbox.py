@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from schemas.errors import TransportError
-from vlabus.backoff import Backoff
-from vlabus.outbox import Outbox
+from vlabus.bus.backoff import Backoff
+from vlabus.bus.outbox import Outbox
 
 
 class FakeClock:

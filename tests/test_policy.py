@@ -1,4 +1,4 @@
-"""vlabus.policy: Observation from frames, the reference VLA, safetensors, load_policy."""
+"""vlabus.policy.reference: Observation from frames, the reference VLA, safetensors, load_policy."""
 
 from __future__ import annotations
 
@@ -14,17 +14,9 @@ from safetensors.torch import save_file
 from schemas.arrays import pack_array
 from schemas.images import encode_image
 from schemas.messages import Frame
-from vlabus.policy import (
-    NoopPolicy,
-    Observation,
-    Policy,
-    PolicyInputError,
-    ReferencePolicy,
-    describe,
-    load_policy,
-    resolve_device,
-    tokenize,
-)
+from vlabus.policy import Observation, Policy, PolicyInputError, describe
+from vlabus.policy.load import load_policy
+from vlabus.policy.reference import NoopPolicy, ReferencePolicy, resolve_device, tokenize
 
 
 def obs(seed: int = 0, command: str = "pick up the red cube", size: int = 64,

@@ -19,11 +19,11 @@ from mcap.reader import make_reader
 from schemas.topics import frame_topic
 from tests.conftest import KeyDir
 from tests.test_record_support import make_frame
+from vlabus.bus.memory import reset_memory
+from vlabus.bus.transport import TransportOptions, open_transport
 from vlabus.cli import main
-from vlabus.mcaplog import recover
-from vlabus.memory import reset_memory
-from vlabus.record import MESSAGE_ENCODING, Recorder, RecordError, record_from
-from vlabus.transport import TransportOptions, open_transport
+from vlabus.log.reader import recover
+from vlabus.log.record import MESSAGE_ENCODING, Recorder, RecordError, record_from
 from vlabus.wire import Decoder, Encoder
 
 
@@ -168,7 +168,7 @@ def test_full_disk_leaves_the_bus_running(keydir: KeyDir) -> None:
 
 CHILD = """
 import sys, time
-from vlabus.record import Recorder
+from vlabus.log.record import Recorder
 rec = Recorder(sys.argv[1], flush_interval_s=0.05)
 last = 0
 n = 0

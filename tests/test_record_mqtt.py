@@ -16,9 +16,9 @@ from schemas.topics import frame_topic
 from tests.conftest import KeyDir
 from tests.test_record_support import make_frame, write_log
 from tests.test_record_zmq import wait_until
-from vlabus.broker import LocalMosquitto
-from vlabus.mcaplog import recover
-from vlabus.transport import open_transport
+from vlabus.broker.local import LocalMosquitto
+from vlabus.bus.transport import open_transport
+from vlabus.log.reader import recover
 from vlabus.wire import SENDER_ROLES, Decoder, Encoder
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from schemas.images import encode_image
 from schemas.messages import Action, Frame
 from schemas.topics import action_topic, frame_topic
 from security.keys import Signer
-from vlabus.record import Recorder
+from vlabus.log.record import Recorder
 from vlabus.wire import Encoder
 
 

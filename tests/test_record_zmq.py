@@ -19,11 +19,11 @@ from mcap.reader import make_reader
 from schemas.topics import frame_topic
 from tests.conftest import KeyDir
 from tests.test_record_support import make_frame, write_log
-from vlabus.hub import Hub
-from vlabus.mcaplog import recover
-from vlabus.record import Recorder, record_from
-from vlabus.replay import Replayer
-from vlabus.transport import Transport, TransportOptions, open_transport
+from vlabus.bus.transport import Transport, TransportOptions, open_transport
+from vlabus.hub.server import Hub
+from vlabus.log.reader import recover
+from vlabus.log.record import Recorder, record_from
+from vlabus.log.replay import Replayer
 from vlabus.wire import Decoder, Encoder
 
 pytestmark = pytest.mark.integration

@@ -14,12 +14,12 @@ from schemas.messages import Action, Frame
 from security.replay import ReplayGuard
 from tests.conftest import KeyDir
 from tests.test_record_support import write_log
+from vlabus.bus.memory import reset_memory
+from vlabus.bus.transport import Message, TransportOptions, open_transport
 from vlabus.cli import main
-from vlabus.mcaplog import iter_log
-from vlabus.memory import reset_memory
-from vlabus.record import Recorder
-from vlabus.replay import Replayer, ReplayStats, Restamper
-from vlabus.transport import Message, TransportOptions, open_transport
+from vlabus.log.reader import iter_log
+from vlabus.log.record import Recorder
+from vlabus.log.replay import Replayer, ReplayStats, Restamper
 from vlabus.wire import SENDER_ROLES, Decoder
 
 

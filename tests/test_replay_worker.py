@@ -15,10 +15,10 @@ from cloud_workers.worker import Worker, WorkerConfig, open_worker
 from schemas.messages import Action
 from tests.conftest import KeyDir
 from tests.test_record_support import write_log
-from vlabus.memory import reset_memory
-from vlabus.policy import NoopPolicy
-from vlabus.replay import Replayer, Restamper
-from vlabus.transport import TransportOptions, open_transport
+from vlabus.bus.memory import reset_memory
+from vlabus.bus.transport import TransportOptions, open_transport
+from vlabus.log.replay import Replayer, Restamper
+from vlabus.policy.reference import NoopPolicy
 from vlabus.wire import Decoder
 
 

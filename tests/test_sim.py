@@ -18,11 +18,11 @@ from edge_agent.stack import LocalModel
 from schemas.messages import Status
 from tests.conftest import KeyDir
 from tests.test_edge_support import FakeCloud
-from vlabus.mcaplog import iter_log
-from vlabus.memory import broker_for, reset_memory
+from vlabus.bus.memory import broker_for, reset_memory
+from vlabus.bus.transport import TransportOptions, open_transport
+from vlabus.log.reader import iter_log
+from vlabus.log.record import Recorder
 from vlabus.metrics import MetricsServer
-from vlabus.record import Recorder
-from vlabus.transport import TransportOptions, open_transport
 from vlabus.wire import Decoder
 
 SUMMARY_KEYS = {"steps", "actions_by_source", "fallbacks_by_cause", "lateness_ms", "rtt_ms",

@@ -20,9 +20,10 @@ from security.keys import Signer
 from security.replay import ReplayGuard
 from tests.conftest import KeyDir
 from tests.test_worker_support import MS, Robot, eventually, make_frame
-from vlabus.memory import reset_memory
-from vlabus.policy import NoopPolicy, Policy, ReferencePolicy
-from vlabus.transport import TransportOptions, open_transport
+from vlabus.bus.memory import reset_memory
+from vlabus.bus.transport import TransportOptions, open_transport
+from vlabus.policy import Policy
+from vlabus.policy.reference import NoopPolicy, ReferencePolicy
 from vlabus.wire import Decoder, Encoder
 
 

@@ -14,7 +14,8 @@ from schemas.messages import Action
 from tests.conftest import KeyDir
 from tests.test_worker import run, serving
 from tests.test_worker_support import Robot, make_frame
-from vlabus.policy import NoopPolicy, Observation
+from vlabus.policy import Observation
+from vlabus.policy.reference import NoopPolicy
 
 
 class ThreadRecorder(NoopPolicy):

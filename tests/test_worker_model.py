@@ -17,11 +17,11 @@ from schemas import topics
 from schemas.messages import ModelChunk, ModelManifest
 from security.replay import ReplayGuard
 from tests.conftest import KeyDir
-from vlabus.broker import LocalMosquitto
+from vlabus.broker.local import LocalMosquitto
+from vlabus.bus.memory import reset_memory
+from vlabus.bus.transport import TransportOptions, open_transport
 from vlabus.cli import main
-from vlabus.memory import reset_memory
-from vlabus.policy import ReferencePolicy
-from vlabus.transport import TransportOptions, open_transport
+from vlabus.policy.reference import ReferencePolicy
 from vlabus.wire import Decoder, Encoder
 
 ROOT = Path(__file__).resolve().parent.parent

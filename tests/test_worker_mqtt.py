@@ -26,9 +26,10 @@ from security.keys import Signer
 from security.replay import ReplayGuard
 from tests.conftest import KeyDir
 from tests.test_worker_support import MS, Robot, eventually, make_frame
-from vlabus.broker import LocalMosquitto
-from vlabus.policy import NoopPolicy, Observation
-from vlabus.transport import open_transport
+from vlabus.broker.local import LocalMosquitto
+from vlabus.bus.transport import open_transport
+from vlabus.policy import Observation
+from vlabus.policy.reference import NoopPolicy
 from vlabus.wire import Decoder, Encoder
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]

@@ -16,7 +16,7 @@ from schemas.images import encode_image
 from schemas.messages import Action, Frame, Priority, TaskRequest, TaskResult
 from security.keys import Keyring, Signer
 from security.replay import ReplayGuard
-from vlabus.transport import Transport, TransportOptions, open_transport
+from vlabus.bus.transport import Transport, TransportOptions, open_transport
 from vlabus.wire import Decoder, Encoder
 
 MS = 1_000_000

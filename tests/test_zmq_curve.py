@@ -15,8 +15,8 @@ import zmq
 from schemas.errors import KeyringError, TransportError
 from security.curve import add_curve_client, init_curve, load_client_keys, load_hub_keys
 from tests.fixtures_zmq import CurveHub
-from vlabus.transport import CurveKeys, TransportOptions
-from vlabus.zmq import open_zmq
+from vlabus.bus.transport import CurveKeys, TransportOptions
+from vlabus.bus.zmq import open_zmq
 
 pytestmark = pytest.mark.integration
 

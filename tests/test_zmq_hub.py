@@ -14,9 +14,9 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from schemas.errors import TransportError
-from vlabus.hub import Hub, HubConfig, tcp_endpoint
-from vlabus.transport import Message, TransportOptions, Will, open_transport
-from vlabus.zmq import ZmqTransport, open_zmq
+from vlabus.bus.transport import Message, TransportOptions, Will, open_transport
+from vlabus.bus.zmq import ZmqTransport, open_zmq
+from vlabus.hub.server import Hub, HubConfig, tcp_endpoint
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from schemas.errors import Reason, WireError
-from vlabus.transport import Message
+from vlabus.bus.transport import Message
 from vlabus.wire import Decoder, Received
 
 log = logging.getLogger(__name__)

@@ -64,7 +64,7 @@ class MetricsServer:
 
 class HubCollector(Collector):
     """The hub's counters as Prometheus series, read at scrape time from ``counters()``
-    (:meth:`vlabus.hub.Hub.counters`): nothing is added to the hub's message path."""
+    (:meth:`vlabus.hub.server.Hub.counters`): nothing is added to the hub's message path."""
 
     def __init__(self, counters: Callable[[], dict[str, int]]) -> None:
         self._counters = counters

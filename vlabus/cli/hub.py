@@ -6,7 +6,7 @@ Runs in the foreground until SIGINT or SIGTERM, then prints its counters (one JS
 --add-client NAME`` creates CurveZMQ key pairs and exits. With ``--keys`` as well, each client
 may publish and subscribe only as its keyring role allows (``broker_config/acl.json``, the fleet
 broker's rules). SIGHUP re-reads the CURVE allow-list, the keyring and the rules
-(:meth:`vlabus.hub.Hub.reload`); a reload that fails to read them keeps the ones in force.
+(:meth:`vlabus.hub.server.Hub.reload`); a reload that fails to read them keeps the ones in force.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
 
     from schemas.errors import BusError
     from security.curve import add_curve_client, init_curve
-    from vlabus.broker import TEMPLATES
-    from vlabus.hub import Hub, HubConfig
-    from vlabus.hub_access import Access
+    from vlabus.broker.render import TEMPLATES
+    from vlabus.hub.access import Access
+    from vlabus.hub.server import Hub, HubConfig
     from vlabus.metrics import HubCollector, MetricsServer
 
     try:
@@ -134,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
 def _reload(hub: Any, args: argparse.Namespace) -> None:
     """SIGHUP: read the allow-list, keyring and rules again, and hand them to the hub."""
     from schemas.errors import BusError
-    from vlabus.broker import TEMPLATES
-    from vlabus.hub_access import Access
+    from vlabus.broker.render import TEMPLATES
+    from vlabus.hub.access import Access
 
     try:
         access = (Access.from_keyring(args.keys, args.acl or TEMPLATES / "acl.json")

@@ -3,14 +3,14 @@
 One ROUTER socket carries everything (clients connect one DEALER), so a message takes one hop
 client -> hub -> client. Frames are passed through without copying (``copy=False``); a fan-out
 re-sends the same ``zmq.Frame``, which libzmq shares by reference. The routing table lives in
-:mod:`vlabus.hub_routes`.
+:mod:`vlabus.hub.routes`.
 
 Protection: send/receive high-water marks (a full subscriber's messages are dropped and counted,
 never blocking the hub: ``ROUTER_MANDATORY`` turns the silent drop into ``EAGAIN``), ZMTP
 heartbeats, ``MAXMSGSIZE`` (a peer sending more is disconnected by libzmq). With ``curve_dir``,
 CurveZMQ with a ZAP handler and ``ZAP_ENFORCE_DOMAIN``: without the handler clients are refused,
 not admitted (DESIGN trap 6). With ``access`` as well, each publish, subscription and will is
-checked against the sender's CURVE identity (:mod:`vlabus.hub_access`); a refusal is counted in
+checked against the sender's CURVE identity (:mod:`vlabus.hub.access`); a refusal is counted in
 ``denied`` and answered with NACK.
 
 Wills are published when a client's TCP connection drops without a BYE (socket monitor event,
@@ -33,9 +33,9 @@ from zmq.utils.monitor import recv_monitor_message
 from schemas.errors import BusError, TransportError
 from schemas.topics import group_problem, topic_filter_problem
 from security.curve import authorized_dir, load_hub_keys
-from vlabus import hub_routes as proto
-from vlabus.hub_access import Access, curve_names
-from vlabus.hub_routes import Routes
+from vlabus.hub import routes as proto
+from vlabus.hub.access import Access, curve_names
+from vlabus.hub.routes import Routes
 
 log = logging.getLogger(__name__)
 

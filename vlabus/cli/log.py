@@ -13,7 +13,7 @@ from typing import Any
 from schemas.errors import BusError, KeyringError
 from security.keys import Keyring, load_pool_secret
 from security.seal import Opener
-from vlabus.commands._bus import topic_pattern
+from vlabus.cli.busflags import topic_pattern
 
 # mcap, numpy and torch load inside the handlers: `vlabus --help` stays fast.
 
@@ -87,7 +87,7 @@ def _opener(args: argparse.Namespace) -> Opener | None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from vlabus.mcaplog import summarize
+    from vlabus.log.reader import summarize
 
     try:
         summary = summarize(args.file)
@@ -110,7 +110,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_cat(args: argparse.Namespace) -> int:
-    from vlabus.logview import cat
+    from vlabus.log.view import cat
 
     try:
         docs = cat(args.file, topics=args.topics, keyring=_keyring(args), opener=_opener(args))
@@ -126,7 +126,7 @@ def run_cat(args: argparse.Namespace) -> int:
 
 
 def run_recover(args: argparse.Namespace) -> int:
-    from vlabus.mcaplog import recover
+    from vlabus.log.reader import recover
 
     try:
         result = recover(args.file, args.output)
@@ -142,7 +142,7 @@ def run_recover(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from vlabus.logview import export
+    from vlabus.log.view import export
 
     try:
         counts = export(args.file, args.output, topics=args.topics, keyring=_keyring(args),
@@ -155,8 +155,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from vlabus.evaluate import evaluate
-    from vlabus.policy import load_policy
+    from vlabus.log.evaluate import evaluate
+    from vlabus.policy.load import load_policy
 
     try:
         policy = load_policy(args.policy, device=args.device)

@@ -29,7 +29,7 @@ from mcap.writer import CompressionType, Writer
 from schemas.errors import BusError, WireError
 from schemas.topics import matches
 from security.keys import Keyring
-from vlabus.record import PROFILE
+from vlabus.log.record import PROFILE
 from vlabus.wire import Decoder
 
 

@@ -53,7 +53,7 @@ def register(sub: Any) -> None:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from vlabus.broker import ADMIN, render
+    from vlabus.broker.render import ADMIN, render
 
     hostnames = tuple(args.hostname or ["localhost"])
     try:
@@ -80,7 +80,8 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vlabus.broker import BrokerError, LocalMosquitto, listener_of
+    from vlabus.broker.local import LocalMosquitto
+    from vlabus.broker.render import BrokerError, listener_of
 
     conf = Path(args.config) / "mosquitto.conf"
     try:
@@ -124,16 +125,16 @@ def _sync(args: argparse.Namespace) -> int:
     broker cannot be reached or the configuration is not a fleet one."""
     import asyncio
 
-    from vlabus.broker import (
+    from vlabus.broker.render import (
         ADMIN,
         TEMPLATES,
         BrokerError,
         client_options,
         is_tls,
         listener_of,
-        sync_access,
     )
-    from vlabus.transport import open_transport
+    from vlabus.broker.sync import sync_access
+    from vlabus.bus.transport import open_transport
 
     def done(code: int, **fields: Any) -> int:
         if args.json:

@@ -1,4 +1,4 @@
-"""``vlabus record``: write bus traffic to an MCAP file (see :mod:`vlabus.record`).
+"""``vlabus record``: write bus traffic to an MCAP file (see :mod:`vlabus.log.record`).
 
 Exit status 0 when the recording ended normally (duration, Ctrl-C, SIGTERM), 1 when the file
 could not be written (e.g. a full disk), 2 when the bus could not be reached or refused a
@@ -18,9 +18,9 @@ from typing import Any
 
 from schemas.errors import BusError, SubscribeRejected, WireError
 from security.keys import Keyring
-from vlabus.commands._bus import add_bus_arguments, topic_pattern, transport_options
+from vlabus.bus.transport import Message, open_transport
+from vlabus.cli.busflags import add_bus_arguments, topic_pattern, transport_options
 from vlabus.inbound import Rejections
-from vlabus.transport import Message, open_transport
 from vlabus.wire import Decoder
 
 
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def record_command(args: argparse.Namespace) -> dict[str, Any]:
     """Connect, subscribe, record until the end condition; return the JSON summary."""
-    from vlabus.record import Recorder, RecordError, record_from
+    from vlabus.log.record import Recorder, RecordError, record_from
 
     client_id = args.client_id or f"recorder-{os.getpid()}"
     try:

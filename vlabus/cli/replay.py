@@ -1,4 +1,4 @@
-"""``vlabus replay``: publish a recording back onto a bus (see :mod:`vlabus.replay`).
+"""``vlabus replay``: publish a recording back onto a bus (see :mod:`vlabus.log.replay`).
 
 Exit status 0 when the replay ended (end of file, ``--duration``, Ctrl-C, SIGTERM), 1 when the
 file or keys cannot be read, 2 when the bus cannot be reached.
@@ -20,8 +20,8 @@ from typing import Any
 from schemas.errors import BusError, KeyringError
 from security.keys import Keyring, Signer, load_pool_secret, load_signer
 from security.seal import Opener
-from vlabus.commands._bus import add_bus_arguments, topic_pattern, transport_options
-from vlabus.transport import open_transport
+from vlabus.bus.transport import open_transport
+from vlabus.cli.busflags import add_bus_arguments, topic_pattern, transport_options
 
 
 def register(sub: Any) -> None:
@@ -80,7 +80,7 @@ def _signer(args: argparse.Namespace) -> Signer | None:
 
 async def replay_command(args: argparse.Namespace) -> dict[str, Any]:
     """Open the bus, play the file, return the JSON summary."""
-    from vlabus.replay import Replayer, Restamper
+    from vlabus.log.replay import Replayer, Restamper
 
     try:
         signer = _signer(args)

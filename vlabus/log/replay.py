@@ -4,7 +4,7 @@ Timing: message *i* is due at ``t0 + (log_ns_i - origin_ns) / rate`` on a monoto
 ``origin_ns`` is the first log time (plus ``start_offset_s``). Every due time is computed from
 the same origin, so lateness never accumulates; a late message is sent at once and the next one
 is still due at its own time. With ``loop`` the next pass starts where the previous pass's
-timeline ended. Order is log time, ties by file position (:func:`vlabus.mcaplog.iter_log`).
+timeline ended. Order is log time, ties by file position (:func:`vlabus.log.reader.iter_log`).
 
 Messages are sent verbatim by default: live receivers reject them through their replay guard
 (``duplicate`` within the sequence window, ``stale`` by sender time). A :class:`Restamper`
@@ -26,9 +26,9 @@ from typing import Any
 from schemas.errors import WireError
 from security.keys import Keyring, Signer
 from security.seal import Opener
-from vlabus.mcaplog import iter_log, time_range, topic_filter
+from vlabus.bus.transport import Transport
+from vlabus.log.reader import iter_log, time_range, topic_filter
 from vlabus.quantiles import quantiles
-from vlabus.transport import Transport
 from vlabus.wire import Decoder, Encoder
 
 log = logging.getLogger(__name__)

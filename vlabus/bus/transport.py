@@ -237,15 +237,15 @@ async def open_transport(url: str, options: TransportOptions) -> Transport:
     """Connect to the bus at ``url`` (``memory://``, ``mqtt://``, ``mqtts://``, ``zmq://``)."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
-        from vlabus.memory import open_memory
+        from vlabus.bus.memory import open_memory
 
         return await open_memory(url, options)
     if scheme in ("mqtt", "mqtts"):
-        from vlabus.mqtt import open_mqtt
+        from vlabus.bus.mqtt import open_mqtt
 
         return await open_mqtt(url, options)
     if scheme == "zmq":
-        from vlabus.zmq import open_zmq
+        from vlabus.bus.zmq import open_zmq
 
         return await open_zmq(url, options)
     raise TransportError(f"unknown bus URL scheme in {url!r}; use memory://, mqtt://, zmq://")

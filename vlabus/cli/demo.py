@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlabus.demo import DemoConfig, run_demo
+    from vlabus.cli.fleet import DemoConfig, run_demo
 
     config = DemoConfig(
         bus=args.bus, robots=args.robots, workers=args.workers, seconds=args.seconds,

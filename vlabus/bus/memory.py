@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from schemas.errors import TransportError
 from schemas.topics import matches
-from vlabus.transport import (
+from vlabus.bus.transport import (
     Inbox,
     Message,
     TransportOptions,

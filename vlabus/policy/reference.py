@@ -1,28 +1,19 @@
-"""Policies: what turns a batch of observations into action chunks, on the robot and in the cloud.
+"""The built-in torch policies (torch is imported lazily, where a policy runs).
 
-Contract: a policy is any object with ``infer(batch: Sequence[Observation]) -> np.ndarray`` that
-returns a float32 array of shape ``(len(batch), H, D)`` — one HxD action chunk per observation.
-Optional attributes ``name`` (str) and ``version`` (int) identify it in worker status and in
-``Action`` provenance; :func:`describe` reads them with defaults.
-
-Built in:
+Built in (the contract they follow is :mod:`vlabus.policy`):
 
 * :class:`ReferencePolicy` — a small torch VLA: a conv encoder per camera, a hashed-token
   embedding of the command, a linear embedding of the state, and an MLP head producing the HxD
   chunk. Weights are seeded (deterministic for a seed) or loaded from safetensors — never
   pickle. ``width`` scales it (the robot runs a small one, the cloud a larger one).
 * :class:`NoopPolicy` — zeros of the right shape without touching the inputs (benchmarks).
-* :func:`load_policy` — ``"reference"``, ``"noop"`` or ``"module:factory"`` for user policies.
 
 ``infer`` of the built-ins is not thread-safe (it reuses one staging buffer per camera); run it
 from one thread, as the worker's batch runner does.
 """
 
-# torch and safetensors load lazily so importing Observation/Policy stays cheap
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import os
 import re
@@ -30,59 +21,18 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 
-from schemas.arrays import unpack_array
-from schemas.images import decode_image
-from schemas.messages import Frame
+from vlabus.policy import FloatArray, Observation, PolicyInputError
 
 if TYPE_CHECKING:
     import torch
 
-FloatArray = npt.NDArray[Any]
 MAX_TOKENS = 32
 _TOKEN = re.compile(r"[a-z0-9]+")
 _CONFIG_KEY = "vlabus.reference_policy"
-
-
-class PolicyInputError(ValueError):
-    """An observation does not fit the policy (missing camera, wrong state size, mixed shapes)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """What a policy sees for one step: camera images (uint8 HxWxC), a command and a state."""
-
-    images: dict[str, FloatArray]
-    command: str
-    state: FloatArray
-
-    @classmethod
-    def from_frame(cls, frame: Frame) -> Observation:
-        """Views over a decoded frame: raw images and the state are not copied (read-only)."""
-        images = {name: decode_image(image, path=f"cameras.{name}")
-                  for name, image in frame.cameras.items()}
-        state = unpack_array(frame.state, path="state", max_elements=4096)
-        if state.dtype != np.float32:
-            state = state.astype(np.float32)
-        return cls(images=images, command=frame.command, state=state.reshape(-1))
-
-
-@runtime_checkable
-class Policy(Protocol):
-    """Anything that maps a batch of observations to a (B, H, D) float32 array."""
-
-    def infer(self, batch: Sequence[Observation]) -> FloatArray: ...
-
-
-def describe(policy: Policy) -> tuple[str, int]:
-    """The (name, version) a policy reports, defaulting to ("default", 0)."""
-    name = getattr(policy, "name", "default")
-    version = getattr(policy, "version", 0)
-    return (str(name), int(version))
 
 
 def tokenize(command: str, vocab: int) -> list[int]:
@@ -329,26 +279,3 @@ def noop(device: str = "auto") -> NoopPolicy:
     del device
     return NoopPolicy()
 
-
-BUILTIN = {"reference": "vlabus.policy:reference", "noop": "vlabus.policy:noop"}
-
-
-def load_policy(spec: str, *, device: str = "auto") -> Policy:
-    """Build a policy from ``"reference"``, ``"noop"``, ``"module:factory"`` or a
-    ``*.safetensors`` path (reference weights). The factory gets ``device=`` when it accepts it."""
-    if spec.endswith(".safetensors"):
-        return ReferencePolicy.load_safetensors(spec, device=device)
-    target = BUILTIN.get(spec, spec)
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(
-            f"policy {spec!r}: use reference, noop, FILE.safetensors or module:factory")
-    factory = getattr(importlib.import_module(module_name), attr)
-    try:
-        takes_device = "device" in inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # builtins without a signature
-        takes_device = False
-    policy = factory(device=device) if takes_device else factory()
-    if not callable(getattr(policy, "infer", None)):
-        raise TypeError(f"{target} returned {type(policy).__name__}, which has no infer(batch)")
-    return policy  # type: ignore[no-any-return]

@@ -36,7 +36,7 @@ from mcap.writer import CompressionType, Writer
 
 from schemas.errors import BusError, WireError
 from security.keys import Keyring
-from vlabus.transport import Message, Transport
+from vlabus.bus.transport import Message, Transport
 from vlabus.wire import Decoder
 
 log = logging.getLogger(__name__)

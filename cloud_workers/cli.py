@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from schemas.errors import BusError
-from vlabus.commands._bus import add_bus_arguments, transport_options
+from vlabus.cli.busflags import add_bus_arguments, transport_options
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,9 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
     from security.keys import Keyring, load_signer
     from vlabus.claim import claim_identity
     from vlabus.metrics import MetricsServer
-    from vlabus.policy import describe, load_policy, resolve_device, set_threads
+    from vlabus.policy import describe
+    from vlabus.policy.load import load_policy
+    from vlabus.policy.reference import resolve_device, set_threads
 
     claim = None
     try:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vlabus.commands._bus import add_bus_arguments, transport_options
+from vlabus.cli.busflags import add_bus_arguments, transport_options
 
 
 def register(sub: Any) -> None:
@@ -128,8 +128,8 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
     from edge_agent.sim import run_sim_robot
     from edge_agent.stack import LocalModel
     from schemas.errors import BusError, TransportError
+    from vlabus.log.record import Recorder
     from vlabus.metrics import MetricsServer
-    from vlabus.record import Recorder
 
     metrics = EdgeMetrics()
     server = None

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from schemas.errors import BusError
-from vlabus.commands._bus import add_bus_arguments, transport_options
+from vlabus.cli.busflags import add_bus_arguments, transport_options
 
 
 def register(sub: Any) -> None:
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 async def publish_command(args: argparse.Namespace) -> dict[str, Any]:
     from cloud_workers.publisher import build_release, publish_release, read_weights
     from security.keys import load_signer
-    from vlabus.transport import open_transport
+    from vlabus.bus.transport import open_transport
     from vlabus.wire import Encoder
 
     try:

@@ -27,7 +27,7 @@ Behaviour:
   subscribers: say, a worker group still reconnecting) is sent again, with backoff, until
   someone receives it or it expires (then :class:`TransportError`). Without an expiry, 0x10
   counts as delivered to the broker.
-* While disconnected, publishes go to a bounded :class:`~vlabus.outbox.Outbox` (paho's own
+* While disconnected, publishes go to a bounded :class:`~vlabus.bus.outbox.Outbox` (paho's own
   queue is unbounded and loses QoS 0 at reconnect, DESIGN trap 4).
 * TCP_NODELAY on the client socket (DESIGN trap 5); MQTT 5 Receive Maximum both ways.
 
@@ -63,9 +63,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from schemas.errors import PublishRejected, SubscribeRejected, TransportError
-from vlabus.backoff import Backoff
-from vlabus.outbox import Outbox
-from vlabus.transport import (
+from vlabus.bus.backoff import Backoff
+from vlabus.bus.outbox import Outbox
+from vlabus.bus.transport import (
     Inbox,
     Message,
     TransportOptions,

@@ -1,4 +1,4 @@
-"""``zmq://HOST:PORT``: the Transport over the vlabus hub (:mod:`vlabus.hub`), with pyzmq.
+"""``zmq://HOST:PORT``: the Transport over the vlabus hub (:mod:`vlabus.hub.server`), with pyzmq.
 
 One DEALER socket carries publish, subscribe and delivery. It is driven from the event loop's
 thread: ``loop.add_reader`` on the socket's edge-triggered FD drains it straight into the
@@ -34,9 +34,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from schemas.errors import SubscribeRejected, TransportError
-from vlabus import hub_routes as proto
-from vlabus.hub import tcp_endpoint
-from vlabus.transport import (
+from vlabus.bus.transport import (
     Inbox,
     Message,
     TransportOptions,
@@ -47,6 +45,8 @@ from vlabus.transport import (
     iterate,
     now_ns,
 )
+from vlabus.hub import routes as proto
+from vlabus.hub.server import tcp_endpoint
 
 log = logging.getLogger(__name__)
 

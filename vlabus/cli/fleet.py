@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from security.keys import add_key, init_keyring
-from vlabus.liveview import render, robot_row, worker_row
-from vlabus.procs import Child, free_port, workdir
+from vlabus.cli.liveview import render, robot_row, worker_row
+from vlabus.cli.procs import Child, free_port, workdir
 
 
 @dataclass
@@ -93,8 +93,8 @@ class Fleet:
             self.bus_url = f"zmq://127.0.0.1:{port}"
             _wait_port(port, 15.0, self.bus)
         elif bus == "mqtt":
-            from vlabus.broker import LocalMosquitto
-            from vlabus.broker import render as render_broker
+            from vlabus.broker.local import LocalMosquitto
+            from vlabus.broker.render import render as render_broker
 
             if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
                 raise RuntimeError("--bus mqtt needs mosquitto installed (apt-get install "

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.topics import topic_filter_problem
-from vlabus.transport import CurveKeys, TlsFiles, TransportOptions
+from vlabus.bus.transport import CurveKeys, TlsFiles, TransportOptions
 
 
 def topic_pattern(text: str) -> str:
@@ -52,7 +52,7 @@ def transport_options(args: argparse.Namespace, identity: str, client_id: str | 
     """The :class:`TransportOptions` that ``args`` describe for ``identity``."""
     client = client_id or identity
     if args.broker_config is not None and str(args.bus).startswith("mqtt"):
-        from vlabus.broker import client_options
+        from vlabus.broker.render import client_options
 
         return client_options(args.broker_config, identity, client, **extra)
     password = None

@@ -22,7 +22,7 @@ from schemas.errors import SchemaError, WireError
 from schemas.messages import KINDS
 from security.keys import Keyring
 from security.seal import Opener
-from vlabus.mcaplog import LogRecord, iter_log
+from vlabus.log.reader import LogRecord, iter_log
 from vlabus.wire import MAGIC, Decoder, Header
 
 #: Arrays up to this many elements carry their values in an export.

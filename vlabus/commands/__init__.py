@@ -1,1 +1,0 @@
-"""One module per ``vlabus`` subcommand; each exposes ``register(subparsers)``."""

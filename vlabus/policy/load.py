@@ -1,0 +1,36 @@
+"""``--policy`` specifications: ``reference``, ``noop``, ``FILE.safetensors`` or ``module:factory``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from vlabus.policy import Policy
+from vlabus.policy.reference import ReferencePolicy
+
+BUILTIN = {
+    "reference": "vlabus.policy.reference:reference",
+    "noop": "vlabus.policy.reference:noop",
+}
+
+
+def load_policy(spec: str, *, device: str = "auto") -> Policy:
+    """Build a policy from ``"reference"``, ``"noop"``, ``"module:factory"`` or a
+    ``*.safetensors`` path (reference weights). The factory gets ``device=`` when it accepts it."""
+    if spec.endswith(".safetensors"):
+        return ReferencePolicy.load_safetensors(spec, device=device)
+    target = BUILTIN.get(spec, spec)
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(
+            f"policy {spec!r}: use reference, noop, FILE.safetensors or module:factory")
+    factory = getattr(importlib.import_module(module_name), attr)
+    try:
+        takes_device = "device" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        takes_device = False
+    policy = factory(device=device) if takes_device else factory()
+    if not callable(getattr(policy, "infer", None)):
+        raise TypeError(f"{target} returned {type(policy).__name__}, which has no infer(batch)")
+    return policy  # type: ignore[no-any-return]
