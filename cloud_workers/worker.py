@@ -28,10 +28,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from cloud_workers.batcher import Batch, Batcher
+from cloud_workers.batcher import Batch
 from cloud_workers.metrics import WorkerMetrics
-from cloud_workers.queue import DeadlineQueue, InferenceEstimate, Request
+from cloud_workers.queue import Request
 from cloud_workers.runner import TASK_PREFIX, BatchResult, PolicyRunner, task_model
+from cloud_workers.schedulers import Scheduler, WorkQueue, make_scheduler
 from schemas import topics
 from schemas.arrays import pack_array
 from schemas.errors import BusError
@@ -59,6 +60,8 @@ class WorkerConfig:
     #: Frame batches of a model measured faster than this run on the event loop itself: for
     #: a CPU-cheap policy the two thread hand-offs cost more than the work. 0 disables.
     inline_below_ns: int = 200_000
+    #: vlabus (priority/deadline, batch size from t(batch)), fifo or serial: see schedulers
+    scheduler: str = "vlabus"
     detail: dict[str, str] = field(default_factory=dict)
 
 
@@ -93,9 +96,12 @@ class Worker:
         self.session = session
         self.metrics = metrics or WorkerMetrics()
         self.rejections = Rejections(self.metrics.on_reject)
-        self.queue = DeadlineQueue(config.queue_capacity, estimate=InferenceEstimate())
-        self.batcher = Batcher(self.queue, max_batch=config.max_batch,
-                               max_delay_ns=config.max_delay_ns)
+        self.queue: WorkQueue
+        self.batcher: Scheduler
+        self.queue, self.batcher = make_scheduler(
+            config.scheduler, runner.policies, max_batch=config.max_batch,
+            max_delay_ns=config.max_delay_ns, capacity=config.queue_capacity,
+            registry=self.metrics.registry)
         self.ready = asyncio.Event()
         # The serving loop sleeps on this future; arrivals and shutdown complete it. A bare
         # future costs one loop iteration to wake, an Event under wait_for three and a task.
@@ -205,7 +211,7 @@ class Worker:
         result = self.runner.run(batch)  # never raises for bad input
         for reply in self._replies(batch, result):
             self._send_now(*reply)
-        self._observe(batch.model, result.inference_ns)
+        self._observe(batch.model, result.inference_ns, len(batch.requests))
         self.metrics.on_batch(len(batch.requests), result.inference_ns)
         return True
 
@@ -256,7 +262,7 @@ class Worker:
             for reply in self._replies(batch, result):
                 await self._send(*reply)
             # bookkeeping after the replies are handed off: it is not on their critical path
-            self._observe(batch.model, result.inference_ns)
+            self._observe(batch.model, result.inference_ns, len(batch.requests))
             self.metrics.on_batch(len(batch.requests), result.inference_ns)
 
     def _start(self, loop: asyncio.AbstractEventLoop, batch: Batch) -> asyncio.Future[BatchResult]:
@@ -272,8 +278,8 @@ class Worker:
         return (model in self._measured and not model.startswith(TASK_PREFIX)
                 and self.queue.estimate.get(model) < self.config.inline_below_ns)
 
-    def _observe(self, model: str, duration_ns: int) -> None:
-        self.queue.estimate.observe(model, duration_ns)
+    def _observe(self, model: str, duration_ns: int, size: int = 1) -> None:
+        self.queue.estimate.observe(model, duration_ns, size)
         self._measured.add(model)
 
     def _due_batch(self) -> Batch | None:

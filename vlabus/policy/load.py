@@ -1,4 +1,5 @@
-"""``--policy`` specifications: ``reference``, ``noop``, ``FILE.safetensors`` or ``module:factory``.
+"""``--policy`` specifications: ``reference``, ``noop``, ``FILE.safetensors``, ``profile:NAME``
+(a stand-in timed by a model profile, see :mod:`vlabus.policy.profile`) or ``module:factory``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ def load_policy(spec: str, *, device: str = "auto") -> Policy:
     ``*.safetensors`` path (reference weights). The factory gets ``device=`` when it accepts it."""
     if spec.endswith(".safetensors"):
         return ReferencePolicy.load_safetensors(spec, device=device)
+    if spec.startswith("profile:"):
+        from vlabus.policy.profile import profile_policy
+
+        return profile_policy(spec.removeprefix("profile:"))
     target = BUILTIN.get(spec, spec)
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:

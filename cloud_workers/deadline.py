@@ -1,0 +1,160 @@
+"""vlabus's scheduler: priority and deadline order, batch size chosen from t(batch).
+
+Pure logic with an injected clock. Each :meth:`DeadlineScheduler.poll`:
+
+1. **Drop rule.** A request whose deadline falls before ``now + t(model, 1) + margin`` cannot be
+   answered in time even alone and started now: it is removed before the model and returned
+   in ``expired`` (``margin`` covers encoding, signing and the trip back to the robot).
+2. **Head.** The best request by (priority, deadline, arrival), except that after
+   ``starve_after`` batches in a row led by a higher class while a lower class waited, the best
+   request of the lower classes leads the next batch (safety-critical frames always lead).
+3. **Batch size.** The largest ``b ≤ max_batch`` with ``now + t(model, b) + margin`` no later
+   than the head's deadline; then other requests of the model join in service order, each only
+   if the batch, one larger, still meets the earliest deadline in it. So no answer computed is
+   expected to arrive late; a request that does not fit waits for a later, smaller batch or is
+   dropped by rule 1.
+4. **Release.** Now, when the batch cannot grow (size limit reached), or its head is
+   ``CRITICAL``; otherwise at the earlier of the oldest request's arrival + ``max_delay`` and
+   the last moment one more member could still join in time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from cloud_workers.batcher import Batch, Decision
+from cloud_workers.batchtime import BatchTimes
+from cloud_workers.queue import NO_DEADLINE, Clock, DeadlineQueue, Request
+from schemas.messages import Priority
+
+#: observer(model, size, predicted_ns, slacks_ns): a batch was formed
+BatchObserver = Callable[[str, int, int, list[int]], None]
+#: drop passes without a batch of the model before its estimate is relaxed
+RELAX_AFTER = 8
+
+
+class ServiceQueue(DeadlineQueue):
+    """The deadline queue plus what the scheduler needs: t(batch), service-order views and
+    removal."""
+
+    def __init__(self, capacity: int, *, clock: Clock = time.time_ns,
+                 estimate: BatchTimes | None = None) -> None:
+        times = estimate or BatchTimes()
+        super().__init__(capacity, clock=clock, estimate=times)
+        self.estimate: BatchTimes = times
+
+    def ordered(self, model: str | None = None) -> Iterator[Request]:
+        """Requests best first (all models, or one)."""
+        for _, req in reversed(self._items):
+            if model is None or req.model == model:
+                yield req
+
+    def remove(self, requests: list[Request]) -> None:
+        gone = {id(req) for req in requests}
+        self._items = [item for item in self._items if id(item[1]) not in gone]
+
+    def drop_where(self, hopeless: Callable[[Request], bool]) -> list[Request]:
+        """Remove and return (best first) every request ``hopeless`` says cannot be met."""
+        dropped = [req for req in self.ordered() if hopeless(req)]
+        if dropped:
+            self.remove(dropped)
+        return dropped
+
+
+class DeadlineScheduler:
+    """See the module docstring; t(batch) comes from ``queue.estimate``."""
+
+    def __init__(self, queue: ServiceQueue, *, max_batch: int, max_delay_ns: int,
+                 margin_ns: int = 3_000_000, starve_after: int = 4,
+                 clock: Clock = time.time_ns, observer: BatchObserver | None = None) -> None:
+        if max_batch < 1 or max_delay_ns < 0 or margin_ns < 0 or starve_after < 1:
+            raise ValueError("max_batch and starve_after >= 1; max_delay, margin >= 0")
+        self.queue = queue
+        self.times: BatchTimes = queue.estimate
+        self.max_batch = max_batch
+        self.max_delay_ns = max_delay_ns
+        self.margin_ns = margin_ns
+        self.starve_after = starve_after
+        self.observer = observer
+        self._clock = clock
+        self._streak = 0  # batches in a row led by a higher class while a lower one waited
+        self._idle_drops: dict[str, int] = {}
+
+    def poll(self, now_ns: int | None = None) -> Decision:
+        """Form a batch if one is due; see the module docstring for the rules."""
+        now = self._clock() if now_ns is None else now_ns
+        expired = self._drop(now)
+        head, yielded = self._head()
+        if head is None:
+            return Decision(expired=expired)
+        members, earliest, limit = self._members(head, now)
+        count = len(members)
+        if head.priority == Priority.CRITICAL or count >= limit:
+            return self._release(head, members, now, expired, yielded)
+        oldest = min(req.arrived_ns for req in members)
+        due = oldest + self.max_delay_ns
+        if earliest != NO_DEADLINE:
+            due = min(due, earliest - self.times.time(head.model, count + 1) - self.margin_ns)
+        if now >= due:
+            return self._release(head, members, now, expired, yielded)
+        return Decision(wake_at_ns=due, expired=expired)
+
+    def hopeless(self, request: Request, now: int) -> bool:
+        """The drop rule: not answerable in time even alone, started at ``now``."""
+        return bool(request.deadline_ns) and request.deadline_ns < (
+            now + self.times.time(request.model, 1) + self.margin_ns)
+
+    def _drop(self, now: int) -> list[Request]:
+        dropped = self.queue.drop_where(lambda req: self.hopeless(req, now))
+        for model in {req.model for req in dropped}:
+            # An estimate is corrected only by running the model: if it stays too high for
+            # every request, relax it slowly so a request runs and measures it afresh.
+            passes = self._idle_drops[model] = self._idle_drops.get(model, 0) + 1
+            if passes >= RELAX_AFTER:
+                self.times.relax(model)
+                self._idle_drops[model] = 0
+        return dropped
+
+    def _head(self) -> tuple[Request | None, bool]:
+        """The request that leads the next batch, and whether a lower class got its turn."""
+        best = self.queue.head()
+        if best is None or best.priority == Priority.CRITICAL:
+            return best, False
+        lower = next((req for req in self.queue.ordered() if req.priority > best.priority), None)
+        if lower is not None and self._streak >= self.starve_after:
+            return lower, True
+        return best, False
+
+    def _members(self, head: Request, now: int) -> tuple[list[Request], int, int]:
+        """(the batch led by ``head``, its earliest deadline, the size it may grow to)."""
+        model = head.model
+        earliest = head.deadline_ns or NO_DEADLINE
+        limit = self.max_batch
+        if earliest != NO_DEADLINE:
+            limit = max(1, self.times.largest_within(
+                model, earliest - now - self.margin_ns, self.max_batch))
+        members = [head]
+        for req in self.queue.ordered(model):
+            if len(members) >= limit:
+                break
+            if req is head:
+                continue
+            deadline = min(earliest, req.deadline_ns or NO_DEADLINE)
+            if deadline == NO_DEADLINE or (
+                    now + self.times.time(model, len(members) + 1) + self.margin_ns <= deadline):
+                members.append(req)
+                earliest = deadline
+        return members, earliest, limit
+
+    def _release(self, head: Request, members: list[Request], now: int,
+                 expired: list[Request], yielded: bool) -> Decision:
+        self.queue.remove(members)
+        lower_waits = any(req.priority > head.priority for req in self.queue.ordered())
+        self._streak = 0 if yielded or not lower_waits else self._streak + 1
+        self._idle_drops.pop(head.model, None)
+        predicted = self.times.time(head.model, len(members))
+        if self.observer is not None:
+            slacks = [req.deadline_ns - now - predicted for req in members if req.deadline_ns]
+            self.observer(head.model, len(members), predicted, slacks)
+        return Decision(batch=Batch(head.model, members, now), expired=expired)
