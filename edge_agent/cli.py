@@ -42,6 +42,10 @@ def register(sub: Any) -> None:
                         help="send a new frame when fewer queued actions are left "
                              "(default H/2)")
     parser.add_argument("--seconds", type=float, default=10.0, metavar="S")
+    parser.add_argument("--robots", type=int, default=1, metavar="N",
+                        help="simulate N robots in this process, each with its own identity, "
+                             "connection and watchdog: --robot-id names the first (robot-1 "
+                             "gives robot-1 … robot-N); their keys must be in --keys")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
                         help="serve /metrics /healthz /readyz (0 picks a free port)")
     parser.add_argument("--metrics-host", default="127.0.0.1")
@@ -65,9 +69,14 @@ def run(args: argparse.Namespace) -> int:
         print("vlabus edge: only --sim is built in; embed edge_agent.EdgeAgent for a real robot",
               file=sys.stderr)
         return 1
-    if args.fps <= 0 or args.deadline_ms <= 0 or args.chunk < 1 or args.seconds <= 0:
-        print("vlabus edge: --fps, --deadline-ms, --seconds must be positive, --chunk >= 1",
-              file=sys.stderr)
+    if (args.fps <= 0 or args.deadline_ms <= 0 or args.chunk < 1 or args.seconds <= 0
+            or args.robots < 1):
+        print("vlabus edge: --fps, --deadline-ms, --seconds must be positive, --chunk and "
+              "--robots >= 1", file=sys.stderr)
+        return 1
+    if args.robots > 1 and (args.robot_id == "auto" or args.record or args.models_dir):
+        print("vlabus edge: --robots N takes a numbered --robot-id and no --record or "
+              "--models-dir", file=sys.stderr)
         return 1
     summary = asyncio.run(edge_command(args))
     if args.json:
@@ -98,6 +107,10 @@ async def edge_command(args: argparse.Namespace) -> dict[str, Any]:
     except (BusError, OSError) as exc:
         return {"error": str(exc), "exit_code": 1}
     try:
+        if args.robots > 1:
+            from edge_agent.fleetcli import run_fleet_command
+
+            return await run_fleet_command(args, robot_id)
         return await _run(args, robot_id, options)
     finally:
         if claim is not None:

@@ -61,13 +61,19 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
                     probe: Observation, model: LocalModel | None = None,
                     metrics: EdgeMetrics | None = None, recorder: BlackBox | None = None,
                     transport: Transport | None = None,
-                    options: TransportOptions | None = None) -> EdgeAgent:
+                    options: TransportOptions | None = None,
+                    local: LocalPolicy | None = None) -> EdgeAgent:
     """A started agent for ``config.robot_id`` on ``bus_url`` (or on ``transport`` if given;
-    ``options`` carry credentials; the default client id is the robot id)."""
+    ``options`` carry credentials; the default client id is the robot id). ``local``: an
+    already warmed local policy to use (simulated fleets share one) instead of building one."""
     model = model or LocalModel()
     metrics = metrics or EdgeMetrics()
     config = dataclasses.replace(config, local_model=model.name)
-    policy, version = build_local(model)
+    if local is None:
+        policy, version = build_local(model)
+        local = LocalPolicy(policy, version)
+        local.warm_up(probe)
+    version = local.version
     encoder = Encoder(signer)
     session = time.time_ns() // 1000
     if transport is None:
@@ -77,8 +83,6 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
             time_ns=time.time_ns(), models={model.name: version})), qos=1, retain=True)
         base = options or TransportOptions(client_id=config.robot_id)
         transport = await open_transport(bus_url, dataclasses.replace(base, will=will))
-    local = LocalPolicy(policy, version)
-    local.warm_up(probe)
     updater = None
     if model.models_dir is not None:
         assert local.shape is not None  # set by warm_up
