@@ -167,7 +167,9 @@ def run_point(bench: Bench, worker: Child, scenario: Scenario, robots: int,
         "requests": fleet["requests"],
         "on_time": on_time,
         "on_time_fraction": fleet["on_time_fraction"],
-        "by_priority": {p: {k: v[k] for k in ("robots", "requests", "on_time_fraction")}
+        "robots_served": fleet["robots_served"],
+        "by_priority": {p: {k: v[k] for k in ("robots", "robots_served", "requests",
+                                              "on_time_fraction")}
                         for p, v in fleet["by_priority"].items()},
         "rtt_ms": fleet["rtt_ms"],
         "wall_s": round(wall, 3),
@@ -212,7 +214,9 @@ def sweep(bench: Bench, scenario: Scenario, scheduler: str, seconds: float,
     finally:
         code = worker.terminate()
     best = points.get(good)
-    return {"max_robots": good, "at_max": _cost(best, scenario) if best else None,
+    return {"max_robots": good,
+            "most_robots_served": max((p["robots_served"] for p in points.values()), default=0),
+            "at_max": _cost(best, scenario) if best else None,
             "worker_exit": code, "points": [points[k] for k in sorted(points)]}
 
 

@@ -7,14 +7,15 @@ of robots do not each hold a torch model and a thread). ``vlabus edge --sim --ro
 ``vlabus demo`` for large fleets run this; ``bench.goodput`` drives it as a library.
 
 Robots start spread over one request period (seeded), so their frames do not arrive in lock
-step. A ``high_fraction`` of them (every robot whose index modulo 10 is below 10 x the fraction)
-run at ``Priority.HIGH`` with ``high_deadline_ms``.
+step. A ``high_fraction`` of them, spread evenly over the ids, run at ``Priority.HIGH`` with
+``high_deadline_ms`` (default: half the deadline).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import re
 import time
@@ -38,6 +39,8 @@ from vlabus.bus.transport import TransportOptions
 from vlabus.quantiles import quantiles
 
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
+#: a robot counts as served when at least this share of its requests was answered on time
+ON_TIME = 0.99
 
 
 def robot_ids(first: str, count: int) -> list[str]:
@@ -71,7 +74,10 @@ class FleetSpec:
     model: LocalModel = field(default_factory=LocalModel)
 
     def high(self, index: int) -> bool:
-        return (index % 10) < round(10 * self.high_fraction)
+        """Whether robot ``index`` (from 0) is high priority: spread evenly, so any first n
+        robots hold about ``high_fraction`` x n of them (0.3: the 4th, 7th, 10th, …)."""
+        return math.floor((index + 1) * self.high_fraction) > math.floor(
+            index * self.high_fraction)
 
     def request_period_s(self) -> float:
         per = self.chunk - (self.chunk // 2 if self.refill_below is None else self.refill_below)
@@ -175,7 +181,9 @@ def fleet_summary(robots: list[dict[str, Any]], elapsed: float) -> dict[str, Any
     def totals(group: list[dict[str, Any]]) -> dict[str, Any]:
         requests = sum(r["requests"] for r in group)
         on_time = sum(r["on_time"] for r in group)
+        served = sum(1 for r in group if r["requests"] and r["on_time"] >= ON_TIME * r["requests"])
         return {"robots": len(group), "requests": requests, "on_time": on_time,
+                "robots_served": served,
                 "answered": sum(r["answered"] for r in group),
                 "on_time_fraction": round(on_time / requests, 5) if requests else 0.0}
 
