@@ -1,7 +1,8 @@
 """The robot's black box: an observer that records every message sent and received and every
 decision, with the wall-clock time it saw them.
 
-Decisions go to :func:`schemas.topics.decision_topic` as MessagePack maps. A recorder failure
+Decisions go to :func:`schemas.topics.decision_topic` as MessagePack maps (the recording's
+``DECISION`` channel format). A recorder failure
 (a full disk) ends the recording, never the robot.
 """
 
@@ -18,6 +19,7 @@ from schemas.deadline import Clock
 from schemas.errors import BusError
 from schemas.topics import decision_topic
 from vlabus.bus.transport import Message
+from vlabus.log.formats import DECISION, ChannelFormat
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ class RecordSink(Protocol):
     """What the black box writes to (``vlabus.log.record.Recorder`` fits)."""
 
     def write(self, topic: str, payload: bytes | bytearray | memoryview, received_ns: int,
-              sent_ns: int | None = None) -> None: ...
+              sent_ns: int | None = None, *, channel: ChannelFormat | None = None) -> None: ...
 
 
 class BlackBox:
@@ -50,14 +52,15 @@ class BlackBox:
 
     def decided(self, result: ActionResult) -> None:
         if self.sink is not None:
-            self._write(self._topic, self._pack.encode(result.record()))
+            self._write(self._topic, self._pack.encode(result.record()), DECISION)
 
-    def _write(self, topic: str, payload: bytes | bytearray | memoryview) -> None:
+    def _write(self, topic: str, payload: bytes | bytearray | memoryview,
+               channel: ChannelFormat | None = None) -> None:
         sink = self.sink
         if sink is None:
             return
         try:
-            sink.write(topic, payload, self._clock())
+            sink.write(topic, payload, self._clock(), channel=channel)
         except BusError as exc:  # a full disk ends the recording, never the robot
             log.error("black box stopped: %r", exc)  # noqa: TRY400 - expected, no traceback
             self.sink = None

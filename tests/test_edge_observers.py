@@ -21,6 +21,7 @@ from schemas.topics import action_topic, decision_topic
 from tests.conftest import KeyDir
 from vlabus.bus.transport import Message
 from vlabus.inbound import Rejections
+from vlabus.log.formats import DECISION, ChannelFormat
 from vlabus.wire import Decoder, Encoder, Header
 
 MS = 1_000_000
@@ -96,14 +97,16 @@ def test_replies_are_on_time_until_the_decision_and_late_after(keydir: KeyDir) -
 class ListSink:
     def __init__(self, fail_after: int | None = None) -> None:
         self.rows: list[tuple[str, bytes, int]] = []
+        self.channels: list[ChannelFormat | None] = []
         self.fail_after = fail_after
 
     def write(self, topic: str, payload: bytes | bytearray | memoryview, received_ns: int,
-              sent_ns: int | None = None) -> None:
+              sent_ns: int | None = None, *, channel: ChannelFormat | None = None) -> None:
         del sent_ns
         if self.fail_after is not None and len(self.rows) >= self.fail_after:
             raise TooLargeError("disk", 0, 1)
         self.rows.append((topic, bytes(payload), received_ns))
+        self.channels.append(channel)
 
 
 def test_black_box_records_sent_received_and_decided_on_their_topics() -> None:
@@ -118,6 +121,7 @@ def test_black_box_records_sent_received_and_decided_on_their_topics() -> None:
         ("vla/v1/robot-a/frame", b"frame", 77), (TOPIC, b"reply", 77)]
     topic, payload, _ = sink.rows[2]
     assert topic == decision_topic("robot-a") == "vla/v1/robot-a/decision"
+    assert sink.channels == [None, None, DECISION]  # envelopes as they are, decisions labelled
     assert msgspec.msgpack.decode(payload) == {
         "step": 3, "source": "fallback", "cause": "timeout", "lateness_ns": 2, "rtt_ns": None,
         "worker_id": None, "model_version": 4, "action": [0.25]}
