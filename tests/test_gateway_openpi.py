@@ -154,7 +154,7 @@ def test_late_cloud_and_bad_observations_are_errors_the_client_survives(
                 client.infer(aloha_observation(3))
         obs = aloha_observation(4)
         del obs["images"]["cam_left_wrist"]
-        with pytest.raises(RuntimeError, match="bad observation.*images/cam_left_wrist"):
+        with pytest.raises(RuntimeError, match=r"bad observation.*images/cam_left_wrist"):
             client.infer(obs)
     finally:
         client._ws.close()
