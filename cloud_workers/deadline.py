@@ -12,7 +12,11 @@ Pure logic with an injected clock. Each :meth:`DeadlineScheduler.poll`:
    than the head's deadline; then other requests of the model join in service order, each only
    if the batch, one larger, still meets the earliest deadline in it. So no answer computed is
    expected to arrive late; a request that does not fit waits for a later, smaller batch or is
-   dropped by rule 1.
+   dropped by rule 1. Under a backlog (more waiting than that batch holds) a larger batch that
+   leaves the most urgent requests out is taken instead when it loses fewer requests — a
+   request is lost when it is left out and would miss its deadline in one batch of the rest
+   run next; high priority weighs ``LOST_WEIGHT_HIGH``. That keeps batches efficient when the
+   device falls behind, rather than shrinking them while the backlog grows.
 4. **Release.** Now, when the batch cannot grow (size limit reached), or its head is
    ``CRITICAL``; otherwise at the earlier of the oldest request's arrival + ``max_delay`` and
    the last moment one more member could still join in time.
@@ -20,6 +24,7 @@ Pure logic with an injected clock. Each :meth:`DeadlineScheduler.poll`:
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 
@@ -32,6 +37,8 @@ from schemas.messages import Priority
 BatchObserver = Callable[[str, int, int, list[int]], None]
 #: drop passes without a batch of the model before its estimate is relaxed
 RELAX_AFTER = 8
+#: a high-priority request left to expire costs as much as this many normal ones
+LOST_WEIGHT_HIGH = 4
 
 
 class ServiceQueue(DeadlineQueue):
@@ -89,6 +96,10 @@ class DeadlineScheduler:
         if head is None:
             return Decision(expired=expired)
         members, earliest, limit = self._members(head, now)
+        if not yielded and head.priority != Priority.CRITICAL and len(members) == limit:
+            wider = self._wider(members, now)
+            if wider is not members:  # a backlog: release the larger batch at once
+                members, head, limit = wider, wider[0], len(wider)
         count = len(members)
         if head.priority == Priority.CRITICAL or count >= limit:
             return self._release(head, members, now, expired, yielded)
@@ -146,6 +157,39 @@ class DeadlineScheduler:
                 members.append(req)
                 earliest = deadline
         return members, earliest, limit
+
+    def _wider(self, members: list[Request], now: int) -> list[Request]:
+        """Under a backlog, a larger batch that leaves the most urgent requests out, when that
+        loses fewer requests (see :meth:`_lost`); ties go to the larger batch. ``members``
+        otherwise."""
+        model = members[0].model
+        candidates = list(itertools.islice(self.queue.ordered(model), 4 * self.max_batch))
+        if len(candidates) <= len(members):
+            return members
+        best, best_lost = members, self._lost(candidates, members, now)
+        for size in range(len(members) + 1, self.max_batch + 1):
+            cut = now + self.times.time(model, size) + self.margin_ns
+            chosen = [r for r in candidates if not r.deadline_ns or r.deadline_ns >= cut][:size]
+            if len(chosen) < size:  # not enough can wait that long: larger is no better
+                break
+            lost = self._lost(candidates, chosen, now)
+            if lost <= best_lost:
+                best, best_lost = chosen, lost
+        return best
+
+    def _lost(self, candidates: list[Request], chosen: list[Request], now: int) -> int:
+        """Weighted count of ``candidates`` left out of ``chosen`` that would miss their
+        deadline in one batch of the rest run after it (high priority and above count
+        ``LOST_WEIGHT_HIGH``)."""
+        model = chosen[0].model
+        inside = {id(r) for r in chosen}
+        rest = [r for r in candidates if id(r) not in inside]
+        if not rest:
+            return 0
+        after = (now + self.times.time(model, len(chosen))
+                 + self.times.time(model, min(self.max_batch, len(rest))) + self.margin_ns)
+        return sum(LOST_WEIGHT_HIGH if r.priority < Priority.NORMAL else 1
+                   for r in rest if r.deadline_ns and r.deadline_ns < after)
 
     def _release(self, head: Request, members: list[Request], now: int,
                  expired: list[Request], yielded: bool) -> Decision:

@@ -94,6 +94,28 @@ def test_no_member_is_expected_to_finish_after_its_deadline() -> None:
         clock.now = finish - 3 * MS  # the device is busy until then
 
 
+def test_backlog_takes_a_larger_batch_when_that_loses_fewer_requests() -> None:
+    clock, queue, sched = vlabus(max_batch=8)
+    urgent = push(queue, clock, deadline_ms=62)  # fits only a batch of 2; lost after any batch
+    for _ in range(10):
+        push(queue, clock, deadline_ms=170)  # t(8) = 120 ms: fine now, lost after two batches
+    decision = sched.poll()
+    assert decision.batch is not None
+    assert len(decision.batch.requests) == 8
+    assert urgent not in decision.batch.requests  # 1 lost instead of 6 waiting past 170 ms
+
+
+def test_light_load_keeps_the_urgent_request_in_a_smaller_batch() -> None:
+    clock, queue, sched = vlabus(max_batch=8)
+    urgent = push(queue, clock, deadline_ms=75)  # fits a batch of 3
+    for _ in range(5):
+        push(queue, clock, deadline_ms=400)  # can all wait for the next batch
+    decision = sched.poll()
+    assert decision.batch is not None
+    assert decision.batch.requests[0] is urgent
+    assert len(decision.batch.requests) == 3
+
+
 def test_drop_rule_removes_what_cannot_be_met_even_alone() -> None:
     clock, queue, sched = vlabus(margin_ms=2)
     hopeless = push(queue, clock, deadline_ms=51)  # t(1) + margin = 52 ms
