@@ -49,6 +49,8 @@ from vlabus.policy.profile import Profile, load_profile
 
 SCHEDULERS = ("vlabus", "fifo", "serial")
 ON_TIME = 0.99
+#: a point between this and ON_TIME is run twice and the two runs pooled
+RETRY_ABOVE = 0.95
 MAX_BATCH = 16
 MAX_DELAY_MS = 2.0
 NEVER_OPEN = BreakerConfig(miss_limit=1 << 30)
@@ -188,7 +190,27 @@ def run_point(bench: Bench, worker: Child, scenario: Scenario, robots: int,
         "wasted": max(0, computed - on_time),
         "wasted_fraction": round(max(0, computed - on_time) / computed, 4) if computed else 0.0,
         "robot_overruns": fleet["overruns"],
+        "runs": 1,
     }
+
+
+def pool(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two runs of one load point as one: counts and times summed, fractions recomputed, the
+    worse round-trip quantiles kept; ``runs`` says how many were pooled."""
+    out = dict(second)
+    for key in ("requests", "on_time", "computed", "wasted", "dropped_before_model",
+                "robot_overruns", "wall_s", "device_busy_s", "robots_served"):
+        out[key] = first[key] + second[key]
+    out["robots_served"] = min(first["robots_served"], second["robots_served"])
+    out["on_time_fraction"] = round(out["on_time"] / out["requests"], 5) if out[
+        "requests"] else 0.0
+    out["wasted_fraction"] = round(out["wasted"] / out["computed"], 4) if out[
+        "computed"] else 0.0
+    out["device_busy_fraction"] = round(out["device_busy_s"] / out["wall_s"], 4)
+    out["rtt_ms"] = {q: max(first["rtt_ms"].get(q, 0.0), second["rtt_ms"].get(q, 0.0))
+                     for q in ("p50", "p99")}
+    out["runs"] = 2
+    return out
 
 
 def sweep(bench: Bench, scenario: Scenario, scheduler: str, seconds: float,
@@ -202,9 +224,14 @@ def sweep(bench: Bench, scenario: Scenario, scheduler: str, seconds: float,
     try:
         def passes(n: int) -> bool:
             if n not in points:
-                points[n] = run_point(bench, worker, scenario, n, seconds)
+                point = run_point(bench, worker, scenario, n, seconds)
+                if RETRY_ABOVE <= point["on_time_fraction"] < ON_TIME:
+                    # a near miss on a shared machine: run it again and pool both runs, the
+                    # same for every scheduler, so one stall of the host does not end a search
+                    point = pool(point, run_point(bench, worker, scenario, n, seconds))
+                points[n] = point
                 print(f"goodput {scenario.profile} {scheduler} {n} robots: on time "
-                      f"{points[n]['on_time_fraction']}", file=sys.stderr, flush=True)
+                      f"{point['on_time_fraction']}", file=sys.stderr, flush=True)
             return bool(points[n]["on_time_fraction"] >= ON_TIME)
 
         n = min(limit, first_guess(scenario, profile, scheduler))
@@ -224,7 +251,9 @@ def sweep(bench: Bench, scenario: Scenario, scheduler: str, seconds: float,
     finally:
         code = worker.terminate()
     best = points.get(good)
+    summary = worker.stdout_json() or {}
     return {"max_robots": good,
+            "worker_inference_ms": summary.get("inference_ms"),
             "most_robots_served": max((p["robots_served"] for p in points.values()), default=0),
             "at_max": _cost(best, scenario) if best else None,
             "worker_exit": code, "points": [points[k] for k in sorted(points)]}
