@@ -104,7 +104,7 @@ class Receiver:
         # Handled as they arrive, in the transport's receive callback: an action reaches the
         # waiting control step without first waking the task below (which takes what queued
         # before this was set, or while it had a backlog).
-        self.transport.inbox.direct = self._take
+        self.transport.consume(self._take)
 
     def expect(self, corr: str, step: int, decide_ns: int, *,
                probe: bool = False) -> asyncio.Future[CloudReply]:
@@ -165,7 +165,7 @@ class Receiver:
         self.metrics.model_updates.labels(UpdateResult.ROLLED_BACK.value).inc()
 
     async def _run(self) -> None:
-        async for message in self.transport.messages():
+        async for message in self.transport:
             self._take(message)
 
     def _take(self, message: Message) -> bool:
@@ -277,7 +277,7 @@ class Receiver:
                 "model_download": updater.progress() if updater else None}
 
     async def close(self) -> None:
-        self.transport.inbox.direct = None
+        self.transport.consume(None)
         for task in [self._task, *self._installs]:
             if task is not None:
                 task.cancel()

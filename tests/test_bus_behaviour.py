@@ -17,7 +17,8 @@ import pytest
 from schemas.errors import PublishRejected, SubscribeRejected, TransportError
 from vlabus.bus.memory import reset_memory
 from vlabus.bus.transport import Message, Transport, TransportOptions, open_transport
-from vlabus.hub.server import Hub, HubConfig
+from vlabus.hub.config import HubConfig
+from vlabus.hub.server import Hub
 
 TIMEOUT = 10.0
 _names = itertools.count()
@@ -83,7 +84,7 @@ def run(bus: Bus, body: Callable[[], Awaitable[None]]) -> None:
 
 
 async def recv(transport: Transport) -> Message:
-    return await asyncio.wait_for(transport.recv(), TIMEOUT)
+    return await asyncio.wait_for(transport.receive(), TIMEOUT)
 
 
 async def settle(publisher: Transport, subscriber: Transport, topic: str) -> None:
@@ -92,7 +93,7 @@ async def settle(publisher: Transport, subscriber: Transport, topic: str) -> Non
     for attempt in range(200):
         await publisher.publish(topic, b"probe", qos=0)
         try:
-            message = await asyncio.wait_for(subscriber.recv(), 0.05 * (1 + attempt // 20))
+            message = await asyncio.wait_for(subscriber.receive(), 0.05 * (1 + attempt // 20))
         except TimeoutError:
             continue
         assert message.topic == topic
@@ -200,7 +201,7 @@ def test_shared_group_splits_load(bus: Bus) -> None:
             for _ in range(100):
                 await pub.publish("vla/v1/probe/task", b"probe", qos=1)
                 try:
-                    await asyncio.wait_for(member.recv(), 0.1)
+                    await asyncio.wait_for(member.receive(), 0.1)
                     break
                 except TimeoutError:
                     continue
@@ -227,7 +228,7 @@ def test_shared_group_splits_load(bus: Bus) -> None:
 
 async def _try_recv(transport: Transport, timeout: float) -> Message | None:
     try:
-        return await asyncio.wait_for(transport.recv(), timeout)
+        return await asyncio.wait_for(transport.receive(), timeout)
     except TimeoutError:
         return None
 
@@ -289,7 +290,7 @@ def test_reconnect_resubscribes(bus: Bus) -> None:
 
 
 def test_direct_consumer_keeps_order_and_loses_only_what_it_fails_on(bus: Bus) -> None:
-    """``Inbox.direct`` is offered messages as they arrive while nothing waits in the queue: a
+    """A ``consume`` handler is offered messages as they arrive while nothing waits in the queue: a
     message it declines is queued, and everything after it queues behind it, in order. A
     consumer that raises loses that one message, counted as an inbox drop, and nothing else."""
     async def body() -> None:
@@ -307,7 +308,7 @@ def test_direct_consumer_keeps_order_and_loses_only_what_it_fails_on(bus: Bus) -
                 return True
             return False  # 2 declined: queued, and from then on nothing is offered
 
-        sub.inbox.direct = direct
+        sub.consume(direct)
         dropped = sub.counters()["inbox_dropped"]
         for i in range(8):
             await pub.publish("vla/v1/robot-a/frame", i.to_bytes(4, "big"), qos=1)

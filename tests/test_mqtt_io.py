@@ -23,7 +23,7 @@ def run(body: Callable[[], Awaitable[None]]) -> None:
 
 
 async def received(transport: Transport, count: int) -> list[bytes]:
-    return [bytes((await asyncio.wait_for(transport.recv(), TIMEOUT)).payload)
+    return [bytes((await asyncio.wait_for(transport.receive(), TIMEOUT)).payload)
             for _ in range(count)]
 
 

@@ -67,7 +67,7 @@ async def collect(transport: object, count: int, timeout: float = 10.0) -> list[
 
     async def take() -> None:
         while len(received) < count:
-            received.append(await transport.recv())  # type: ignore[attr-defined]
+            received.append(await transport.receive())  # type: ignore[attr-defined]
 
     await asyncio.wait_for(take(), timeout)
     return received
