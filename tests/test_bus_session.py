@@ -165,3 +165,13 @@ def test_malformed_frames_raise_value_error(frames: list[bytes]) -> None:
               protocol.UNSUB: protocol.decode_unsub}[frames[0]]
     with pytest.raises(ValueError, match=r".+"):
         decode(frames)  # type: ignore[operator]
+
+
+def test_outbox_takes_back_what_could_not_be_sent_ahead_of_newer_entries() -> None:
+    s = session()
+    for i in range(3):
+        s.outbox.put("t", b"%d" % i, 0)
+    drained = s.outbox.drain()
+    s.outbox.put("t", b"new", 0)
+    s.outbox.put_back(drained[1:])  # "0" went out, the connection dropped before "1"
+    assert [e.payload for e in s.outbox.drain()] == [b"1", b"2", b"new"]

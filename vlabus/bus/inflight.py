@@ -113,3 +113,17 @@ class InflightTable(Generic[K]):
 def retry_delay(retries: int) -> float:
     """Seconds before the next try of an unrouted publish: 50 ms doubling, at most 1 s."""
     return min(0.05 * 2.0 ** retries, 1.0)
+
+
+def fail_quietly(future: asyncio.Future[None], exc: BaseException) -> None:
+    """Fail a future that may have no awaiter left (a QoS 1 publish that already returned):
+    marking the exception retrieved keeps asyncio from logging it as lost."""
+    if not future.done():
+        future.set_exception(exc)
+        future.exception()
+
+
+def complete(future: asyncio.Future[None]) -> None:
+    """Complete ``future`` unless it is done already."""
+    if not future.done():
+        future.set_result(None)

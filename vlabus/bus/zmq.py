@@ -34,7 +34,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from schemas.errors import SubscribeRejected, TransportError
 from vlabus.bus.inbox import Inbox, Receiving
-from vlabus.bus.inflight import Inflight
+from vlabus.bus.inflight import Inflight, complete, fail_quietly
 from vlabus.bus.session import Session
 from vlabus.bus.transport import Message, TransportOptions, done_future, now_ns
 from vlabus.hub import protocol as proto
@@ -169,7 +169,7 @@ class ZmqTransport(Receiving):
         """Give up on a QoS 1 publish (ack timeout, outbox full): drop it and fail its future."""
         entry = self._session.inflight.pop(mid)
         if entry is not None:
-            _fail(entry.future, exc)
+            fail_quietly(entry.future, exc)
 
     async def subscribe(self, pattern: str, *, group: str | None = None, qos: int = 1) -> None:
         """See :class:`Transport`. Connected, it waits for the hub's answer, like MQTT's SUBACK:
@@ -229,11 +229,11 @@ class ZmqTransport(Receiving):
         self._sock.close()
         self._inbox.close()
         for entry in self._session.inflight.clear():
-            _fail(entry.future, TransportError("zmq transport closed"))
+            fail_quietly(entry.future, TransportError("zmq transport closed"))
         self._session.outbox.fail_all("dropped: transport closed")
         for future, _filter in self._sub_waits.values():
-            _fail(future, TransportError("zmq transport closed"))
-        _fail(self._welcome, TransportError("zmq transport closed"))
+            fail_quietly(future, TransportError("zmq transport closed"))
+        fail_quietly(self._welcome, TransportError("zmq transport closed"))
 
     # -- socket I/O, all on the loop thread --------------------------------------------------
 
@@ -293,10 +293,9 @@ class ZmqTransport(Receiving):
                 mid = parts[1].bytes
                 entry = self._session.inflight.pop(mid)
                 if entry is not None:
-                    if not entry.future.done():
-                        entry.future.set_result(None)
+                    complete(entry.future)
                 elif (wait := self._sub_waits.pop(mid, None)) is not None:
-                    _done(wait[0])
+                    complete(wait[0])
             elif head == proto.NACK and len(parts) == 3:
                 self._refused(parts[1].bytes, parts[2].bytes.decode(errors="replace"))
             elif head == proto.WELCOME and len(parts) == 1:
@@ -313,9 +312,9 @@ class ZmqTransport(Receiving):
         entry = self._session.inflight.pop(mid) if mid else None
         wait = self._sub_waits.pop(mid, None) if mid else None
         if entry is not None:
-            _fail(entry.future, TransportError(f"hub refused: {reason}"))
+            fail_quietly(entry.future, TransportError(f"hub refused: {reason}"))
         elif wait is not None:
-            _fail(wait[0], SubscribeRejected(wait[1], 0x87, f"Not authorized ({reason})"))
+            fail_quietly(wait[0], SubscribeRejected(wait[1], 0x87, f"Not authorized ({reason})"))
         else:
             log.warning("zmq: hub refused: %s", reason)
 
@@ -341,10 +340,10 @@ class ZmqTransport(Receiving):
                     if not entry.future.done():
                         entry.future.set_result(None)
                 for future, _filter in self._sub_waits.values():  # kept, like a publish
-                    _done(future)
+                    complete(future)
                 self._sub_waits.clear()
             else:
-                _fail(self._welcome, TransportError(
+                fail_quietly(self._welcome, TransportError(
                     f"hub {self.url} refused the CURVE handshake (event {event})"))
 
     def _resync(self) -> None:
@@ -367,9 +366,7 @@ class ZmqTransport(Receiving):
             meta = proto.encode_meta(retain=queued.retain, expires_ns=expires_ns, mid=b"")
             if not self._connected or not self._send(proto.pub(queued.topic.encode(),
                                                                 queued.payload, meta)):
-                for rest in waiting[i:]:  # back in the outbox, in order, for the next handshake
-                    session.outbox.put(rest.topic, rest.payload, 0, retain=rest.retain,
-                                       expiry_s=rest.remaining_s(session.clock()))
+                session.outbox.put_back(waiting[i:])  # in order, for the next handshake
                 break
 
     def _send_ping(self) -> None:
@@ -401,16 +398,3 @@ async def open_zmq(url: str, options: TransportOptions) -> ZmqTransport:
 def _readable(sock: zmq.Socket[Any]) -> bool:
     """Whether a message waits; also re-arms the edge-triggered FD."""
     return bool(cast(int, sock.getsockopt(_EVENTS)) & _POLLIN)
-
-
-def _fail(future: asyncio.Future[None], exc: BaseException) -> None:
-    """Fail a future that may have no awaiter left (a QoS 1 publish that already returned):
-    marking the exception retrieved keeps asyncio from logging it as lost."""
-    if not future.done():
-        future.set_exception(exc)
-        future.exception()
-
-
-def _done(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
