@@ -83,6 +83,10 @@ def test_foxglove_client_receives_a_camera_image_from_a_running_demo(tmp_path: P
         with connect(port, 90, demo) as ws:
             assert ws.subprotocol == "foxglove.sdk.v1"
             channel, payload, log_ns = first_image(ws, 60)
+    except Exception:
+        demo.wait(timeout=120)
+        out = demo.stdout.read().decode() if demo.stdout else ""
+        raise AssertionError(f"demo: {out[-3000:]}") from None
     finally:
         demo.send_signal(signal.SIGINT)  # the demo stops its children on the way out
         demo.communicate(timeout=60)
