@@ -35,6 +35,7 @@ from security.keys import Keyring
 from security.replay import ReplayGuard
 from vlabus.bus.transport import Message, Transport
 from vlabus.inbound import Rejections, accept
+from vlabus.log.formats import DECISION, ChannelFormat
 from vlabus.wire import Decoder
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class BlackBox(Protocol):
     """What the receiver needs from a recorder (``vlabus.log.record.Recorder`` fits)."""
 
     def write(self, topic: str, payload: bytes | bytearray | memoryview, received_ns: int,
-              sent_ns: int | None = None) -> None: ...
+              sent_ns: int | None = None, *, channel: ChannelFormat | None = None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,13 +141,14 @@ class Receiver:
                   "lateness_ns": result.lateness_ns, "rtt_ns": result.rtt_ns,
                   "worker_id": result.worker_id, "model_version": result.model_version,
                   "action": None if result.action is None else result.action.tolist()}
-        self._record(self._decision_topic, self._pack.encode(record))
+        self._record(self._decision_topic, self._pack.encode(record), DECISION)
 
-    def _record(self, topic: str, payload: bytes | bytearray | memoryview) -> None:
+    def _record(self, topic: str, payload: bytes | bytearray | memoryview,
+                channel: ChannelFormat | None = None) -> None:
         if self.recorder is None:
             return
         try:
-            self.recorder.write(topic, payload, time.time_ns())
+            self.recorder.write(topic, payload, time.time_ns(), channel=channel)
         except BusError as exc:  # a full disk ends the recording, never the robot
             log.error("black box stopped: %r", exc)  # noqa: TRY400 - expected, no traceback
             self.recorder = None

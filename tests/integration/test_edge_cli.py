@@ -54,7 +54,7 @@ def test_edge_cli_json_summary_with_record_and_metrics(zmq_hub: Any, keydir: Key
     assert set(summary["rtt_ms"]) == {"p50", "p99"}
     assert summary["latency_breakdown_p50_ms"]["queue_wait"] == 0.02  # the fake worker's own
     assert summary["recording"]["messages"] >= 60
-    assert summary["recording"]["not_envelope"] == 30  # one decision per step
+    assert summary["recording"]["records"] == 30  # one decision per step
     assert record.stat().st_size > 0
     assert summary["metrics_port"] > 0
     assert summary["exit_code"] == 0

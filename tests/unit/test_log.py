@@ -15,6 +15,7 @@ from tests.support.frames import make_frame
 from tests.support.keys import KeyDir
 from tests.support.logs import write_log
 from vlabus.cli import main
+from vlabus.log.formats import DECISION
 from vlabus.log.reader import LogError, iter_log, recover
 from vlabus.log.record import Recorder
 from vlabus.log.replay import Restamper
@@ -175,17 +176,17 @@ def test_missing_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFix
     assert "no such file" in capsys.readouterr().err
 
 
-def test_plain_msgpack_records_show_in_cat_and_export(tmp_path: Path,
+def test_decision_records_show_in_cat_and_export(tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "edge.mcap"
     decision = msgspec.msgpack.encode({"step": 3, "source": "fallback", "action": [0.5, 1.5]})
     with Recorder(path) as recorder:
-        recorder.write("vla/v1/robot-a/decision", decision, 10)
-        recorder.write("vla/v1/robot-a/decision", b"\xc1 not msgpack", 11)
+        recorder.write("vla/v1/robot-a/decision", decision, 10, channel=DECISION)
+        recorder.write("vla/v1/robot-a/decision", b"\xc1 not msgpack", 11, channel=DECISION)
     code, out = run_cli(capsys, "log", "cat", str(path))
     first, second = (json.loads(line) for line in out.splitlines())
     assert code == 0
-    assert first["kind"] == "plain"
+    assert first["kind"] == "decision"
     assert first["message"] == {"step": 3, "source": "fallback", "action": [0.5, 1.5]}
     assert second["error"]["reason"] == "malformed"
     code, out = run_cli(capsys, "log", "export", str(path), str(tmp_path / "x.mcap"), "--json")

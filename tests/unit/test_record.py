@@ -23,6 +23,7 @@ from tests.support.keys import KeyDir
 from vlabus.bus.memory import reset_memory
 from vlabus.bus.transport import TransportOptions, open_transport
 from vlabus.cli import main
+from vlabus.log.formats import UNPARSED_ENCODING
 from vlabus.log.reader import recover
 from vlabus.log.record import MESSAGE_ENCODING, Recorder, RecordError, record_from
 from vlabus.wire import Decoder, Encoder
@@ -75,7 +76,9 @@ def test_live_memory_traffic_reads_back_with_upstream_reader(keydir: KeyDir,
     assert recorder.not_envelope == 1
     rows = read_back(path)
     assert sorted((t, p) for t, _e, p, _l, _p in rows) == sorted(payloads)
-    assert {e for _t, e, *_ in rows} == {MESSAGE_ENCODING}
+    assert {(t, e) for t, e, *_ in rows if t.endswith("/status")} == {
+        ("vla/v1/robot-a/status", UNPARSED_ENCODING)}  # labelled as what it is
+    assert {e for t, e, *_ in rows if t.endswith("/frame")} == {MESSAGE_ENCODING}
     decoder = Decoder(keydir.ring)
     for topic, _enc, data, log_ns, publish_ns in rows:
         assert log_ns >= before
