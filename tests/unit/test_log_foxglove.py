@@ -22,7 +22,7 @@ from schemas.arrays import pack_array  # noqa: E402
 from schemas.images import encode_image  # noqa: E402
 from schemas.messages import Action, Frame  # noqa: E402
 from schemas.topics import action_topic, frame_topic  # noqa: E402
-from tests.conftest import KeyDir  # noqa: E402
+from tests.support.keys import KeyDir  # noqa: E402
 from vlabus.cli import main  # noqa: E402
 from vlabus.log.formats import DECISION  # noqa: E402
 from vlabus.log.record import Recorder  # noqa: E402

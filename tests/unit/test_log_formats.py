@@ -21,8 +21,9 @@ from mcap.reader import make_reader
 from mcap.writer import Writer
 
 from schemas.topics import action_topic, frame_topic
-from tests.conftest import KeyDir
-from tests.test_record_support import make_action, make_frame
+from tests.support.frames import make_frame
+from tests.support.keys import KeyDir
+from tests.support.logs import make_action
 from vlabus.cli import main
 from vlabus.log.formats import (
     DECISION,
