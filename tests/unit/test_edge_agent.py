@@ -13,7 +13,6 @@ from edge_agent.agent import AgentConfig, Cause, EdgeAgent, Source
 from edge_agent.breaker import BreakerConfig
 from edge_agent.local import LocalPolicy
 from edge_agent.metrics import EdgeMetrics
-from edge_agent.receiver import Receiver
 from edge_agent.threaded import ThreadedAgent
 from tests.support.aio import eventually, run
 from tests.support.edge import FakeCloud, SlowPolicy, TinyPolicy, observation
@@ -51,11 +50,9 @@ async def make_rig(keydir: KeyDir, *, deadline_ms: float = 200, chunk: int = 1,
     config = AgentConfig(robot_id="robot-a", deadline_ns=round(deadline_ms * MS), chunk=chunk,
                          refill_below=refill_below, period_ns=round(period_ms * MS),
                          breaker=breaker or BreakerConfig())
-    receiver = Receiver(robot_bus, keydir.ring, "robot-a", metrics=metrics,
-                        period_ns=config.period_ns, local=local)
-    agent = EdgeAgent(robot_bus, Encoder(keydir.signers["robot-a"]), receiver, local, config,
+    agent = EdgeAgent(robot_bus, Encoder(keydir.signers["robot-a"]), keydir.ring, local, config,
                       metrics=metrics)
-    await receiver.start()
+    await agent.start()
     return Rig(agent, cloud, policy, url)
 
 
@@ -150,7 +147,7 @@ def test_forged_reply_gives_rejected_reply_cause(keydir: KeyDir) -> None:
             result = await rig.agent.act(observation())
             assert result.source is Source.FALLBACK
             assert result.cause is Cause.REJECTED_REPLY
-            assert rig.agent.receiver.rejections.by_reason == {"bad_signature": 1}
+            assert rig.agent.rejections.by_reason == {"bad_signature": 1}
         finally:
             await rig.cloud.close()
             await rig.agent.close()

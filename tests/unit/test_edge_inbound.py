@@ -8,15 +8,17 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from edge_agent.inbox import ActionInbox
 from edge_agent.metrics import EdgeMetrics
-from edge_agent.receiver import Receiver
+from edge_agent.stats import RunStats
+from edge_agent.watchdog import Watchdog
 from schemas.arrays import pack_array
 from schemas.messages import Action
 from schemas.topics import action_topic
 from security.keys import Signer
 from tests.support.keys import KeyDir
-from vlabus.bus.memory import reset_memory
-from vlabus.bus.transport import Message, TransportOptions, open_transport
+from vlabus.bus.transport import Message
+from vlabus.inbound import Rejections
 from vlabus.wire import Encoder
 
 TOPIC = action_topic("robot-a")
@@ -30,27 +32,25 @@ def action(step: int, *, robot: str = "robot-a", worker: str = "worker-1",
                   model="default", model_version=1, worker_id=worker)
 
 
-def with_receiver(keydir: KeyDir, body: Callable[[Receiver], Awaitable[None]]) -> None:
+def with_inbox(keydir: KeyDir, body: Callable[[ActionInbox], Awaitable[None]]) -> None:
     async def main() -> None:
-        reset_memory("inbound")
-        bus = await open_transport("memory://inbound", TransportOptions(client_id="robot-a"))
-        receiver = Receiver(bus, keydir.ring, "robot-a", metrics=EdgeMetrics(),
-                            period_ns=10**7)
-        await body(receiver)
+        inbox = ActionInbox(keydir.ring, "robot-a", Watchdog(), rejections=Rejections(),
+                            stats=RunStats(), metrics=EdgeMetrics(), period_ns=10**7)
+        await body(inbox)
     asyncio.run(main())
 
 
-def expect(receiver: Receiver, corr: str, step: int) -> asyncio.Future[object]:
+def expect(receiver: ActionInbox, corr: str, step: int) -> asyncio.Future[object]:
     decide = time.monotonic_ns() + SECOND
     return receiver.expect(corr, step, decide)  # type: ignore[return-value]
 
 
-def deliver(receiver: Receiver, wire: bytes) -> None:
+def deliver(receiver: ActionInbox, wire: bytes) -> None:
     receiver.handle(Message(TOPIC, wire, time.time_ns()))
 
 
 def test_duplicate_and_reordered_actions_are_refused(keydir: KeyDir) -> None:
-    async def body(receiver: Receiver) -> None:
+    async def body(receiver: ActionInbox) -> None:
         encoder = Encoder(keydir.signers["worker-1"])
         first = encoder.encode(action(1), corr="s-1")
         second = encoder.encode(action(2), corr="s-2")
@@ -61,11 +61,11 @@ def test_duplicate_and_reordered_actions_are_refused(keydir: KeyDir) -> None:
         assert two.done()
         assert not one.done()
         assert receiver.rejections.by_reason == {"replay": 1, "duplicate": 1}
-    with_receiver(keydir, body)
+    with_inbox(keydir, body)
 
 
 def test_other_workers_have_their_own_sequence(keydir: KeyDir) -> None:
-    async def body(receiver: Receiver) -> None:
+    async def body(receiver: ActionInbox) -> None:
         w1, w2 = Encoder(keydir.signers["worker-1"]), Encoder(keydir.signers["worker-2"])
         later = w1.encode(action(2), corr="s-2")
         w2._seq = 0  # a worker whose counter is far behind worker-1's
@@ -75,11 +75,11 @@ def test_other_workers_have_their_own_sequence(keydir: KeyDir) -> None:
         assert one.done()
         assert two.done()
         assert receiver.rejections.total == 0
-    with_receiver(keydir, body)
+    with_inbox(keydir, body)
 
 
 def test_foreign_senders_and_targets_are_refused_and_attributed(keydir: KeyDir) -> None:
-    async def body(receiver: Receiver) -> None:
+    async def body(receiver: ActionInbox) -> None:
         pending = expect(receiver, "s-1", 1)
         robot = Encoder(keydir.signers["robot-b"])
         deliver(receiver, robot.encode(action(1, worker="robot-b"), corr="s-1"))
@@ -94,11 +94,11 @@ def test_foreign_senders_and_targets_are_refused_and_attributed(keydir: KeyDir) 
         step = receiver.expire("s-1")
         assert step is not None
         assert step.rejected
-    with_receiver(keydir, body)
+    with_inbox(keydir, body)
 
 
 def test_non_finite_or_misshapen_chunks_are_refused(keydir: KeyDir) -> None:
-    async def body(receiver: Receiver) -> None:
+    async def body(receiver: ActionInbox) -> None:
         pending = expect(receiver, "s-1", 1)
         worker = Encoder(keydir.signers["worker-1"])
         deliver(receiver, worker.encode(action(1, values=float("nan")), corr="s-1"))
@@ -110,15 +110,15 @@ def test_non_finite_or_misshapen_chunks_are_refused(keydir: KeyDir) -> None:
         assert receiver.rejections.by_reason == {"schema": 2}
         deliver(receiver, worker.encode(action(1), corr="s-1"))
         assert pending.done()  # a good reply after bad ones still counts
-    with_receiver(keydir, body)
+    with_inbox(keydir, body)
 
 
 def test_reply_for_an_unknown_step_is_counted_not_used(keydir: KeyDir) -> None:
-    async def body(receiver: Receiver) -> None:
+    async def body(receiver: ActionInbox) -> None:
         pending = expect(receiver, "s-1", 1)
         worker = Encoder(keydir.signers["worker-1"])
         deliver(receiver, worker.encode(action(7), corr="s-1"))  # right corr, wrong step
         deliver(receiver, worker.encode(action(1), corr="other"))
         assert not pending.done()
         assert receiver.stats.unmatched_replies == 2
-    with_receiver(keydir, body)
+    with_inbox(keydir, body)

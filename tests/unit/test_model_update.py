@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cloud_workers.publisher import Release, build_release, publish_release
+from edge_agent.feed import ModelFeed
 from edge_agent.local import LocalPolicy
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.receiver import Receiver
@@ -26,6 +27,7 @@ from tests.support.edge import TinyPolicy
 from tests.support.keys import KeyDir
 from vlabus.bus.memory import reset_memory
 from vlabus.bus.transport import Message, TransportOptions, open_transport
+from vlabus.inbound import Rejections
 from vlabus.policy import Observation
 from vlabus.policy.reference import ReferencePolicy
 from vlabus.wire import Encoder
@@ -48,14 +50,14 @@ def weights(tmp_path: Path, version: int, *, horizon: int = 4, seed: int = 0) ->
 @dataclass
 class Robot:
     receiver: Receiver
+    feed: ModelFeed
     local: LocalPolicy
     store: ModelStore
     original: TinyPolicy
 
     @property
     def updater(self) -> ModelUpdater:
-        assert self.receiver.updater is not None
-        return self.receiver.updater
+        return self.feed.updater
 
     def unchanged(self) -> bool:
         """The active model is still the original: in memory, staged and on disk."""
@@ -73,9 +75,9 @@ async def make_robot(keydir: KeyDir, tmp_path: Path) -> Robot:
     store = ModelStore(tmp_path / "models")
     updater = ModelUpdater(store, NAME, installed=0, loader=load_reference, probe=probe(),
                            shape=(4, 7), max_bytes=1 << 20)
-    receiver = Receiver(bus, keydir.ring, "robot-a", metrics=EdgeMetrics(), period_ns=10**7,
-                        updater=updater, local=local)
-    return Robot(receiver, local, store, original)
+    feed = ModelFeed(updater, local, keydir.ring, metrics=EdgeMetrics(),
+                     rejections=Rejections())
+    return Robot(Receiver(bus, feed=feed), feed, local, store, original)
 
 
 def send(robot: Robot, signer: Signer, release: Release, *,
@@ -98,7 +100,7 @@ def test_valid_release_installs_swaps_between_steps_and_keeps_the_previous(
         release = build_release(weights(tmp_path, 3), name=NAME, version=3, chunk_size=4096)
         assert len(release.chunks) > 1
         send(robot, keydir.signers["release"], release)
-        await robot.receiver.settle()
+        await robot.feed.settle()
         assert robot.updater.results["installed"] == 1
         assert robot.local.policy is robot.original  # not swapped mid-step
         assert robot.local.swap_staged()
@@ -125,7 +127,7 @@ def test_release_over_the_bus_reaches_the_receiver(keydir: KeyDir, tmp_path: Pat
         release = build_release(weights(tmp_path, 1), name=NAME, version=1, chunk_size=8192)
         await publish_release(bus, Encoder(keydir.signers["release"]), release)
         for _ in range(200):
-            await robot.receiver.settle()
+            await robot.feed.settle()
             if robot.updater.results["installed"]:
                 break
             await asyncio.sleep(0.01)
@@ -146,22 +148,22 @@ def test_a_robot_that_missed_chunks_completes_when_the_release_is_published_agai
         half = len(chunks) // 2
         assert half >= 2
         send(robot, keydir.signers["release"], release, chunks=chunks[::2])  # every other one
-        await robot.receiver.settle()
+        await robot.feed.settle()
         assert robot.updater.results["chunk_ok"] == len(chunks[::2])
         assert "installed" not in robot.updater.results
         assert robot.unchanged()
-        stuck = robot.receiver.counters()["model_download"]
+        stuck = robot.feed.counters()["model_download"]
         assert stuck is not None
         assert (stuck["version"], stuck["chunks"], stuck["total"]) == \
             (2, len(chunks[::2]), len(chunks))
         assert stuck["idle_s"] >= 0
-        registry = robot.receiver.metrics.registry
+        registry = robot.feed.metrics.registry
         missing = "vlabus_edge_model_download_missing_chunks"
         assert registry.get_sample_value(missing) == len(chunks) - len(chunks[::2])
         send(robot, keydir.signers["release"], release)  # the release published again
-        await robot.receiver.settle()
+        await robot.feed.settle()
         assert robot.updater.results["installed"] == 1
-        assert robot.receiver.counters()["model_download"] is None
+        assert robot.feed.counters()["model_download"] is None
         assert registry.get_sample_value(missing) == 0
         assert robot.updater.results["duplicate_chunk"] == len(chunks[::2])
         assert robot.local.swap_staged()
@@ -184,10 +186,10 @@ def test_bad_signers_are_rejected(keydir: KeyDir, tmp_path: Path, attack: str) -
         for i, data in enumerate(release.chunks):
             chunk = ModelChunk(name=NAME, version=2, index=i, data=memoryview(data))
             robot.receiver.handle(Message(model_chunk_topic(NAME), encoder.encode(chunk), 0))
-        await robot.receiver.settle()
+        await robot.feed.settle()
         expected = {"unsigned": "bad_signature", "worker_key": "identity_mismatch",
                     "unknown_release_key": "unknown_key"}[attack]
-        assert robot.receiver.rejections.by_reason[expected] >= 1
+        assert robot.feed.rejections.by_reason[expected] >= 1
         assert robot.updater.results["installed"] == 0
         assert robot.unchanged()
     asyncio.run(main())
@@ -198,12 +200,12 @@ def test_older_version_is_rejected(keydir: KeyDir, tmp_path: Path) -> None:
         robot = await make_robot(keydir, tmp_path)
         send(robot, keydir.signers["release"],
              build_release(weights(tmp_path, 5), name=NAME, version=5, chunk_size=8192))
-        await robot.receiver.settle()
+        await robot.feed.settle()
         robot.local.swap_staged()
         before = robot.local.policy
         send(robot, keydir.signers["release"],
              build_release(weights(tmp_path, 4, seed=1), name=NAME, version=4, chunk_size=8192))
-        await robot.receiver.settle()
+        await robot.feed.settle()
         assert robot.updater.results["stale_version"] == 1
         assert not robot.local.swap_staged()
         assert robot.local.policy is before
@@ -251,7 +253,7 @@ def test_expired_manifest_is_rejected(keydir: KeyDir, tmp_path: Path) -> None:
         release = build_release(weights(tmp_path, 2), name=NAME, version=2, chunk_size=8192,
                                 expires_s=1.0, now_ns=1_000_000_000)  # expired in 1970
         send(robot, keydir.signers["release"], release)
-        await robot.receiver.settle()
+        await robot.feed.settle()
         assert robot.updater.results["expired"] == 1
         assert robot.unchanged()
     asyncio.run(main())
@@ -267,7 +269,7 @@ def test_chunk_with_wrong_hash_is_rejected(keydir: KeyDir, tmp_path: Path) -> No
         bad[10] ^= 0xFF
         chunks[1] = msgspec.structs.replace(chunks[1], data=memoryview(bytes(bad)))
         send(robot, keydir.signers["release"], release, chunks=chunks)
-        await robot.receiver.settle()
+        await robot.feed.settle()
         assert robot.updater.results["bad_chunk_hash"] == 1
         assert robot.updater.results["installed"] == 0
         assert robot.unchanged()
@@ -285,7 +287,7 @@ def test_chunk_with_more_bytes_than_declared_drops_the_release(
         chunks[last] = msgspec.structs.replace(
             chunks[last], data=memoryview(release.chunks[last] + b"\0" * 4096))
         send(robot, keydir.signers["release"], release, chunks=chunks)
-        await robot.receiver.settle()
+        await robot.feed.settle()
         assert robot.updater.results["oversize_chunk"] == 1
         assert robot.updater.results["installed"] == 0
         assert robot.unchanged()
@@ -300,7 +302,7 @@ def test_unhealthy_model_is_never_activated(keydir: KeyDir, tmp_path: Path) -> N
         release = build_release(weights(tmp_path, 2, horizon=9), name=NAME, version=2,
                                 chunk_size=8192)
         send(robot, keydir.signers["release"], release)
-        await robot.receiver.settle()
+        await robot.feed.settle()
         assert robot.updater.results["unhealthy"] == 1
         assert robot.unchanged()
         assert not (tmp_path / "models" / NAME / "v2.safetensors").exists()
