@@ -1,97 +1,22 @@
 """One behaviour suite for every transport: memory, the ZeroMQ hub and a real Mosquitto.
 
-Each test runs the same code against ``bus``, parametrized over the three adapters, so code
-above the transport layer can rely on the same semantics whichever bus runs.
+Each test runs the same code against ``bus`` (``tests/contract/conftest.py``), parametrized
+over the three adapters, so code above the transport layer can rely on the same semantics
+whichever bus runs. This module: delivery, topics, wildcards, groups, order, payload sizes,
+reconnects. ``test_lifecycle.py``: wills, retained messages, the outbox and expiry, oversize
+payloads, an unreachable bus.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 
 import pytest
 
 from schemas.errors import PublishRejected, SubscribeRejected, TransportError
 from tests.support.aio import TIMEOUT, recv
-from vlabus.bus.memory import reset_memory
-from vlabus.bus.transport import Message, Transport, TransportOptions, open_transport
-from vlabus.hub.server import Hub, HubConfig
-
-_names = itertools.count()
-
-
-@dataclass
-class Bus:
-    """A bus under test: how to reach it, how to authenticate, how to restart it."""
-
-    kind: str
-    url: str
-    options: Callable[[str], TransportOptions]
-    restart: Callable[[], None] | None = None
-    opened: list[Transport] = field(default_factory=list)
-
-    async def connect(self, identity: str = "worker-1") -> Transport:
-        transport = await open_transport(self.url, self.options(f"{identity}-{next(_names)}"))
-        self.opened.append(transport)
-        return transport
-
-    def run(self, body: Callable[[], Awaitable[None]]) -> None:
-        """Run ``body`` on a fresh loop; close every transport it opened, whatever happens."""
-        async def main() -> None:
-            try:
-                await asyncio.wait_for(body(), 3 * TIMEOUT)
-            finally:
-                for transport in self.opened:
-                    await transport.close()
-
-        asyncio.run(main())
-
-
-def _zmq_bus(request: pytest.FixtureRequest) -> Iterator[Bus]:
-    hub = request.getfixturevalue("zmq_hub")
-    hubs = [hub]
-
-    def restart() -> None:
-        port = hubs[-1].url.rsplit(":", 1)[1]
-        hubs[-1].stop()
-        hubs.append(Hub(HubConfig(bind=f"tcp://127.0.0.1:{port}", heartbeat_ms=200)).start())
-
-    yield Bus("zmq", hub.url, lambda cid: TransportOptions(client_id=cid), restart)
-    for extra in hubs[1:]:
-        extra.stop()
-
-
-@pytest.fixture(params=["memory", pytest.param("zmq", marks=pytest.mark.integration),
-                        pytest.param("mqtt", marks=pytest.mark.integration)])
-def bus(request: pytest.FixtureRequest) -> Iterator[Bus]:
-    if request.param == "memory":
-        name = f"behaviour-{uuid.uuid4().hex[:8]}"
-        yield Bus("memory", f"memory://{name}", lambda cid: TransportOptions(client_id=cid))
-        reset_memory(name)
-    elif request.param == "zmq":
-        yield from _zmq_bus(request)
-    else:
-        broker = request.getfixturevalue("mosquitto")
-        # Every client authenticates as worker-1 (dev config: any topic); client ids differ.
-        yield Bus("mqtt", broker.url, lambda cid: broker.options("worker-1", cid),
-                  broker.restart)
-
-
-async def settle(publisher: Transport, subscriber: Transport, topic: str) -> None:
-    """Publish on ``topic`` until ``subscriber`` sees one: its subscription is live (the hub
-    and the broker apply subscriptions asynchronously). Drains the probes."""
-    for attempt in range(200):
-        await publisher.publish(topic, b"probe", qos=0)
-        try:
-            message = await asyncio.wait_for(subscriber.recv(), 0.05 * (1 + attempt // 20))
-        except TimeoutError:
-            continue
-        assert message.topic == topic
-        return
-    raise AssertionError(f"subscription to {topic!r} never became live")
+from tests.support.buses import Bus, settle, try_recv
+from vlabus.bus.transport import Message
 
 
 def test_publish_subscribe_exact_bytes(bus: Bus) -> None:
@@ -199,7 +124,7 @@ def test_shared_group_splits_load(bus: Bus) -> None:
                 except TimeoutError:
                     continue
         for transport in [watcher, *members]:
-            while await _try_recv(transport, 0.2) is not None:
+            while await try_recv(transport, 0.2) is not None:
                 pass
         count = 40
         for i in range(count):
@@ -209,7 +134,7 @@ def test_shared_group_splits_load(bus: Bus) -> None:
         shares: list[list[int]] = [[], []]
         while sum(map(len, shares)) < count:
             for index, member in enumerate(members):
-                message = await _try_recv(member, 0.05)
+                message = await try_recv(member, 0.05)
                 if message is not None:
                     shares[index].append(int(bytes(message.payload)))
         assert sorted(shares[0] + shares[1]) == list(range(count))  # each exactly once
@@ -217,13 +142,6 @@ def test_shared_group_splits_load(bus: Bus) -> None:
         assert shares[1], f"one member took everything: {shares}"
 
     bus.run(body)
-
-
-async def _try_recv(transport: Transport, timeout: float) -> Message | None:
-    try:
-        return await asyncio.wait_for(transport.recv(), timeout)
-    except TimeoutError:
-        return None
 
 
 def test_per_sender_order(bus: Bus) -> None:

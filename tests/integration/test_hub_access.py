@@ -18,7 +18,7 @@ from schemas.errors import SubscribeRejected, TransportError
 from schemas.messages import Action
 from security.curve import add_curve_client, init_curve
 from security.keys import Keyring, Role, add_key, load_signer
-from tests.support.aio import eventually, run
+from tests.support.aio import eventually, recv, run
 from tests.support.frames import make_frame
 from tests.support.hub import CurveHub
 from tests.support.robot import Robot
@@ -134,9 +134,13 @@ def test_a_robot_cannot_take_the_pools_frames(fleet_hub: CurveHub) -> None:
             await robot_a.publish(topics.frame_topic("robot-a"), b"f%d" % step, qos=1)
         got = [bytes((await asyncio.wait_for(worker.recv(), 5)).payload) for _ in range(6)]
         assert got == [b"f%d" % step for step in range(6)]
+        # A marker after the action, on the thief's own topic: the hub routes the worker's
+        # messages in order, so once the marker is in, a leaked action would be in before it.
+        await thief.subscribe(topics.action_topic("robot-b"))
         await worker.publish(topics.action_topic("robot-a"), b"act", qos=1)
-        await asyncio.sleep(0.2)
-        assert thief.inbox.received == 0
+        await worker.publish(topics.action_topic("robot-b"), b"marker", qos=1)
+        assert bytes((await recv(thief)).payload) == b"marker"
+        assert thief.counters()["received"] == 1
         assert fleet_hub.hub.counters()["denied"] == 2
         for t in (worker, robot_a, thief):
             await t.close()
@@ -182,8 +186,13 @@ def test_a_will_on_a_foreign_topic_is_dropped(fleet_hub: CurveHub) -> None:
         message = await asyncio.wait_for(worker.recv(), 5)
         assert (message.topic, bytes(message.payload)) == ("vla/v1/robot-b/status",
                                                            b"robot-b gone")
-        await asyncio.sleep(0.3)
-        assert len(worker.inbox) == 0
+        # Both disconnects handled (each publishes its will, if any, in the same step on the
+        # hub's thread), then a marker: any will still to come would be routed before it.
+        await eventually(lambda: fleet_hub.hub.counters()["disconnects"] >= 2)
+        marker = topics.worker_status_topic("worker-1")
+        await worker.publish(marker, b"marker", qos=1)
+        message = await recv(worker)
+        assert (message.topic, bytes(message.payload)) == (marker, b"marker")
         assert fleet_hub.hub.counters()["wills"] == 1
         await worker.close()
     run(body())
@@ -238,15 +247,21 @@ def test_another_identity_cannot_take_over_a_routing_id(fleet_hub: CurveHub) -> 
         thief.curve_serverkey = opts.curve.server_public
         thief.curve_publickey = opts.curve.public
         thief.curve_secretkey = opts.curve.secret
+        events = thief.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         thief.connect(tcp_endpoint(fleet_hub.url))
         try:
-            await asyncio.sleep(0.3)
+            # the thief's CURVE handshake is done: it is connected when the action goes out
+            assert await asyncio.to_thread(events.poll, 10_000)
             await worker.publish(topics.action_topic("robot-a"), b"for a", qos=1)
-            message = await asyncio.wait_for(robot_a.recv(), 5)
-            assert bytes(message.payload) == b"for a"
-            await asyncio.sleep(0.2)
+            await worker.publish(topics.action_topic("robot-a"), b"marker", qos=1)
+            got = [bytes((await recv(robot_a)).payload) for _ in range(2)]
+            assert got == [b"for a", b"marker"]
+            # The hub sends each message on one connection: robot-a got both, so nothing was
+            # sent to (or is in flight to) the thief.
             assert not thief.poll(0)
         finally:
+            thief.disable_monitor()
+            events.close(0)
             thief.close(0)
         for t in (worker, robot_a):
             await t.close()
@@ -339,7 +354,9 @@ def test_reload_admits_a_new_client_and_revokes_what_a_removed_identity_held(
         await worker.publish(topics.action_topic("robot-b"), b"after", qos=1)
         with pytest.raises(TransportError, match="hub refused"):
             await robot_b.publish(topics.frame_topic("robot-b"), b"gone", qos=1)
-        await asyncio.sleep(0.2)
+        # No sleep needed: "after" was routed (worker's ACK) before robot-b's publish reached
+        # the hub, and the hub's NACK follows on the same connection, so had "after" been
+        # delivered it would be in robot-b's inbox by now.
         assert len(robot_b.inbox) == 0  # its subscription went with its keyring entry
         counters = fleet_hub.hub.counters()
         assert (counters["reloads"], counters["revoked"]) == (1, 1)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.support.aio import run
+from tests.support.aio import eventually, run
 from vlabus.broker.local import LocalMosquitto
 from vlabus.bus.transport import Message, Transport, open_transport
 
@@ -135,7 +135,8 @@ def test_blocked_event_loop_keeps_the_keepalive(mosquitto: LocalMosquitto) -> No
         time.sleep(2.5)  # the stall under test: this blocks the whole event loop
         thread.join(TIMEOUT)
         assert sent.is_set()
-        await asyncio.sleep(0.1)  # let the loop take the batched hand-over
+        # the loop takes the batched hand-over once it runs again
+        await eventually(lambda: stuck.counters()["received"] == 500)
         counts = stuck.counters()
         assert stuck.connected
         assert counts["disconnects"] == 0

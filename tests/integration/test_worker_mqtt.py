@@ -162,7 +162,7 @@ def test_flood_of_bad_messages_does_not_delay_a_good_robot(
             async def flood() -> None:
                 # Paced at ~FLOOD_RATE messages/s: Mosquitto has no per-client rate limit, so a
                 # flood faster than the worker can reject backs up the broker's TCP stream to
-                # the worker, in front of good frames (see docs/readme/worker.md).
+                # the worker, in front of good frames.
                 nonlocal sent
                 loop = asyncio.get_running_loop()
                 start = loop.time()

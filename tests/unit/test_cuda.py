@@ -1,7 +1,7 @@
 """The CUDA path of the reference policy and the worker. Skipped where torch sees no GPU.
 
-CI has no GPU, so these run only on a machine with one (see the README's "CUDA" section for the
-command and the figures it gave). They check what the CPU suite cannot: the pinned staging
+CI has no GPU, so these run only on a machine with one (docs/development.md gives the command,
+docs/performance.md the GPU figures). They check what the CPU suite cannot: the pinned staging
 buffers, non-blocking copies that the next batch must not overwrite in flight, and that a worker
 on ``--device cuda`` answers with the same actions as on the CPU.
 """

@@ -1,6 +1,6 @@
 """Golden vectors: the committed bytes are what the Encoder produces, the Decoder accepts, and
 what a foreign implementation can rebuild with plain msgpack, lz4, BLAKE3, Ed25519 and
-X25519/ChaCha20-Poly1305 following docs/readme/wire.md (no vlabus code in the checks)."""
+X25519/ChaCha20-Poly1305 following docs/wire.md (no vlabus code in the checks)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_decoder_accepts_and_returns_the_message(name: str) -> None:
 
 
 def _open_sealed(sealed: bytes, aad: bytes) -> bytes:
-    """Independent implementation of the sealed body, from the README."""
+    """Independent implementation of the sealed body, from docs/wire.md."""
     pool = X25519PrivateKey.from_private_bytes(bytes.fromhex(GOLDEN["pool"]["seed"]))
     pool_raw = pool.public_key().public_bytes_raw()
     assert sealed[:8].hex() == GOLDEN["pool"]["key_id"]
