@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from schemas.errors import Reason
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 _LATENESS_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05)
 
@@ -49,3 +51,7 @@ class EdgeMetrics:
                                        ["part"], buckets=_LATENCY_BUCKETS, registry=reg)
         self.frames = Counter("vlabus_edge_frames_sent_total", "Frames sent to the cloud",
                               registry=reg)
+
+    def on_reject(self, reason: Reason) -> None:
+        """Count one rejected inbound message (the hook of ``vlabus.inbound.Rejections``)."""
+        self.rejected.labels(reason.value).inc()

@@ -66,7 +66,8 @@ def register(sub: Any) -> None:
     evaluate = actions.add_parser("evaluate", help="compare a policy with recorded actions")
     evaluate.add_argument("file")
     evaluate.add_argument("--policy", required=True,
-                          help="reference, noop, FILE.safetensors or module:factory")
+                          help="reference, noop, FILE.safetensors, DIR, FILE.pt2, FILE.pt "
+                               "or module:factory (docs/policies.md)")
     evaluate.add_argument("--keys", default=None, metavar="DIR", help="verify signatures")
     evaluate.add_argument("--topics", nargs="+", type=topic_pattern, default=None,
                           metavar="PATTERN")
