@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from schemas.errors import BusError
+from vlabus.cli.argtypes import non_negative_float, positive_int
 from vlabus.cli.busflags import add_bus_arguments, transport_options
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,16 @@ def register(sub: Any) -> None:
                         help="reference | noop | FILE.safetensors | module:factory; repeat to "
                              "serve several models (the first also answers model 'default')")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="torch CPU threads (default: all cores but one, left to the loop)")
-    parser.add_argument("--max-batch", type=int, default=16, metavar="N")
-    parser.add_argument("--max-delay-ms", type=float, default=2.0, metavar="T",
+    parser.add_argument("--max-batch", type=positive_int, default=16, metavar="N")
+    parser.add_argument("--max-delay-ms", type=non_negative_float, default=2.0, metavar="T",
                         help="longest a request waits for company before its batch runs")
-    parser.add_argument("--inline-below-us", type=float, default=200.0, metavar="US",
+    parser.add_argument("--inline-below-us", type=non_negative_float, default=200.0,
+                        metavar="US",
                         help="run frame models measured faster than this on the event loop "
                              "instead of the inference thread (0: always use the thread)")
-    parser.add_argument("--queue-size", type=int, default=1024, metavar="N",
+    parser.add_argument("--queue-size", type=positive_int, default=1024, metavar="N",
                         help="bounded queue; beyond it the lowest priority is shed")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
                         help="serve /metrics /healthz /readyz (0 picks a free port)")

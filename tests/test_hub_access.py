@@ -20,7 +20,7 @@ from security.curve import add_curve_client, init_curve
 from security.keys import Keyring, Role, add_key, load_signer
 from tests.fixtures_zmq import CurveHub
 from tests.test_worker_support import Robot, make_frame
-from vlabus.broker.render import TEMPLATES
+from vlabus.broker.render import templates_dir
 from vlabus.bus.transport import Will
 from vlabus.bus.zmq import ZmqTransport, open_zmq
 from vlabus.cli import main
@@ -28,7 +28,7 @@ from vlabus.hub.access import Access
 from vlabus.hub.server import Hub, HubConfig, tcp_endpoint
 from vlabus.policy.reference import NoopPolicy
 
-RULES = json.loads((TEMPLATES / "acl.json").read_text())
+RULES = json.loads((templates_dir() / "acl.json").read_text())
 FRAMES, ACTIONS = topics.ALL_FRAMES, "vla/v1/+/action"
 
 
@@ -98,7 +98,7 @@ def fleet_hub(tmp_path: Path) -> Iterator[CurveHub]:
         add_key(keyring, role, name)
         add_curve_client(curve, name)
     add_curve_client(curve, "stranger")  # admitted by CURVE, absent from the keyring
-    rules = Access.from_keyring(keyring, TEMPLATES / "acl.json")
+    rules = Access.from_keyring(keyring, templates_dir() / "acl.json")
     hub = Hub(HubConfig(curve_dir=curve, heartbeat_ms=200, access=rules)).start()
     try:
         yield CurveHub(hub, curve)
@@ -321,7 +321,7 @@ def test_reload_admits_a_new_client_and_revokes_what_a_removed_identity_held(
     robot-b leaves the keyring. Until ``reload`` robot-c is refused at the handshake; after
     it, robot-c works within its rules and robot-b's subscription is cancelled at once."""
     keyring = tmp_path / "keys"
-    acl = TEMPLATES / "acl.json"
+    acl = templates_dir() / "acl.json"
 
     async def body() -> None:
         worker = await connect(fleet_hub, "worker-1")

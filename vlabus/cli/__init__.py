@@ -28,12 +28,21 @@ def command_modules() -> dict[str, str]:
     return found
 
 
+def version() -> str:
+    """The installed distribution's version ("unknown" when run from a bare checkout)."""
+    try:
+        return md.version("vlabus")
+    except md.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlabus",
         description="Message bus for offloading VLA inference from robots to cloud GPUs.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("--version", action="version", version=f"vlabus {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, target in command_modules().items():
         module_name, _, attr = target.partition(":")

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from schemas.errors import BusError
     from security.curve import add_curve_client, init_curve
-    from vlabus.broker.render import TEMPLATES
+    from vlabus.broker.render import templates_dir
     from vlabus.hub.access import Access
     from vlabus.hub.server import Hub, HubConfig
     from vlabus.metrics import HubCollector, MetricsServer
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                 print("vlabus hub: --keys needs --curve DIR (identities come from CurveZMQ)",
                       file=sys.stderr)
                 return 2
-            access = Access.from_keyring(args.keys, args.acl or TEMPLATES / "acl.json")
+            access = Access.from_keyring(args.keys, args.acl or templates_dir() / "acl.json")
         hub = Hub(HubConfig(bind=args.bind, curve_dir=args.curve, hwm=args.hwm,
                             max_msg_size=args.max_msg_size, heartbeat_ms=args.heartbeat_ms,
                             access=access))
@@ -134,11 +134,11 @@ def run(args: argparse.Namespace) -> int:
 def _reload(hub: Any, args: argparse.Namespace) -> None:
     """SIGHUP: read the allow-list, keyring and rules again, and hand them to the hub."""
     from schemas.errors import BusError
-    from vlabus.broker.render import TEMPLATES
+    from vlabus.broker.render import templates_dir
     from vlabus.hub.access import Access
 
     try:
-        access = (Access.from_keyring(args.keys, args.acl or TEMPLATES / "acl.json")
+        access = (Access.from_keyring(args.keys, args.acl or templates_dir() / "acl.json")
                   if args.keys is not None else None)
         done = hub.reload(access)
     except (BusError, OSError, ValueError) as exc:

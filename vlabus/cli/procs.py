@@ -36,6 +36,9 @@ class Child:
     args: list[str]
     workdir: Path
     metrics_port: int | None = None
+    #: how to run ``vlabus``: this interpreter's module by default, or an installed script
+    program: list[str] = field(default_factory=lambda: [sys.executable, "-m", "vlabus"])
+    env: dict[str, str] | None = None
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     _out: Any = field(default=None, repr=False)
@@ -44,9 +47,9 @@ class Child:
     def start(self) -> Child:
         self._out = open(self.workdir / f"{self.name}.{self.restarts}.out", "wb")  # noqa: SIM115
         self._err = open(self.workdir / f"{self.name}.{self.restarts}.err", "wb")  # noqa: SIM115
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(self.env if self.env is not None else os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "vlabus", *self.args],
+            [*self.program, *self.args],
             stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL, env=env,
         )
         return self

@@ -19,6 +19,7 @@ from typing import Any
 from schemas.errors import BusError, SubscribeRejected, WireError
 from security.keys import Keyring
 from vlabus.bus.transport import Message, open_transport
+from vlabus.cli.argtypes import byte_size, positive_float
 from vlabus.cli.busflags import add_bus_arguments, topic_pattern, transport_options
 from vlabus.inbound import Rejections
 from vlabus.wire import Decoder
@@ -29,16 +30,25 @@ def register(sub: Any) -> None:
     add_bus_arguments(parser)
     parser.add_argument("--identity", default="recorder",
                         help="identity whose bus credentials to use (default recorder)")
-    parser.add_argument("-o", "--output", required=True, help="MCAP file to write")
+    parser.add_argument("-o", "--output", required=True,
+                        help="MCAP file to write (refused when it exists, unless --overwrite); "
+                             "with --split-*, the parts are NAME-0001.mcap, NAME-0002.mcap, …")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output file")
+    parser.add_argument("--split-size", type=byte_size, default=None, metavar="SIZE",
+                        help="start a new part once one holds SIZE (e.g. 500M, 2G)")
+    parser.add_argument("--split-duration", type=positive_float, default=None, metavar="S",
+                        help="start a new part every S seconds; numbering continues after the "
+                             "parts already there, so a restart never replaces one")
     parser.add_argument("--topics", nargs="+", type=topic_pattern, default=["#"],
                         metavar="PATTERN", help="topic patterns with MQTT wildcards (default: #)")
-    parser.add_argument("--duration", type=float, default=None, metavar="S",
+    parser.add_argument("--duration", type=positive_float, default=None, metavar="S",
                         help="stop after S seconds (default: until Ctrl-C / SIGTERM)")
     parser.add_argument("--keys", default=None, metavar="DIR",
                         help="keyring: count messages whose signature verifies (all are kept)")
-    parser.add_argument("--flush-interval", type=float, default=1.0, metavar="S",
+    parser.add_argument("--flush-interval", type=positive_float, default=1.0, metavar="S",
                         help="close the chunk and flush at least this often (default 1.0)")
-    parser.add_argument("--chunk-size", type=int, default=64 << 10, metavar="BYTES",
+    parser.add_argument("--chunk-size", type=byte_size, default=64 << 10, metavar="BYTES",
                         help="close a chunk once it holds this much (default 65536)")
     parser.add_argument("--compression", choices=["none", "zstd", "lz4"], default="none",
                         help="chunk compression (default none: frames are lz4 already)")
@@ -60,12 +70,20 @@ def run(args: argparse.Namespace) -> int:
 async def record_command(args: argparse.Namespace) -> dict[str, Any]:
     """Connect, subscribe, record until the end condition; return the JSON summary."""
     from vlabus.log.record import Recorder, RecordError, record_from
+    from vlabus.log.split import SplitRecorder
 
     client_id = args.client_id or f"recorder-{os.getpid()}"
+    options: dict[str, Any] = {
+        "flush_interval_s": args.flush_interval, "chunk_size": args.chunk_size,
+        "compression": args.compression,
+        "metadata": {"bus": args.bus, "topics": " ".join(args.topics)}}
+    recorder: Recorder | SplitRecorder
     try:
-        recorder = Recorder(args.output, flush_interval_s=args.flush_interval,
-                            chunk_size=args.chunk_size, compression=args.compression,
-                            metadata={"bus": args.bus, "topics": " ".join(args.topics)})
+        if args.split_size is not None or args.split_duration is not None:
+            recorder = SplitRecorder(args.output, max_bytes=args.split_size,
+                                     max_seconds=args.split_duration, **options)
+        else:
+            recorder = Recorder(args.output, overwrite=args.overwrite, **options)
     except RecordError as exc:
         return {"exit_code": 1, "error": str(exc)}
     try:
@@ -123,7 +141,7 @@ async def record_command(args: argparse.Namespace) -> dict[str, Any]:
         print(file=sys.stderr)
     summary: dict[str, Any] = {
         "exit_code": 1 if error else 0,
-        "file": str(args.output),
+        "file": str(recorder.path),
         "bus": args.bus,
         "topics": recorder.topics,
         "duration_s": round(elapsed, 3),
@@ -133,6 +151,8 @@ async def record_command(args: argparse.Namespace) -> dict[str, Any]:
         "transport": transport_counters,
         "error": error or recorder.error,
     }
+    if isinstance(recorder, SplitRecorder):
+        summary["parts"] = [str(path) for path in recorder.parts]
     if args.keys:
         summary["verified"] = verified
         summary["rejected"] = dict(rejections.by_reason)

@@ -21,6 +21,7 @@ from schemas.errors import BusError, KeyringError
 from security.keys import Keyring, Signer, load_pool_secret, load_signer
 from security.seal import Opener
 from vlabus.bus.transport import open_transport
+from vlabus.cli.argtypes import non_negative_float, positive_float
 from vlabus.cli.busflags import add_bus_arguments, topic_pattern, transport_options
 
 
@@ -30,14 +31,16 @@ def register(sub: Any) -> None:
     add_bus_arguments(parser)
     parser.add_argument("--identity", default="replay",
                         help="identity whose bus credentials to use (default replay)")
-    parser.add_argument("--rate", type=float, default=1.0, help="speed factor (default 1.0)")
+    parser.add_argument("--rate", type=positive_float, default=1.0,
+                        help="speed factor (default 1.0)")
     parser.add_argument("--loop", action="store_true", help="start over at the end")
     parser.add_argument("--topics", nargs="+", type=topic_pattern, default=None,
                         metavar="PATTERN",
                         help="only topics matching these patterns (MQTT wildcards)")
-    parser.add_argument("--start-offset", type=float, default=0.0, metavar="S",
-                        help="skip the first S seconds of the recording")
-    parser.add_argument("--duration", type=float, default=None, metavar="S",
+    parser.add_argument("--start-offset", type=non_negative_float, default=0.0, metavar="S",
+                        help="skip the first S seconds of the recording (an error when that "
+                             "is past its end)")
+    parser.add_argument("--duration", type=positive_float, default=None, metavar="S",
                         help="stop after S seconds of wall time (useful with --loop)")
     parser.add_argument("--restamp", default=None, metavar="KEYDIR",
                         help="re-sign with the replay key KEYDIR/replay/ID.key.pem (or that file)")
@@ -80,9 +83,15 @@ def _signer(args: argparse.Namespace) -> Signer | None:
 
 async def replay_command(args: argparse.Namespace) -> dict[str, Any]:
     """Open the bus, play the file, return the JSON summary."""
+    from vlabus.log.reader import time_range
     from vlabus.log.replay import Replayer, Restamper
 
     try:
+        first_ns, last_ns, _ = time_range(args.file)
+        span_s = (last_ns - first_ns) / 1e9
+        if args.start_offset > span_s:
+            return {"exit_code": 2, "error": f"--start-offset {args.start_offset:g} s is past the "
+                    f"end of {args.file} ({span_s:.3f} s long)"}
         signer = _signer(args)
         keyring = Keyring.load(args.keys) if args.keys else None
         opener = None

@@ -1,0 +1,12 @@
+"""Package list for setuptools (the rest of the metadata is in pyproject.toml).
+
+``broker_config/`` stays at the top of the repository and ships inside the wheel as the
+``vlabus.broker.templates`` package (``package-dir`` in pyproject.toml), so an installed vlabus
+renders broker configurations exactly as a checkout does.
+"""
+
+from setuptools import find_packages, setup
+
+OWN = ["schemas*", "security*", "vlabus*", "edge_agent*", "cloud_workers*", "bench*"]
+
+setup(packages=[*find_packages(include=OWN), "vlabus.broker.templates"])
