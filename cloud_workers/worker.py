@@ -40,6 +40,7 @@ from security.keys import Keyring, Role, Signer
 from security.replay import ReplayGuard
 from vlabus.bus.transport import Message as BusMessage
 from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
+from vlabus.bus.wait import Opener
 from vlabus.inbound import Rejections, accept
 from vlabus.wire import SENDER_ROLES, Decoder, Encoder, Header
 
@@ -377,8 +378,10 @@ class Worker:
 
 async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: PolicyRunner, *,
                       config: WorkerConfig, metrics: WorkerMetrics | None = None,
-                      options: TransportOptions | None = None) -> Worker:
-    """Connect with the death status as the will, and return a worker ready to :meth:`run`."""
+                      options: TransportOptions | None = None,
+                      opener: Opener = open_transport) -> Worker:
+    """Connect with the death status as the will, and return a worker ready to :meth:`run`.
+    ``opener`` opens the bus (``vlabus worker`` passes one that waits for a bus that is down)."""
     encoder = Encoder(signer)
     session = time.time_ns() // 1000  # grows across restarts without state on disk
     death = encoder.encode(status_message(config, "offline", session, runner.models))
@@ -387,7 +390,7 @@ async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: Policy
     # no persistent session: the broker must stop routing this worker's share the moment it
     # vanishes (DESIGN trap 1), and frames are QoS 0 anyway
     extra = {"session_expiry_s": "0", **base.extra}
-    transport = await open_transport(url, dataclasses.replace(base, will=will, extra=extra))
+    transport = await opener(url, dataclasses.replace(base, will=will, extra=extra))
     decoder = frame_decoder(keyring, replay_mode=config.replay_mode)
     return Worker(transport, encoder, decoder, runner, config=config, session=session,
                   metrics=metrics)

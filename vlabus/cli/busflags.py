@@ -7,6 +7,7 @@
                           (default: $VLABUS_BROKER_CONFIG)
     --username/--password-file, --tls-ca/--tls-cert/--tls-key   explicit MQTT credentials
     --curve DIR           CurveZMQ keys made by `vlabus hub --curve DIR --add-client NAME`
+    --connect-timeout S   how long to wait for a bus that is down (default: forever)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from schemas.topics import topic_filter_problem
 from vlabus.bus.transport import CurveKeys, TlsFiles, TransportOptions
+from vlabus.cli.argtypes import non_negative_float, positive_float
 
 
 def topic_pattern(text: str) -> str:
@@ -45,6 +47,16 @@ def add_bus_arguments(parser: argparse.ArgumentParser, *, required: bool = True)
     group.add_argument("--tls-key", default=None, type=Path, metavar="FILE")
     group.add_argument("--curve", default=None, type=Path, metavar="DIR",
                        help="CurveZMQ key directory (zmq:// only)")
+    group.add_argument("--connect-timeout", type=positive_float, default=None, metavar="S",
+                       help="give up (exit 2) when the bus has not answered within S seconds "
+                            "(default: wait for it forever, logging what is waited for)")
+
+
+def add_status_argument(parser: argparse.ArgumentParser, default: float = 10.0) -> None:
+    """``--status-every S``: a status line on stderr every S seconds (0 = off)."""
+    parser.add_argument("--status-every", type=non_negative_float, default=default,
+                        metavar="S", help=f"print a status line every S seconds when not in "
+                        f"--json mode (default {default:g}; 0 = off)")
 
 
 def transport_options(args: argparse.Namespace, identity: str, client_id: str | None = None,
