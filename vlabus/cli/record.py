@@ -18,9 +18,15 @@ from typing import Any
 
 from schemas.errors import BusError, SubscribeRejected, WireError
 from security.keys import Keyring
-from vlabus.bus.transport import Message, open_transport
+from vlabus.bus.transport import Message
+from vlabus.bus.wait import open_when_up
 from vlabus.cli.argtypes import byte_size, positive_float
-from vlabus.cli.busflags import add_bus_arguments, topic_pattern, transport_options
+from vlabus.cli.busflags import (
+    add_bus_arguments,
+    add_status_argument,
+    topic_pattern,
+    transport_options,
+)
 from vlabus.inbound import Rejections
 from vlabus.wire import Decoder
 
@@ -54,6 +60,7 @@ def register(sub: Any) -> None:
                         help="chunk compression (default none: frames are lz4 already)")
     parser.add_argument("--client-id", default=None, help="bus client id (default recorder-PID)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    add_status_argument(parser, default=1.0)
     parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     parser.set_defaults(func=run)
 
@@ -87,8 +94,8 @@ async def record_command(args: argparse.Namespace) -> dict[str, Any]:
     except RecordError as exc:
         return {"exit_code": 1, "error": str(exc)}
     try:
-        transport = await open_transport(
-            args.bus, transport_options(args, args.identity, client_id))
+        transport = await open_when_up(args.bus, transport_options(args, args.identity, client_id),
+                                       what="recorder", timeout_s=args.connect_timeout)
     except (BusError, OSError) as exc:
         recorder.close()
         return {"exit_code": 2, "error": f"cannot reach {args.bus}: {exc}"}
@@ -125,9 +132,10 @@ async def record_command(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     error = None
     try:
+        quiet = args.quiet or args.status_every == 0 or args.json
         await record_from(transport, recorder, duration_s=args.duration, stop=stop,
-                          on_progress=None if args.quiet else _progress(started),
-                          inspect=inspect)
+                          on_progress=None if quiet else _progress(started),
+                          progress_interval_s=args.status_every or 1.0, inspect=inspect)
     except RecordError as exc:
         error = str(exc)
     finally:
