@@ -20,7 +20,13 @@ from typing import Any
 
 from schemas.errors import BusError
 from vlabus.cli.argtypes import non_negative_float, positive_int
-from vlabus.cli.busflags import add_bus_arguments, add_status_argument, transport_options
+from vlabus.cli.busflags import (
+    add_bus_arguments,
+    add_keys_watch_argument,
+    add_status_argument,
+    transport_options,
+    watch_keyring,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--replay-mode", action="store_true",
                         help="also accept frames signed by replay-role keys (restamped recordings)")
     add_status_argument(parser)
+    add_keys_watch_argument(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON summary on exit")
     parser.set_defaults(func=run)
 
@@ -149,7 +156,12 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    background = [asyncio.create_task(watch_connection(worker.transport, f"worker {worker_id}"))]
+    background = [
+        asyncio.create_task(watch_connection(worker.transport, f"worker {worker_id}")),
+        watch_keyring(args.keys, keyring, every_s=args.keys_poll, name=f"worker {worker_id}",
+                      on_change=lambda added, removed: worker.revoke(
+                          {key.key_id for key in removed})),
+    ]
     if args.status_every > 0 and not args.json:
         background.append(asyncio.create_task(_status_lines(worker, args.status_every)))
 

@@ -17,7 +17,7 @@ from schemas.errors import Reason
 from vlabus.quantiles import quantiles
 
 #: Why a request left the queue without a reply.
-CAUSES = ("deadline", "shed", "unknown_model", "policy_error", "shutdown")
+CAUSES = ("deadline", "shed", "unknown_model", "policy_error", "shutdown", "revoked")
 SAMPLES = 65_536
 _LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 

@@ -128,6 +128,14 @@ class Worker:
         finally:
             await self._shutdown(receive, serve, stopper)
 
+    def revoke(self, key_ids: set[str]) -> int:
+        """Keys removed from the keyring: drop their requests still queued (counted as
+        ``revoked``); their messages not yet decoded fail verification from now on."""
+        gone = self.queue.remove_if(lambda req: req.meta["header"].key in key_ids)
+        self.metrics.on_drop("revoked", len(gone))
+        self.metrics.queue_depth.set(len(self.queue))
+        return len(gone)
+
     async def _shutdown(self, receive: asyncio.Task[None], serve: asyncio.Task[None],
                         stopper: asyncio.Task[bool]) -> None:
         """Stop taking work, finish the batch in hand, drop the rest, publish the death."""

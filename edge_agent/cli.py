@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from vlabus.cli.argtypes import positive_float, positive_int
-from vlabus.cli.busflags import add_bus_arguments, add_status_argument, transport_options
+from vlabus.cli.busflags import (
+    add_bus_arguments,
+    add_keys_watch_argument,
+    add_status_argument,
+    transport_options,
+    watch_keyring,
+)
 
 
 def register(sub: Any) -> None:
@@ -49,6 +55,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--seconds", type=positive_float, default=None, metavar="S",
                         help="stop after S seconds (default: run until SIGINT/SIGTERM)")
     add_status_argument(parser)
+    add_keys_watch_argument(parser)
     parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
                         help="serve /metrics /healthz /readyz (0 picks a free port)")
     parser.add_argument("--metrics-host", default="127.0.0.1")
@@ -167,6 +174,9 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
         return transport
 
     def started(agent: Any) -> None:
+        # workers and releases added, removed or rotated in --keys apply without a restart
+        status.append(watch_keyring(args.keys, agent.receiver.actions.keyring,
+                                    every_s=args.keys_poll, name=f"robot {robot_id}"))
         if args.status_every > 0 and not args.json:
             status.append(asyncio.create_task(_status_lines(agent, args.status_every)))
         if server is not None:

@@ -78,11 +78,15 @@ class TooLargeError(WireError):
 
 
 class UnknownKeyError(WireError):
+    """No trusted key has this id; ``sender`` is the id the header claims (unverified)."""
+
     reason = Reason.UNKNOWN_KEY
 
-    def __init__(self, key_id: str) -> None:
-        super().__init__(f"no key with id {key_id!r}")
+    def __init__(self, key_id: str, sender: str = "") -> None:
+        claimed = f" (sender says {sender!r})" if sender else ""
+        super().__init__(f"no key with id {key_id!r}{claimed}")
         self.key_id = key_id
+        self.sender = sender
 
 
 class SignatureError(WireError):

@@ -13,7 +13,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +85,25 @@ def transport_options(args: argparse.Namespace, identity: str, client_id: str | 
     return TransportOptions(client_id=client, username=args.username or
                             (identity if password else None), password=password, tls=tls,
                             curve=curve, **extra)
+
+
+def add_keys_watch_argument(parser: argparse.ArgumentParser) -> None:
+    """``--keys-poll S``: how often the keyring directory is checked for changes."""
+    parser.add_argument("--keys-poll", type=non_negative_float, default=2.0, metavar="S",
+                        help="look for added, removed or rotated keys in --keys every S "
+                             "seconds (default 2; 0 = only on SIGHUP, which always works)")
+
+
+def watch_keyring(directory: str | Path, keyring: Any, *, every_s: float, name: str,
+                  on_change: Any = None) -> asyncio.Task[None]:
+    """Follow ``directory`` (polling every ``every_s`` and on SIGHUP) into ``keyring``, in
+    place, until the returned task is cancelled. See :mod:`security.watch`."""
+    from security.watch import KeyringWatcher
+
+    watcher = KeyringWatcher(directory, keyring, interval_s=every_s, on_change=on_change,
+                             name=name)
+    loop = asyncio.get_running_loop()
+    # only the main thread of a Unix process can take signals; polling still works elsewhere
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, watcher.poke)
+    return asyncio.create_task(watcher.run(), name=f"watch {directory}")

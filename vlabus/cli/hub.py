@@ -20,6 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from vlabus.cli.argtypes import non_negative_float
+
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("hub", help="run the ZeroMQ hub (broker-free rendezvous)")
@@ -47,6 +49,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
                         help="serve /metrics /healthz /readyz (0 picks a free port)")
     parser.add_argument("--metrics-host", default="127.0.0.1")
+    parser.add_argument("--keys-poll", type=non_negative_float, default=2.0, metavar="S",
+                        help="with --keys: look for changed keys and CURVE clients every S "
+                             "seconds and reload like SIGHUP (default 2; 0 = only on SIGHUP)")
     parser.add_argument("--json", action="store_true", help="print the final counters as JSON")
     parser.set_defaults(func=run)
 
@@ -111,11 +116,16 @@ def run(args: argparse.Namespace) -> int:
     if server is not None:
         print(f"metrics on http://{args.metrics_host}:{server.port}/metrics", file=sys.stderr,
               flush=True)
+    watched = _watched(args)
+    seen = watched()
     while not stop.is_set():
-        wake.wait()
+        # polling the key folders costs a few stat calls; SIGHUP reloads at once
+        if not wake.wait(timeout=args.keys_poll or None) and watched() != seen:
+            hup.set()
         wake.clear()
         if hup.is_set() and not stop.is_set():
             hup.clear()
+            seen = watched()
             _reload(hub, args)
     hub.stop()
     if server is not None:
@@ -129,6 +139,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(" ".join(f"{k}={v}" for k, v in counters.items()))
     return 0
+
+
+def _watched(args: argparse.Namespace) -> Any:
+    """What a reload would read: the keyring's public keys and the CURVE allow-list."""
+    from security.watch import snapshot
+
+    def look() -> tuple[object, ...]:
+        keys = snapshot(args.keys) if args.keys is not None else frozenset()
+        allowed = (frozenset((p.name, p.stat().st_mtime_ns) for p in
+                             (args.curve / "authorized").glob("*.key"))
+                   if args.curve is not None and (args.curve / "authorized").is_dir()
+                   else frozenset())
+        return keys, allowed
+
+    return look
 
 
 def _reload(hub: Any, args: argparse.Namespace) -> None:

@@ -23,9 +23,11 @@ from vlabus.bus.wait import open_when_up
 from vlabus.cli.argtypes import byte_size, positive_float
 from vlabus.cli.busflags import (
     add_bus_arguments,
+    add_keys_watch_argument,
     add_status_argument,
     topic_pattern,
     transport_options,
+    watch_keyring,
 )
 from vlabus.inbound import Rejections
 from vlabus.wire import Decoder
@@ -61,6 +63,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--client-id", default=None, help="bus client id (default recorder-PID)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     add_status_argument(parser, default=1.0)
+    add_keys_watch_argument(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     parser.set_defaults(func=run)
 
@@ -114,8 +117,11 @@ async def record_command(args: argparse.Namespace) -> dict[str, Any]:
     verified = 0
     rejections = Rejections()
     inspect = None
+    watcher = None
     if args.keys:
-        decoder = Decoder(Keyring.load(args.keys))  # no replay guard: a recorder keeps copies
+        keyring = Keyring.load(args.keys)
+        decoder = Decoder(keyring)  # no replay guard: a recorder keeps copies
+        watcher = watch_keyring(args.keys, keyring, every_s=args.keys_poll, name="recorder")
 
         def inspect(message: Message) -> None:
             nonlocal verified
@@ -139,6 +145,8 @@ async def record_command(args: argparse.Namespace) -> dict[str, Any]:
     except RecordError as exc:
         error = str(exc)
     finally:
+        if watcher is not None:
+            watcher.cancel()
         recorder.close()
         transport_counters = transport.counters()
         await transport.close()
