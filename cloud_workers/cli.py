@@ -134,7 +134,8 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
     # worker for its bus being down; /readyz follows once it serves
     server = None
     if args.metrics_port is not None:
-        server = MetricsServer(metrics.registry, args.metrics_host, args.metrics_port).start()
+        server = MetricsServer(metrics.registry, args.metrics_host, args.metrics_port,
+                               labels={"worker": worker_id}).start()
         log.warning("metrics on http://%s:%d/metrics", args.metrics_host, server.port)
     opener = functools.partial(open_when_up, what=f"worker {worker_id}",
                                timeout_s=args.connect_timeout)

@@ -146,7 +146,8 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
     metrics = EdgeMetrics()
     server = None
     if args.metrics_port is not None:
-        server = MetricsServer(metrics.registry, args.metrics_host, args.metrics_port).start()
+        server = MetricsServer(metrics.registry, args.metrics_host, args.metrics_port,
+                               labels={"robot": robot_id}).start()
     recorder = Recorder(args.record, metadata={"robot_id": robot_id}) if args.record else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -202,6 +202,33 @@ def client_options(config: str | Path, identity: str, client_id: str | None = No
                             password=secret.read_text().strip(), **options)
 
 
+def export_credentials(config: str | Path, identities: Sequence[str], out: str | Path) -> Path:
+    """Copy the broker credentials of ``identities`` (dev passwords, or the fleet CA and client
+    certificates) from the rendered ``config`` into ``out``, which :func:`client_options` then
+    reads like the whole configuration: a service mounts only its own identities'."""
+    root, target = Path(config), Path(out)
+    files = []
+    if is_tls(root):
+        files.append(Path("tls") / "ca.crt")
+        for ident in identities:
+            files += [Path("tls") / "clients" / f"{ident}.crt",
+                      Path("tls") / "clients" / f"{ident}.key"]
+    else:
+        files += [Path("clients") / f"{ident}.password" for ident in identities]
+    for relative in files:
+        source = root / relative
+        if not source.is_file():
+            raise BrokerError(f"no {relative} under {root}: render the broker configuration "
+                              "for this keyring first (`vlabus broker render`)")
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        data = source.read_bytes()
+        if relative.suffix in (".key", ".password"):
+            _write_private(target / relative, data.decode())
+        else:
+            (target / relative).write_bytes(data)
+    return target
+
+
 def is_tls(config: str | Path) -> bool:
     """Whether the configuration in ``config`` is a TLS (fleet) one."""
     return (Path(config) / "tls" / "ca.crt").exists()

@@ -13,6 +13,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from vlabus import version
+
 #: Commands of the bus core, in the order ``--help`` lists them. The robot's and the cloud's
 #: commands (``edge``, ``worker``, ``model``) are registered by their own packages through the
 #: ``vlabus.commands`` entry-point group, so the core never imports them.
@@ -26,14 +28,6 @@ def command_modules() -> dict[str, str]:
     for entry in sorted(md.entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
         found.setdefault(entry.name, entry.value)
     return found
-
-
-def version() -> str:
-    """The installed distribution's version ("unknown" when run from a bare checkout)."""
-    try:
-        return md.version("vlabus")
-    except md.PackageNotFoundError:
-        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+#: labels :class:`~vlabus.metrics.MetricsServer` adds to every series of a process
+IDENTITY_LABELS = frozenset({"robot", "worker", "recorder"})
+
 
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago."""
@@ -115,7 +118,9 @@ class Child:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def scrape(self, timeout: float = 0.5) -> dict[str, float]:
-        """Current metric samples as ``{"name{label=value,...}": value}``; empty if down."""
+        """Current metric samples as ``{"name{label=value,...}": value}``; empty if down.
+        The identity label every series of a process carries (``robot``, ``worker``,
+        ``recorder``) is left out of the keys: one child is one identity."""
         if self.metrics_port is None or not self.running:
             return {}
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -127,7 +132,8 @@ class Child:
         samples: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items())
+                                  if k not in IDENTITY_LABELS)
                 samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
         return samples
 

@@ -61,6 +61,10 @@ def register(sub: Any) -> None:
     parser.add_argument("--compression", choices=["none", "zstd", "lz4"], default="none",
                         help="chunk compression (default none: frames are lz4 already)")
     parser.add_argument("--client-id", default=None, help="bus client id (default recorder-PID)")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
+                        help="serve /metrics /healthz /readyz (ready once subscribed; 0 picks "
+                             "a free port)")
+    parser.add_argument("--metrics-host", default="127.0.0.1")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     add_status_argument(parser, default=1.0)
     add_keys_watch_argument(parser)
@@ -114,6 +118,7 @@ async def record_command(args: argparse.Namespace) -> dict[str, Any]:
                       "recorder role and --topics 'vla/v1/#'")
         return {"exit_code": 2, "error": refused}
 
+    server = _serve_metrics(args, recorder, client_id)
     verified = 0
     rejections = Rejections()
     inspect = None
@@ -145,6 +150,8 @@ async def record_command(args: argparse.Namespace) -> dict[str, Any]:
     except RecordError as exc:
         error = str(exc)
     finally:
+        if server is not None:
+            server.close()
         if watcher is not None:
             watcher.cancel()
         recorder.close()
@@ -173,6 +180,22 @@ async def record_command(args: argparse.Namespace) -> dict[str, Any]:
         summary["verified"] = verified
         summary["rejected"] = dict(rejections.by_reason)
     return summary
+
+
+def _serve_metrics(args: argparse.Namespace, recorder: Any, client_id: str) -> Any:
+    """``--metrics-port``: the recorder's counters, ready once subscribed (now)."""
+    if args.metrics_port is None:
+        return None
+    from prometheus_client import CollectorRegistry
+
+    from vlabus.metrics import CountersCollector, MetricsServer
+
+    registry = CollectorRegistry()
+    registry.register(CountersCollector("vlabus_record", recorder.counters))
+    server = MetricsServer(registry, args.metrics_host, args.metrics_port,
+                           labels={"recorder": client_id}).start()
+    server.ready.set()
+    return server
 
 
 def _progress(started: float) -> Any:
