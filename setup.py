@@ -7,6 +7,7 @@ renders broker configurations exactly as a checkout does.
 
 from setuptools import find_packages, setup
 
-OWN = ["schemas*", "security*", "vlabus*", "edge_agent*", "cloud_workers*", "bench*"]
+# bench/ and tests/ run from a checkout only: nothing installed imports them
+OWN = ["schemas*", "security*", "vlabus*", "edge_agent*", "cloud_workers*"]
 
 setup(packages=[*find_packages(include=OWN), "vlabus.broker.templates"])

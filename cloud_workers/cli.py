@@ -27,6 +27,7 @@ from vlabus.cli.busflags import (
     transport_options,
     watch_keyring,
 )
+from vlabus.cli.report import report
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +68,15 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = asyncio.run(worker_command(args))
-    if args.json:
-        print(json.dumps(summary), flush=True)
-    elif summary.get("error"):
-        print(f"vlabus worker: {summary['error']}", file=sys.stderr)
-    else:
-        print(f"worker {summary['worker']}: served {summary['served']} of {summary['received']} "
-              f"received in {summary['batches']} batches, rejected {summary['rejected_total']}, "
-              f"dropped {summary['dropped_total']}", file=sys.stderr)
-    return int(summary["exit_code"])
+    return report(asyncio.run(worker_command(args)), as_json=args.json,
+                  command="vlabus worker", human=_human)
 
+
+def _human(summary: dict[str, Any]) -> str:
+    """The summary printed on a stop (SIGTERM / Ctrl-C) without --json."""
+    return (f"worker {summary['worker']}: served {summary['served']} of {summary['received']} "
+            f"received in {summary['batches']} batches, rejected {summary['rejected_total']}, "
+            f"dropped {summary['dropped_total']}")
 
 def parse_policies(specs: list[str] | None) -> list[tuple[str | None, str]]:
     """``[NAME=]SPEC`` strings → (name or None, spec); a Windows-free ``=`` split."""

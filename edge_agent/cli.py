@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import signal
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from vlabus.cli.busflags import (
     transport_options,
     watch_keyring,
 )
+from vlabus.cli.report import report
 
 
 def register(sub: Any) -> None:
@@ -80,13 +80,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     summary = asyncio.run(edge_command(args))
-    if args.json:
-        print(json.dumps(summary), flush=True)
-    elif summary.get("error"):
-        print(f"vlabus edge: {summary['error']}", file=sys.stderr)
-    else:
-        print(_human(summary))
-    return int(summary.get("exit_code", 0))
+    return report(summary, as_json=args.json, command="vlabus edge", human=_human)
 
 
 async def edge_command(args: argparse.Namespace) -> dict[str, Any]:
@@ -176,7 +170,7 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
 
     def started(agent: Any) -> None:
         # workers and releases added, removed or rotated in --keys apply without a restart
-        status.append(watch_keyring(args.keys, agent.receiver.actions.keyring,
+        status.append(watch_keyring(args.keys, agent.keyring,
                                     every_s=args.keys_poll, name=f"robot {robot_id}"))
         if args.status_every > 0 and not args.json:
             status.append(asyncio.create_task(_status_lines(agent, args.status_every)))

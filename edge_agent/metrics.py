@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from schemas.errors import Reason
 from vlabus.metrics import LATENCY_BUCKETS
 
 _LATENCY_BUCKETS = LATENCY_BUCKETS  # resolve 1–20 ms (see vlabus.metrics)
@@ -51,3 +52,7 @@ class EdgeMetrics:
                                        ["part"], buckets=_LATENCY_BUCKETS, registry=reg)
         self.frames = Counter("vlabus_edge_frames_sent_total", "Frames sent to the cloud",
                               registry=reg)
+
+    def on_reject(self, reason: Reason) -> None:
+        """Count one rejected inbound message (the hook of ``vlabus.inbound.Rejections``)."""
+        self.rejected.labels(reason.value).inc()

@@ -71,6 +71,15 @@ class Rejections:
         if self._on_reject is not None:
             self._on_reject(reason)
 
+    def reject(self, exc: WireError, topic: str) -> None:
+        """Count ``exc`` by its reason and log it (rate-limited)."""
+        self.count(exc.reason)
+        if self.should_log(exc.reason):
+            # Duplicates are QoS 1 redeliveries: expected, so not worth a warning.
+            level = logging.DEBUG if exc.reason is Reason.DUPLICATE else logging.WARNING
+            log.log(level, "rejected message on %r: %r (%d %s so far)", topic, exc,
+                    self.by_reason[exc.reason.value], exc.reason.value)
+
     @property
     def total(self) -> int:
         return sum(self.by_reason.values())
@@ -91,10 +100,5 @@ def accept(decoder: Decoder, message: Message, rejections: Rejections) -> Receiv
                         exc.sender or "ID")
         return None
     except WireError as exc:
-        rejections.count(exc.reason)
-        if rejections.should_log(exc.reason):
-            # Duplicates are QoS 1 redeliveries: expected, so not worth a warning.
-            level = logging.DEBUG if exc.reason is Reason.DUPLICATE else logging.WARNING
-            log.log(level, "rejected message on %r: %r (%d %s so far)", message.topic, exc,
-                    rejections.by_reason[exc.reason.value], exc.reason.value)
+        rejections.reject(exc, message.topic)
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -104,13 +105,13 @@ async def record_command(args: argparse.Namespace) -> dict[str, Any]:
         transport = await open_when_up(args.bus, transport_options(args, args.identity, client_id),
                                        what="recorder", timeout_s=args.connect_timeout)
     except (BusError, OSError) as exc:
-        recorder.close()
+        _abandon(recorder)
         return {"exit_code": 2, "error": f"cannot reach {args.bus}: {exc}"}
     try:
         for pattern in args.topics:
             await transport.subscribe(pattern)
     except (BusError, OSError) as exc:
-        recorder.close()
+        _abandon(recorder)
         await transport.close()
         refused = f"{args.bus}: {exc}"
         if isinstance(exc, SubscribeRejected) and exc.pattern[:1] in ("#", "+"):
@@ -180,6 +181,15 @@ async def record_command(args: argparse.Namespace) -> dict[str, Any]:
         summary["verified"] = verified
         summary["rejected"] = dict(rejections.by_reason)
     return summary
+
+
+def _abandon(recorder: Any) -> None:
+    """Close a recording that never started (no bus, a refused subscription) and remove the
+    empty file(s) it created, so running the corrected command again is not refused."""
+    recorder.close()
+    for path in getattr(recorder, "parts", [recorder.path]):
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _serve_metrics(args: argparse.Namespace, recorder: Any, client_id: str) -> Any:
