@@ -32,6 +32,7 @@ from schemas import topics
 from security.keys import Keyring, Signer
 from vlabus.bus.transport import Message as BusMessage
 from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
+from vlabus.bus.wait import Opener
 from vlabus.inbound import Rejections, accept
 from vlabus.wire import Decoder, Encoder
 
@@ -87,6 +88,15 @@ class Worker:
             await asyncio.wait({receive, serve, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             await self._shutdown(receive, serve, stopper)
+
+    def revoke(self, key_ids: set[str]) -> int:
+        """Keys removed from the keyring: drop their requests still queued (counted as
+        ``revoked``); their messages not yet decoded fail verification from now on."""
+        gone = self.queue.remove_if(
+            lambda req: req.meta is not None and req.meta.header.key in key_ids)
+        self.metrics.on_drop("revoked", len(gone))
+        self.metrics.queue_depth.set(len(self.queue))
+        return len(gone)
 
     async def _shutdown(self, receive: asyncio.Task[None], serve: asyncio.Task[None],
                         stopper: asyncio.Task[bool]) -> None:
@@ -252,8 +262,10 @@ class Worker:
 
 async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: PolicyRunner, *,
                       config: WorkerConfig, metrics: WorkerMetrics | None = None,
-                      options: TransportOptions | None = None) -> Worker:
-    """Connect with the death status as the will, and return a worker ready to :meth:`run`."""
+                      options: TransportOptions | None = None,
+                      opener: Opener = open_transport) -> Worker:
+    """Connect with the death status as the will, and return a worker ready to :meth:`run`.
+    ``opener`` opens the bus (``vlabus worker`` passes one that waits for a bus that is down)."""
     encoder = Encoder(signer)
     session = time.time_ns() // 1000  # grows across restarts without state on disk
     death = encoder.encode(worker_status(config, "offline", session, runner.models))
@@ -262,7 +274,7 @@ async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: Policy
     # no persistent session: the broker must stop routing this worker's share the moment it
     # vanishes (DESIGN trap 1), and frames are QoS 0 anyway
     extra = {"session_expiry_s": "0", **base.extra}
-    transport = await open_transport(url, dataclasses.replace(base, will=will, extra=extra))
+    transport = await opener(url, dataclasses.replace(base, will=will, extra=extra))
     decoder = frame_decoder(keyring, replay_mode=config.replay_mode)
     return Worker(transport, encoder, decoder, runner, config=config, session=session,
                   metrics=metrics)

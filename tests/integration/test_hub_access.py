@@ -22,7 +22,7 @@ from tests.support.aio import eventually, recv, run
 from tests.support.frames import make_frame
 from tests.support.hub import CurveHub
 from tests.support.robot import Robot
-from vlabus.broker.render import TEMPLATES
+from vlabus.broker.render import templates_dir
 from vlabus.bus.transport import Will
 from vlabus.bus.zmq import ZmqTransport, open_zmq
 from vlabus.cli import main
@@ -32,7 +32,7 @@ from vlabus.hub.protocol import tcp_endpoint
 from vlabus.hub.server import Hub
 from vlabus.policy.reference import NoopPolicy
 
-RULES = json.loads((TEMPLATES / "acl.json").read_text())
+RULES = json.loads((templates_dir() / "acl.json").read_text())
 FRAMES, ACTIONS = topics.ALL_FRAMES, "vla/v1/+/action"
 
 
@@ -102,7 +102,7 @@ def fleet_hub(tmp_path: Path) -> Iterator[CurveHub]:
         add_key(keyring, role, name)
         add_curve_client(curve, name)
     add_curve_client(curve, "stranger")  # admitted by CURVE, absent from the keyring
-    rules = Access.from_keyring(keyring, TEMPLATES / "acl.json")
+    rules = Access.from_keyring(keyring, templates_dir() / "acl.json")
     hub = Hub(HubConfig(curve_dir=curve, heartbeat_ms=200, access=rules)).start()
     try:
         yield CurveHub(hub, curve)
@@ -329,7 +329,7 @@ def test_reload_admits_a_new_client_and_revokes_what_a_removed_identity_held(
     robot-b leaves the keyring. Until ``reload`` robot-c is refused at the handshake; after
     it, robot-c works within its rules and robot-b's subscription is cancelled at once."""
     keyring = tmp_path / "keys"
-    acl = TEMPLATES / "acl.json"
+    acl = templates_dir() / "acl.json"
 
     async def body() -> None:
         worker = await connect(fleet_hub, "worker-1")
