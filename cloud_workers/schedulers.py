@@ -8,15 +8,15 @@ worker code so a comparison measures the scheduling rule and nothing else:
 * ``serial`` — one request at a time in arrival order (how openpi's and LeRobot's policy servers
   answer); nothing is dropped for lateness.
 
-Each returns a queue (``push``, ``len``, ``drain``, ``estimate``) and a batcher (``poll``) with the
-interfaces the worker already uses. Pure logic with an injected clock.
+Each returns a queue (``push``, ``len``, ``drain``, ``remove_if``, ``estimate``) and a batcher
+(``poll``) with the interfaces the worker already uses. Pure logic with an injected clock.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
@@ -40,6 +40,8 @@ class WorkQueue(Protocol):
     def push(self, request: Request) -> list[Request]: ...
 
     def drain(self) -> list[Request]: ...
+
+    def remove_if(self, condition: Callable[[Request], bool]) -> list[Request]: ...
 
 
 class Scheduler(Protocol):
@@ -87,6 +89,13 @@ class ArrivalQueue:
         items = list(self._items)
         self._items.clear()
         return items
+
+    def remove_if(self, condition: Callable[[Request], bool]) -> list[Request]:
+        """Remove and return every request for which ``condition`` holds (a revoked key)."""
+        removed = [req for req in self._items if condition(req)]
+        if removed:
+            self._items = deque(req for req in self._items if not condition(req))
+        return removed
 
 
 class FifoBatcher:

@@ -5,13 +5,13 @@ Two asyncio tasks share one event loop: ``_receive`` runs every message through
 (:mod:`cloud_workers.schedulers`) for work and runs it on one inference thread, so receiving
 and verifying continue while the model runs. A frame model measured faster than
 ``WorkerConfig.inline_below_ns`` runs on the loop itself instead: for a cheap policy the two
-thread hand-offs cost more than the work. An idle
-worker takes a message straight from the transport's receive callback (``Inbox.direct``) and,
-when its batch is due at once and runs inline, answers it there without waking either task.
+thread hand-offs cost more than the work. An idle worker takes a message straight from the
+transport's receive callback (``Transport.consume``) and, when its batch is due at once and
+runs inline, answers it there without waking either task.
 
 This module is the loop shell: :mod:`cloud_workers.intake` turns a verified message into a
 typed request, :mod:`cloud_workers.replies` builds the answers (pure), and
-:mod:`cloud_workers.sender` publishes them with a bound on unacknowledged replies.
+:mod:`cloud_workers.sender` signs and publishes them with a bound on unacknowledged replies.
 """
 
 from __future__ import annotations
@@ -27,15 +27,14 @@ from cloud_workers.config import WorkerConfig, worker_status
 from cloud_workers.intake import Refused, frame_decoder, to_request
 from cloud_workers.metrics import WorkerMetrics
 from cloud_workers.queue import Request, RequestMeta
-from cloud_workers.replies import BatchTiming, build_reply
 from cloud_workers.runner import TASK_PREFIX, BatchResult, PolicyRunner
 from cloud_workers.schedulers import Scheduler, WorkQueue, make_scheduler
-from cloud_workers.sender import ReplySender
+from cloud_workers.sender import ReplySender, ReplySigner
 from schemas import topics
-from schemas.errors import BusError
 from security.keys import Keyring, Signer
 from vlabus.bus.transport import Message as BusMessage
 from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
+from vlabus.bus.wait import Opener
 from vlabus.inbound import Rejections, accept
 from vlabus.wire import Decoder, Encoder
 
@@ -71,7 +70,7 @@ class Worker:
         self._stopping = False
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.replies = ReplySender(transport, self.metrics, config.max_inflight_replies)
-        self._last_encode_ns = 0
+        self.signer = ReplySigner(encoder, self.metrics, config.worker_id)
         self._measured: set[str] = set()  # models with a measured inference time
         self._status_topic = topics.worker_status_topic(config.worker_id)
         self._default_model = next(iter(runner.policies))  # frames naming "default" get it
@@ -87,7 +86,7 @@ class Worker:
         await self._publish_status("online")
         receive = asyncio.create_task(self._receive(), name="receive")
         serve = asyncio.create_task(self._serve(), name="serve")
-        self.transport.inbox.direct = self._arrived
+        self.transport.consume(self._arrived)
         self.ready.set()
         stopper = asyncio.create_task(stop.wait())
         try:
@@ -95,11 +94,20 @@ class Worker:
         finally:
             await self._shutdown(receive, serve, stopper)
 
+    def revoke(self, key_ids: set[str]) -> int:
+        """Keys removed from the keyring: drop their requests still queued (counted as
+        ``revoked``); their messages not yet decoded fail verification from now on."""
+        gone = self.queue.remove_if(
+            lambda req: req.meta is not None and req.meta.header.key in key_ids)
+        self.metrics.on_drop("revoked", len(gone))
+        self.metrics.queue_depth.set(len(self.queue))
+        return len(gone)
+
     async def _shutdown(self, receive: asyncio.Task[None], serve: asyncio.Task[None],
                         stopper: asyncio.Task[bool]) -> None:
         """Stop taking work, finish the batch in hand, drop the rest, publish the death."""
         self._stopping = True
-        self.transport.inbox.direct = None
+        self.transport.consume(None)
         self.ready.clear()
         for task in (receive, stopper):
             task.cancel()
@@ -125,7 +133,7 @@ class Worker:
                                      retain=True)
 
     async def _receive(self) -> None:
-        async for message in self.transport.messages():
+        async for message in self.transport:
             self._take(message)
             # The inbox hands over a backlog without suspending: yield after each message so
             # a finished batch is answered, and the next one started, between two decodes
@@ -156,7 +164,7 @@ class Worker:
         return request
 
     def _arrived(self, message: BusMessage) -> bool:
-        """The idle worker's path (the transport's :attr:`Inbox.direct`): a message that finds
+        """The idle worker's path (the transport's :meth:`Transport.consume`): a message that finds
         the serving loop asleep and the queue empty is taken straight from the receive callback
         and, when its batch is due at once and its model runs inline, answered right there.
         That skips the two task wake-ups (receive, then serve) of the queued path, ~25 µs of a
@@ -174,7 +182,7 @@ class Worker:
             self._wake_up()
             return True
         result = self.runner.run(batch)  # never raises for bad input
-        for reply in self._replies(batch, result):
+        for reply in self.signer.sign(batch, result, self.runner.models):
             self.replies.send_now(*reply)
         self._observe(batch.model, result.inference_ns, len(batch.requests))
         self.metrics.on_batch(len(batch.requests), result.inference_ns)
@@ -205,7 +213,7 @@ class Worker:
                 following = self._due_batch()
                 if following is not None:
                     running = (following, self._start(loop, following))
-            for reply in self._replies(batch, result):
+            for reply in self.signer.sign(batch, result, self.runner.models):
                 await self.replies.send(*reply)
             # bookkeeping after the replies are handed off: it is not on their critical path
             self._observe(batch.model, result.inference_ns, len(batch.requests))
@@ -256,38 +264,13 @@ class Worker:
                     timer.cancel()
         return None
 
-    def _replies(self, batch: Batch,
-                 result: BatchResult) -> list[tuple[str, bytes, int]]:
-        """The signed replies to ``batch``: (topic, payload, deadline) each."""
-        out = []
-        for request, outcome in zip(batch.requests, result.outcomes, strict=True):
-            self.metrics.on_wait(batch.formed_ns - request.arrived_ns)
-            timing = BatchTiming(batch.model, batch.formed_ns, result.inference_ns,
-                                 self._last_encode_ns)
-            reply = build_reply(request, outcome, timing, worker_id=self.config.worker_id,
-                                versions=self.runner.models, now_ns=time.time_ns())
-            if reply is None:
-                log.warning("no action for step %d on %r: %s", request.payload.step,
-                            batch.model, outcome.error)
-                self.metrics.on_drop("policy_error")
-                continue
-            start = time.perf_counter_ns()
-            try:
-                payload = self.encoder.encode(reply.body, deadline_ns=reply.deadline_ns,
-                                              priority=reply.priority, corr=reply.corr)
-            except BusError as exc:  # e.g. a policy's chunk too large for an envelope
-                log.warning("reply to %r not encodable: %r", reply.topic, exc)
-                self.metrics.on_drop("policy_error")
-                continue
-            self._last_encode_ns = time.perf_counter_ns() - start
-            out.append((reply.topic, payload, reply.deadline_ns))
-        return out
-
 
 async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: PolicyRunner, *,
                       config: WorkerConfig, metrics: WorkerMetrics | None = None,
-                      options: TransportOptions | None = None) -> Worker:
-    """Connect with the death status as the will, and return a worker ready to :meth:`run`."""
+                      options: TransportOptions | None = None,
+                      opener: Opener = open_transport) -> Worker:
+    """Connect with the death status as the will, and return a worker ready to :meth:`run`.
+    ``opener`` opens the bus (``vlabus worker`` passes one that waits for a bus that is down)."""
     encoder = Encoder(signer)
     session = time.time_ns() // 1000  # grows across restarts without state on disk
     death = encoder.encode(worker_status(config, "offline", session, runner.models))
@@ -296,7 +279,7 @@ async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: Policy
     # no persistent session: the broker must stop routing this worker's share the moment it
     # vanishes (DESIGN trap 1), and frames are QoS 0 anyway
     extra = {"session_expiry_s": "0", **base.extra}
-    transport = await open_transport(url, dataclasses.replace(base, will=will, extra=extra))
+    transport = await opener(url, dataclasses.replace(base, will=will, extra=extra))
     decoder = frame_decoder(keyring, replay_mode=config.replay_mode)
     return Worker(transport, encoder, decoder, runner, config=config, session=session,
                   metrics=metrics)

@@ -11,6 +11,9 @@ from typing import Any
 
 from vlabus.cli.busflags import transport_options
 
+#: ``--seconds`` not given: run until SIGINT/SIGTERM
+UNTIL_STOPPED = 10 * 365 * 86400.0
+
 
 async def run_fleet_command(args: argparse.Namespace, first_id: str) -> dict[str, Any]:
     """Run the fleet the flags describe; the summary gets ``exit_code`` (2: bus unreachable)."""
@@ -26,7 +29,8 @@ async def run_fleet_command(args: argparse.Namespace, first_id: str) -> dict[str
     except ValueError as exc:
         return {"error": str(exc), "exit_code": 1}
     spec = FleetSpec(first_id=first_id, robots=args.robots, fps=args.fps,
-                     deadline_ms=args.deadline_ms, seconds=args.seconds, chunk=args.chunk,
+                     deadline_ms=args.deadline_ms, chunk=args.chunk,
+                     seconds=args.seconds if args.seconds is not None else UNTIL_STOPPED,
                      refill_below=args.refill_below,
                      model=LocalModel(name=args.local_model, width=args.local_width))
     collector = FleetCollector()
