@@ -5,7 +5,7 @@ Two asyncio tasks share one event loop: ``_receive`` runs every message through
 work and runs it on one inference thread, so receiving and verifying continue while the model
 runs. A frame model measured faster than ``WorkerConfig.inline_below_ns`` runs on the loop
 itself instead: for a cheap policy the two thread hand-offs cost more than the work. An idle
-worker takes a message straight from the transport's receive callback (``Inbox.direct``) and,
+worker takes a message straight from the transport's receive callback (``Transport.consume``) and,
 when its batch is due at once and runs inline, answers it there without waking either task.
 
 This module is the loop shell: :mod:`cloud_workers.intake` turns a verified message into a
@@ -81,7 +81,7 @@ class Worker:
         await self._publish_status("online")
         receive = asyncio.create_task(self._receive(), name="receive")
         serve = asyncio.create_task(self._serve(), name="serve")
-        self.transport.inbox.direct = self._arrived
+        self.transport.consume(self._arrived)
         self.ready.set()
         stopper = asyncio.create_task(stop.wait())
         try:
@@ -102,7 +102,7 @@ class Worker:
                         stopper: asyncio.Task[bool]) -> None:
         """Stop taking work, finish the batch in hand, drop the rest, publish the death."""
         self._stopping = True
-        self.transport.inbox.direct = None
+        self.transport.consume(None)
         self.ready.clear()
         for task in (receive, stopper):
             task.cancel()
@@ -128,7 +128,7 @@ class Worker:
                                      retain=True)
 
     async def _receive(self) -> None:
-        async for message in self.transport.messages():
+        async for message in self.transport:
             self._take(message)
             # The inbox hands over a backlog without suspending: yield after each message so
             # a finished batch is answered, and the next one started, between two decodes
@@ -159,7 +159,7 @@ class Worker:
         return request
 
     def _arrived(self, message: BusMessage) -> bool:
-        """The idle worker's path (the transport's :attr:`Inbox.direct`): a message that finds
+        """The idle worker's path (the transport's :meth:`Transport.consume`): a message that finds
         the serving loop asleep and the queue empty is taken straight from the receive callback
         and, when its batch is due at once and its model runs inline, answered right there.
         That skips the two task wake-ups (receive, then serve) of the queued path, ~25 µs of a

@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from security.curve import add_curve_client, init_curve
     from vlabus.broker.render import templates_dir
     from vlabus.hub.access import Access
-    from vlabus.hub.server import Hub, HubConfig
+    from vlabus.hub.config import HubConfig
+    from vlabus.hub.server import Hub
     from vlabus.metrics import HubCollector, MetricsServer
 
     try:

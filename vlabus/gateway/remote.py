@@ -156,7 +156,7 @@ class RemotePolicy:
                      self._pack.encode(step_record), decision=True)
 
     async def _receive(self) -> None:
-        async for message in self.transport.messages():
+        async for message in self.transport:
             self._record(message.topic, message.payload)
             received = accept(self._decoder, message, self.rejections)
             if received is None or not isinstance(received.message, Action):

@@ -272,7 +272,7 @@ async def record_from(
     stop = stop or asyncio.Event()
 
     async def drain() -> None:
-        async for message in transport.messages():
+        async for message in transport:
             recorder.write(message.topic, message.payload, message.received_ns)
             if inspect is not None:
                 inspect(message)
