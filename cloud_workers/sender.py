@@ -1,8 +1,10 @@
-"""Reply publishing with a bound on replies waiting for their acknowledgement.
+"""Replies out: signed per batch, published with a bound on replies waiting for their ack.
 
-Replies go out at QoS 1 with an expiry that ends at their deadline (at least a second: MQTT
-expiry intervals are whole seconds); each is counted as served when the bus acknowledges it.
-A failed publish is logged and dropped: one reply must never end the serving loop.
+The signer times each encode, and the time goes into the *next* reply (a message cannot carry
+the time taken to encode itself). Replies go out at QoS 1 with an expiry that ends at their
+deadline (at least a second: MQTT expiry intervals are whole seconds); each is counted as
+served when the bus acknowledges it. A failed publish is logged and dropped: one reply must
+never end the serving loop.
 """
 
 from __future__ import annotations
@@ -10,12 +12,56 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
+from collections.abc import Mapping
 
+from cloud_workers.batcher import Batch
 from cloud_workers.metrics import WorkerMetrics
+from cloud_workers.replies import BatchTiming, build_reply
+from cloud_workers.runner import BatchResult
 from schemas.deadline import Deadline
+from schemas.errors import BusError
 from vlabus.bus.transport import Transport
+from vlabus.wire import Encoder
 
 log = logging.getLogger(__name__)
+
+
+class ReplySigner:
+    """Builds and signs the replies to a batch, counting what cannot be answered."""
+
+    def __init__(self, encoder: Encoder, metrics: WorkerMetrics, worker_id: str) -> None:
+        self.encoder = encoder
+        self.metrics = metrics
+        self.worker_id = worker_id
+        self.last_encode_ns = 0
+
+    def sign(self, batch: Batch, result: BatchResult,
+             versions: Mapping[str, int]) -> list[tuple[str, bytes, int]]:
+        """The signed replies to ``batch``: (topic, payload, wall-clock deadline) each."""
+        out = []
+        for request, outcome in zip(batch.requests, result.outcomes, strict=True):
+            self.metrics.on_wait(batch.formed_ns - request.arrived_ns)
+            timing = BatchTiming(batch.model, batch.formed_ns, result.inference_ns,
+                                 self.last_encode_ns)
+            reply = build_reply(request, outcome, timing, worker_id=self.worker_id,
+                                versions=versions, now_ns=time.time_ns())
+            if reply is None:
+                log.warning("no action for step %d on %r: %s", request.payload.step,
+                            batch.model, outcome.error)
+                self.metrics.on_drop("policy_error")
+                continue
+            start = time.perf_counter_ns()
+            try:
+                payload = self.encoder.encode(reply.body, deadline_ns=reply.deadline_ns,
+                                              priority=reply.priority, corr=reply.corr)
+            except BusError as exc:  # e.g. a policy's chunk too large for an envelope
+                log.warning("reply to %r not encodable: %r", reply.topic, exc)
+                self.metrics.on_drop("policy_error")
+                continue
+            self.last_encode_ns = time.perf_counter_ns() - start
+            out.append((reply.topic, payload, reply.deadline_ns))
+        return out
 
 
 class ReplySender:

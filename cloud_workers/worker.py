@@ -10,7 +10,7 @@ when its batch is due at once and runs inline, answers it there without waking e
 
 This module is the loop shell: :mod:`cloud_workers.intake` turns a verified message into a
 typed request, :mod:`cloud_workers.replies` builds the answers (pure), and
-:mod:`cloud_workers.sender` publishes them with a bound on unacknowledged replies.
+:mod:`cloud_workers.sender` signs and publishes them with a bound on unacknowledged replies.
 """
 
 from __future__ import annotations
@@ -26,11 +26,9 @@ from cloud_workers.config import WorkerConfig, worker_status
 from cloud_workers.intake import Refused, frame_decoder, to_request
 from cloud_workers.metrics import WorkerMetrics
 from cloud_workers.queue import DeadlineQueue, InferenceEstimate, Request, RequestMeta
-from cloud_workers.replies import BatchTiming, build_reply
 from cloud_workers.runner import TASK_PREFIX, BatchResult, PolicyRunner
-from cloud_workers.sender import ReplySender
+from cloud_workers.sender import ReplySender, ReplySigner
 from schemas import topics
-from schemas.errors import BusError
 from security.keys import Keyring, Signer
 from vlabus.bus.transport import Message as BusMessage
 from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
@@ -66,7 +64,7 @@ class Worker:
         self._stopping = False
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.replies = ReplySender(transport, self.metrics, config.max_inflight_replies)
-        self._last_encode_ns = 0
+        self.signer = ReplySigner(encoder, self.metrics, config.worker_id)
         self._measured: set[str] = set()  # models with a measured inference time
         self._status_topic = topics.worker_status_topic(config.worker_id)
         self._default_model = next(iter(runner.policies))  # frames naming "default" get it
@@ -169,7 +167,7 @@ class Worker:
             self._wake_up()
             return True
         result = self.runner.run(batch)  # never raises for bad input
-        for reply in self._replies(batch, result):
+        for reply in self.signer.sign(batch, result, self.runner.models):
             self.replies.send_now(*reply)
         self._observe(batch.model, result.inference_ns)
         self.metrics.on_batch(len(batch.requests), result.inference_ns)
@@ -200,7 +198,7 @@ class Worker:
                 following = self._due_batch()
                 if following is not None:
                     running = (following, self._start(loop, following))
-            for reply in self._replies(batch, result):
+            for reply in self.signer.sign(batch, result, self.runner.models):
                 await self.replies.send(*reply)
             # bookkeeping after the replies are handed off: it is not on their critical path
             self._observe(batch.model, result.inference_ns)
@@ -250,33 +248,6 @@ class Worker:
                 if timer is not None:
                     timer.cancel()
         return None
-
-    def _replies(self, batch: Batch,
-                 result: BatchResult) -> list[tuple[str, bytes, int]]:
-        """The signed replies to ``batch``: (topic, payload, deadline) each."""
-        out = []
-        for request, outcome in zip(batch.requests, result.outcomes, strict=True):
-            self.metrics.on_wait(batch.formed_ns - request.arrived_ns)
-            timing = BatchTiming(batch.model, batch.formed_ns, result.inference_ns,
-                                 self._last_encode_ns)
-            reply = build_reply(request, outcome, timing, worker_id=self.config.worker_id,
-                                versions=self.runner.models, now_ns=time.time_ns())
-            if reply is None:
-                log.warning("no action for step %d on %r: %s", request.payload.step,
-                            batch.model, outcome.error)
-                self.metrics.on_drop("policy_error")
-                continue
-            start = time.perf_counter_ns()
-            try:
-                payload = self.encoder.encode(reply.body, deadline_ns=reply.deadline_ns,
-                                              priority=reply.priority, corr=reply.corr)
-            except BusError as exc:  # e.g. a policy's chunk too large for an envelope
-                log.warning("reply to %r not encodable: %r", reply.topic, exc)
-                self.metrics.on_drop("policy_error")
-                continue
-            self._last_encode_ns = time.perf_counter_ns() - start
-            out.append((reply.topic, payload, reply.deadline_ns))
-        return out
 
 
 async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: PolicyRunner, *,
