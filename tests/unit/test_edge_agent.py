@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -14,12 +15,15 @@ from edge_agent.breaker import BreakerConfig
 from edge_agent.local import LocalPolicy
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.threaded import ThreadedAgent
+from schemas.deadline import Clocks
+from schemas.messages import Frame
+from schemas.topics import ALL_FRAMES
 from tests.support.aio import eventually, run
 from tests.support.edge import FakeCloud, SlowPolicy, TinyPolicy, observation
 from tests.support.keys import KeyDir
 from vlabus.bus.memory import reset_memory
 from vlabus.bus.transport import TransportOptions, open_transport
-from vlabus.wire import Encoder
+from vlabus.wire import Decoder, Encoder
 
 MS = 1_000_000
 _names = itertools.count()
@@ -255,3 +259,38 @@ def test_threaded_agent_serves_a_blocking_control_loop(keydir: KeyDir) -> None:
         results = [robot.act(observation(i), timeout=2.0) for i in range(3)]
     assert [r.source for r in results] == [Source.CLOUD] * 3
     assert [r.step for r in results] == [0, 1, 2]
+
+
+def test_the_agent_reads_its_injected_clocks_for_the_wire(keydir: KeyDir) -> None:
+    """The frame's header deadline and capture time, and the status, come from the agent's
+    wall clock (here a day ahead of the system's); its deadlines stay on the monotonic one."""
+    day = 86_400 * 10**9
+
+    async def main() -> None:
+        url = f"memory://edge-{next(_names)}"
+        reset_memory(url.removeprefix("memory://"))
+        robot_bus = await open_transport(url, TransportOptions(client_id="robot-a"))
+        listener = await open_transport(url, TransportOptions(client_id="worker-1"))
+        await listener.subscribe(ALL_FRAMES, qos=0)
+        clocks = Clocks(monotonic=time.monotonic_ns, wall=lambda: time.time_ns() + day)
+        local = LocalPolicy(TinyPolicy())
+        local.warm_up(observation())
+        config = AgentConfig(robot_id="robot-a", deadline_ns=50 * MS)
+        agent = EdgeAgent(robot_bus, Encoder(keydir.signers["robot-a"]), keydir.ring, local,
+                          config, clocks=clocks)
+        await agent.start()
+        try:
+            result = await agent.act(observation())
+            assert result.source is Source.FALLBACK  # nobody answers
+            message = await asyncio.wait_for(listener.recv(), 5.0)
+            received = Decoder(keydir.ring).decode(message.payload)
+            frame = received.message
+            assert isinstance(frame, Frame)
+            assert frame.capture_ns > time.time_ns() + day // 2
+            assert 0 < received.header.deadline_ns - frame.capture_ns <= 50 * MS
+            assert agent.status("online").time_ns > time.time_ns() + day // 2
+        finally:
+            await agent.close()
+            await listener.close()
+            await robot_bus.close()
+    run(main())

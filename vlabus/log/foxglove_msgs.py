@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -223,12 +224,22 @@ def _values(packed: Any) -> list[float]:
     return [float(v) for v in np.asarray(array, dtype=np.float64).ravel()]
 
 
+class Sink(Protocol):
+    """Where :class:`Out` items go (:class:`FoxgloveSink`, or a test's list)."""
+
+    logged: int
+
+    def log(self, out: Out, log_ns: int) -> None: ...
+
+
 class FoxgloveSink:
     """Logs :class:`Out` items on channels of one foxglove-sdk ``Context``, creating each
     channel on first use with its Foxglove schema (images) or named JSON Schema."""
 
-    def __init__(self, context: Any, *, metadata: dict[str, str] | None = None) -> None:
+    def __init__(self, context: Any, *, metadata: dict[str, str] | None = None,
+                 schemas: Mapping[str, dict[str, Any]] = SCHEMAS) -> None:
         self._context = context
+        self._schemas = schemas
         self._metadata = dict(metadata or {})
         self._channels: dict[tuple[str, Kind], Any] = {}
         self.logged = 0
@@ -254,6 +265,6 @@ class FoxgloveSink:
         if out.kind == "raw_image":
             return RawImageChannel(out.topic, context=self._context, metadata=self._metadata)
         schema = foxglove.Schema(name=out.schema, encoding="jsonschema",
-                                 data=json.dumps(SCHEMAS[out.schema]).encode())
+                                 data=json.dumps(self._schemas[out.schema]).encode())
         return foxglove.Channel(out.topic, schema=schema, message_encoding="json",
                                 context=self._context, metadata=self._metadata)
