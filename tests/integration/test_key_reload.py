@@ -14,7 +14,8 @@ from security.keys import Keyring, add_key
 from vlabus.broker.local import LocalMosquitto
 from vlabus.broker.render import Limits, render
 from vlabus.cli.procs import Child, free_port
-from vlabus.hub.server import Hub, HubConfig
+from vlabus.hub.config import HubConfig
+from vlabus.hub.server import Hub
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -21,7 +21,8 @@ from vlabus.broker.render import TEMPLATES
 from vlabus.bus.zmq import open_zmq
 from vlabus.cli.procs import Child
 from vlabus.hub.access import Access
-from vlabus.hub.server import Hub, HubConfig
+from vlabus.hub.config import HubConfig
+from vlabus.hub.server import Hub
 from vlabus.wire import Encoder
 
 

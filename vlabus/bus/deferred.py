@@ -7,9 +7,9 @@ remembers subscriptions, keeps QoS 1 publishes in a small bounded queue (a robot
 announcement; like an adapter's outbox, ``publish`` returns at once) and drops QoS 0 ones,
 counting them. When the bus appears it subscribes, sends
 what it kept, and from then on delegates everything to the real adapter, whose own reconnects
-and outbox take over. Messages reach this transport's :attr:`inbox` straight from the adapter's
-receive callback (:attr:`Inbox.direct`), so there is no extra hop and the consumer's own
-``direct`` still works.
+and outbox take over. Messages reach this transport's inbox straight from the adapter's
+receive callback (the adapter's ``consume``), so there is no extra hop and the consumer's own
+``consume`` handler still works.
 
 ``await DeferredTransport.start(url, options, first_wait_s=1.0)`` returns once connected or once
 ``first_wait_s`` has passed, whichever is first: a robot on a healthy network starts connected,
@@ -22,27 +22,18 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
 from typing import Any
 
 from schemas.errors import TransportError
-from vlabus.bus.transport import (
-    Inbox,
-    Message,
-    Transport,
-    TransportOptions,
-    check_filter,
-    check_qos,
-    check_topic,
-    done_future,
-    iterate,
-)
+from vlabus.bus.inbox import Inbox, Receiving
+from vlabus.bus.session import check_filter, check_qos, check_topic
+from vlabus.bus.transport import Message, Transport, TransportOptions, done_future
 from vlabus.bus.wait import open_when_up
 
 log = logging.getLogger(__name__)
 
 
-class DeferredTransport:
+class DeferredTransport(Receiving):
     """See the module docstring. Build with :meth:`start`; use on one event loop."""
 
     def __init__(self, url: str, options: TransportOptions, *, what: str,
@@ -50,7 +41,7 @@ class DeferredTransport:
         self.url = url
         self.options = options
         self._loop = asyncio.get_running_loop()
-        self.inbox = Inbox(self._loop, options.inbox_size)
+        self._inbox = Inbox(self._loop, options.inbox_size)
         self._real: Transport | None = None
         self._subscriptions: list[tuple[str, str | None, int]] = []
         self._pending: deque[tuple[str, bytes, bool]] = deque()
@@ -86,7 +77,7 @@ class DeferredTransport:
         if self._closed:
             await real.close()
             return
-        real.inbox.direct = self._forward
+        real.consume(self._forward)
         for pattern, group, qos in self._subscriptions:
             await real.subscribe(pattern, group=group, qos=qos)
         self._real = real
@@ -101,7 +92,7 @@ class DeferredTransport:
         self.up.set()
 
     def _forward(self, message: Message) -> bool:
-        self.inbox.put(message)
+        self._inbox.put(message)
         return True
 
     @property
@@ -136,15 +127,14 @@ class DeferredTransport:
         if self._real is not None:
             await self._real.subscribe(pattern, group=group, qos=qos)
 
-    async def recv(self) -> Message:
-        return await self.inbox.get()
-
-    def messages(self) -> AsyncIterator[Message]:
-        return iterate(self.inbox)
+    async def unsubscribe(self, pattern: str, *, group: str | None = None) -> None:
+        self._subscriptions = [s for s in self._subscriptions if (s[0], s[1]) != (pattern, group)]
+        if self._real is not None:
+            await self._real.unsubscribe(pattern, group=group)
 
     def counters(self) -> dict[str, int]:
         real = self._real.counters() if self._real is not None else {}
-        return {**real, **self._counts, "inbox_dropped": self.inbox.dropped}
+        return {**real, **self._counts, "inbox_dropped": self._inbox.dropped}
 
     async def close(self) -> None:
         self._closed = True
@@ -154,4 +144,13 @@ class DeferredTransport:
         self._pending.clear()
         if self._real is not None:
             await self._real.close()
-        self.inbox.close()
+        self._inbox.close()
+
+    def abort(self) -> None:
+        """Vanish without closing: the real adapter's will is published, if it connected."""
+        self._closed = True
+        self.connecting.cancel()
+        self._pending.clear()
+        if self._real is not None:
+            self._real.abort()
+        self._inbox.close()
