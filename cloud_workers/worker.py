@@ -277,7 +277,7 @@ async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: Policy
     will = Will(topics.worker_status_topic(config.worker_id), death, qos=1, retain=True)
     base = options or TransportOptions(client_id=config.worker_id)
     # no persistent session: the broker must stop routing this worker's share the moment it
-    # vanishes (DESIGN trap 1), and frames are QoS 0 anyway
+    # vanishes (known trap 1), and frames are QoS 0 anyway
     extra = {"session_expiry_s": "0", **base.extra}
     transport = await opener(url, dataclasses.replace(base, will=will, extra=extra))
     decoder = frame_decoder(keyring, replay_mode=config.replay_mode)
