@@ -9,7 +9,7 @@ import pytest
 
 from security.keys import Keyring, Signer, add_key
 
-pytest_plugins: list[str] = ["tests.fixtures_zmq", "tests.fixtures_mqtt"]
+pytest_plugins: list[str] = ["tests.fixtures_zmq", "tests.fixtures_mqtt", "tests.support.netbed"]
 
 
 @dataclass(frozen=True)
