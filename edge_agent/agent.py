@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -31,14 +32,15 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.breaker import BreakerConfig, OffloadBreaker, Route
+from edge_agent.cameras import CameraEncoder
 from edge_agent.chunks import ActionQueue
+from edge_agent.codec import parse_codec
 from edge_agent.frames import frame_of
 from edge_agent.local import Chunk, LocalPolicy, LocalPolicyError
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.receiver import CloudReply, Receiver
 from edge_agent.watchdog import HedgeTiming, TimerSlack, Watchdog, plan_hedge
 from schemas.errors import TransportError
-from schemas.images import Codec
 from schemas.messages import Priority, Status
 from schemas.topics import check_id, frame_topic, robot_status_topic
 from vlabus.bus.transport import Transport
@@ -71,7 +73,7 @@ class AgentConfig:
     model: str = "default"
     local_model: str = "edge"
     priority: int = Priority.NORMAL
-    codec: Codec = "raw"
+    codec: str = "auto"  # auto | raw | lz4 | jpeg[:QUALITY], see edge_agent.codec
     timer_slack_ns: int = 1_000_000
     hedge_slack_ns: int = 500_000
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
@@ -80,6 +82,12 @@ class AgentConfig:
         check_id(self.robot_id)
         if self.deadline_ns <= 0 or self.period_ns <= 0 or self.chunk < 1:
             raise ValueError("deadline, period and chunk must be positive")
+        parse_codec(self.codec)  # ValueError with the reason
+
+    @property
+    def frame_interval_ns(self) -> int:
+        """How often a frame goes out: every step, or every refill of a chunk queue."""
+        return self.period_ns * max(1, self.chunk - self.refill_below)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +118,7 @@ class ActionResult:
     worker_id: str | None
     model_version: int
     blended: bool = False
+    codec: dict[str, str] | None = None  # rung per camera of the frame this step sent
 
 
 def _retrieve(future: asyncio.Future[Chunk]) -> None:
@@ -142,6 +151,11 @@ class EdgeAgent:
         self._inflight: asyncio.Task[Decision] | None = None
         self._topic = frame_topic(config.robot_id)
         self.metrics.model_version.set(local.version)
+        self.cameras = CameraEncoder(config.codec, interval_ns=config.frame_interval_ns)
+        self.cameras.on_choice = self.metrics.frame_sent
+        self.metrics.uplink.set_function(self.cameras.uplink_bits_per_second)
+        receiver.on_transfer = self.cameras.reply
+        self._frame_codec: dict[str, str] | None = None
 
     @property
     def step(self) -> int:
@@ -160,6 +174,9 @@ class EdgeAgent:
             result = self._result(step, action, decision, blended=False)
         else:
             result = await self._act_chunked(step, observation, safety_critical)
+        if self._frame_codec is not None:
+            result = dataclasses.replace(result, codec=self._frame_codec)
+            self._frame_codec = None
         self._account(result)
         return result
 
@@ -239,14 +256,18 @@ class EdgeAgent:
 
     async def _publish(self, step: int, observation: Observation, deadline_ns: int,
                        corr: str) -> None:
-        wall_deadline = time.time_ns() + (deadline_ns - time.monotonic_ns())
+        budget = deadline_ns - time.monotonic_ns()
+        wall_deadline = time.time_ns() + budget
         started = time.perf_counter_ns()
+        encoded = self.cameras.encode(observation.images, budget_ns=budget)
         frame = frame_of(observation, robot_id=self.config.robot_id, step=step,
                          capture_ns=time.time_ns(), model=self.config.model,
-                         codec=self.config.codec)
+                         cameras=encoded.cameras)
         wire = self.encoder.encode_view(frame, deadline_ns=wall_deadline,
                                         priority=self.config.priority, corr=corr)
         self.receiver.sent(corr, time.perf_counter_ns() - started, wire, self._topic)
+        self.cameras.sent(corr, encoded, len(wire), budget)
+        self._frame_codec = encoded.choice
         expiry = max(0.001, (deadline_ns - time.monotonic_ns()) / 1e9)
         await self.transport.publish(self._topic, wire, qos=0, expiry_s=expiry)
         self.metrics.frames.inc()
@@ -292,6 +313,8 @@ class EdgeAgent:
                             reply.tick_stride)
         pending = self.receiver.expire(corr)
         cause = Cause.REJECTED_REPLY if pending is not None and pending.rejected else Cause.TIMEOUT
+        if cause is Cause.TIMEOUT:
+            self.cameras.missed(corr)  # no reply in time: the uplink may be what is slow
         self.breaker.missed(probe=probe)
         if hedge is None:  # its timer did not get to run (a stalled loop): start it now
             hedge = submit()

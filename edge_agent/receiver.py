@@ -83,6 +83,8 @@ class Receiver:
         self.actions = Decoder(keyring, strict_action_guard())
         self.models = Decoder(keyring, ReplayGuard())
         self.on_late: Callable[[int], None] = lambda rtt_ns: None
+        #: (corr, transfer ns, worker span ns) of each reply whose round trip could be split
+        self.on_transfer: Callable[[str, int, int], None] = lambda corr, ns, worker: None
         self._expected: OrderedDict[str, asyncio.Future[CloudReply]] = OrderedDict()
         self._encode_ns: OrderedDict[str, int] = OrderedDict()
         self._max_wait = max_wait
@@ -139,6 +141,7 @@ class Receiver:
                   "cause": None if result.cause is None else result.cause.value,
                   "lateness_ns": result.lateness_ns, "rtt_ns": result.rtt_ns,
                   "worker_id": result.worker_id, "model_version": result.model_version,
+                  "codec": result.codec,
                   "action": None if result.action is None else result.action.tolist()}
         self._record(self._decision_topic, self._pack.encode(record))
 
@@ -234,6 +237,7 @@ class Receiver:
                     "span": action.span_ns})
         for part, nanos in parts.items():
             self.metrics.latency_parts.labels(part).observe(nanos / 1e9)
+        self.on_transfer(corr, parts["transport_up_down"], action.span_ns)
 
     def _mark_rejected(self, message: Message) -> None:
         # The header is unverified here: it only attributes the fallback's cause, nothing more.
