@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -40,7 +42,7 @@ def test_codec_flag_parses(text: str, name: str) -> None:
 
 @pytest.mark.parametrize("text", ["jpeg:0", "jpeg:101", "jpeg:x", "png", "raw:3", "auto:1", ""])
 def test_bad_codec_flag_says_why(text: str) -> None:
-    with pytest.raises(ValueError, match="codec|quality"):
+    with pytest.raises(ValueError, match=r"codec|quality"):
         parse_codec(text)
 
 
@@ -120,7 +122,7 @@ def test_a_fast_uplink_is_climbed_one_rung_per_hold() -> None:
     assert seen[-1] == seen[0]  # nothing changes before the hold has passed
     seen = settle(chooser, clock, link(1000.0), 30)
     assert seen[-1] == {"front": "raw", "wrist": "raw"}  # lz4 does not pay on these photos
-    changes = sum(a != b for a, b in zip(seen, seen[1:], strict=False))
+    changes = sum(a != b for a, b in itertools.pairwise(seen))
     assert changes <= 30 / 1.0 + 1
 
 
@@ -144,7 +146,7 @@ def test_a_shared_uplink_does_not_flap() -> None:
     for _ in range(6):
         seen += settle(chooser, clock, raw_fits, 10)
         seen += settle(chooser, clock, congested, 1)
-    changes = sum(a != b for a, b in zip(seen, seen[1:], strict=False))
+    changes = sum(a != b for a, b in itertools.pairwise(seen))
     assert changes < len(seen) / 10
     # the cool-down grew: raw is barred longer after each failure
     front = chooser.cameras["front"]

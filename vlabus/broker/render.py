@@ -21,7 +21,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -69,18 +69,21 @@ def render(
     limits: Limits = Limits(),
     templates: Path = TEMPLATES,
     dynsec_plugin: str = DYNSEC_PLUGIN,
+    only: Collection[str] | None = None,
 ) -> Path:
     """Write a Mosquitto configuration for the identities in keyring ``keys`` into ``out``.
 
     Without ``tls`` (dev): password authentication. With ``tls`` (fleet): client certificates,
-    identity = certificate CN, and per-role access control. Returns the path of mosquitto.conf.
+    identity = certificate CN, and per-role access control. ``only``: just these identities of
+    the keyring (a site broker's robots). Returns the path of mosquitto.conf.
     """
     ring = Keyring.load(keys)
     if len(ring) == 0:
         raise BrokerError(f"keyring {keys} holds no identities (run `vlabus keys add`)")
     root = Path(out).resolve()
     (root / "data").mkdir(parents=True, exist_ok=True)
-    identities = [(key.role, key.identity) for key in ring]
+    identities = [(key.role, key.identity) for key in ring
+                  if only is None or key.identity in only]
     if tls:
         if any(ident == ADMIN for _, ident in identities):
             raise BrokerError(f"{ADMIN!r} is the broker's own administrator; rename that key")
