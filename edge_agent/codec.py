@@ -11,9 +11,13 @@ margin, and the frame rate fits the uplink. The uplink comes from
 * sizes: every rung is encoded once per camera on the first frame (``calibrate``); afterwards
   the size of what is sent corrects the table (content changes) by one factor per camera.
 * down at once: while the frame's predicted transfer exceeds what is allowed, the camera with
-  the largest image drops one rung (no hysteresis on the way down: a late frame is a fallback).
-* up slowly: after ``hold_ns`` without a change, the camera with the smallest image rises one
-  rung if the frame then still fits within ``up_fraction`` of what is allowed.
+  the largest image drops one rung (no hysteresis on the way down: a late frame is a fallback);
+  and one rung when the replies meet a queue longer than ``congestion`` x the transfer budget
+  (robots sharing the uplink send more than it carries), at most once per ``drain_ns``.
+* up slowly: after ``hold_ns`` without a change and with no queue to speak of, the camera with
+  the smallest image rises one rung if the frame then still fits within ``up_fraction`` of what
+  is allowed. The JPEG rungs are close (each 10-40% larger than the one below), so a step up
+  that overloads a shared link overloads it a little and the queue signal catches it.
 * no flapping: a rung a camera had to leave is barred for ``cooldown_ns``, doubled (up to
   ``max_cooldown_ns``) each time it is left again before it held for ``stable_ns``.
 """
@@ -52,9 +56,10 @@ class Rung:
 
 #: Best first. Only one lossless rung is used per camera: lz4 where it pays, else raw.
 LADDER: tuple[Rung, ...] = (
-    Rung("raw"), Rung("lz4"), Rung("jpeg", 95), Rung("jpeg", 85), Rung("jpeg", 70),
-    Rung("jpeg", 50), Rung("jpeg", 30), Rung("jpeg", 70, 2), Rung("jpeg", 40, 2),
-    Rung("jpeg", 60, 4), Rung("jpeg", 30, 4),
+    Rung("raw"), Rung("lz4"), Rung("jpeg", 95), Rung("jpeg", 92), Rung("jpeg", 90),
+    Rung("jpeg", 88), Rung("jpeg", 85), Rung("jpeg", 80), Rung("jpeg", 70), Rung("jpeg", 50),
+    Rung("jpeg", 30), Rung("jpeg", 70, 2), Rung("jpeg", 40, 2), Rung("jpeg", 60, 4),
+    Rung("jpeg", 30, 4),
 )
 START = Rung("jpeg", 70)  # before anything is measured: small enough for a few Mbit/s
 LZ4_PAYS = 0.9  # lz4 replaces raw when it saves at least 10%
@@ -119,6 +124,7 @@ class CodecChooser:
                  start: Rung = START, margin: float = 0.2, up_fraction: float = 0.7,
                  hold_ns: int = 1_000_000_000, cooldown_ns: int = 2_000_000_000,
                  max_cooldown_ns: int = 60_000_000_000, stable_ns: int = 10_000_000_000,
+                 congestion: float = 0.2, drain_ns: int = 300_000_000,
                  overhead_bytes: int = 512) -> None:
         self._clock = clock
         self.ladder = ladder
@@ -129,6 +135,8 @@ class CodecChooser:
         self.cooldown_ns = cooldown_ns
         self.max_cooldown_ns = max_cooldown_ns
         self.stable_ns = stable_ns
+        self.congestion = congestion
+        self.drain_ns = drain_ns
         self.overhead_bytes = overhead_bytes
         self.cameras: dict[str, _Camera] = {}
         self._changed_ns = clock()
@@ -190,7 +198,11 @@ class CodecChooser:
                                      encode_ns=encode_ns)
         while self.frame_bytes() > allowed and self._step_down(now):
             pass
-        if now - self._changed_ns >= self.hold_ns:
+        queue_limit = self.congestion * max(0, budget_ns - estimate.worker_ns - encode_ns)
+        if estimate.queue_ns > queue_limit:
+            if now - self._changed_ns >= self.drain_ns:
+                self._step_down(now)
+        elif now - self._changed_ns >= self.hold_ns and estimate.queue_ns <= queue_limit / 2:
             self._step_up(now, allowed)
         return self.rungs()
 

@@ -9,6 +9,12 @@ for smaller ones. A step that times out without any reply says its frame took lo
 budget it had: a censored sample that raises the estimate at once (the uplink may be saturated,
 and then no reply comes back to measure).
 
+A robot alone cannot see its share of a link that other robots use too: a frame sent while
+the link is idle moves at the full rate. What it can see is the queue building when the robots
+together send more than the link carries. ``queue_ns`` is that signal: how much longer the last
+replies' transfers took than the fastest per-byte cost in the window predicts (the delay
+gradient congestion controllers use), so the chooser backs off before frames miss.
+
 Plain logic with an injected clock: samples older than ``horizon_ns`` are forgotten, so a link
 that recovers is seen as such.
 """
@@ -30,11 +36,13 @@ def _quantile(values: list[float], q: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class UplinkEstimate:
-    """Per-byte transfer cost (ns), the worker's time (ns) and how many samples back them."""
+    """Per-byte transfer cost (ns), the worker's time (ns), how many samples back them, and
+    the queueing delay the latest replies met (ns)."""
 
     ns_per_byte: float
     worker_ns: int
     samples: int
+    queue_ns: int = 0
 
     @property
     def bits_per_second(self) -> float:
@@ -55,10 +63,12 @@ class UplinkEstimator:
 
     def __init__(self, clock: Clock = time.monotonic_ns, *, window: int = 32,
                  horizon_ns: int = 10_000_000_000, quantile: float = 0.75,
-                 worker_quantile: float = 0.9, miss_factor: float = 1.5) -> None:
+                 worker_quantile: float = 0.9, miss_factor: float = 1.5,
+                 recent: int = 4) -> None:
         self._clock = clock
         self._per_byte: deque[tuple[int, float]] = deque(maxlen=window)
         self._worker: deque[tuple[int, int]] = deque(maxlen=window)
+        self._recent: deque[tuple[int, int]] = deque(maxlen=recent)  # (bytes, transfer ns)
         self._horizon = horizon_ns
         self._q = quantile
         self._worker_q = worker_quantile
@@ -70,6 +80,7 @@ class UplinkEstimator:
         now = self._clock()
         if nbytes > 0:
             self._per_byte.append((now, max(1, transfer_ns) / nbytes))
+            self._recent.append((nbytes, max(0, transfer_ns)))
         self._worker.append((now, max(0, worker_ns)))
 
     def missed(self, nbytes: int, budget_ns: int) -> None:
@@ -98,10 +109,13 @@ class UplinkEstimator:
         if not per_byte:
             return None
         worker = self._fresh(self._worker)
+        fastest = min(per_byte)
+        queue = [max(0.0, transfer - nbytes * fastest) for nbytes, transfer in self._recent]
         return UplinkEstimate(_quantile(per_byte, self._q),
                               int(_quantile(worker, self._worker_q)) if worker else 0,
-                              len(per_byte))
+                              len(per_byte), int(_quantile(queue, 0.5)) if queue else 0)
 
     def clear(self) -> None:
         self._per_byte.clear()
         self._worker.clear()
+        self._recent.clear()

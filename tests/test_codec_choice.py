@@ -191,3 +191,31 @@ def test_rungs_a_camera_cannot_take_are_left_out() -> None:
     assert "jpeg60/4" not in table["odd"]
     assert "jpeg70/2" in table["odd"]
     assert Rung("jpeg", 70, 2).name == "jpeg70/2"
+
+
+def test_estimator_sees_a_queue_building() -> None:
+    clock = FakeClock()
+    est = UplinkEstimator(clock)
+    for _ in range(8):  # idle link: 20 kB in 2 ms
+        est.reply(20_000, 2 * MS, 1 * MS)
+    idle = est.estimate()
+    assert idle is not None
+    assert idle.queue_ns == 0
+    for extra in (10, 20, 30, 40):  # each frame waits behind the last: the queue grows
+        est.reply(20_000, (2 + extra) * MS, 1 * MS)
+    building = est.estimate()
+    assert building is not None
+    assert building.queue_ns >= 20 * MS
+
+
+def test_a_queue_on_a_shared_link_steps_down_before_any_miss() -> None:
+    clock = FakeClock()
+    chooser = calibrated(clock, hold_ns=S, drain_ns=300 * MS)
+    settle(chooser, clock, link(100.0), 20)
+    high = chooser.frame_bytes()
+    queued = UplinkEstimate(8e3 / 100.0, 5 * MS, 10, queue_ns=40 * MS)
+    seen = settle(chooser, clock, queued, 1)
+    assert chooser.frame_bytes() < high
+    # one rung per drain period, not one per step
+    changes = sum(a != b for a, b in itertools.pairwise(seen))
+    assert 1 <= changes <= 4
