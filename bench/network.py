@@ -61,15 +61,16 @@ def action_diff(samples: list[tuple[Any, Any]], policy: Any) -> float | None:
 def row(run: RobotRun, *, mbit: float, policy: Any) -> dict[str, Any]:
     """One run's figures (see the module docstring)."""
     rungs: collections.Counter[str] = collections.Counter()
-    fallbacks = 0
+    causes: collections.Counter[str] = collections.Counter()
     for summary in run.summaries:
         rungs.update(summary["codec"]["frames_by_rung"])
-        fallbacks += sum(summary["fallbacks_by_cause"].values())
+        causes.update(summary["fallbacks_by_cause"])
     allowed = mbit * 1e6 / 8 * run.seconds
     return {
         "steps": run.steps,
         "on_time": round(run.cloud / run.steps, 4) if run.steps else None,
-        "fallbacks": fallbacks,
+        "fallbacks": sum(causes.values()),
+        "fallbacks_by_cause": dict(causes),
         "steps_without_action": sum(s["steps_without_action"] for s in run.summaries),
         "uplink_utilisation": round(run.uplink_bytes / allowed, 3),
         "uplink_mbit_s_seen": [s["codec"]["uplink_mbit_s"] for s in run.summaries],

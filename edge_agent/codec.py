@@ -13,7 +13,8 @@ margin, and the frame rate fits the uplink. The uplink comes from
 * down at once: while the frame's predicted transfer exceeds what is allowed, the camera with
   the largest image drops one rung (no hysteresis on the way down: a late frame is a fallback);
   and one rung when the replies meet a queue longer than ``congestion`` x the transfer budget
-  (robots sharing the uplink send more than it carries), at most once per ``drain_ns``.
+  (robots sharing the uplink send more than it carries) or a step got no reply at all, at most
+  once per ``drain_ns``.
 * up slowly: after ``hold_ns`` without a change and with no queue to speak of, the camera with
   the smallest image rises one rung if the frame then still fits within ``up_fraction`` of what
   is allowed. The JPEG rungs are close (each 10-40% larger than the one below), so a step up
@@ -183,10 +184,13 @@ class CodecChooser:
 
     def allowed_bytes(self, estimate: UplinkEstimate, *, budget_ns: int, interval_ns: int,
                       encode_ns: int = 0) -> float:
-        """The largest frame that arrives within the step's budget (less the worker's time)
-        and that the uplink carries at the rate frames are sent, with the margin."""
-        room = min(budget_ns - estimate.worker_ns - encode_ns, interval_ns)
-        return max(0.0, room * (1.0 - self.margin)) / max(estimate.ns_per_byte, 1e-9)
+        """The largest frame that arrives within the step's budget (less the worker's time
+        and the link's fixed latency) and that the uplink carries at the rate frames are
+        sent, with the margin."""
+        keep = 1.0 - self.margin
+        deadline = (budget_ns - estimate.worker_ns - encode_ns) * keep - estimate.base_ns
+        rate = interval_ns * keep
+        return max(0.0, min(deadline, rate)) / max(estimate.ns_per_byte, 1e-9)
 
     def choose(self, estimate: UplinkEstimate | None, *, budget_ns: int, interval_ns: int,
                encode_ns: int = 0) -> dict[str, Rung]:
@@ -199,7 +203,7 @@ class CodecChooser:
         while self.frame_bytes() > allowed and self._step_down(now):
             pass
         queue_limit = self.congestion * max(0, budget_ns - estimate.worker_ns - encode_ns)
-        if estimate.queue_ns > queue_limit:
+        if estimate.queue_ns > queue_limit or estimate.misses:
             if now - self._changed_ns >= self.drain_ns:
                 self._step_down(now)
         elif now - self._changed_ns >= self.hold_ns and estimate.queue_ns <= queue_limit / 2:

@@ -3,17 +3,22 @@
 Every cloud action splits its round trip into parts timed on one machine each (see
 :mod:`edge_agent.stats`): robot encode, worker span (decode + queue + inference + encode, on the
 worker's clock), robot decode, and what is left, the transfer up and down. The frame's size is
-known, so each reply gives a sample of *nanoseconds per byte sent*, fixed latency included: a
-conservative figure for frames larger than the one measured, and corrected by the next replies
-for smaller ones. A step that times out without any reply says its frame took longer than the
-budget it had: a censored sample that raises the estimate at once (the uplink may be saturated,
-and then no reply comes back to measure).
+known, so each reply is a point (bytes, transfer time) of the line
 
-A robot alone cannot see its share of a link that other robots use too: a frame sent while
-the link is idle moves at the full rate. What it can see is the queue building when the robots
-together send more than the link carries. ``queue_ns`` is that signal: how much longer the last
-replies' transfers took than the fastest per-byte cost in the window predicts (the delay
-gradient congestion controllers use), so the chooser backs off before frames miss.
+    transfer = base + bytes x ns_per_byte
+
+``base`` is what any frame pays (propagation, broker hops, the small action coming back),
+``ns_per_byte`` the uplink's rate. With frames of different sizes in the window (the codec moves
+between rungs, cameras differ) the line is fitted robustly (Theil-Sen: the median slope of pairs
+of points whose sizes differ by ``spread`` or more); with one size only the two cannot be told
+apart and the whole transfer is charged per byte (conservative for larger frames).
+
+A robot alone cannot see its share of a link other robots use too: a frame sent while the link
+is idle moves at the full rate. It can see the queue building when the robots together send
+more than the link carries: ``queue_ns`` is how much longer the latest transfers took than the
+fastest point of the window predicts for their size (the delay gradient congestion controllers
+use). A step that ends without any reply (the frame expired in a queue) is counted in
+``misses`` (within ``miss_window_ns``).
 
 Plain logic with an injected clock: samples older than ``horizon_ns`` are forgotten, so a link
 that recovers is seen as such.
@@ -21,6 +26,7 @@ that recovers is seen as such.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -36,86 +42,108 @@ def _quantile(values: list[float], q: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class UplinkEstimate:
-    """Per-byte transfer cost (ns), the worker's time (ns), how many samples back them, and
-    the queueing delay the latest replies met (ns)."""
+    """The transfer line (``base_ns`` + bytes x ``ns_per_byte``), the worker's time, the
+    queueing delay the latest replies met, recent misses, and the samples behind it."""
 
     ns_per_byte: float
     worker_ns: int
     samples: int
     queue_ns: int = 0
+    base_ns: int = 0
+    misses: int = 0
 
     @property
     def bits_per_second(self) -> float:
-        """The uplink rate this robot sees (fixed latency counted as transfer time)."""
+        """The uplink rate this robot sees."""
         return 8e9 / self.ns_per_byte if self.ns_per_byte > 0 else float("inf")
 
     def transfer_ns(self, nbytes: int) -> int:
         """Expected time to move a frame of ``nbytes`` up and its action down."""
-        return int(nbytes * self.ns_per_byte)
+        return int(self.base_ns + nbytes * self.ns_per_byte)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    at_ns: int
+    nbytes: int
+    transfer_ns: int
 
 
 class UplinkEstimator:
-    """A windowed, conservative estimate of this robot's uplink from reply timings.
-
-    ``quantile`` of the per-byte samples in the window is the estimate (0.75: one slow reply in
-    four is expected, not every spike). The worker's time is its ``worker_quantile``.
-    """
+    """The transfer line of this robot's uplink, from reply timings (module docstring)."""
 
     def __init__(self, clock: Clock = time.monotonic_ns, *, window: int = 32,
-                 horizon_ns: int = 10_000_000_000, quantile: float = 0.75,
-                 worker_quantile: float = 0.9, miss_factor: float = 1.5,
-                 recent: int = 4) -> None:
+                 horizon_ns: int = 10_000_000_000, worker_quantile: float = 0.9,
+                 spread: float = 1.15, recent: int = 4,
+                 miss_window_ns: int = 300_000_000) -> None:
         self._clock = clock
-        self._per_byte: deque[tuple[int, float]] = deque(maxlen=window)
+        self._samples: deque[_Sample] = deque(maxlen=window)
         self._worker: deque[tuple[int, int]] = deque(maxlen=window)
-        self._recent: deque[tuple[int, int]] = deque(maxlen=recent)  # (bytes, transfer ns)
+        self._misses: deque[int] = deque(maxlen=window)
         self._horizon = horizon_ns
-        self._q = quantile
         self._worker_q = worker_quantile
-        self._miss_factor = miss_factor
+        self._spread = spread
+        self._recent = recent
+        self._miss_window = miss_window_ns
 
     def reply(self, nbytes: int, transfer_ns: int, worker_ns: int) -> None:
         """A cloud action came back for a frame of ``nbytes``: ``transfer_ns`` is its round trip
         less robot encode/decode and the worker's span ``worker_ns``."""
         now = self._clock()
         if nbytes > 0:
-            self._per_byte.append((now, max(1, transfer_ns) / nbytes))
-            self._recent.append((nbytes, max(0, transfer_ns)))
+            self._samples.append(_Sample(now, nbytes, max(1, transfer_ns)))
         self._worker.append((now, max(0, worker_ns)))
 
     def missed(self, nbytes: int, budget_ns: int) -> None:
-        """No reply at all within ``budget_ns`` for a frame of ``nbytes``: the transfer took
-        longer, so the per-byte cost is at least ``(budget - worker time)/nbytes`` (raised by
-        ``miss_factor`` over the current estimate when that is higher)."""
-        if nbytes <= 0:
-            return
-        current = self.estimate()
-        worker = 0 if current is None else current.worker_ns
-        floor = max(1, budget_ns - worker) / nbytes
-        if current is not None:
-            floor = max(floor, current.ns_per_byte * self._miss_factor)
-        self._per_byte.append((self._clock(), floor))
-
-    def _fresh(self, samples: deque[tuple[int, float]] | deque[tuple[int, int]]) -> list[float]:
-        limit = self._clock() - self._horizon
-        while samples and samples[0][0] < limit:
-            samples.popleft()
-        return [float(value) for _, value in samples]
+        """No reply at all within ``budget_ns`` for a frame of ``nbytes``."""
+        del nbytes, budget_ns  # a censored point: it says "slower", not how much
+        self._misses.append(self._clock())
 
     def estimate(self) -> UplinkEstimate | None:
-        """The current estimate, None before the first sample (or after ``horizon_ns`` of
+        """The current estimate, None before the first reply (or after ``horizon_ns`` of
         silence)."""
-        per_byte = self._fresh(self._per_byte)
-        if not per_byte:
+        now = self._clock()
+        while self._samples and self._samples[0].at_ns < now - self._horizon:
+            self._samples.popleft()
+        while self._worker and self._worker[0][0] < now - self._horizon:
+            self._worker.popleft()
+        samples = list(self._samples)
+        if not samples:
             return None
-        worker = self._fresh(self._worker)
-        fastest = min(per_byte)
-        queue = [max(0.0, transfer - nbytes * fastest) for nbytes, transfer in self._recent]
-        return UplinkEstimate(_quantile(per_byte, self._q),
-                              int(_quantile(worker, self._worker_q)) if worker else 0,
-                              len(per_byte), int(_quantile(queue, 0.5)) if queue else 0)
+        misses = sum(1 for at in self._misses if at >= now - self._miss_window)
+        worker = [float(w) for _, w in self._worker]
+        worker_ns = int(_quantile(worker, self._worker_q)) if worker else 0
+        fit = self._fit(samples)
+        if fit is None:  # one size only: charge everything per byte (conservative)
+            per_byte = _quantile([s.transfer_ns / s.nbytes for s in samples], 0.75)
+            base, slope = 0.0, 0.0
+        else:
+            base, slope = fit
+            per_byte = slope
+        # queueing: the latest transfers against the fastest point, along the fitted slope
+        floor = min(s.transfer_ns - slope * s.nbytes for s in samples)
+        queue = [s.transfer_ns - slope * s.nbytes - floor for s in samples[-self._recent:]]
+        return UplinkEstimate(per_byte, worker_ns, len(samples), int(statistics.median(queue)),
+                              int(base), misses)
+
+    def _fit(self, samples: list[_Sample]) -> tuple[float, float] | None:
+        """(base ns, ns per byte) by Theil-Sen over pairs of different sizes; None without
+        enough of them. The slope is the upper quartile of the pair slopes (a slow link is
+        worse than a fast one is good), the base the median intercept below it."""
+        slopes = []
+        for i, a in enumerate(samples):
+            for b in samples[i + 1:]:
+                small, large = (a, b) if a.nbytes <= b.nbytes else (b, a)
+                if large.nbytes >= self._spread * small.nbytes:
+                    slopes.append((large.transfer_ns - small.transfer_ns)
+                                  / (large.nbytes - small.nbytes))
+        if len(slopes) < 8:
+            return None
+        slope = max(_quantile(slopes, 0.75), 1e-3)
+        base = statistics.median(s.transfer_ns - slope * s.nbytes for s in samples)
+        return max(0.0, base), slope
 
     def clear(self) -> None:
-        self._per_byte.clear()
+        self._samples.clear()
         self._worker.clear()
-        self._recent.clear()
+        self._misses.clear()
