@@ -13,8 +13,10 @@ margin, and the frame rate fits the uplink. The uplink comes from
 * down at once: while the frame's predicted transfer exceeds what is allowed, the camera with
   the largest image drops one rung (no hysteresis on the way down: a late frame is a fallback);
   and one rung when the replies meet a queue longer than ``congestion`` x the transfer budget
-  (robots sharing the uplink send more than it carries) or a step got no reply at all, at most
-  once per ``drain_ns``.
+  (robots sharing the uplink send more than it carries), or when a step got no reply at all
+  while the frame's transfer takes ``miss_share`` of the budget or more (a miss with a frame
+  the link moves in a moment is the worker's or the CPU's, not the uplink's); at most once per
+  ``drain_ns``.
 * up slowly: after ``hold_ns`` without a change and with no queue to speak of, the camera with
   the smallest image rises one rung if the frame then still fits within ``up_fraction`` of what
   is allowed. The JPEG rungs are close (each 10-40% larger than the one below), so a step up
@@ -125,7 +127,8 @@ class CodecChooser:
                  start: Rung = START, margin: float = 0.2, up_fraction: float = 0.7,
                  hold_ns: int = 1_000_000_000, cooldown_ns: int = 2_000_000_000,
                  max_cooldown_ns: int = 60_000_000_000, stable_ns: int = 10_000_000_000,
-                 congestion: float = 0.2, drain_ns: int = 300_000_000,
+                 congestion: float = 0.25, miss_share: float = 0.25,
+                 drain_ns: int = 300_000_000,
                  overhead_bytes: int = 512) -> None:
         self._clock = clock
         self.ladder = ladder
@@ -137,6 +140,7 @@ class CodecChooser:
         self.max_cooldown_ns = max_cooldown_ns
         self.stable_ns = stable_ns
         self.congestion = congestion
+        self.miss_share = miss_share
         self.drain_ns = drain_ns
         self.overhead_bytes = overhead_bytes
         self.cameras: dict[str, _Camera] = {}
@@ -202,8 +206,11 @@ class CodecChooser:
                                      encode_ns=encode_ns)
         while self.frame_bytes() > allowed and self._step_down(now):
             pass
-        queue_limit = self.congestion * max(0, budget_ns - estimate.worker_ns - encode_ns)
-        if estimate.queue_ns > queue_limit or estimate.misses:
+        room = max(0, budget_ns - estimate.worker_ns - encode_ns)
+        queue_limit = self.congestion * room
+        moving = estimate.transfer_ns(int(self.frame_bytes())) - estimate.base_ns
+        link_missed = estimate.misses > 0 and moving >= self.miss_share * room
+        if estimate.queue_ns > queue_limit or link_missed:
             if now - self._changed_ns >= self.drain_ns:
                 self._step_down(now)
         elif now - self._changed_ns >= self.hold_ns and estimate.queue_ns <= queue_limit / 2:

@@ -10,15 +10,18 @@ known, so each reply is a point (bytes, transfer time) of the line
 ``base`` is what any frame pays (propagation, broker hops, the small action coming back),
 ``ns_per_byte`` the uplink's rate. With frames of different sizes in the window (the codec moves
 between rungs, cameras differ) the line is fitted robustly (Theil-Sen: the median slope of pairs
-of points whose sizes differ by ``spread`` or more); with one size only the two cannot be told
-apart and the whole transfer is charged per byte (conservative for larger frames).
+of points whose sizes differ by ``spread`` x and ``min_delta`` bytes or more). With one size
+only the two cannot be told apart: the fastest transfer is taken as the base and the rest is
+charged per byte, which lets the chooser try the next rung up, and so get a second size.
 
 A robot alone cannot see its share of a link other robots use too: a frame sent while the link
 is idle moves at the full rate. It can see the queue building when the robots together send
-more than the link carries: ``queue_ns`` is how much longer the latest transfers took than the
-fastest point of the window predicts for their size (the delay gradient congestion controllers
-use). A step that ends without any reply (the frame expired in a queue) is counted in
-``misses`` (within ``miss_window_ns``).
+more than the link carries: ``queue_ns`` is how much longer *each* of the latest transfers took
+than the fastest point of the window predicts for its size (the delay gradient congestion
+controllers use). A standing queue delays every frame; a scheduling stall, or Nagle holding one
+small packet back, delays some, so the least delayed of the latest replies is the signal. A
+step that ends without any reply (the frame expired in a queue) is counted in ``misses``
+(within ``miss_window_ns``).
 
 Plain logic with an injected clock: samples older than ``horizon_ns`` are forgotten, so a link
 that recovers is seen as such.
@@ -74,7 +77,7 @@ class UplinkEstimator:
 
     def __init__(self, clock: Clock = time.monotonic_ns, *, window: int = 32,
                  horizon_ns: int = 10_000_000_000, worker_quantile: float = 0.9,
-                 spread: float = 1.15, recent: int = 4,
+                 spread: float = 1.15, min_delta: int = 2000, recent: int = 4,
                  miss_window_ns: int = 300_000_000) -> None:
         self._clock = clock
         self._samples: deque[_Sample] = deque(maxlen=window)
@@ -83,6 +86,7 @@ class UplinkEstimator:
         self._horizon = horizon_ns
         self._worker_q = worker_quantile
         self._spread = spread
+        self._min_delta = min_delta
         self._recent = recent
         self._miss_window = miss_window_ns
 
@@ -114,32 +118,35 @@ class UplinkEstimator:
         worker = [float(w) for _, w in self._worker]
         worker_ns = int(_quantile(worker, self._worker_q)) if worker else 0
         fit = self._fit(samples)
-        if fit is None:  # one size only: charge everything per byte (conservative)
-            per_byte = _quantile([s.transfer_ns / s.nbytes for s in samples], 0.75)
-            base, slope = 0.0, 0.0
+        if fit is None:  # one size only: the fastest is the base, the rest per byte
+            base = float(min(s.transfer_ns for s in samples))
+            per_byte = max(1e-3, _quantile([(s.transfer_ns - base) / s.nbytes
+                                            for s in samples], 0.75))
+            slope = 0.0
         else:
             base, slope = fit
             per_byte = slope
         # queueing: the latest transfers against the fastest point, along the fitted slope
         floor = min(s.transfer_ns - slope * s.nbytes for s in samples)
         queue = [s.transfer_ns - slope * s.nbytes - floor for s in samples[-self._recent:]]
-        return UplinkEstimate(per_byte, worker_ns, len(samples), int(statistics.median(queue)),
+        return UplinkEstimate(per_byte, worker_ns, len(samples), int(min(queue)),
                               int(base), misses)
 
     def _fit(self, samples: list[_Sample]) -> tuple[float, float] | None:
         """(base ns, ns per byte) by Theil-Sen over pairs of different sizes; None without
-        enough of them. The slope is the upper quartile of the pair slopes (a slow link is
-        worse than a fast one is good), the base the median intercept below it."""
+        enough of them. The slope is the median of the pair slopes, the base the median
+        intercept below it."""
         slopes = []
         for i, a in enumerate(samples):
             for b in samples[i + 1:]:
                 small, large = (a, b) if a.nbytes <= b.nbytes else (b, a)
-                if large.nbytes >= self._spread * small.nbytes:
+                if (large.nbytes >= self._spread * small.nbytes
+                        and large.nbytes - small.nbytes >= self._min_delta):
                     slopes.append((large.transfer_ns - small.transfer_ns)
                                   / (large.nbytes - small.nbytes))
         if len(slopes) < 8:
             return None
-        slope = max(_quantile(slopes, 0.75), 1e-3)
+        slope = max(statistics.median(slopes), 1e-3)
         base = statistics.median(s.transfer_ns - slope * s.nbytes for s in samples)
         return max(0.0, base), slope
 
