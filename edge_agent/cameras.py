@@ -55,12 +55,17 @@ class CameraEncoder:
     def auto(self) -> bool:
         return self.spec.rung is None
 
+    def prepare(self, images: Mapping[str, np.ndarray]) -> None:
+        """Measure every rung's size on a first observation (auto), so the first frame does
+        not pay for it; done by :func:`edge_agent.stack.open_edge` with its probe."""
+        if self.auto and not self.chooser.cameras:
+            self.calibration = self.chooser.calibrate(images)
+
     def encode(self, images: Mapping[str, np.ndarray], *, budget_ns: int) -> Encoded:
         """Every camera of one observation, at the rungs chosen for a step whose reply must be
         back within ``budget_ns``."""
         started = time.perf_counter_ns()
-        if self.auto and not self.chooser.cameras:
-            self.calibration = self.chooser.calibrate(images)  # once, on the first frame
+        self.prepare(images)  # once, unless open_edge did it
         rungs: Mapping[str, Rung]
         if self.spec.rung is not None:
             rungs = dict.fromkeys(images, self.spec.rung)

@@ -19,8 +19,10 @@ margin, and the frame rate fits the uplink. The uplink comes from
   ``drain_ns``.
 * up slowly: after ``hold_ns`` without a change and with no queue to speak of, the camera with
   the smallest image rises one rung if the frame then still fits within ``up_fraction`` of what
-  is allowed. The JPEG rungs are close (each 10-40% larger than the one below), so a step up
-  that overloads a shared link overloads it a little and the queue signal catches it.
+  is allowed (after ``fast_hold_ns`` while it fits within ``fast_fraction``: far from the limit
+  there is nothing to fear). The JPEG rungs are close (each 10-40% larger than the one below),
+  so a step up that overloads a shared link overloads it a little and the queue signal catches
+  it.
 * no flapping: a rung a camera had to leave is barred for ``cooldown_ns``, doubled (up to
   ``max_cooldown_ns``) each time it is left again before it held for ``stable_ns``.
 """
@@ -125,7 +127,8 @@ class CodecChooser:
 
     def __init__(self, clock: Clock = time.monotonic_ns, *, ladder: tuple[Rung, ...] = LADDER,
                  start: Rung = START, margin: float = 0.2, up_fraction: float = 0.7,
-                 hold_ns: int = 1_000_000_000, cooldown_ns: int = 2_000_000_000,
+                 hold_ns: int = 1_000_000_000, fast_hold_ns: int = 250_000_000,
+                 fast_fraction: float = 0.35, cooldown_ns: int = 2_000_000_000,
                  max_cooldown_ns: int = 60_000_000_000, stable_ns: int = 10_000_000_000,
                  congestion: float = 0.25, miss_share: float = 0.25,
                  drain_ns: int = 300_000_000,
@@ -136,6 +139,8 @@ class CodecChooser:
         self.margin = margin
         self.up_fraction = up_fraction
         self.hold_ns = hold_ns
+        self.fast_hold_ns = fast_hold_ns
+        self.fast_fraction = fast_fraction
         self.cooldown_ns = cooldown_ns
         self.max_cooldown_ns = max_cooldown_ns
         self.stable_ns = stable_ns
@@ -213,7 +218,7 @@ class CodecChooser:
         if estimate.queue_ns > queue_limit or link_missed:
             if now - self._changed_ns >= self.drain_ns:
                 self._step_down(now)
-        elif now - self._changed_ns >= self.hold_ns and estimate.queue_ns <= queue_limit / 2:
+        elif estimate.queue_ns <= queue_limit / 2:
             self._step_up(now, allowed)
         return self.rungs()
 
@@ -246,7 +251,10 @@ class CodecChooser:
         _, name, higher = min(candidates)
         levels = {n: c.level for n, c in self.cameras.items()}
         levels[name] = higher
-        if self.frame_bytes(levels) <= self.up_fraction * allowed:
+        wanted = self.frame_bytes(levels)
+        held = now - self._changed_ns
+        if (held >= self.hold_ns and wanted <= self.up_fraction * allowed) or (
+                held >= self.fast_hold_ns and wanted <= self.fast_fraction * allowed):
             cam = self.cameras[name]
             cam.level = higher
             cam.reached_ns[higher] = now

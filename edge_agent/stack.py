@@ -89,6 +89,7 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
                         recorder=recorder)
     agent = EdgeAgent(transport, encoder, receiver, local, config, metrics=metrics,
                       session=session)
+    agent.cameras.prepare(probe.images)
     await receiver.start()
     await agent.announce("online")
     return agent

@@ -137,7 +137,7 @@ def test_a_slow_uplink_gets_small_images_at_once() -> None:
 
 def test_a_fast_uplink_is_climbed_one_rung_per_hold() -> None:
     clock = FakeClock()
-    chooser = calibrated(clock, hold_ns=S)
+    chooser = calibrated(clock, hold_ns=S, fast_hold_ns=S)
     seen = settle(chooser, clock, link(1000.0), 0.5)
     assert seen[-1] == seen[0]  # nothing changes before the hold has passed
     seen = settle(chooser, clock, link(1000.0), 30)
@@ -256,3 +256,11 @@ def test_a_missed_step_steps_down_one_rung() -> None:
     fast = UplinkEstimate(8e3 / 1000.0, 5 * MS, 10, misses=1)
     chooser.choose(fast, budget_ns=100 * MS, interval_ns=66 * MS)
     assert chooser.frame_bytes() >= small
+
+
+def test_far_from_the_limit_it_climbs_faster() -> None:
+    clock = FakeClock()
+    chooser = calibrated(clock, hold_ns=S, fast_hold_ns=250 * MS)
+    seen = settle(chooser, clock, link(1000.0), 3)
+    changes = sum(a != b for a, b in itertools.pairwise(seen))
+    assert changes >= 8  # one rung a quarter second, not one a second
