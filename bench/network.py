@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         parse.error(f"unknown codecs {unknown}; choose from {sorted(CODECS)}")
     import torch
 
-    torch.set_num_threads(1)
-    policy = cloud_policy(device="cpu")
+    torch.set_num_threads(1)  # the robots' local policies
+    policy = cloud_policy()
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-network-") as tmp:

@@ -16,9 +16,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from edge_agent.agent import ActionResult, AgentConfig, EdgeAgent
 from edge_agent.sim import SimRobot, summarize
@@ -36,11 +40,56 @@ HUB_PORT = 5555
 MQTT_PORT = 8883
 
 
-def cloud_policy(device: str = "auto") -> Policy:
-    """The worker's policy: the reference VLA with the bench's two cameras (seed 0)."""
-    from vlabus.policy.reference import ReferencePolicy
+class PixelProbePolicy:
+    """The bench's cloud policy: actions read from the pixels, so what a codec does to the
+    images shows in the actions.
 
-    return ReferencePolicy.seeded(cameras=CAMERAS, device=device)
+    The seeded reference VLA barely looks at its cameras (its actions move by ~1e-3 of their
+    size from one frame to the next, and JPEG at any quality moves them by a tenth of that, in
+    no order), so it cannot tell codecs apart. This policy is a fixed random readout
+    (seed 0) of what a visual policy uses: per camera, on a 16x16 grid of 14x14-pixel blocks,
+    the mean brightness and the horizontal and vertical detail (mean absolute gradient), plus
+    the state; ``tanh`` of their projection is the 16x7 chunk. Blur, blocking and lost
+    resolution change it in proportion.
+    """
+
+    name = "pixel-probe"
+    version = 0
+    horizon, action_dim, grid = 16, 7, 16
+
+    def __init__(self, cameras: tuple[str, ...] = CAMERAS, state_dim: int = 14) -> None:
+        rng = np.random.default_rng(0)
+        features = len(cameras) * 3 * self.grid * self.grid + state_dim
+        self.cameras = cameras
+        self.weights = (rng.standard_normal((features, self.horizon * self.action_dim))
+                        / np.sqrt(features)).astype(np.float32)
+
+    def _features(self, image: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        gray = np.asarray(image, np.float32).mean(axis=2)
+        height, width = gray.shape
+        block = height // self.grid, width // self.grid
+        gray = gray[:block[0] * self.grid, :block[1] * self.grid]
+        dx = np.abs(np.diff(gray, axis=1, append=gray[:, -1:]))
+        dy = np.abs(np.diff(gray, axis=0, append=gray[-1:, :]))
+        out = []
+        for plane, scale in ((gray, 255.0), (dx, 32.0), (dy, 32.0)):
+            pooled = plane.reshape(self.grid, block[0], self.grid, block[1]).mean(axis=(1, 3))
+            out.append(pooled.ravel() / scale)
+        return np.concatenate(out).astype(np.float32)
+
+    def infer(self, batch: Sequence[Observation]) -> npt.NDArray[np.float32]:
+        rows = []
+        for obs in batch:
+            parts = [self._features(obs.images[name]) for name in self.cameras]
+            parts.append(np.asarray(obs.state, np.float32).ravel())
+            rows.append(np.concatenate(parts))
+        out: npt.NDArray[np.float32] = np.tanh(np.stack(rows) @ self.weights).astype(np.float32)
+        return out.reshape(len(batch), self.horizon, self.action_dim)
+
+
+def cloud_policy() -> Policy:
+    """The worker's policy in the bench (see :class:`PixelProbePolicy`)."""
+    return PixelProbePolicy()
 
 
 def make_keys(folder: Path, robots: int) -> list[str]:
