@@ -75,7 +75,8 @@ class PixelProbePolicy:
         for plane, scale in ((gray, 255.0), (dx, 32.0), (dy, 32.0)):
             pooled = plane.reshape(self.grid, block[0], self.grid, block[1]).mean(axis=(1, 3))
             out.append(pooled.ravel() / scale)
-        return np.concatenate(out).astype(np.float32)
+        features: npt.NDArray[np.float32] = np.concatenate(out).astype(np.float32)
+        return features
 
     def infer(self, batch: Sequence[Observation]) -> npt.NDArray[np.float32]:
         rows = []

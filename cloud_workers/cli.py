@@ -16,6 +16,7 @@ from typing import Any
 
 from schemas.errors import BusError
 from vlabus.cli.busflags import add_bus_arguments, transport_options
+from vlabus.cli.report import report
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = asyncio.run(worker_command(args))
-    if args.json:
-        print(json.dumps(summary), flush=True)
-    elif summary.get("error"):
-        print(f"vlabus worker: {summary['error']}", file=sys.stderr)
-    return int(summary["exit_code"])
+    return report(asyncio.run(worker_command(args)), as_json=args.json,
+                  command="vlabus worker")
 
 
 def parse_policies(specs: list[str] | None) -> list[tuple[str | None, str]]:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import sys
 from typing import Any
 
 from schemas.errors import BusError
 from vlabus.cli.busflags import add_bus_arguments, transport_options
+from vlabus.cli.report import report
 
 
 def register(sub: Any) -> None:
@@ -37,15 +36,13 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = asyncio.run(publish_command(args))
-    if args.json:
-        print(json.dumps(summary))
-    elif summary.get("error"):
-        print(f"vlabus model publish: {summary['error']}", file=sys.stderr)
-    else:
-        print(f"published {summary['name']} v{summary['version']}: {summary['size']} bytes "
-              f"in {summary['chunks']} chunks, sha256 {summary['sha256']}")
-    return int(summary["exit_code"])
+    return report(asyncio.run(publish_command(args)), as_json=args.json,
+                  command="vlabus model publish", human=_human)
+
+
+def _human(summary: dict[str, Any]) -> str:
+    return (f"published {summary['name']} v{summary['version']}: {summary['size']} bytes "
+            f"in {summary['chunks']} chunks, sha256 {summary['sha256']}")
 
 
 async def publish_command(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from edge_agent.codec import CodecChooser, CodecSpec, Rung, parse_codec
 from edge_agent.uplink import UplinkEstimator
@@ -55,13 +56,13 @@ class CameraEncoder:
     def auto(self) -> bool:
         return self.spec.rung is None
 
-    def prepare(self, images: Mapping[str, np.ndarray]) -> None:
+    def prepare(self, images: Mapping[str, npt.NDArray[Any]]) -> None:
         """Measure every rung's size on a first observation (auto), so the first frame does
         not pay for it; done by :func:`edge_agent.stack.open_edge` with its probe."""
         if self.auto and not self.chooser.cameras:
             self.calibration = self.chooser.calibrate(images)
 
-    def encode(self, images: Mapping[str, np.ndarray], *, budget_ns: int) -> Encoded:
+    def encode(self, images: Mapping[str, npt.NDArray[Any]], *, budget_ns: int) -> Encoded:
         """Every camera of one observation, at the rungs chosen for a step whose reply must be
         back within ``budget_ns``."""
         started = time.perf_counter_ns()

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from vlabus.cli.busflags import add_bus_arguments, transport_options
+from vlabus.cli.report import report
 
 
 def register(sub: Any) -> None:
@@ -83,13 +83,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     summary = asyncio.run(edge_command(args))
-    if args.json:
-        print(json.dumps(summary), flush=True)
-    elif summary.get("error"):
-        print(f"vlabus edge: {summary['error']}", file=sys.stderr)
-    else:
-        print(_human(summary))
-    return int(summary.get("exit_code", 0))
+    return report(summary, as_json=args.json, command="vlabus edge", human=_human)
 
 
 async def edge_command(args: argparse.Namespace) -> dict[str, Any]:

@@ -32,8 +32,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from edge_agent.uplink import UplinkEstimate
 from schemas.errors import SchemaError
@@ -55,7 +57,7 @@ class Rung:
         base = f"jpeg{self.quality}" if self.codec == "jpeg" else self.codec
         return base if self.scale == 1 else f"{base}/{self.scale}"
 
-    def encode(self, pixels: np.ndarray) -> Image:
+    def encode(self, pixels: npt.NDArray[Any]) -> Image:
         return encode_image(pixels, self.codec, self.quality or 85, self.scale)
 
 
@@ -151,7 +153,7 @@ class CodecChooser:
         self.cameras: dict[str, _Camera] = {}
         self._changed_ns = clock()
 
-    def calibrate(self, images: Mapping[str, np.ndarray]) -> dict[str, dict[str, int]]:
+    def calibrate(self, images: Mapping[str, npt.NDArray[Any]]) -> dict[str, dict[str, int]]:
         """Encode each camera at every rung once; returns the sizes by camera and rung name.
         Rungs a camera cannot take (e.g. a size not divisible by the step) are left out."""
         now = self._clock()

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from schemas.errors import Reason
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 _LATENESS_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05)
 
@@ -65,3 +67,7 @@ class EdgeMetrics:
         for rung in choice.values():
             self.camera_images.labels(rung).inc()
         self.frame_bytes.inc(nbytes)
+
+    def on_reject(self, reason: Reason) -> None:
+        """Count one rejected inbound message (the hook of ``vlabus.inbound.Rejections``)."""
+        self.rejected.labels(reason.value).inc()

@@ -121,13 +121,13 @@ async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` ca
 
 def summarize(agent: EdgeAgent, **extra: Any) -> dict[str, Any]:
     """The ``--json`` summary of one agent's run."""
-    receiver = agent.receiver
+    feed = agent.feed
     return agent.stats.summary(
-        dict(receiver.rejections.by_reason),
+        dict(agent.rejections.by_reason),
         robot_id=agent.config.robot_id,
         model_version=agent.local.version,
-        model_updates=receiver.counters()["model_updates"],
-        model_download=receiver.counters()["model_download"],
+        model_updates=feed.counters()["model_updates"] if feed else {},
+        model_download=feed.counters()["model_download"] if feed else None,
         breaker={"open": agent.breaker.open, "opened": agent.breaker.opened,
                  "closed": agent.breaker.closed},
         timer_slack_ms=round(agent.slack.for_deadline(agent.config.deadline_ns) / 1e6, 4),

@@ -48,9 +48,13 @@ class BusError(Exception):
 
 
 class WireError(BusError):
-    """A message failed one step of the receive pipeline."""
+    """A message failed one step of the receive pipeline.
+
+    ``header`` is what the envelope header said when the failure came after it was parsed
+    (unverified: fit to attribute a rejection, never to act on), else None."""
 
     reason: Reason = Reason.MALFORMED
+    header: object | None = None
 
     def __init__(self, detail: str, *, reason: Reason | None = None) -> None:
         super().__init__(detail)

@@ -13,11 +13,12 @@ repetition), so a policy sees the shape it was built for whatever the uplink all
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import lz4.block
 import msgspec
 import numpy as np
+import numpy.typing as npt
 import simplejpeg
 
 from schemas.errors import SchemaError
@@ -26,6 +27,7 @@ MAX_SIDE = 4096
 Side = Annotated[int, msgspec.Meta(ge=1, le=MAX_SIDE)]
 Codec = Literal["raw", "lz4", "jpeg"]
 MAX_SCALE = 8
+Pixels = npt.NDArray[np.uint8]
 
 
 class Image(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,7 +43,7 @@ class Image(msgspec.Struct, frozen=True, kw_only=True):
     scale: Annotated[int, msgspec.Meta(ge=1, le=MAX_SCALE)] = 1
 
 
-def encode_image(pixels: np.ndarray, codec: Codec = "raw", quality: int = 85,
+def encode_image(pixels: npt.NDArray[Any], codec: Codec = "raw", quality: int = 85,
                  scale: int = 1) -> Image:
     """Pack an HxWxC (or HxW) uint8 image with ``codec``, at 1/``scale`` of its resolution
     (height and width must then be multiples of ``scale``)."""
@@ -74,7 +76,7 @@ def encode_image(pixels: np.ndarray, codec: Codec = "raw", quality: int = 85,
     raise SchemaError(f"unknown image codec {codec!r}", "image.codec")
 
 
-def decode_image(image: Image, *, path: str = "image") -> np.ndarray:
+def decode_image(image: Image, *, path: str = "image") -> Pixels:
     """Return the HxWxC uint8 pixels at the captured size (a read-only view for raw images
     sent at full resolution); raises ``SchemaError`` naming the bad field."""
     if max(image.height, image.width) * image.scale > MAX_SIDE:
@@ -84,7 +86,7 @@ def decode_image(image: Image, *, path: str = "image") -> np.ndarray:
     return pixels if image.scale == 1 else upscale(pixels, image.scale)
 
 
-def downscale(pixels: np.ndarray, scale: int) -> np.ndarray:
+def downscale(pixels: Pixels, scale: int) -> Pixels:
     """The mean of each ``scale`` x ``scale`` block (area downsampling) of HxWxC uint8 pixels."""
     height, width, channels = pixels.shape
     if scale < 1 or height % scale or width % scale:
@@ -95,12 +97,12 @@ def downscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     return np.ascontiguousarray(np.rint(mean).astype(np.uint8))
 
 
-def upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
+def upscale(pixels: Pixels, scale: int) -> Pixels:
     """Each pixel repeated ``scale`` times down and across (the inverse size of downscale)."""
     return np.repeat(np.repeat(pixels, scale, axis=0), scale, axis=1)
 
 
-def _decode(image: Image, path: str) -> np.ndarray:
+def _decode(image: Image, path: str) -> Pixels:
     expected = image.height * image.width * image.channels
     if image.codec == "lz4":
         try:

@@ -46,6 +46,15 @@ class Rejections:
         if self._on_reject is not None:
             self._on_reject(reason)
 
+    def reject(self, exc: WireError, topic: str) -> None:
+        """Count ``exc`` by its reason and log it (rate-limited)."""
+        self.count(exc.reason)
+        if self.should_log(exc.reason):
+            # Duplicates are QoS 1 redeliveries: expected, so not worth a warning.
+            level = logging.DEBUG if exc.reason is Reason.DUPLICATE else logging.WARNING
+            log.log(level, "rejected message on %r: %r (%d %s so far)", topic, exc,
+                    self.by_reason[exc.reason.value], exc.reason.value)
+
     @property
     def total(self) -> int:
         return sum(self.by_reason.values())
@@ -56,10 +65,5 @@ def accept(decoder: Decoder, message: Message, rejections: Rejections) -> Receiv
     try:
         return decoder.decode(message.payload)
     except WireError as exc:
-        rejections.count(exc.reason)
-        if rejections.should_log(exc.reason):
-            # Duplicates are QoS 1 redeliveries: expected, so not worth a warning.
-            level = logging.DEBUG if exc.reason is Reason.DUPLICATE else logging.WARNING
-            log.log(level, "rejected message on %r: %r (%d %s so far)", message.topic, exc,
-                    rejections.by_reason[exc.reason.value], exc.reason.value)
+        rejections.reject(exc, message.topic)
         return None

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 #: Commands of the bus core, in the order ``--help`` lists them. The robot's and the cloud's
 #: commands (``edge``, ``worker``, ``model``) are registered by their own packages through the
 #: ``vlabus.commands`` entry-point group, so the core never imports them.
-COMMANDS = ["demo", "keys", "doctor", "hub", "broker", "record", "replay", "log"]
+COMMANDS = ["demo", "keys", "doctor", "hub", "broker", "record", "replay", "log", "view",
+            "gateway"]
 PLUGIN_GROUP = "vlabus.commands"
 
 

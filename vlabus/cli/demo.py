@@ -29,6 +29,9 @@ def register(sub: Any) -> None:
                         help="record all traffic to an MCAP file")
     parser.add_argument("--policy", default=None, metavar="MODULE:FACTORY",
                         help="worker policy (default: the built-in reference VLA)")
+    parser.add_argument("--foxglove", type=int, default=None, metavar="PORT",
+                        help="also serve the fleet to Foxglove on ws://127.0.0.1:PORT "
+                             "(vlabus view; needs the foxglove extra)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     config = DemoConfig(
         bus=args.bus, robots=args.robots, workers=args.workers, seconds=args.seconds,
         fps=args.fps, deadline_ms=args.deadline_ms, chunk=args.chunk, chaos=args.chaos,
-        record=args.record, policy=args.policy, keep=args.keep)
+        record=args.record, policy=args.policy, keep=args.keep, foxglove=args.foxglove)
     summary = run_demo(config, view=sys.stderr)
     if args.json:
         print(json.dumps(summary))

@@ -44,9 +44,18 @@ def register(sub: Any) -> None:
     recover.add_argument("--json", action="store_true")
     recover.set_defaults(func=run_recover)
 
-    export = actions.add_parser("export", help="JSON-encoded MCAP for Foxglove")
+    export = actions.add_parser(
+        "export", help="MCAP for Foxglove: JSON per kind, or native images and plots",
+        description="--format json (default): every message as JSON with a JSON Schema per "
+                    "kind. --format foxglove: cameras as foxglove.CompressedImage/RawImage, "
+                    "state, actions, latency and decisions as JSON with JSON Schemas, "
+                    "rejected messages on vlabus/rejected (docs/foxglove.md).")
     export.add_argument("file")
-    export.add_argument("output")
+    export.add_argument("output", nargs="?", default=None, help="output MCAP (or -o)")
+    export.add_argument("-o", "--output", dest="output_flag", default=None, metavar="OUT",
+                        help="output MCAP file (replaced)")
+    export.add_argument("--format", choices=["json", "foxglove"], default="json",
+                        help="json (default) or foxglove (native image schemas)")
     export.add_argument("--topics", nargs="+", type=topic_pattern, default=None, metavar="PATTERN")
     export.add_argument("--keys", default=None, metavar="DIR",
                         help="verify signatures; skip messages that fail")
@@ -57,7 +66,8 @@ def register(sub: Any) -> None:
     evaluate = actions.add_parser("evaluate", help="compare a policy with recorded actions")
     evaluate.add_argument("file")
     evaluate.add_argument("--policy", required=True,
-                          help="reference, noop, FILE.safetensors or module:factory")
+                          help="reference, noop, FILE.safetensors, DIR, FILE.pt2, FILE.pt "
+                               "or module:factory (docs/policies.md)")
     evaluate.add_argument("--keys", default=None, metavar="DIR", help="verify signatures")
     evaluate.add_argument("--topics", nargs="+", type=topic_pattern, default=None,
                           metavar="PATTERN")
@@ -142,13 +152,28 @@ def run_recover(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from vlabus.log.view import export
-
+    output = args.output_flag or args.output
+    if output is None or (args.output_flag and args.output):
+        return _fail(ValueError("give the output file once: OUT or -o OUT"))
     try:
-        counts = export(args.file, args.output, topics=args.topics, keyring=_keyring(args),
+        if args.format == "foxglove":
+            from vlabus.log.foxglove_export import export_foxglove
+
+            result = export_foxglove(args.file, output, topics=args.topics,
+                                     keyring=_keyring(args), opener=_opener(args))
+            print(json.dumps(result) if args.json else
+                  f"exported {result['messages']} messages as {result['written']} Foxglove "
+                  f"messages; rejected {result['rejected'] or 'none'}")
+            return 0
+        from vlabus.log.view import export
+
+        counts = export(args.file, output, topics=args.topics, keyring=_keyring(args),
                         opener=_opener(args))
     except (BusError, OSError) as exc:
         return _fail(exc)
+    except ImportError as exc:
+        return _fail(ImportError(f"{exc}; --format foxglove needs foxglove-sdk "
+                                 "(pip install 'vlabus[foxglove]')"))
     print(json.dumps(counts) if args.json else
           f"exported {counts['messages']} messages, skipped {counts['skipped']}")
     return 0
