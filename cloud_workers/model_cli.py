@@ -48,7 +48,7 @@ def _human(summary: dict[str, Any]) -> str:
 async def publish_command(args: argparse.Namespace) -> dict[str, Any]:
     from cloud_workers.publisher import build_release, publish_release, read_weights
     from security.keys import load_signer
-    from vlabus.bus.transport import open_transport
+    from vlabus.bus.wait import open_when_up
     from vlabus.wire import Encoder
 
     try:
@@ -61,7 +61,8 @@ async def publish_command(args: argparse.Namespace) -> dict[str, Any]:
     except (BusError, ValueError, OSError) as exc:
         return {"exit_code": 1, "error": str(exc)}
     try:
-        transport = await open_transport(args.bus, options)
+        transport = await open_when_up(args.bus, options, what="model publish",
+                                       timeout_s=args.connect_timeout)
     except (BusError, OSError) as exc:
         return {"exit_code": 2, "error": f"cannot reach {args.bus}: {exc}"}
     manifest = release.manifest

@@ -157,6 +157,13 @@ class DeadlineQueue:
                      if req.model == model and req.deadline_ns]
         return min(deadlines) if deadlines else None
 
+    def remove_if(self, condition: Callable[[Request], bool]) -> list[Request]:
+        """Remove and return every request for which ``condition`` holds (a revoked key)."""
+        removed = [req for _, req in self._items if condition(req)]
+        if removed:
+            self._items = [item for item in self._items if not condition(item[1])]
+        return removed
+
     def drain(self) -> list[Request]:
         """Remove everything (shutdown), best first."""
         items = [req for _, req in reversed(self._items)]

@@ -5,7 +5,7 @@ Two asyncio tasks share one event loop: ``_receive`` runs every message through
 work and runs it on one inference thread, so receiving and verifying continue while the model
 runs. A frame model measured faster than ``WorkerConfig.inline_below_ns`` runs on the loop
 itself instead: for a cheap policy the two thread hand-offs cost more than the work. An idle
-worker takes a message straight from the transport's receive callback (``Inbox.direct``) and,
+worker takes a message straight from the transport's receive callback (``Transport.consume``) and,
 when its batch is due at once and runs inline, answers it there without waking either task.
 
 This module is the loop shell: :mod:`cloud_workers.intake` turns a verified message into a
@@ -33,6 +33,7 @@ from schemas.messages import Frame
 from security.keys import Keyring, Signer
 from vlabus.bus.transport import Message as BusMessage
 from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
+from vlabus.bus.wait import Opener
 from vlabus.inbound import Rejections, accept
 from vlabus.wire import Decoder, Encoder
 
@@ -81,7 +82,7 @@ class Worker:
         await self._publish_status("online")
         receive = asyncio.create_task(self._receive(), name="receive")
         serve = asyncio.create_task(self._serve(), name="serve")
-        self.transport.inbox.direct = self._arrived
+        self.transport.consume(self._arrived)
         self.ready.set()
         stopper = asyncio.create_task(stop.wait())
         try:
@@ -89,11 +90,20 @@ class Worker:
         finally:
             await self._shutdown(receive, serve, stopper)
 
+    def revoke(self, key_ids: set[str]) -> int:
+        """Keys removed from the keyring: drop their requests still queued (counted as
+        ``revoked``); their messages not yet decoded fail verification from now on."""
+        gone = self.queue.remove_if(
+            lambda req: req.meta is not None and req.meta.header.key in key_ids)
+        self.metrics.on_drop("revoked", len(gone))
+        self.metrics.queue_depth.set(len(self.queue))
+        return len(gone)
+
     async def _shutdown(self, receive: asyncio.Task[None], serve: asyncio.Task[None],
                         stopper: asyncio.Task[bool]) -> None:
         """Stop taking work, finish the batch in hand, drop the rest, publish the death."""
         self._stopping = True
-        self.transport.inbox.direct = None
+        self.transport.consume(None)
         self.ready.clear()
         for task in (receive, stopper):
             task.cancel()
@@ -119,7 +129,7 @@ class Worker:
                                      retain=True)
 
     async def _receive(self) -> None:
-        async for message in self.transport.messages():
+        async for message in self.transport:
             self._take(message)
             # The inbox hands over a backlog without suspending: yield after each message so
             # a finished batch is answered, and the next one started, between two decodes
@@ -150,7 +160,7 @@ class Worker:
         return request
 
     def _arrived(self, message: BusMessage) -> bool:
-        """The idle worker's path (the transport's :attr:`Inbox.direct`): a message that finds
+        """The idle worker's path (the transport's :meth:`Transport.consume`): a message that finds
         the serving loop asleep and the queue empty is taken straight from the receive callback
         and, when its batch is due at once and its model runs inline, answered right there.
         That skips the two task wake-ups (receive, then serve) of the queued path, ~25 µs of a
@@ -262,8 +272,10 @@ def _decodes(request: Request) -> bool:
 
 async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: PolicyRunner, *,
                       config: WorkerConfig, metrics: WorkerMetrics | None = None,
-                      options: TransportOptions | None = None) -> Worker:
-    """Connect with the death status as the will, and return a worker ready to :meth:`run`."""
+                      options: TransportOptions | None = None,
+                      opener: Opener = open_transport) -> Worker:
+    """Connect with the death status as the will, and return a worker ready to :meth:`run`.
+    ``opener`` opens the bus (``vlabus worker`` passes one that waits for a bus that is down)."""
     encoder = Encoder(signer)
     session = time.time_ns() // 1000  # grows across restarts without state on disk
     death = encoder.encode(worker_status(config, "offline", session, runner.models))
@@ -272,7 +284,7 @@ async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: Policy
     # no persistent session: the broker must stop routing this worker's share the moment it
     # vanishes (DESIGN trap 1), and frames are QoS 0 anyway
     extra = {"session_expiry_s": "0", **base.extra}
-    transport = await open_transport(url, dataclasses.replace(base, will=will, extra=extra))
+    transport = await opener(url, dataclasses.replace(base, will=will, extra=extra))
     decoder = frame_decoder(keyring, replay_mode=config.replay_mode)
     return Worker(transport, encoder, decoder, runner, config=config, session=session,
                   metrics=metrics)

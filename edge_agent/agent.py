@@ -108,6 +108,8 @@ class EdgeAgent:
                  rejections: Rejections | None = None) -> None:
         self.transport = transport
         self.encoder = encoder
+        #: the trusted keys; a keyring watcher updates it in place (``vlabus edge --keys-poll``)
+        self.keyring = keyring
         self.local = local
         self.config = config
         self.metrics = metrics = metrics or EdgeMetrics()

@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from schemas.errors import Reason
+from vlabus.metrics import LATENCY_BUCKETS
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+_LATENCY_BUCKETS = LATENCY_BUCKETS  # resolve 1–20 ms (see vlabus.metrics)
 _LATENESS_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05)
 
 

@@ -41,10 +41,10 @@ class Receiver:
         # Handled as they arrive, in the transport's receive callback: an action reaches the
         # waiting control step without first waking the task below (which takes what queued
         # before this was set, or while it had a backlog).
-        self.transport.inbox.direct = self._take
+        self.transport.consume(self._take)
 
     async def _run(self) -> None:
-        async for message in self.transport.messages():
+        async for message in self.transport:
             self._take(message)
 
     def _take(self, message: Message) -> bool:
@@ -65,7 +65,7 @@ class Receiver:
             self.feed.handle(message)
 
     async def close(self) -> None:
-        self.transport.inbox.direct = None
+        self.transport.consume(None)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,8 @@ from edge_agent.agent import ActionResult, AgentConfig, EdgeAgent
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.scene import TabletopScene
 from edge_agent.stack import LocalModel, load_identity, open_edge
-from vlabus.bus.transport import TransportOptions
+from vlabus.bus.transport import TransportOptions, open_transport
+from vlabus.bus.wait import Opener
 from vlabus.policy import Observation
 
 COMMANDS = ("pick up the red block", "put the cup on the plate", "open the drawer")
@@ -57,17 +60,18 @@ class SimRobot:
         self.applied += 1
 
 
-async def drive(agent: EdgeAgent, robot: SimRobot, *, fps: float, seconds: float,
+async def drive(agent: EdgeAgent, robot: SimRobot, *, fps: float, seconds: float | None,
                 safety_every: int = 0, stop: asyncio.Event | None = None,
                 on_step: Any = None) -> int:
-    """Run the control loop at ``fps`` for ``seconds``; returns the number of overruns (steps
-    that started after their tick because the previous one took longer than a period)."""
+    """Run the control loop at ``fps`` for ``seconds`` (None: until ``stop`` is set); returns
+    the number of overruns (steps that started after their tick because the previous one took
+    longer than a period)."""
     period = 1.0 / fps
     loop = asyncio.get_running_loop()
     start = loop.time()
-    steps = max(1, round(seconds * fps))
+    steps = itertools.count() if seconds is None else range(max(1, round(seconds * fps)))
     overruns = 0
-    for step in range(steps):
+    for step in steps:
         if stop is not None and stop.is_set():
             break
         tick = start + step * period
@@ -87,12 +91,15 @@ async def drive(agent: EdgeAgent, robot: SimRobot, *, fps: float, seconds: float
 
 async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` calls
         bus_url: str, keys_dir: str | Path, robot_id: str, fps: float, deadline_ms: float,
-        seconds: float, *, chunk: int = 1, refill_below: int | None = None,
+        seconds: float | None, *, chunk: int = 1, refill_below: int | None = None,
         model: LocalModel | None = None, metrics: EdgeMetrics | None = None,
         recorder: Any = None, safety_every: int = 0, stop: asyncio.Event | None = None,
         codec: str = "auto", seed: int = 0,
-        options: TransportOptions | None = None) -> dict[str, Any]:
-    """Run one simulated robot against the bus and return its summary (see ``RunStats``)."""
+        options: TransportOptions | None = None, opener: Opener = open_transport,
+        on_agent: Callable[[EdgeAgent], None] | None = None) -> dict[str, Any]:
+    """Run one simulated robot against the bus and return its summary (see ``RunStats``).
+    ``seconds`` None runs until ``stop`` is set; ``on_agent`` sees the agent once it exists
+    (status lines); ``opener`` opens the bus (see :func:`~edge_agent.stack.open_edge`)."""
     model = model or LocalModel()
     keys, signer = load_identity(keys_dir, robot_id)
     robot = SimRobot(cameras=model.cameras, state_dim=model.state_dim, seed=seed)
@@ -102,7 +109,9 @@ async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` ca
                          period_ns=period_ns, codec=codec)
     agent = await open_edge(bus_url, keys=keys, signer=signer, config=config,
                             probe=robot.observe(0), model=model, metrics=metrics,
-                            recorder=recorder, options=options)
+                            recorder=recorder, options=options, opener=opener)
+    if on_agent is not None:
+        on_agent(agent)
     ticker = asyncio.create_task(_tick_recorder(recorder)) if recorder is not None else None
     started = time.monotonic()
     try:

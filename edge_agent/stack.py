@@ -23,6 +23,7 @@ from schemas.status import status_message
 from schemas.topics import robot_status_topic
 from security.keys import Keyring, Signer, load_signer
 from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
+from vlabus.bus.wait import Opener
 from vlabus.inbound import Rejections
 from vlabus.policy import Observation, Policy
 from vlabus.policy.reference import ReferencePolicy
@@ -63,9 +64,11 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
                     probe: Observation, model: LocalModel | None = None,
                     metrics: EdgeMetrics | None = None, recorder: RecordSink | None = None,
                     transport: Transport | None = None,
-                    options: TransportOptions | None = None) -> EdgeAgent:
+                    options: TransportOptions | None = None,
+                    opener: Opener = open_transport) -> EdgeAgent:
     """A started agent for ``config.robot_id`` on ``bus_url`` (or on ``transport`` if given;
-    ``options`` carry credentials; the default client id is the robot id)."""
+    ``options`` carry credentials; the default client id is the robot id). ``opener`` opens
+    the bus (``vlabus edge`` passes one that does not wait for a bus that is down)."""
     model = model or LocalModel()
     metrics = metrics or EdgeMetrics()
     config = dataclasses.replace(config, local_model=model.name)
@@ -78,7 +81,7 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
             config.robot_id, "robot", "offline", session=session,
             models={model.name: version})), qos=1, retain=True)
         base = options or TransportOptions(client_id=config.robot_id)
-        transport = await open_transport(bus_url, dataclasses.replace(base, will=will))
+        transport = await opener(bus_url, dataclasses.replace(base, will=will))
     local = LocalPolicy(policy, version)
     local.warm_up(probe)
     rejections = Rejections(metrics.on_reject)

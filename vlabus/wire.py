@@ -298,7 +298,7 @@ class Decoder:
         size = len(view)
         key = self.keyring.get(header.key)
         if key is None:
-            raise UnknownKeyError(header.key)
+            raise UnknownKeyError(header.key, header.sender)
         if key.identity != header.sender:
             raise IdentityMismatchError(
                 f"key {header.key} belongs to {key.identity!r}, header says {header.sender!r}")

@@ -13,7 +13,8 @@ from vlabus.broker.local import LocalMosquitto
 from vlabus.bus.memory import reset_memory
 from vlabus.bus.transport import TransportOptions
 from vlabus.cli.procs import free_port
-from vlabus.hub.server import Hub, HubConfig
+from vlabus.hub.config import HubConfig
+from vlabus.hub.server import Hub
 
 
 def _zmq_bus(request: pytest.FixtureRequest) -> Iterator[Bus]:

@@ -119,7 +119,7 @@ def test_shared_group_splits_load(bus: Bus) -> None:
             for _ in range(100):
                 await pub.publish("vla/v1/probe/task", b"probe", qos=1)
                 try:
-                    await asyncio.wait_for(member.recv(), 0.1)
+                    await asyncio.wait_for(member.receive(), 0.1)
                     break
                 except TimeoutError:
                     continue
@@ -219,7 +219,7 @@ def test_direct_consumer_keeps_order_and_loses_only_what_it_fails_on(bus: Bus) -
                 return True
             return False  # 2 declined: queued, and from then on nothing is offered
 
-        sub.inbox.direct = direct
+        sub.consume(direct)
         dropped = sub.counters()["inbox_dropped"]
         for i in range(8):
             await pub.publish("vla/v1/robot-a/frame", i.to_bytes(4, "big"), qos=1)

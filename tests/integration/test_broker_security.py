@@ -26,7 +26,7 @@ async def connect(broker: LocalMosquitto, identity: str) -> Transport:
 
 
 async def recv(transport: Transport) -> Message:
-    return await asyncio.wait_for(transport.recv(), TIMEOUT)
+    return await asyncio.wait_for(transport.receive(), TIMEOUT)
 
 
 async def close(*transports: Transport) -> None:
@@ -115,7 +115,7 @@ def test_workers_group_loses_nothing_to_an_intruder(mosquitto_fleet: LocalMosqui
         all_in = asyncio.Event()
 
         async def drain(worker: Transport) -> None:
-            async for message in worker.messages():
+            async for message in worker:
                 got.append(int(bytes(message.payload)))
                 if len(got) == count:
                     all_in.set()

@@ -17,7 +17,7 @@ from schemas.errors import BusError, SubscribeRejected, TransportError
 from security.keys import add_key
 from tests.support.mosquitto import running_broker
 from vlabus.broker.local import LocalMosquitto
-from vlabus.broker.render import ADMIN, TEMPLATES, render
+from vlabus.broker.render import ADMIN, render, templates_dir
 from vlabus.bus.transport import Transport, open_transport
 from vlabus.cli import main
 
@@ -96,7 +96,7 @@ def test_sync_adds_removes_and_edits_identities_on_a_running_fleet_broker(
 
     asyncio.run(leave())
 
-    rules = json.loads((TEMPLATES / "acl.json").read_text())
+    rules = json.loads((templates_dir() / "acl.json").read_text())
     rules["robot"]["publish"].append("vla/v1/{id}/telemetry")  # a rule added for robots
     (tmp_path / "acl.json").write_text(json.dumps(rules))
     acl = ["--acl", str(tmp_path / "acl.json")]

@@ -15,10 +15,15 @@ import pytest
 
 websocket_client_policy = pytest.importorskip("openpi_client.websocket_client_policy")
 
+from schemas.messages import Status  # noqa: E402
+from schemas.topics import robot_status_topic  # noqa: E402
+from tests.support.aio import recv, run  # noqa: E402
 from tests.support.keys import KeyDir  # noqa: E402
+from vlabus.bus.transport import TransportOptions, open_transport  # noqa: E402
 from vlabus.cli.procs import Child  # noqa: E402
 from vlabus.policy import Observation  # noqa: E402
 from vlabus.policy.reference import ReferencePolicy  # noqa: E402
+from vlabus.wire import Decoder  # noqa: E402
 
 pytestmark = [
     pytest.mark.integration, pytest.mark.slow,
@@ -93,6 +98,19 @@ def start_gateway(children: list[Child], tmp_path: Path, url: str, keydir: KeyDi
     return found
 
 
+async def retained_status(url: str, keydir: KeyDir) -> Status:
+    """The robot's retained status, as a fresh subscriber gets it (verified)."""
+    bus = await open_transport(url, TransportOptions(client_id="status-reader"))
+    try:
+        await bus.subscribe(robot_status_topic("robot-a"))
+        message = await recv(bus)
+    finally:
+        await bus.close()
+    status = Decoder(keydir.ring).decode(message.payload).message
+    assert isinstance(status, Status)
+    return status
+
+
 def aloha_observation(seed: int) -> dict[str, Any]:
     """An observation as openpi's ALOHA example sends it: CxHxW uint8 images."""
     rng = np.random.default_rng(seed)
@@ -147,6 +165,9 @@ def test_unmodified_openpi_client_gets_a_worker_chunk(zmq_hub: Any, keydir: KeyD
 def test_late_cloud_and_bad_observations_are_errors_the_client_survives(
         zmq_hub: Any, keydir: KeyDir, tmp_path: Path, children: list[Child]) -> None:
     port = start_gateway(children, tmp_path, zmq_hub.url, keydir, "--deadline-ms", "200")
+    status = run(retained_status(zmq_hub.url, keydir))
+    assert (status.client_id, status.role, status.state) == ("robot-a", "robot", "online")
+    assert status.detail == {"gateway": "openpi"}
     client = websocket_client_policy.WebsocketClientPolicy(host="127.0.0.1", port=port)
     try:
         for _ in range(2):  # no worker: late each time, and the connection stays usable

@@ -22,15 +22,17 @@ from tests.support.aio import eventually, recv, run
 from tests.support.frames import make_frame
 from tests.support.hub import CurveHub
 from tests.support.robot import Robot
-from vlabus.broker.render import TEMPLATES
+from vlabus.broker.render import templates_dir
 from vlabus.bus.transport import Will
 from vlabus.bus.zmq import ZmqTransport, open_zmq
 from vlabus.cli import main
 from vlabus.hub.access import Access
-from vlabus.hub.server import Hub, HubConfig, tcp_endpoint
+from vlabus.hub.config import HubConfig
+from vlabus.hub.protocol import tcp_endpoint
+from vlabus.hub.server import Hub
 from vlabus.policy.reference import NoopPolicy
 
-RULES = json.loads((TEMPLATES / "acl.json").read_text())
+RULES = json.loads((templates_dir() / "acl.json").read_text())
 FRAMES, ACTIONS = topics.ALL_FRAMES, "vla/v1/+/action"
 
 
@@ -100,7 +102,7 @@ def fleet_hub(tmp_path: Path) -> Iterator[CurveHub]:
         add_key(keyring, role, name)
         add_curve_client(curve, name)
     add_curve_client(curve, "stranger")  # admitted by CURVE, absent from the keyring
-    rules = Access.from_keyring(keyring, TEMPLATES / "acl.json")
+    rules = Access.from_keyring(keyring, templates_dir() / "acl.json")
     hub = Hub(HubConfig(curve_dir=curve, heartbeat_ms=200, access=rules)).start()
     try:
         yield CurveHub(hub, curve)
@@ -129,10 +131,10 @@ def test_a_robot_cannot_take_the_pools_frames(fleet_hub: CurveHub) -> None:
             await thief.subscribe(ACTIONS)  # would read every robot's actions
         assert (refused.value.pattern, refused.value.code) == (ACTIONS, 0x87)
         assert thief.counters()["denied"] == 2
-        assert not thief._subs  # a refused subscription is not sent again after a reconnect
+        assert not thief._session.subscriptions  # a refused one is not re-sent after a reconnect
         for step in range(6):
             await robot_a.publish(topics.frame_topic("robot-a"), b"f%d" % step, qos=1)
-        got = [bytes((await asyncio.wait_for(worker.recv(), 5)).payload) for _ in range(6)]
+        got = [bytes((await asyncio.wait_for(worker.receive(), 5)).payload) for _ in range(6)]
         assert got == [b"f%d" % step for step in range(6)]
         # A marker after the action, on the thief's own topic: the hub routes the worker's
         # messages in order, so once the marker is in, a leaked action would be in before it.
@@ -160,10 +162,10 @@ def test_a_refused_publish_fails_at_qos1_and_is_never_delivered(fleet_hub: Curve
         with pytest.raises(TransportError, match="hub refused"):
             await stranger.publish(topics.frame_topic("stranger"), b"who", qos=1)
         await robot_a.publish(topics.frame_topic("robot-a"), b"real", qos=1)
-        message = await asyncio.wait_for(worker.recv(), 5)
+        message = await asyncio.wait_for(worker.receive(), 5)
         assert (message.topic, bytes(message.payload)) == (topics.frame_topic("robot-a"), b"real")
         await eventually(lambda: robot_a.counters()["denied"] == 2)
-        assert len(worker.inbox) == 0
+        assert worker.receive_nowait() is None
         assert fleet_hub.hub.counters()["denied"] == 3
         for t in (worker, robot_a, stranger):
             await t.close()
@@ -183,7 +185,7 @@ def test_a_will_on_a_foreign_topic_is_dropped(fleet_hub: CurveHub) -> None:
         await eventually(lambda: robot_a.counters()["denied"] == 1)
         robot_a.abort()
         robot_b.abort()  # no BYE: the hub publishes the wills it accepted
-        message = await asyncio.wait_for(worker.recv(), 5)
+        message = await asyncio.wait_for(worker.receive(), 5)
         assert (message.topic, bytes(message.payload)) == ("vla/v1/robot-b/status",
                                                            b"robot-b gone")
         # Both disconnects handled (each publishes its will, if any, in the same step on the
@@ -283,10 +285,10 @@ def test_a_recorder_sees_the_pools_traffic_without_taking_any(fleet_hub: CurveHu
         await settle(worker)
         for step in range(4):
             await robot_a.publish(topics.frame_topic("robot-a"), b"f%d" % step, qos=1)
-        got = [bytes((await asyncio.wait_for(worker.recv(), 5)).payload) for _ in range(4)]
+        got = [bytes((await asyncio.wait_for(worker.receive(), 5)).payload) for _ in range(4)]
         assert got == [b"f%d" % step for step in range(4)]
         await worker.publish(topics.action_topic("robot-a"), b"act", qos=1)
-        seen = [await asyncio.wait_for(rec.recv(), 5) for _ in range(6)]  # 4 frames, the
+        seen = [await asyncio.wait_for(rec.receive(), 5) for _ in range(6)]  # 4 frames, the
         # worker's settle probe and the action, in publish order per sender
         assert [bytes(m.payload) for m in seen if m.topic == topics.frame_topic("robot-a")] \
             == [b"f%d" % step for step in range(4)]
@@ -327,14 +329,14 @@ def test_reload_admits_a_new_client_and_revokes_what_a_removed_identity_held(
     robot-b leaves the keyring. Until ``reload`` robot-c is refused at the handshake; after
     it, robot-c works within its rules and robot-b's subscription is cancelled at once."""
     keyring = tmp_path / "keys"
-    acl = TEMPLATES / "acl.json"
+    acl = templates_dir() / "acl.json"
 
     async def body() -> None:
         worker = await connect(fleet_hub, "worker-1")
         robot_b = await connect(fleet_hub, "robot-b")
         await robot_b.subscribe(topics.action_topic("robot-b"))
         await worker.publish(topics.action_topic("robot-b"), b"before", qos=1)
-        assert bytes((await asyncio.wait_for(robot_b.recv(), 5)).payload) == b"before"
+        assert bytes((await asyncio.wait_for(robot_b.receive(), 5)).payload) == b"before"
 
         add_key(keyring, "robot", "robot-c")
         add_curve_client(fleet_hub.keys, "robot-c")
@@ -350,14 +352,14 @@ def test_reload_admits_a_new_client_and_revokes_what_a_removed_identity_held(
         with pytest.raises(SubscribeRejected):
             await robot_c.subscribe(topics.action_topic("robot-a"))
         await worker.publish(topics.action_topic("robot-c"), b"hello c", qos=1)
-        assert bytes((await asyncio.wait_for(robot_c.recv(), 5)).payload) == b"hello c"
+        assert bytes((await asyncio.wait_for(robot_c.receive(), 5)).payload) == b"hello c"
         await worker.publish(topics.action_topic("robot-b"), b"after", qos=1)
         with pytest.raises(TransportError, match="hub refused"):
             await robot_b.publish(topics.frame_topic("robot-b"), b"gone", qos=1)
         # No sleep needed: "after" was routed (worker's ACK) before robot-b's publish reached
         # the hub, and the hub's NACK follows on the same connection, so had "after" been
         # delivered it would be in robot-b's inbox by now.
-        assert len(robot_b.inbox) == 0  # its subscription went with its keyring entry
+        assert robot_b.receive_nowait() is None  # its subscription went with its keyring entry
         counters = fleet_hub.hub.counters()
         assert (counters["reloads"], counters["revoked"]) == (1, 1)
         for t in (worker, robot_b, robot_c):

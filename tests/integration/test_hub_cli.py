@@ -23,7 +23,7 @@ from security.keys import add_key
 from vlabus.bus.transport import CurveKeys, TransportOptions
 from vlabus.bus.zmq import open_zmq
 from vlabus.hub.process import HubProcess
-from vlabus.hub.server import tcp_endpoint
+from vlabus.hub.protocol import tcp_endpoint
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def test_hub_process_round_trip_and_summary() -> None:
             t = await open_zmq(url, TransportOptions(client_id="cli"))
             await t.subscribe("vla/v1/+/frame")
             await t.publish("vla/v1/r/frame", b"via process", qos=1)
-            assert bytes((await asyncio.wait_for(t.recv(), 5)).payload) == b"via process"
+            assert bytes((await asyncio.wait_for(t.receive(), 5)).payload) == b"via process"
             await t.close()
         asyncio.run(body())
     finally:
@@ -79,7 +79,7 @@ def test_hub_serves_its_counters_to_prometheus() -> None:
                 await pub.publish("vla/v1/r/action", b"%d" % step, qos=1)
             await pub.publish("vla/v1/r/status", b"up", qos=1, retain=True)
             for _ in range(3):
-                await asyncio.wait_for(sub.recv(), 5)
+                await asyncio.wait_for(sub.receive(), 5)
             _, text = await asyncio.to_thread(scrape, port)
             await sub.close()
             await pub.close()

@@ -32,7 +32,7 @@ async def connect(broker: LocalMosquitto, client_id: str, **options: Any) -> Mqt
 
 
 async def recv_payload(transport: Transport) -> bytes:
-    return bytes((await asyncio.wait_for(transport.recv(), TIMEOUT)).payload)
+    return bytes((await asyncio.wait_for(transport.receive(), TIMEOUT)).payload)
 
 
 def test_tcp_nodelay_on_the_client_socket(mosquitto: LocalMosquitto,
@@ -137,7 +137,7 @@ def test_will_on_vanishing_not_on_close(mosquitto: LocalMosquitto) -> None:
         crashing = await connect(mosquitto, "crashing", will=Will(
             "vla/v1/robot-b/status", b"offline", qos=1, retain=True))
         crashing.abort()
-        message = await asyncio.wait_for(watcher.recv(), TIMEOUT)
+        message = await asyncio.wait_for(watcher.receive(), TIMEOUT)
         assert (message.topic, message.payload) == ("vla/v1/robot-b/status", b"offline")
         late = await connect(mosquitto, "late")  # the death was retained
         await late.subscribe("vla/v1/robot-b/status")
@@ -216,7 +216,7 @@ def test_misuse_raises(mosquitto: LocalMosquitto) -> None:
         with pytest.raises(TransportError, match="closed"):
             await transport.publish("vla/v1/robot-a/task", b"x")
         with pytest.raises(TransportError, match="closed"):
-            await transport.recv()
+            await transport.receive()
         assert set(transport.counters()) >= {
             "published", "rejected", "reconnects", "disconnects", "received", "inbox_dropped",
             "outbox_evicted", "outbox_expired", "expired_unsent", "unrouted", "unrouted_retries"}

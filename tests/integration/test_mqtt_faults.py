@@ -28,7 +28,7 @@ async def until(topic: str, payload: bytes, transport: Transport) -> list[Messag
     """Everything ``transport`` receives up to and including (topic, payload)."""
     seen = []
     while True:
-        message = await asyncio.wait_for(transport.recv(), TIMEOUT)
+        message = await asyncio.wait_for(transport.receive(), TIMEOUT)
         seen.append(message)
         if (message.topic, bytes(message.payload)) == (topic, payload):
             return seen
@@ -73,7 +73,7 @@ def test_outage_under_traffic(mosquitto_fleet: LocalMosquitto) -> None:
         seen = await until("vla/v1/robot-a/frame", b"marker", worker)
         seen_tasks = [bytes(m.payload) for m in seen if m.topic.endswith("/task")]
         while len(set(seen_tasks)) < 5:
-            seen_tasks.append(bytes((await asyncio.wait_for(worker.recv(), TIMEOUT)).payload))
+            seen_tasks.append(bytes((await asyncio.wait_for(worker.receive(), TIMEOUT)).payload))
         # At least once (a QoS 1 redelivery may repeat one); a retried one may be overtaken.
         assert set(seen_tasks) == {b"task-%d" % i for i in range(5)}
         assert b"stale" not in {bytes(m.payload) for m in seen}
@@ -101,7 +101,7 @@ def test_stalled_consumer_never_blocks_the_publisher(mosquitto: LocalMosquitto) 
         # Nobody read: the inbox kept the newest 50 and counted the rest as dropped.
         while stalled.counters()["received"] < count + 1:
             await asyncio.sleep(0.01)  # the network thread is still handing messages over
-        newest = [await stalled.recv() for _ in range(50)]
+        newest = [await stalled.receive() for _ in range(50)]
         assert newest[-1].payload == b"last"
         assert stalled.counters()["inbox_dropped"] >= count + 1 - 50
         assert stalled.connected

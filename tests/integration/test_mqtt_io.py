@@ -19,7 +19,7 @@ TOPIC = "vla/v1/robot-a/frame"
 
 
 async def received(transport: Transport, count: int) -> list[bytes]:
-    return [bytes((await asyncio.wait_for(transport.recv(), TIMEOUT)).payload)
+    return [bytes((await asyncio.wait_for(transport.receive(), TIMEOUT)).payload)
             for _ in range(count)]
 
 

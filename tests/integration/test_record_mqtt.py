@@ -92,7 +92,7 @@ def test_restamped_replay_cli_over_mqtt(mosquitto: LocalMosquitto, keydir: KeyDi
             "--broker-config", str(mosquitto.config_dir), "--rate", "2", "--topics",
             "vla/v1/+/frame", "--restamp", str(keydir.path), "--keys", str(keydir.path),
             "--json", "--quiet", cwd=ROOT, stdout=asyncio.subprocess.PIPE)
-        got = [bytes((await asyncio.wait_for(sink.recv(), 20)).payload) for _ in frames]
+        got = [bytes((await asyncio.wait_for(sink.receive(), 20)).payload) for _ in frames]
         out, _ = await asyncio.wait_for(child.communicate(), 20)
         await sink.close()
         return got, json.loads(out)

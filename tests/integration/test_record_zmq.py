@@ -127,14 +127,14 @@ def test_replay_over_zmq_keeps_order(zmq_hub: Hub, keydir: KeyDir, tmp_path: Pat
         sink = await connect(zmq_hub.url, "sink")
         player = await connect(zmq_hub.url, "player")
         await sink.subscribe("vla/v1/#")
-        await eventually(lambda: len(sink.inbox) > 0,  # type: ignore[attr-defined]
+        await eventually(lambda: sink.counters()["received"] > 0,
                          nudge=lambda: player.publish("vla/v1/probe/status", b"probe"))
-        while sink.inbox.get_nowait() is not None:  # type: ignore[attr-defined]
+        while sink.receive_nowait() is not None:
             pass
         await Replayer(player, path, rate=5.0).run()
         got = []
         for _ in written:
-            got.append(bytes((await asyncio.wait_for(sink.recv(), 5)).payload))
+            got.append(bytes((await asyncio.wait_for(sink.receive(), 5)).payload))
         await sink.close()
         await player.close()
         return got
@@ -172,7 +172,7 @@ def test_full_disk_ends_vlabus_record_but_not_the_bus(zmq_hub: Hub, keydir: KeyD
         await pub.publish(frame_topic("robot-a"), b"after")
 
         async def see_after() -> None:
-            while bytes((await other.recv()).payload) != b"after":
+            while bytes((await other.receive()).payload) != b"after":
                 pass
 
         await asyncio.wait_for(see_after(), 10)

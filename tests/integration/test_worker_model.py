@@ -63,12 +63,12 @@ def test_release_reassembles_on_the_robot_side(weights: Path, keydir: KeyDir) ->
         release = build_release(data, name="reference", version=2, chunk_size=777)
         await publish_release(pub, Encoder(keydir.signers["release"]), release)
         decoder = Decoder(keydir.ring, ReplayGuard())
-        manifest = decoder.decode((await robot.recv()).payload)
+        manifest = decoder.decode((await robot.receive()).payload)
         assert manifest.role == "release"
         assert isinstance(manifest.message, ModelManifest)
         parts: dict[int, bytes] = {}
         while len(parts) < len(manifest.message.chunk_sha256):
-            chunk = decoder.decode((await asyncio.wait_for(robot.recv(), 5)).payload).message
+            chunk = decoder.decode((await asyncio.wait_for(robot.receive(), 5)).payload).message
             assert isinstance(chunk, ModelChunk)
             assert hashlib.sha256(chunk.data).hexdigest() == \
                 manifest.message.chunk_sha256[chunk.index]
@@ -98,7 +98,7 @@ def test_cli_publish_leaves_a_retained_signed_manifest(weights: Path, keydir: Ke
         async def late_subscriber() -> ModelManifest:
             client = await open_transport(url, TransportOptions(client_id="late"))
             await client.subscribe(topics.model_manifest_topic("reference"))
-            got = Decoder(keydir.ring).decode((await asyncio.wait_for(client.recv(), 5)).payload)
+            got = Decoder(keydir.ring).decode((await asyncio.wait_for(client.receive(), 5)).payload)
             await client.close()
             assert isinstance(got.message, ModelManifest)
             return got.message
@@ -137,12 +137,12 @@ def test_cli_publish_over_mosquitto_reassembles(weights: Path, keydir: KeyDir,
         assert proc.returncode == 0, out
         summary = json.loads(out)
         decoder = Decoder(keydir.ring, ReplayGuard())
-        manifest = decoder.decode((await asyncio.wait_for(robot.recv(), 10)).payload).message
+        manifest = decoder.decode((await asyncio.wait_for(robot.receive(), 10)).payload).message
         assert isinstance(manifest, ModelManifest)
         assert manifest.sha256 == summary["sha256"]
         parts: dict[int, bytes] = {}
         while len(parts) < summary["chunks"]:
-            chunk = decoder.decode((await asyncio.wait_for(robot.recv(), 10)).payload).message
+            chunk = decoder.decode((await asyncio.wait_for(robot.receive(), 10)).payload).message
             assert isinstance(chunk, ModelChunk)
             parts[chunk.index] = bytes(chunk.data)
         assert hashlib.sha256(b"".join(parts[i] for i in sorted(parts))).hexdigest() == \

@@ -105,7 +105,7 @@ def test_sigkilled_worker_mid_batch_leaves_the_other_serving(
                     proc.stderr.readline(), 60)):
                 assert line, "worker exited before it was ready"
             decoder = Decoder(keydir.ring, ReplayGuard())
-            birth = decoder.decode((await asyncio.wait_for(watcher.recv(), 10)).payload).message
+            birth = decoder.decode((await asyncio.wait_for(watcher.receive(), 10)).payload).message
             assert isinstance(birth, Status)
             assert birth.state == "online"
             async with in_process_worker(mosquitto, keydir, "worker-2") as w2:
@@ -117,7 +117,7 @@ def test_sigkilled_worker_mid_batch_leaves_the_other_serving(
                 proc.send_signal(signal.SIGKILL)
                 await proc.wait()
                 death = decoder.decode(
-                    (await asyncio.wait_for(watcher.recv(), 10)).payload).message
+                    (await asyncio.wait_for(watcher.receive(), 10)).payload).message
                 assert isinstance(death, Status)
                 assert death.state == "offline"
                 assert death.session == birth.session

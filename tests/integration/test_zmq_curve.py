@@ -27,7 +27,7 @@ def test_admitted_client_talks(zmq_curve_hub: CurveHub) -> None:
         t = await open_zmq(zmq_curve_hub.url, zmq_curve_hub.options("robot-a"))
         await t.subscribe("vla/v1/robot-a/action")
         await t.publish("vla/v1/robot-a/action", b"go", qos=1)
-        assert bytes((await asyncio.wait_for(t.recv(), 5)).payload) == b"go"
+        assert bytes((await asyncio.wait_for(t.receive(), 5)).payload) == b"go"
         await t.close()
     run(body())
 

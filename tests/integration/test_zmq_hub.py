@@ -17,7 +17,9 @@ from schemas.errors import TransportError
 from tests.support.aio import eventually, run
 from vlabus.bus.transport import Message, TransportOptions, Will, open_transport
 from vlabus.bus.zmq import ZmqTransport, open_zmq
-from vlabus.hub.server import Hub, HubConfig, tcp_endpoint
+from vlabus.hub.config import HubConfig
+from vlabus.hub.protocol import tcp_endpoint
+from vlabus.hub.server import Hub
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +30,7 @@ async def client(url: str, name: str, **kw: Any) -> ZmqTransport:
 
 
 async def recv(t: ZmqTransport, timeout: float = 5.0) -> Message:
-    return await asyncio.wait_for(t.recv(), timeout)
+    return await asyncio.wait_for(t.receive(), timeout)
 
 
 async def sync(t: ZmqTransport) -> None:
@@ -396,7 +398,7 @@ def test_unacknowledged_qos1_publish_fails_after_two_keepalives_and_is_forgotten
             with pytest.raises(TransportError, match="did not acknowledge"):
                 await asyncio.wait_for(acked, 5)
             assert 1.8 < time.monotonic() - started < 4
-            assert not t._pending  # not re-sent after a later reconnect
+            assert not t._session.inflight  # not re-sent after a later reconnect
             t.abort()
 
     run(body())

@@ -42,7 +42,7 @@ async def eventually(predicate: Callable[[], bool], timeout: float = TIMEOUT, *,
 
 async def recv(transport: Any, timeout: float = TIMEOUT) -> Any:
     """The next message of ``transport``, or ``TimeoutError`` after ``timeout`` seconds."""
-    return await asyncio.wait_for(transport.recv(), timeout)
+    return await asyncio.wait_for(transport.receive(), timeout)
 
 
 async def collect(transport: Any, count: int, timeout: float = TIMEOUT) -> list[Any]:
@@ -51,7 +51,7 @@ async def collect(transport: Any, count: int, timeout: float = TIMEOUT) -> list[
 
     async def take() -> None:
         while len(received) < count:
-            received.append(await transport.recv())
+            received.append(await transport.receive())
 
     await asyncio.wait_for(take(), timeout)
     return received

@@ -67,7 +67,7 @@ async def settle(publisher: Transport, subscriber: Transport, topic: str) -> Non
     for attempt in range(200):
         await publisher.publish(topic, b"probe", qos=0)
         try:
-            message = await asyncio.wait_for(subscriber.recv(), 0.05 * (1 + attempt // 20))
+            message = await asyncio.wait_for(subscriber.receive(), 0.05 * (1 + attempt // 20))
         except TimeoutError:
             continue
         assert message.topic == topic
@@ -79,7 +79,7 @@ async def try_recv(transport: Transport, timeout: float) -> Message | None:
     """The next message, or None after ``timeout`` seconds (for draining, never to assert
     that nothing arrived: publish a marker for that)."""
     try:
-        return await asyncio.wait_for(transport.recv(), timeout)
+        return await asyncio.wait_for(transport.receive(), timeout)
     except TimeoutError:
         return None
 
@@ -88,7 +88,7 @@ async def until_marker(transport: Transport, marker: bytes) -> list[Message]:
     """Everything ``transport`` receives before the message whose payload is ``marker``."""
     seen: list[Message] = []
     while True:
-        message = await asyncio.wait_for(transport.recv(), TIMEOUT)
+        message = await asyncio.wait_for(transport.receive(), TIMEOUT)
         if bytes(message.payload) == marker:
             return seen
         seen.append(message)

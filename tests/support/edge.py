@@ -89,7 +89,7 @@ class FakeCloud:
         return self
 
     async def _serve(self) -> None:
-        async for message in self.transport.messages():
+        async for message in self.transport:
             received = accept(self._decoder, message, self.rejections)
             if received is None or not isinstance(received.message, Frame):
                 continue

@@ -16,7 +16,8 @@ import pytest
 
 from security.curve import add_curve_client, init_curve, load_client_keys
 from vlabus.bus.transport import CurveKeys, TransportOptions
-from vlabus.hub.server import Hub, HubConfig
+from vlabus.hub.config import HubConfig
+from vlabus.hub.server import Hub
 
 
 @dataclass

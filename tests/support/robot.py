@@ -38,7 +38,7 @@ class Robot:
         return robot
 
     async def _collect(self) -> None:
-        async for message in self.transport.messages():
+        async for message in self.transport:
             got = self.decoder.decode(message.payload)
             assert isinstance(got.message, Action | TaskResult)
             self.replies[got.header.corr] = got.message

@@ -147,7 +147,7 @@ def test_cli_run_serves_until_terminated(keydir: KeyDir, tmp_path: Path) -> None
             client = await open_transport(url, client_options(config, "robot-a"))
             await client.subscribe("vla/v1/robot-a/action")
             await client.publish("vla/v1/robot-a/action", b"hi", qos=1)
-            assert (await asyncio.wait_for(client.recv(), 10)).payload == b"hi"
+            assert (await asyncio.wait_for(client.receive(), 10)).payload == b"hi"
             await client.close()
 
         asyncio.run(use())

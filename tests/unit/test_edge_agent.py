@@ -282,7 +282,7 @@ def test_the_agent_reads_its_injected_clocks_for_the_wire(keydir: KeyDir) -> Non
         try:
             result = await agent.act(observation())
             assert result.source is Source.FALLBACK  # nobody answers
-            message = await asyncio.wait_for(listener.recv(), 5.0)
+            message = await asyncio.wait_for(listener.receive(), 5.0)
             received = Decoder(keydir.ring).decode(message.payload)
             frame = received.message
             assert isinstance(frame, Frame)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from schemas.topics import matches
-from vlabus.hub.routes import Routes, decode_meta, encode_meta
+from vlabus.hub.protocol import decode_meta, encode_meta
+from vlabus.hub.routes import Routes
 
 
 def test_wildcards_match_levels_not_prefixes() -> None:

@@ -31,6 +31,7 @@ from vlabus.log.formats import (
     UNPARSED_ENCODING,
     format_of,
 )
+from vlabus.log.mcap_decoder import VlabusDecoderFactory
 from vlabus.log.reader import iter_log, summarize
 from vlabus.log.record import Recorder
 from vlabus.log.view import cat
@@ -176,3 +177,18 @@ def test_format_of_reads_labels() -> None:
     assert format_of("msgpack", {"vlabus.format": "envelope-v1"}) == "legacy"
     assert format_of("msgpack", {"vlabus.format": "envelope"}) == "foreign"  # mismatched label
     assert format_of("json", {}) == "foreign"
+
+
+def test_upstream_decoded_message_api_with_the_vlabus_decoder_factory(keydir: KeyDir,
+                                                                      tmp_path: Path) -> None:
+    path = tmp_path / "run.mcap"
+    record_mixed(path, keydir)
+    with open(path, "rb") as stream:
+        reader = make_reader(stream, decoder_factories=[VlabusDecoderFactory(keydir.ring)])
+        decoded = [(ch.topic, value) for _s, ch, _m, value in reader.iter_decoded_messages(
+            topics=["vla/v1/robot-a/action", "vla/v1/robot-a/decision"])]
+    (action_topic_name, received), (_decision_topic, decision) = decoded
+    assert action_topic_name == "vla/v1/robot-a/action"
+    assert received.role == "worker"
+    assert received.message.worker_id == "worker-1"
+    assert decision == DECISION_RECORD

@@ -35,7 +35,7 @@ async def play(path: Path, name: str,
     stats = await replayer.run()
     elapsed = time.monotonic() - started
     got = []
-    while (message := sink.inbox.get_nowait()) is not None:  # type: ignore[attr-defined]
+    while (message := sink.receive_nowait()) is not None:
         got.append(message)
     await bus.close()
     await sink.close()
@@ -155,7 +155,7 @@ def test_loop_repeats_the_same_sequence(keydir: KeyDir, tmp_path: Path) -> None:
         task = asyncio.create_task(replayer.run())
         got = []
         for _ in range(len(written) * 3 + 2):
-            got.append(bytes((await asyncio.wait_for(sink.recv(), 5)).payload))
+            got.append(bytes((await asyncio.wait_for(sink.receive(), 5)).payload))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

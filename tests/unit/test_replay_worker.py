@@ -45,7 +45,7 @@ async def replay_into_worker(url: str, keydir: KeyDir, path: Path, *, replay_mod
     async def settle() -> None:
         # Every frame ends as an action or a rejection; wait for that, not for a while.
         while len(actions) + worker.rejections.total < frames:
-            message = await robot.recv()
+            message = await robot.receive()
             received = decoder.decode(message.payload)
             assert isinstance(received.message, Action)
             actions.append(received.message)

@@ -69,7 +69,7 @@ def test_reply_carries_frame_deadline_and_goes_to_sender_only(keydir: KeyDir) ->
             deadline = await a.send_frame(make_frame("robot-a", 1), "only-a")
             await a.wait_for(1)
             assert b.replies == {}
-            message = await asyncio.wait_for(spy.recv(), 5)
+            message = await asyncio.wait_for(spy.receive(), 5)
             assert message.topic == topics.action_topic("robot-a")
             got = Decoder(keydir.ring).decode(message.payload)
             assert got.header.deadline_ns == deadline
@@ -189,7 +189,7 @@ def test_birth_and_death_status(keydir: KeyDir) -> None:
         decoder = Decoder(keydir.ring, ReplayGuard())
 
         async def next_status() -> Status:
-            message = await asyncio.wait_for(watcher.recv(), 10)
+            message = await asyncio.wait_for(watcher.receive(), 10)
             status = decoder.decode(message.payload).message
             assert isinstance(status, Status)
             return status
@@ -215,7 +215,7 @@ def test_will_is_death_status_when_worker_vanishes(keydir: KeyDir) -> None:
         worker.transport.abort()  # type: ignore[attr-defined]
         watcher = await open_transport(url, TransportOptions(client_id="watcher"))
         await watcher.subscribe(topics.worker_status_topic("worker-2"))
-        message = await asyncio.wait_for(watcher.recv(), 5)
+        message = await asyncio.wait_for(watcher.receive(), 5)
         status = Decoder(keydir.ring).decode(message.payload).message
         assert isinstance(status, Status)
         assert status.state == "offline"
@@ -306,7 +306,7 @@ def test_stop_finishes_the_batch_in_hand_then_dies(keydir: KeyDir) -> None:
         assert worker.metrics.summary.dropped["shutdown"] == 3
         watcher = await open_transport(url, TransportOptions(client_id="watcher"))
         await watcher.subscribe(topics.worker_status_topic("worker-1"))
-        status = Decoder(keydir.ring).decode((await asyncio.wait_for(watcher.recv(), 5)).payload)
+        status = Decoder(keydir.ring).decode((await asyncio.wait_for(watcher.receive(), 5)).payload)
         assert isinstance(status.message, Status)
         assert status.message.state == "offline"
         await robot.close()

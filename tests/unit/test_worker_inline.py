@@ -109,12 +109,11 @@ def answered_inside_publish(keydir: KeyDir, **cfg: int) -> bool:
             robot = await Robot.connect(url, keydir.signers["robot-a"], keydir.ring)
             await robot.send_frame(make_frame("robot-a", 0), "c0")
             await robot.wait_for(1)  # the model is measured now: cheap, so it runs inline
-            inbox = robot.transport.inbox
-            before = inbox.received
+            before = robot.transport.counters()["received"]
             wire = robot.encoder.encode(make_frame("robot-a", 1),
                                         deadline_ns=time.time_ns() + 10**9, corr="c1")
             robot.transport.publish_nowait(topics.frame_topic("robot-a"), wire)
-            inside = inbox.received == before + 1
+            inside = robot.transport.counters()["received"] == before + 1
             await robot.wait_for(2)
             reply = robot.replies["c1"]
             assert isinstance(reply, Action)

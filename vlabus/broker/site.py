@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from schemas.topics import action_topic, frame_topic, robot_status_topic, task_topic
 from security.keys import Keyring
 from security.tls import issue, write_pair
-from vlabus.broker.render import BrokerError, render
+from vlabus.broker.render import DYNSEC_PLUGIN, BrokerError, render
 
 _SITE = re.compile(r"^[a-z0-9][a-z0-9-]{0,57}$")
 MODELS = "vla/v1/models/#"
@@ -114,7 +114,7 @@ def render_site(keys: str | Path, out: str | Path, *, site: str, uplink: str,
                 cloud: str | Path, robots: Sequence[str] | None = None,
                 bind: str = "127.0.0.1", port: int | None = None,
                 hostnames: tuple[str, ...] = ("localhost",), keepalive_s: int = 10,
-                restart_max_s: int = 10) -> Path:
+                restart_max_s: int = 10, dynsec_plugin: str = DYNSEC_PLUGIN) -> Path:
     """Write the site broker's configuration (see the module docstring); its mosquitto.conf.
 
     ``robots`` default to every robot identity in the keyring; each must be one.
@@ -129,7 +129,7 @@ def render_site(keys: str | Path, out: str | Path, *, site: str, uplink: str,
         raise BrokerError(f"{cloud_dir} is not a fleet broker configuration "
                           "(run `vlabus broker render --tls` for the cloud first)")
     conf = render(keys, out, tls=True, bind=bind, port=port, hostnames=hostnames,
-                  only=set(chosen))
+                  only=set(chosen), dynsec_plugin=dynsec_plugin)
     root = conf.parent
     _issue_bridge_cert(root / "bridge", identity, ca_key_path, ca_path)
     up, down = bridge_topics(chosen)

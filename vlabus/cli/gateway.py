@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import logging
 import signal
 import sys
+import time
 from typing import Any
 
 from schemas.errors import BusError
 from vlabus.cli.busflags import add_bus_arguments, transport_options
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
@@ -70,8 +75,9 @@ def run_openpi(args: argparse.Namespace) -> int:
 
 async def openpi_command(args: argparse.Namespace) -> dict[str, Any]:
     """Run the gateway until stopped; return the JSON summary."""
+    from schemas.topics import robot_status_topic
     from security.keys import Keyring, load_signer
-    from vlabus.bus.transport import open_transport
+    from vlabus.bus.transport import Will, open_transport
     from vlabus.gateway.mapping import MappingError, parse_map
     from vlabus.gateway.openpi import OpenpiGateway, serve
     from vlabus.gateway.remote import RemoteConfig, RemotePolicy
@@ -86,20 +92,27 @@ async def openpi_command(args: argparse.Namespace) -> dict[str, Any]:
         recorder = Recorder(args.record) if args.record else None
     except (MappingError, BusError, OSError, ValueError, ImportError) as exc:
         return {"exit_code": 2, "error": str(exc)}
+    encoder = Encoder(signer)
+    session = time.time_ns() // 1000
+    # the broker (or hub) announces the robot's death if the gateway vanishes without closing
+    will = Will(robot_status_topic(args.robot_id), encoder.encode(
+        _status(args.robot_id, "offline", session)), qos=1, retain=True)
     try:
-        transport = await open_transport(args.bus, transport_options(args, args.robot_id))
+        transport = await open_transport(
+            args.bus, dataclasses.replace(transport_options(args, args.robot_id), will=will))
     except (BusError, OSError) as exc:
         if recorder is not None:
             recorder.close()
         return {"exit_code": 2, "error": f"cannot reach {args.bus}: {exc}"}
     config = RemoteConfig(robot_id=args.robot_id, deadline_s=args.deadline_ms / 1e3,
                           codec=args.codec, quality=args.quality, model=args.model)
-    remote = RemotePolicy(transport, Encoder(signer), keyring, config, recorder=recorder)
+    remote = RemotePolicy(transport, encoder, keyring, config, recorder=recorder)
     gateway = OpenpiGateway(remote, keymap, fallback=fallback, default_command=args.command)
     server = None
     error = None
     try:
         await remote.start()
+        await _announce(transport, encoder, args.robot_id, "online", session)
         server = await serve(gateway, args.host, args.port)
         port = server.sockets[0].getsockname()[1] if server.sockets else args.port
         event = {"event": "listening", "host": args.host, "port": port}
@@ -116,6 +129,7 @@ async def openpi_command(args: argparse.Namespace) -> dict[str, Any]:
             server.close()
             await server.wait_closed()
         await remote.close()
+        await _announce(transport, encoder, args.robot_id, "offline", session)
         await transport.close()
         if recorder is not None:
             recorder.close()
@@ -125,6 +139,26 @@ async def openpi_command(args: argparse.Namespace) -> dict[str, Any]:
     if recorder is not None:
         summary["recording"] = recorder.counters()
     return summary
+
+
+def _status(robot_id: str, state: str, session: int) -> Any:
+    from schemas.status import status_message
+
+    return status_message(robot_id, "robot", state, session=session,
+                          detail={"gateway": "openpi"})
+
+
+async def _announce(transport: Any, encoder: Any, robot_id: str, state: str,
+                    session: int) -> None:
+    """Retained birth or death of the robot the gateway speaks for (best effort)."""
+    from schemas.topics import robot_status_topic
+
+    try:
+        await transport.publish(robot_status_topic(robot_id),
+                                encoder.encode(_status(robot_id, state, session)), qos=1,
+                                retain=True)
+    except BusError as exc:
+        log.warning("%s status not published: %r", state, exc)
 
 
 def _fallback(spec: str | None) -> Any:

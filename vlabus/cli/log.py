@@ -6,6 +6,7 @@ Exit status 0 on success, 1 when the file cannot be read or written.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from typing import Any
@@ -103,20 +104,52 @@ def run_info(args: argparse.Namespace) -> int:
         summary = summarize(args.file)
     except BusError as exc:
         return _fail(exc)
+    summary["start"] = wall_time(summary["start_ns"])
+    summary["end"] = wall_time(summary["end_ns"])
     if args.json:
         print(json.dumps(summary))
         return 0
-    print(f"file       {summary['file']} ({summary['file_bytes']} bytes)")
-    print(f"messages   {summary['messages']} ({summary['payload_bytes']} payload bytes, "
+    print(f"file       {summary['file']} ({human_bytes(summary['file_bytes'])})")
+    print(f"messages   {summary['messages']} ({human_bytes(summary['payload_bytes'])} payload, "
           f"{summary['not_envelope']} not envelopes)")
-    print(f"duration   {summary['duration_s']:.3f} s "
-          f"[{summary['start_ns']} .. {summary['end_ns']}]")
+    print(f"start      {summary['start'] or '-'}")
+    print(f"end        {summary['end'] or '-'}")
+    print(f"duration   {human_duration(summary['duration_s'])}")
     print(f"senders    {', '.join(f'{k} ({v})' for k, v in summary['senders'].items())}")
     for topic, stats in summary["topics"].items():
         kinds = ", ".join(f"{k} {v}" for k, v in stats["kinds"].items())
-        print(f"  {topic}: {stats['messages']} msgs, {stats['bytes']} B, "
-              f"max {stats['max_bytes']} B ({kinds})")
+        print(f"  {topic}: {stats['messages']} msgs, {human_bytes(stats['bytes'])}, "
+              f"max {human_bytes(stats['max_bytes'])} ({kinds})")
     return 0
+
+
+def wall_time(ns: int | None) -> str | None:
+    """``2026-12-03 12:34:56.789 UTC`` for a wall-clock time in ns since the epoch."""
+    if ns is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d} UTC"
+
+
+def human_duration(seconds: float) -> str:
+    """``3.250 s``, ``2 min 05.0 s``, ``1 h 02 min 05 s``."""
+    if seconds < 60:
+        return f"{seconds:.3f} s"
+    minutes, rest = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{int(minutes)} min {rest:04.1f} s"
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours} h {minutes:02d} min {int(rest):02d} s"
+
+
+def human_bytes(count: int) -> str:
+    """``812 B``, ``3.7 KB``, ``22.8 MB`` (decimal units, as file managers show)."""
+    size = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
 
 
 def run_cat(args: argparse.Namespace) -> int:

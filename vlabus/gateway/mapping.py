@@ -61,14 +61,21 @@ PRESETS: dict[str, list[str]] = {
 
 
 def parse_map(items: Iterable[str], preset: str | None = None) -> KeyMap:
-    """Build a :class:`KeyMap` from a preset and ``KEY=SOURCE`` items (items win over the
-    preset for the same KEY). Raises :class:`MappingError` for a malformed item."""
+    """Build a :class:`KeyMap` from a preset and ``KEY=SOURCE`` items. An item replaces the
+    preset's entry for the same KEY, and for the same command or camera name. Raises
+    :class:`MappingError` for a malformed item."""
     entries: dict[str, str] = {}
     if preset is not None:
         if preset not in PRESETS:
             raise MappingError(f"unknown preset {preset!r}; one of {sorted(PRESETS)}")
         entries.update(_split(item) for item in PRESETS[preset])
-    entries.update(_split(item) for item in items)
+    from_preset = set(entries)
+    for key, source in map(_split, items):
+        if source == "command" or source.startswith("camera:"):
+            # the user's item replaces the preset's key for the same command or camera
+            entries = {k: v for k, v in entries.items() if v != source or k not in from_preset}
+        entries[key] = source
+        from_preset.discard(key)
     cameras: dict[str, str] = {}
     state: list[str] = []
     command = None

@@ -78,7 +78,11 @@ class OpenpiGateway:
         self.stats.connections += 1
         await websocket.send(packb(self.metadata))
         async for message in websocket:
-            answer = await self.answer(message)
+            try:
+                answer = await self.answer(message)
+            except Exception as exc:  # a bug must cost one request, not the robot's connection
+                log.exception("openpi request failed")
+                answer = f"vlabus gateway: internal error: {exc!r}"
             await websocket.send(answer)
 
     async def answer(self, message: bytes | str) -> bytes | str:
@@ -102,10 +106,10 @@ class OpenpiGateway:
             if self.fallback is None:
                 self.stats.late_errors += 1
                 self.remote.note({"step": self.stats.requests - 1, "source": "fallback",
-                                  "cause": "timeout", "lateness_ns": 0, "rtt_ns": None,
+                                  "cause": exc.cause, "lateness_ns": 0, "rtt_ns": None,
                                   "worker_id": None, "model_version": 0, "action": None})
                 return f"{LATE_PREFIX} {exc}; this request got no action, the next may"
-            return await self._fallback(observation, started)
+            return await self._fallback(observation, started, exc.cause)
         self.stats.cloud += 1
         rtt_ms = reply.rtt_ns / 1e6
         self.stats.rtt_ms.append(rtt_ms)
@@ -121,7 +125,8 @@ class OpenpiGateway:
                        "queue_wait_ms": reply.queue_wait_ns / 1e6,
                        "inference_ms": reply.inference_ns / 1e6}})
 
-    async def _fallback(self, observation: Observation, started: int) -> bytes | str:
+    async def _fallback(self, observation: Observation, started: int,
+                        cause: str) -> bytes | str:
         assert self.fallback is not None
         policy = self.fallback
         async with self._lock:
@@ -134,13 +139,13 @@ class OpenpiGateway:
         chunk = np.asarray(out, dtype=np.float32)[0]
         self.stats.fallback += 1
         self.remote.note({"step": self.stats.requests - 1, "source": "fallback",
-                          "cause": "timeout", "lateness_ns": 0, "rtt_ns": None,
+                          "cause": cause, "lateness_ns": 0, "rtt_ns": None,
                           "worker_id": None, "model_version": 0,
                           "action": chunk.reshape(chunk.shape[0], -1)[0].tolist()})
         return packb({
             "actions": chunk,
             "server_timing": {"infer_ms": (time.perf_counter_ns() - started) / 1e6},
-            "vlabus": {"source": "fallback", "cause": "timeout"}})
+            "vlabus": {"source": "fallback", "cause": cause}})
 
 
 def health_check(connection: Any, request: Any) -> Any:

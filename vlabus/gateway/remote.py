@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from schemas.arrays import pack_array, unpack_array
-from schemas.errors import BusError, SchemaError
+from schemas.errors import BusError, SchemaError, TransportError
 from schemas.images import Codec, encode_image
 from schemas.messages import Action, Frame
 from schemas.topics import action_topic, frame_topic
@@ -47,7 +47,12 @@ MAX_CHUNK_ELEMENTS = 1024 * 256
 
 
 class CloudLateError(BusError):
-    """No verified action arrived before the deadline."""
+    """No verified action arrived before the deadline; ``cause`` is ``timeout`` (the cloud did
+    not answer in time) or ``disconnected`` (the frame could not be sent)."""
+
+    def __init__(self, detail: str, cause: str = "timeout") -> None:
+        super().__init__(detail)
+        self.cause = cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +138,9 @@ class RemotePolicy:
             await self.transport.publish(self._topic, wire, qos=0,
                                          expiry_s=max(self.config.deadline_s, 0.001))
             return await asyncio.wait_for(asyncio.shield(future), self.config.deadline_s)
+        except TransportError as exc:  # the bus is down: as late as it gets
+            self.counts["late"] += 1
+            raise CloudLateError(f"the bus is unavailable: {exc}", "disconnected") from exc
         except TimeoutError as exc:
             self.counts["late"] += 1
             budget_ms = self.config.deadline_s * 1e3
@@ -148,7 +156,7 @@ class RemotePolicy:
                      self._pack.encode(step_record), decision=True)
 
     async def _receive(self) -> None:
-        async for message in self.transport.messages():
+        async for message in self.transport:
             self._record(message.topic, message.payload)
             received = accept(self._decoder, message, self.rejections)
             if received is None or not isinstance(received.message, Action):

@@ -230,7 +230,7 @@ async def run_live(transport: Transport, view: LiveView, *, stop: asyncio.Event,
     Subscribing is the caller's job."""
 
     async def drain() -> None:
-        async for message in transport.messages():
+        async for message in transport:
             view.on_message(message.topic, message.payload, message.received_ns)
 
     async def timer() -> None:

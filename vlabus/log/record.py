@@ -26,6 +26,7 @@ A recorder is used from one thread (the asyncio loop that receives the messages)
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import io
 import logging
@@ -33,7 +34,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Literal, NoReturn
+from typing import BinaryIO, Literal, NoReturn, Protocol
 
 from mcap.writer import CompressionType, Writer
 
@@ -55,8 +56,30 @@ class RecordError(BusError):
     """The recording cannot continue (e.g. the disk is full); the bus is unaffected."""
 
 
+class RecordSink(Protocol):
+    """What :func:`record_from` writes to: a :class:`Recorder` or a split recording."""
+
+    flush_interval_s: float
+
+    @property
+    def messages(self) -> int: ...
+
+    @property
+    def bytes(self) -> int: ...
+
+    @property
+    def path(self) -> Path: ...
+
+    def write(self, topic: str, payload: builtins.bytes | bytearray | memoryview, received_ns: int,
+              sent_ns: int | None = None) -> None: ...
+
+    def tick(self) -> None: ...
+
+
 class Recorder:
-    """Appends messages to an MCAP file; see the module docstring for the guarantees.
+    """Appends messages to a new MCAP file; see the module docstring for the guarantees.
+
+    An existing file at ``path`` is refused (:class:`RecordError`) unless ``overwrite``.
 
     ``write(topic, payload, received_ns, sent_ns=None)`` records one message; ``tick()`` flushes
     when the interval has passed; ``close()`` writes the summary. Counters: ``messages``,
@@ -73,13 +96,18 @@ class Recorder:
         compression: Compression = "none",
         metadata: Mapping[str, str] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        overwrite: bool = False,
     ) -> None:
         self.flush_interval_s = flush_interval_s
         self._monotonic = monotonic
         if isinstance(path, str | Path):
             self.path = Path(path)
             try:
-                self._file: BinaryIO = open(self.path, "wb")  # noqa: SIM115 - closed by close()
+                # "x": an existing recording is never replaced unless asked to
+                self._file: BinaryIO = open(self.path, "wb" if overwrite else "xb")  # noqa: SIM115
+            except FileExistsError as exc:
+                raise RecordError(f"{self.path} exists; pass --overwrite to replace it, or "
+                                  "choose another name") from exc
             except OSError as exc:
                 raise RecordError(f"cannot open {self.path}: {exc}") from exc
         else:  # a stream the caller opened; closed by close() all the same
@@ -229,11 +257,11 @@ class Recorder:
 
 async def record_from(
     transport: Transport,
-    recorder: Recorder,
+    recorder: RecordSink,
     *,
     duration_s: float | None = None,
     stop: asyncio.Event | None = None,
-    on_progress: Callable[[Recorder], None] | None = None,
+    on_progress: Callable[[RecordSink], None] | None = None,
     progress_interval_s: float = 1.0,
     inspect: Callable[[Message], None] | None = None,
 ) -> None:
@@ -244,7 +272,7 @@ async def record_from(
     stop = stop or asyncio.Event()
 
     async def drain() -> None:
-        async for message in transport.messages():
+        async for message in transport:
             recorder.write(message.topic, message.payload, message.received_ns)
             if inspect is not None:
                 inspect(message)
