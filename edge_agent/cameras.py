@@ -125,5 +125,6 @@ class CameraEncoder:
             "uplink_mbit_s": None if estimate is None
             else round(estimate.bits_per_second / 1e6, 3),
             "worker_ms": None if estimate is None else round(estimate.worker_ns / 1e6, 3),
+            "latency_ms": None if estimate is None else round(estimate.base_ns / 1e6, 3),
             "calibration_bytes": self.calibration,
         }

@@ -43,6 +43,17 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def _weighted_median(pairs: list[tuple[float, int]]) -> float:
+    """The value at half the total weight of (value, weight) pairs."""
+    ordered = sorted(pairs)
+    half, seen = sum(w for _, w in ordered) / 2, 0
+    for value, weight in ordered:
+        seen += weight
+        if seen >= half:
+            return value
+    return ordered[-1][0]
+
+
 @dataclass(frozen=True, slots=True)
 class UplinkEstimate:
     """The transfer line (``base_ns`` + bytes x ``ns_per_byte``), the worker's time, the
@@ -134,19 +145,20 @@ class UplinkEstimator:
 
     def _fit(self, samples: list[_Sample]) -> tuple[float, float] | None:
         """(base ns, ns per byte) by Theil-Sen over pairs of different sizes; None without
-        enough of them. The slope is the median of the pair slopes, the base the median
-        intercept below it."""
+        enough of them. The slope is the median of the pair slopes weighted by how far apart
+        the pair's sizes are (a jitter of a few ms turns a pair 2 kB apart into a wild slope,
+        not a pair 20 kB apart), the base the median intercept below it."""
         slopes = []
         for i, a in enumerate(samples):
             for b in samples[i + 1:]:
                 small, large = (a, b) if a.nbytes <= b.nbytes else (b, a)
                 if (large.nbytes >= self._spread * small.nbytes
                         and large.nbytes - small.nbytes >= self._min_delta):
-                    slopes.append((large.transfer_ns - small.transfer_ns)
-                                  / (large.nbytes - small.nbytes))
+                    delta = large.nbytes - small.nbytes
+                    slopes.append(((large.transfer_ns - small.transfer_ns) / delta, delta))
         if len(slopes) < 8:
             return None
-        slope = max(statistics.median(slopes), 1e-3)
+        slope = max(_weighted_median(slopes), 1e-3)
         base = statistics.median(s.transfer_ns - slope * s.nbytes for s in samples)
         return max(0.0, base), slope
 

@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.keys import KeyDir
 from tests.support.netbed import CLOUD_IP, NetBed, open_netbed, unavailable
+from tests.support.relay import DelayRelay
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PORT = 5555
@@ -78,9 +79,9 @@ def cloud(keydir: KeyDir, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         bed.close()
 
 
-def _edge(bed: NetBed, keys: Path, codec: str) -> dict[str, Any]:
+def _edge(bed: NetBed, keys: Path, codec: str, port: int = PORT) -> dict[str, Any]:
     argv = [sys.executable, "-m", "vlabus", "edge", "--sim", "--robot-id", "robot-a", "--bus",
-            f"zmq://{CLOUD_IP}:{PORT}", "--keys", str(keys), "--fps", "15", "--deadline-ms",
+            f"zmq://{CLOUD_IP}:{port}", "--keys", str(keys), "--fps", "15", "--deadline-ms",
             "100", "--seconds", "4", "--codec", codec, "--json"]
     with bed.inside("site"):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False)
@@ -111,3 +112,16 @@ def test_fixed_jpeg_is_sent_as_asked(cloud: NetBed, keydir: KeyDir) -> None:
     summary = _edge(cloud, keydir.path, "jpeg:60")
     assert set(summary["codec"]["frames_by_rung"]) == {"jpeg60"}
     assert _cloud_share(summary) > 0.7, summary
+
+
+def test_auto_fits_frames_into_what_latency_leaves(cloud: NetBed, keydir: KeyDir) -> None:
+    """20 ms each way in front of the hub: the robot fits its frames into what is left."""
+    with cloud.inside("cloud"):
+        relay = DelayRelay((CLOUD_IP, PORT + 1), (CLOUD_IP, PORT), delay_s=0.02).start()
+    try:
+        summary = _edge(cloud, keydir.path, "auto", port=PORT + 1)
+    finally:
+        relay.close()
+    assert _cloud_share(summary) > 0.7, summary
+    assert summary["latency_breakdown_p50_ms"]["transport_up_down"] >= 40  # the relay is there
+    assert "raw" not in summary["codec"]["frames_by_rung"]
