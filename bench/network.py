@@ -13,7 +13,9 @@ lz4, JPEG 85 and auto. Per run:
 * ``uplink_utilisation`` — bytes the uplink carried / what the rate allows in the run;
 * ``action_diff`` — mean ||a - a_raw|| / ||a_raw|| over sampled cloud steps, where a_raw is the
   same policy's action on the raw images (what the codec costs the policy; 0 for lossless);
-* ``rungs`` — images sent per codec rung (what auto chose).
+* ``rungs`` — images sent per codec rung (what auto chose);
+* ``load_1m`` — the machine's load average after the run: above its core count, the robots,
+  the worker and the hub wait for a CPU and steps miss for that reason, whatever the codec.
 
 The floor measured in the same run is raw at the uplink where it fits (the lossless reference).
 Needs root (network namespaces, ``tc``) and says so otherwise. ``--quick``: the hub only, 10
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import sys
 import tempfile
 import time
@@ -87,11 +90,13 @@ def measure(bed: NetBed, stack: CloudStack, *, uplinks: list[float], codecs: lis
     for mbit in uplinks:
         bed.shape(mbit)
         for name in codecs:
+            stack.reset()
             drain(bed)
             run = bed.run("site", lambda name=name: asyncio.run(run_robots(  # type: ignore[misc]
                 stack, codec=CODECS[name], seconds=seconds, fps=15.0, deadline_ms=100.0)))
             figures = row(run, mbit=mbit, policy=policy)
-            rows.append({"bus": stack.bus, "uplink_mbit_s": mbit, "codec": name, **figures})
+            rows.append({"bus": stack.bus, "uplink_mbit_s": mbit, "codec": name, **figures,
+                         "load_1m": round(os.getloadavg()[0], 2)})
             print(f"{stack.bus} {mbit:>5} Mbit/s {name:>6}: on time {figures['on_time']}, "
                   f"diff {figures['action_diff']}, util {figures['uplink_utilisation']}",
                   file=log, flush=True)

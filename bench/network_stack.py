@@ -159,6 +159,24 @@ class CloudStack:
                 raise RuntimeError(f"worker did not start:\n{log.read_text()[-2000:]}")
             time.sleep(0.1)  # waiting for the worker's own ready line
 
+    def reset(self) -> None:
+        """Start each run clean. A Mosquitto bridge sends what it has queued for the cloud
+        however old it is (QoS 0 included, expired or not), so after a run that saturated the
+        uplink the site broker holds seconds of stale frames: restart it, and wait until the
+        bridge is connected again. The hub needs nothing: a robot's queue goes with it."""
+        if self.bus != "bridge":
+            return
+        cloud, site = self._brokers
+        log = cloud.config_dir / "mosquitto.log"
+        before = log.read_text(errors="replace").count("as site-bench")
+        with self.bed.inside("site"):
+            site.restart()
+        deadline = time.monotonic() + 30
+        while log.read_text(errors="replace").count("as site-bench") <= before:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the site bridge did not reconnect in 30 s")
+            time.sleep(0.05)  # waiting for the cloud broker to log the bridge's connection
+
     def _spawn(self, host: str, log: str, argv: list[str]) -> subprocess.Popen[bytes]:
         with self.bed.inside(host), (self.workdir / log).open("wb") as sink:
             proc = subprocess.Popen([sys.executable, "-m", "vlabus", *argv],
