@@ -34,6 +34,9 @@ def register(sub: Any) -> None:
                         help="the dynamic-security plugin as the broker's host sees it "
                              "(default: found on this machine; eclipse-mosquitto images: "
                              "/usr/lib/mosquitto_dynamic_security.so)")
+    render.add_argument("--config-dir", default=None, metavar="DIR",
+                        help="where the broker will read these files, when not --out (e.g. "
+                             "a Kubernetes volume); the paths in mosquitto.conf use it")
     site = render.add_argument_group(
         "site broker", "a Mosquitto for one site's robots, bridged to the cloud broker over "
         "MQTT 5 + mutual TLS (implies --tls); see docs/network.md")
@@ -93,6 +96,7 @@ def _render(args: argparse.Namespace) -> int:
         else:
             conf = render(args.keys, args.out, tls=args.tls, bind=args.bind, port=args.port,
                           hostnames=hostnames, log_stdout=args.log_stdout,
+                          config_dir=args.config_dir,
                           dynsec_plugin=args.dynsec_plugin or DYNSEC_PLUGIN)
     except (BusError, OSError) as exc:
         print(f"vlabus broker render: {exc}")
