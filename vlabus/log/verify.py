@@ -6,13 +6,14 @@
   chain, recomputed over the recorded messages in sequence order, equals the signed one.
 
 Reported, each with its reason: messages that fail (``refused``: a flipped byte, an unknown key,
-a forged checkpoint...), checkpoints whose range the recording does not hold completely
+a forged checkpoint, a session message whose bytes the sender's chain does not hold...), checkpoints whose range the recording does not hold completely
 (``gaps``: their messages stay unproven), checkpoints whose chain does not match
 (``mismatches``), and session messages no checkpoint covers (``uncovered``).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from vlabus.log.reader import LogRecord
 from vlabus.wire import SESSION_VERSION, Decoder
 
 _Key = tuple[str, str]  # (sender, session)
+_MAX_TRIES = 256
 
 
 @dataclass
@@ -114,19 +116,38 @@ def _prove(result: Verification, key: _Key, by_seq: dict[int, list[_Pending]],
                                 f"{point.count} messages are not in the recording",
                                 "expected": point.count, "recorded": len(seqs)})
             continue
-        # identical copies (a QoS 1 redelivery recorded twice) count once
-        digests = [{p.digest for p in by_seq[s]} for s in seqs]
-        if any(len(d) != 1 for d in digests):
-            result.mismatches.append({**where, "reason": "two different messages share a "
-                                      "sequence number"})
-            continue
-        if chain_over(point.prev, [(s, next(iter(d))) for s, d in zip(seqs, digests,
-                                                                      strict=True)]) != point.chain:
+        # identical copies (a QoS 1 redelivery recorded twice) count once; where copies differ
+        # (someone sent other bytes under the sender's name), the chain says which is real
+        options = [sorted({p.digest for p in by_seq[s]}) for s in seqs]
+        real = _matching(point, seqs, options)
+        if real is None:
             result.mismatches.append({**where, "reason": "the recorded messages do not hash to "
                                       "the signed chain (one was altered or is not the sender's)"})
             continue
-        result.session_proven += sum(len(by_seq[s]) for s in seqs)
+        for seq, digest in zip(seqs, real, strict=True):
+            for pending in by_seq[seq]:
+                if pending.digest == digest:
+                    result.session_proven += 1
+                else:
+                    result.refused.append({
+                        "position": pending.position, "topic": pending.topic,
+                        "reason": "not_in_chain", "detail": f"{sender} seq {seq} under session "
+                        f"{session}: other bytes than the sender's signed chain holds"})
     for seq in sorted(set(by_seq) - covered):
         for pending in by_seq[seq]:
             result.uncovered.append({"position": pending.position, "topic": pending.topic,
                                      "sender": sender, "session": session, "seq": seq})
+
+
+def _matching(point: Checkpoint, seqs: list[int], options: list[list[bytes]]) -> list[bytes] | None:
+    """The one digest per sequence number whose chain equals the checkpoint's, trying every
+    combination where copies differ (at most ``_MAX_TRIES``), else None."""
+    tries = 1
+    for digests in options:
+        tries *= len(digests)
+    if tries > _MAX_TRIES:
+        return None
+    for combo in itertools.product(*options):
+        if chain_over(point.prev, zip(seqs, combo, strict=True)) == point.chain:
+            return list(combo)
+    return None
