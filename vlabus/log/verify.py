@@ -6,9 +6,10 @@
   chain, recomputed over the recorded messages in sequence order, equals the signed one.
 
 Reported, each with its reason: messages that fail (``refused``: a flipped byte, an unknown key,
-a forged checkpoint, a session message whose bytes the sender's chain does not hold...), checkpoints whose range the recording does not hold completely
-(``gaps``: their messages stay unproven), checkpoints whose chain does not match
-(``mismatches``), and session messages no checkpoint covers (``uncovered``).
+a forged checkpoint, a session message whose bytes the sender's chain does not hold...),
+checkpoints whose range the recording does not hold completely (``gaps``: their messages stay
+unproven), checkpoints whose chain does not match (``mismatches``), and session messages no
+checkpoint covers (``uncovered``).
 """
 
 from __future__ import annotations
