@@ -22,7 +22,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -102,6 +102,7 @@ def render(
     templates: Path | None = None,
     dynsec_plugin: str = DYNSEC_PLUGIN,
     log_stdout: bool = False,
+    only: Collection[str] | None = None,
     config_dir: str | None = None,
 ) -> Path:
     """Write a Mosquitto configuration for the identities in keyring ``keys`` into ``out``.
@@ -110,7 +111,8 @@ def render(
     identity = certificate CN, and per-role access control. ``log_stdout`` sends the broker's
     log to stdout (a container) instead of ``out/mosquitto.log``. ``config_dir`` is where the
     broker will find these files when that is not ``out`` (a Kubernetes volume; the paths in
-    mosquitto.conf use it). Returns the path of mosquitto.conf.
+    mosquitto.conf use it). ``only``: just these identities of the keyring (a site broker's
+    robots). Returns the path of mosquitto.conf.
     """
     templates = templates or templates_dir()
     ring = Keyring.load(keys)
@@ -118,7 +120,8 @@ def render(
         raise BrokerError(f"keyring {keys} holds no identities (run `vlabus keys add`)")
     root = Path(out).resolve()
     (root / "data").mkdir(parents=True, exist_ok=True)
-    identities = [(key.role, key.identity) for key in ring]
+    identities = [(key.role, key.identity) for key in ring
+                  if only is None or key.identity in only]
     if tls:
         if any(ident == ADMIN for _, ident in identities):
             raise BrokerError(f"{ADMIN!r} is the broker's own administrator; rename that key")
