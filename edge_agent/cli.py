@@ -71,11 +71,24 @@ def register(sub: Any) -> None:
                         help="model name of the local policy (its update topic)")
     parser.add_argument("--local-width", type=int, default=16, metavar="W",
                         help="width of the seeded local reference policy")
-    parser.add_argument("--codec", default="raw", choices=["raw", "jpeg"])
+    parser.add_argument("--codec", default="auto", type=_codec, metavar="CODEC",
+                        help="camera images as auto (default: per camera and step, from the "
+                             "uplink seen and the deadline), raw, lz4, jpeg or jpeg:QUALITY")
     parser.add_argument("--safety-every", type=int, default=0, metavar="N",
                         help="mark every Nth frame safety-critical (kept on the robot)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     parser.set_defaults(func=run)
+
+
+def _codec(text: str) -> str:
+    """argparse ``type=`` for ``--codec``: the text, or a usage error saying why not."""
+    from edge_agent.codec import parse_codec
+
+    try:
+        parse_codec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
 
 
 def run(args: argparse.Namespace) -> int:

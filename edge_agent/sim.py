@@ -103,7 +103,7 @@ async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` ca
         seconds: float | None, *, chunk: int = 1, refill_below: int | None = None,
         model: LocalModel | None = None, metrics: EdgeMetrics | None = None,
         recorder: Any = None, safety_every: int = 0, stop: asyncio.Event | None = None,
-        codec: str = "raw", seed: int = 0,
+        codec: str = "auto", seed: int = 0,
         options: TransportOptions | None = None, opener: Opener = open_transport,
         on_agent: Callable[[EdgeAgent], None] | None = None) -> dict[str, Any]:
     """Run one simulated robot against the bus and return its summary (see ``RunStats``).
@@ -115,7 +115,7 @@ async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` ca
     period_ns = round(1e9 / fps)
     config = AgentConfig(robot_id=robot_id, deadline_ns=round(deadline_ms * 1e6), chunk=chunk,
                          refill_below=(chunk // 2 if refill_below is None else refill_below),
-                         period_ns=period_ns, codec=codec)  # type: ignore[arg-type]
+                         period_ns=period_ns, codec=codec)
     agent = await open_edge(bus_url, keys=keys, signer=signer, config=config,
                             probe=robot.observe(0), model=model, metrics=metrics,
                             recorder=recorder, options=options, opener=opener)
@@ -151,6 +151,7 @@ def summarize(agent: EdgeAgent, **extra: Any) -> dict[str, Any]:
         timer_slack_ms=round(agent.slack.for_deadline(agent.config.deadline_ns) / 1e6, 4),
         local_inference_ms={"p50": round(agent.local.latency.quantile(0.5) / 1e6, 4),
                             "p99": round(agent.local.latency.quantile(0.99) / 1e6, 4)},
+        codec=agent.cameras.summary(),
         **extra,
     )
 

@@ -99,6 +99,7 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
     blackbox = None if recorder is None else BlackBox(recorder, config.robot_id)
     agent = EdgeAgent(transport, encoder, keys, local, config, metrics=metrics,
                       session=session, feed=feed, blackbox=blackbox, rejections=rejections)
+    agent.cameras.prepare(probe.images)
     await agent.start()
     await agent.announce("online")
     return agent
