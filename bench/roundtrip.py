@@ -1,6 +1,6 @@
 """The whole secure loop against the bare libraries, in one run.
 
-    python -m bench.roundtrip --json [--quick] [--only zmq|mqtt]
+    python -m bench.roundtrip --json [--quick] [--only zmq|mqtt|session]
 
 For an observation of two 224×224×3 cameras + a 14-float state + a task string (and one
 480×640×3 camera, and JPEG cameras), one round trip is: the robot encodes and signs the frame,
@@ -34,6 +34,10 @@ References that are not floors of the bus but of its wire format, and a peer:
   observation and a 50×14 chunk. ``ratio_p50_vs_ws_msgpack_peer`` below 1 means vlabus is
   faster than that unsigned path; ``ratio_p50_zmq_wire_direct_vs_ws_msgpack_peer`` says whether
   the signed wire could be, without a hop.
+
+``session`` (:mod:`bench.roundtrip_session`): the wire alone over one Mosquitto in today's signed
+mode and in session integrity (a keyed MAC after one signed key exchange), against the bare paho
+floor, interleaved, with the breakdown per stage; ``session_faster_by_pct`` compares the two.
 
 Rounds of each path are interleaved in blocks, so background load hits all alike. Every vlabus
 Action carries the worker's own durations, so each round trip is split into robot encode,
@@ -522,6 +526,8 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
         reply_size = action_size(keys)
         ready: Any = CTX.Queue()
         ws_port = start_peer(stack, ready)
+        if bus == "session":
+            return run_session_bus(stack, root, keys, reply_size, rounds)
         if bus == "zmq":
             url = start_hub(stack)
             options = TransportOptions(client_id="robot-1")
@@ -563,6 +569,28 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
                 for case in cases}
 
 
+def run_session_bus(stack: ExitStack, root: Path, keys: Path, reply_size: int,
+                    rounds: int) -> dict[str, Any]:
+    """Signed against session mode over one Mosquitto, the 2x224 case only."""
+    from bench.roundtrip_session import run_session
+    from vlabus.broker.local import LocalMosquitto
+    from vlabus.broker.render import Limits, client_options, render
+
+    broker_dir = root / "broker"
+    render(keys, broker_dir, limits=Limits(persistence=False))
+    mosquitto = stack.enter_context(LocalMosquitto(broker_dir))
+    bare = client_options(broker_dir, "bare")
+    assert bare.username is not None
+    assert bare.password is not None
+    spawn(stack, bare_paho_server, mosquitto.port, bare.username, bare.password, reply_size)
+    floor = paho_client(stack, mosquitto.port, bare.username, bare.password)
+    cams, _ = cameras("2x224")
+    request = Encoder(load_signer(keys, "robot", "robot-1")).encode(
+        frame("robot-1", 0, cams, np.linspace(0, 1, 14, dtype=np.float32)))
+    return {"2x224": run_session(stack, spawn, cams, floor, request, rounds, BLOCK, keys,
+                                 mosquitto.port, bare.username, bare.password)}
+
+
 def action_size(keys: Path) -> int:
     """Bytes of a signed Action carrying a 50×14 chunk (the bare servers reply this much)."""
     encoder = Encoder(load_signer(keys, "worker", "worker-1"))
@@ -575,11 +603,11 @@ def action_size(keys: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parse = parser(__doc__.split("\n\n")[0])
-    parse.add_argument("--only", choices=["zmq", "mqtt"], default=None)
+    parse.add_argument("--only", choices=["zmq", "mqtt", "session"], default=None)
     args = parse.parse_args(argv)
     cases = ["2x224"] if args.quick else ["2x224", "1x480x640", "2x224-jpeg"]
     rounds = 150 if args.quick else 1000
-    buses = [args.only] if args.only else ["zmq", "mqtt"]
+    buses = [args.only] if args.only else ["zmq", "mqtt", "session"]
     started = time.monotonic()
     report: dict[str, Any] = {"bench": "roundtrip", "environment": environment(),
                               "single_thread_us": single_thread_probe(),
