@@ -13,10 +13,10 @@ margin, and the frame rate fits the uplink. The uplink comes from
 * down at once: while the frame's predicted transfer exceeds what is allowed, the camera with
   the largest image drops one rung (no hysteresis on the way down: a late frame is a fallback);
   and one rung when the replies meet a queue longer than ``congestion`` x the transfer budget
-  (robots sharing the uplink send more than it carries) or a step got no reply at all, while
-  the frame's own transfer takes ``miss_share`` of the budget or more (a delay or a miss with a
-  frame the link moves in a moment is the worker's, the CPU's or a broker's, not the uplink's);
-  at most once per ``drain_ns``.
+  (robots sharing the uplink send more than it carries), or when a step got no reply at all
+  while the frame's transfer takes ``miss_share`` of the budget or more (a miss with a frame
+  the link moves in a moment is the worker's or the CPU's, not the uplink's); at most once per
+  ``drain_ns``.
 * up slowly: after ``hold_ns`` without a change and with no queue to speak of, the camera with
   the smallest image rises one rung if the frame then still fits within ``up_fraction`` of what
   is allowed (after ``fast_hold_ns`` while it fits within ``fast_fraction``: far from the limit
@@ -216,15 +216,11 @@ class CodecChooser:
         room = max(0, budget_ns - estimate.worker_ns - encode_ns)
         queue_limit = self.congestion * room
         moving = estimate.transfer_ns(int(self.frame_bytes())) - estimate.base_ns
-        # Queueing or a miss is the uplink's doing only when moving this frame takes a share
-        # of the budget; otherwise it is the worker, the CPU, or a broker holding small packets
-        # back (Nagle on a Mosquitto bridge), and smaller images would not help.
-        link_bound = moving >= self.miss_share * room
-        queued = estimate.queue_ns > queue_limit and link_bound
-        if queued or (estimate.misses and link_bound):
+        link_missed = estimate.misses > 0 and moving >= self.miss_share * room
+        if estimate.queue_ns > queue_limit or link_missed:
             if now - self._changed_ns >= self.drain_ns:
                 self._step_down(now)
-        elif estimate.queue_ns <= queue_limit / 2 or not link_bound:
+        elif estimate.queue_ns <= queue_limit / 2:
             self._step_up(now, allowed)
         return self.rungs()
 

@@ -231,25 +231,14 @@ def test_estimator_sees_a_queue_building() -> None:
 def test_a_queue_on_a_shared_link_steps_down_before_any_miss() -> None:
     clock = FakeClock()
     chooser = calibrated(clock, hold_ns=S, drain_ns=300 * MS)
-    settle(chooser, clock, link(10.0), 20)
+    settle(chooser, clock, link(100.0), 20)
     high = chooser.frame_bytes()
-    queued = UplinkEstimate(8e3 / 10.0, 5 * MS, 10, queue_ns=40 * MS)
+    queued = UplinkEstimate(8e3 / 100.0, 5 * MS, 10, queue_ns=40 * MS)
     seen = settle(chooser, clock, queued, 1)
     assert chooser.frame_bytes() < high
     # one rung per drain period, not one per step
     changes = sum(a != b for a, b in itertools.pairwise(seen))
     assert 1 <= changes <= 4
-
-
-def test_a_delay_its_frames_do_not_cause_is_not_congestion() -> None:
-    """A broker holding small packets back (Nagle) delays every reply by tens of ms whatever
-    the size: smaller images would not help, so the codec does not shrink them."""
-    clock = FakeClock()
-    chooser = calibrated(clock, hold_ns=S)
-    held = UplinkEstimate(8e3 / 1000.0, 5 * MS, 10, queue_ns=40 * MS, base_ns=30 * MS)
-    start = chooser.frame_bytes()
-    settle(chooser, clock, held, 5)
-    assert chooser.frame_bytes() > start
 
 
 def test_a_missed_step_steps_down_one_rung() -> None:
