@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from security.keys import add_key, init_keyring
-from vlabus.cli.liveview import render, robot_row, worker_row
+from vlabus.cli.liveview import Totals, render, robot_row, worker_row
 from vlabus.cli.procs import Child, free_port, workdir
 
 #: fleets larger than this run as processes of this many simulated robots each
@@ -244,6 +244,8 @@ def _watch(fleet: Fleet, view: TextIO | None) -> None:
     events = fleet.chaos_events() if cfg.chaos else []
     start = time.monotonic()
     before = {c.name: c.scrape() for c in [*fleet.robots, *fleet.workers]}
+    totals = Totals()
+    restarts = {c.name: c.restarts for c in [*fleet.robots, *fleet.workers]}
     last = start
     tty = view is not None and view.isatty()
     while any(r.running for r in fleet.robots):
@@ -255,11 +257,19 @@ def _watch(fleet: Fleet, view: TextIO | None) -> None:
                 event.done = True
                 fleet.events.append(f"t={now - start:5.1f}s {event.what}")
         after = {c.name: c.scrape() for c in [*fleet.robots, *fleet.workers]}
-        robots = [robot_row(r.name, before[r.name], after[r.name], now - last)
+        for child in [*fleet.robots, *fleet.workers]:
+            if child.restarts != restarts[child.name]:  # its counters started again at zero
+                restarts[child.name] = child.restarts
+                before[child.name] = {}
+        robots = [robot_row(r.name, before[r.name], after[r.name], now - last, totals)
                   for r in fleet.robots]
         fleet.timeline.append(_tick(now - start, before, after))
-        workers = [worker_row(w.name, before[w.name], after[w.name]) for w in fleet.workers]
-        before, last = after, now
+        workers = [worker_row(w.name, before[w.name], after[w.name], totals)
+                   for w in fleet.workers]
+        # a child that did not answer keeps its last samples: the next interval differences
+        # against them instead of against nothing (totals would drop to zero)
+        before = {name: samples or before[name] for name, samples in after.items()}
+        last = now
         if view is not None:
             frame = render(now - start, cfg.seconds, robots, workers, fleet.events)
             view.write(("\x1b[H\x1b[2J" if tty else "\n") + frame + "\n")
