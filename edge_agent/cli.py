@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge_agent.store import MAX_VERSION_STEP
 from vlabus.cli.argtypes import positive_float, positive_int
 from vlabus.cli.busflags import (
     add_bus_arguments,
@@ -63,6 +64,9 @@ def register(sub: Any) -> None:
                         help="MCAP black box: frames sent, replies received, every decision")
     parser.add_argument("--models-dir", default=None, metavar="DIR", type=Path,
                         help="accept signed model updates into this store (off when absent)")
+    parser.add_argument("--max-version-step", type=int, default=MAX_VERSION_STEP, metavar="N",
+                        help="refuse a release raising the installed version by more than N "
+                             f"(default {MAX_VERSION_STEP}; recovery: docs/hardening.md)")
     parser.add_argument("--local-model", default="edge", metavar="NAME",
                         help="model name of the local policy (its update topic)")
     parser.add_argument("--local-width", type=int, default=16, metavar="W",
@@ -150,7 +154,8 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
         # run from threads (tests, embedding), where Ctrl-C handling is the caller's.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    model = LocalModel(name=args.local_model, width=args.local_width, models_dir=args.models_dir)
+    model = LocalModel(name=args.local_model, width=args.local_width, models_dir=args.models_dir,
+                       max_version_step=args.max_version_step)
     status: list[asyncio.Task[None]] = []
     failure: list[BaseException] = []
 

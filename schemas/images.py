@@ -57,30 +57,38 @@ def encode_image(pixels: np.ndarray, codec: Codec = "raw", quality: int = 85) ->
     raise SchemaError(f"unknown image codec {codec!r}", "image.codec")
 
 
-def decode_image(image: Image, *, path: str = "image") -> np.ndarray:
-    """Return the HxWxC uint8 pixels (a read-only view for raw images)."""
+def check_image(image: Image, *, path: str = "image") -> None:
+    """Raise ``SchemaError`` naming ``path`` unless ``image``'s bytes can be what it says: a
+    raw image holds exactly HxWxC bytes; a JPEG has 1 or 3 channels and a header whose
+    dimensions are the image's (read from its header only, no pixel is decoded)."""
     if image.codec == "raw":
         expected = image.height * image.width * image.channels
         if len(image.data) != expected:
             raise SchemaError(
                 f"raw {image.height}x{image.width}x{image.channels} needs {expected} bytes, "
                 f"got {len(image.data)}", f"{path}.data")
-        return np.frombuffer(image.data, dtype=np.uint8).reshape(
-            image.height, image.width, image.channels)
+        return
     if image.channels not in (1, 3):
         raise SchemaError(f"JPEG images have 1 or 3 channels, not {image.channels}",
                           f"{path}.channels")
-    data = bytes(image.data)
     try:
-        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError as exc:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(image.data)
+    except (ValueError, TypeError) as exc:
         raise SchemaError(f"not a JPEG stream: {exc}", f"{path}.data") from exc
     if (height, width) != (image.height, image.width):
         raise SchemaError(
             f"JPEG is {height}x{width}, header says {image.height}x{image.width}", f"{path}.data")
+
+
+def decode_image(image: Image, *, path: str = "image") -> np.ndarray:
+    """Return the HxWxC uint8 pixels (a read-only view for raw images)."""
+    check_image(image, path=path)
+    if image.codec == "raw":
+        return np.frombuffer(image.data, dtype=np.uint8).reshape(
+            image.height, image.width, image.channels)
     colorspace = "GRAY" if image.channels == 1 else "RGB"
     try:
-        pixels = simplejpeg.decode_jpeg(data, colorspace=colorspace)
+        pixels = simplejpeg.decode_jpeg(bytes(image.data), colorspace=colorspace)
     except ValueError as exc:
         raise SchemaError(f"JPEG does not decode: {exc}", f"{path}.data") from exc
     return np.asarray(pixels).reshape(image.height, image.width, image.channels)

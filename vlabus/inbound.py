@@ -86,9 +86,10 @@ class Rejections:
 
 
 def accept(decoder: Decoder, message: Message, rejections: Rejections) -> Received | None:
-    """Decode ``message`` or count and log why not; never raises for bad input."""
+    """Decode ``message`` (bound to the topic it arrived on) or count and log why not; never
+    raises for bad input."""
     try:
-        return decoder.decode(message.payload)
+        return decoder.decode(message.payload, topic=message.topic)
     except UnknownKeyError as exc:
         rejections.count(exc.reason)
         if rejections.unknown_key(exc):

@@ -16,7 +16,10 @@ Wire layout (all integers big-endian)::
 
 :class:`Encoder` and :class:`Decoder` are the only entry points. Decoding runs the cheap steps
 first: size cap → header with strict limits → key lookup → identity → signature → replay guard
-→ unseal → bounded decompression → typed decode. Every failure is a
+(checked) → unseal → bounded decompression → typed decode → content (array lengths, image
+sizes, JPEG headers) → topic binding → replay guard (recorded). The replay window moves only
+for a message that passed every check, so a signed message refused for its content or topic
+cannot push a sender's window past its genuine messages. Every failure is a
 :class:`~schemas.errors.WireError` carrying its reason.
 """
 
@@ -32,6 +35,7 @@ from typing import Annotated, Any, Literal
 import lz4.frame
 import msgspec
 
+from schemas.content import check_content
 from schemas.errors import (
     DecompressLimitError,
     IdentityMismatchError,
@@ -39,11 +43,13 @@ from schemas.errors import (
     SchemaError,
     SignatureError,
     TooLargeError,
+    TopicMismatchError,
     UnknownKeyError,
     UnsupportedError,
     WireError,
 )
 from schemas.messages import KIND_OF, KINDS, Message, Priority
+from schemas.topics import robot_of
 from security.keys import Keyring, Role, Signer
 from security.replay import ReplayGuard
 from security.seal import OVERHEAD as SEAL_OVERHEAD
@@ -103,8 +109,8 @@ SENDER_ROLES: dict[str, frozenset[Role]] = {
     "task": frozenset({"robot"}),
     "action": frozenset({"worker"}),
     "task_result": frozenset({"worker"}),
-    "model_manifest": frozenset({"release"}),
-    "model_chunk": frozenset({"release"}),
+    "model_manifest": frozenset({"release", "root"}),
+    "model_chunk": frozenset({"release", "root"}),
     "status": frozenset({"robot", "worker", "release", "replay"}),
 }
 IDENTITY_FIELD: dict[str, str] = {
@@ -112,6 +118,14 @@ IDENTITY_FIELD: dict[str, str] = {
     "task": "robot_id",
     "action": "worker_id",
     "task_result": "worker_id",
+    "status": "client_id",
+}
+#: The body field that must equal the robot id of the per-robot topic a message arrived on.
+TOPIC_FIELD: dict[str, str] = {
+    "frame": "robot_id",
+    "task": "robot_id",
+    "action": "robot_id",
+    "task_result": "robot_id",
     "status": "client_id",
 }
 #: Kinds that are retained or long-lived: no clock-skew check (manifests carry an expiry).
@@ -283,16 +297,34 @@ class Decoder:
         self._decoders = {kind: msgspec.msgpack.Decoder(cls) for kind, cls in KINDS.items()}
         self._header = msgspec.msgpack.Decoder(Header)
 
-    def decode(self, data: bytes | memoryview) -> Received:
+    def decode(self, data: bytes | memoryview, *, topic: str | None = None,
+               commit: bool = True) -> Received:
         """Return the verified message in ``data`` or raise a ``WireError``; one raised after
-        the header was parsed carries it as ``header`` (so nobody parses it twice)."""
+        the header was parsed carries it as ``header`` (so nobody parses it twice).
+
+        ``topic``: the topic it arrived on; a message naming another robot than a per-robot
+        topic's is refused (``topic_mismatch``). ``commit=False`` leaves the replay window
+        alone: the caller runs its own checks, then :meth:`commit`."""
         view = memoryview(data)
         header = self.read_header(view)
         try:
-            return self._verify(view, header, data)
+            received = self._verify(view, header, data)
+            if topic is not None:
+                check_topic(topic, header.kind, received.message)
+            if commit:
+                self.commit(received)
         except WireError as exc:
             exc.header = header
             raise
+        return received
+
+    def commit(self, received: Received) -> None:
+        """Record ``received`` in the replay window (raises ``ReplayError`` when another
+        message took its sequence meanwhile)."""
+        if self.guard is not None:
+            wire = received.wire
+            self.guard.admit(received.header.key, received.header.seq,
+                             bytes(wire[len(wire) - SIGNATURE_SIZE:]))
 
     def _verify(self, view: memoryview, header: Header, data: bytes | memoryview) -> Received:
         size = len(view)
@@ -308,7 +340,7 @@ class Decoder:
         if not key.verify(view[size - SIGNATURE_SIZE:], signed):
             raise SignatureError(header.sender)
         if self.guard is not None:
-            self.guard.admit(
+            self.guard.check(
                 header.key, header.seq, bytes(view[size - SIGNATURE_SIZE:]),
                 sent_ns=None if header.kind in UNTIMED_KINDS else header.sent_ns)
         body_at = PREFIX_SIZE + _header_len(view)
@@ -318,6 +350,7 @@ class Decoder:
         if ident is not None and key.role != "replay" and getattr(message, ident) != key.identity:
             raise IdentityMismatchError(
                 f"{ident}={getattr(message, ident)!r} but signed by {key.identity!r}")
+        check_content(message)
         return Received(header, message, data, key.role)
 
     def read_header(self, view: memoryview) -> Header:
@@ -399,6 +432,18 @@ class Decoder:
             raise DecompressLimitError(
                 f"lz4 body yields more or less than the declared {header.raw_len} bytes")
         return out
+
+
+def check_topic(topic: str, kind: str, message: Message) -> None:
+    """Raise ``TopicMismatchError`` when ``topic`` is a per-robot topic and ``message`` names
+    another robot (``TOPIC_FIELD``)."""
+    field_name = TOPIC_FIELD.get(kind)
+    robot = robot_of(topic)
+    if field_name is None or robot is None:
+        return
+    named = getattr(message, field_name)
+    if named != robot:
+        raise TopicMismatchError(f"{field_name}={named!r} arrived on {topic!r}")
 
 
 def _header_len(view: memoryview) -> int:
