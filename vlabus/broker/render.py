@@ -6,7 +6,9 @@ wheel as ``vlabus.broker.templates``) for the identities in a keyring and writes
     mosquitto.conf              the broker configuration (absolute paths)
     passwd, clients/ID.password dev: hashed passwords for the broker, plain ones for clients (0600)
     dynamic-security.json       fleet: access control, subscribe denied by default
-    tls/ca.crt, tls/broker.*    fleet: CA and broker certificate (see :mod:`security.tls`)
+    tls/ca.crt, tls/broker.*    fleet: CA certificate and broker certificate and key (the CA's
+                                private key stays in ``ca_dir``, default ``KEYS/ca/``: never
+                                with the broker; see :mod:`security.tls`)
     tls/clients/ID.crt, ID.key  fleet: one client certificate per identity, CN = identity
     data/                       persistence
 
@@ -102,12 +104,14 @@ def render(
     templates: Path | None = None,
     dynsec_plugin: str = DYNSEC_PLUGIN,
     log_stdout: bool = False,
+    ca_dir: str | Path | None = None,
 ) -> Path:
     """Write a Mosquitto configuration for the identities in keyring ``keys`` into ``out``.
 
     Without ``tls`` (dev): password authentication. With ``tls`` (fleet): client certificates,
     identity = certificate CN, and per-role access control. ``log_stdout`` sends the broker's
-    log to stdout (a container) instead of ``out/mosquitto.log``. Returns the path of
+    log to stdout (a container) instead of ``out/mosquitto.log``. ``ca_dir`` holds the fleet
+    CA's private key (default ``keys/ca``), out of the broker's directory. Returns the path of
     mosquitto.conf.
     """
     templates = templates or templates_dir()
@@ -120,7 +124,8 @@ def render(
     if tls:
         if any(ident == ADMIN for _, ident in identities):
             raise BrokerError(f"{ADMIN!r} is the broker's own administrator; rename that key")
-        write_tls(root / "tls", [ident for _, ident in identities] + [ADMIN], hostnames, bind)
+        write_tls(root / "tls", [ident for _, ident in identities] + [ADMIN], hostnames, bind,
+                  ca_dir=Path(keys) / "ca" if ca_dir is None else ca_dir)
         _write_private(root / "dynamic-security.json", json.dumps(
             dynsec_config(identities, json.loads((templates / "acl.json").read_text())), indent=1))
     else:

@@ -34,6 +34,9 @@ def register(sub: Any) -> None:
                         help="the dynamic-security plugin as the broker's host sees it "
                              "(default: found on this machine; eclipse-mosquitto images: "
                              "/usr/lib/mosquitto_dynamic_security.so)")
+    render.add_argument("--ca-dir", default=None, metavar="DIR",
+                        help="--tls: where the fleet CA's private key lives (default KEYS/ca; "
+                             "never in --out, which goes to the broker)")
     render.add_argument("--json", action="store_true", help="print a JSON summary")
     render.set_defaults(func=_render)
 
@@ -66,7 +69,7 @@ def _render(args: argparse.Namespace) -> int:
     try:
         conf = render(args.keys, args.out, tls=args.tls, bind=args.bind, port=args.port,
                       hostnames=hostnames, log_stdout=args.log_stdout,
-                      dynsec_plugin=args.dynsec_plugin or DYNSEC_PLUGIN)
+                      dynsec_plugin=args.dynsec_plugin or DYNSEC_PLUGIN, ca_dir=args.ca_dir)
     except BusError as exc:
         print(f"vlabus broker render: {exc}")
         return 1
