@@ -1,7 +1,8 @@
 """The robot's agent: one action per step, from the cloud when it is in time, else local.
 
 ``act(observation)`` publishes the signed frame (QoS 0, expiring with the deadline, the absolute
-deadline and a per-step correlation id in the header) and returns the first verified cloud
+time the robot will decide — its deadline less its timer slack — and a per-step correlation id
+in the header) and returns the first verified cloud
 action for that correlation id and step if it arrives before the deadline; otherwise the local
 policy's action, marked ``fallback`` with its cause. Local inference is hedged: it starts at the
 deadline minus its measured p99 latency, so a fallback is ready at the deadline, and its result
@@ -218,7 +219,9 @@ class EdgeAgent:
                                 deadline_ns - self._now()))
         reply_future = self.inbox.expect(corr, step, timing.decide_ns, probe=probe)
         try:
-            await self._publish(step, observation, deadline_ns, corr)
+            # The header carries when this robot decides, not the step's deadline: a reply
+            # after that is never used, so that is what the worker must schedule against.
+            await self._publish(step, observation, timing.decide_ns, corr)
         except TransportError as exc:
             log.warning("frame %d not sent: %r", step, exc)
             self.inbox.expire(corr)

@@ -57,6 +57,10 @@ def register(sub: Any) -> None:
                         help="stop after S seconds (default: run until SIGINT/SIGTERM)")
     add_status_argument(parser)
     add_keys_watch_argument(parser)
+    parser.add_argument("--robots", type=positive_int, default=1, metavar="N",
+                        help="simulate N robots in this process, each with its own identity, "
+                             "connection and watchdog: --robot-id names the first (robot-1 "
+                             "gives robot-1 … robot-N); their keys must be in --keys")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
                         help="serve /metrics /healthz /readyz (0 picks a free port)")
     parser.add_argument("--metrics-host", default="127.0.0.1")
@@ -83,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
         print("vlabus edge: only --sim is built in; embed edge_agent.EdgeAgent for a real robot",
               file=sys.stderr)
         return 1
+    if args.robots > 1 and (args.robot_id == "auto" or args.record or args.models_dir):
+        print("vlabus edge: --robots N takes a numbered --robot-id and no --record or "
+              "--models-dir", file=sys.stderr)
+        return 1
     summary = asyncio.run(edge_command(args))
     return report(summary, as_json=args.json, command="vlabus edge", human=_human)
 
@@ -106,6 +114,10 @@ async def edge_command(args: argparse.Namespace) -> dict[str, Any]:
     except (BusError, OSError) as exc:
         return {"error": str(exc), "exit_code": 1}
     try:
+        if args.robots > 1:
+            from edge_agent.fleetcli import run_fleet_command
+
+            return await run_fleet_command(args, robot_id)
         return await _run(args, robot_id, options)
     finally:
         if claim is not None:

@@ -37,14 +37,23 @@ class SimRobot:
     """Observations and state of one simulated arm; deterministic for a seed."""
 
     def __init__(self, *, cameras: tuple[str, ...] = ("front",), state_dim: int = 14,
-                 size: int = 224, ring: int = 16, seed: int = 0) -> None:
+                 size: int = 224, ring: int = 16, seed: int = 0,
+                 frames: list[list[npt.NDArray[np.uint8]]] | None = None) -> None:
+        """``frames`` (one ring per camera) shares already rendered images between robots."""
         self.cameras = cameras
-        scenes = [TabletopScene(size, size, seed=seed + i) for i in range(len(cameras))]
-        self._frames = [[scene.render(k) for k in range(ring)] for scene in scenes]
+        if frames is None:
+            scenes = [TabletopScene(size, size, seed=seed + i) for i in range(len(cameras))]
+            frames = [[scene.render(k) for k in range(ring)] for scene in scenes]
+        self._frames = frames
         self._rng = np.random.default_rng(seed)
         self.state = np.zeros(state_dim, np.float32)
         self.command = COMMANDS[seed % len(COMMANDS)]
         self.applied = 0
+
+    @property
+    def frames(self) -> list[list[npt.NDArray[np.uint8]]]:
+        """The rendered images, one ring per camera (shareable with other robots)."""
+        return self._frames
 
     def observe(self, step: int) -> Observation:
         ring = len(self._frames[0])

@@ -166,6 +166,12 @@ MQTT_REASONS: dict[int, tuple[str, str]] = {
 }
 
 
+def _hint(code: int) -> str:
+    """`` (what to do)`` for a reason code vlabus knows, else nothing."""
+    known = MQTT_REASONS.get(code)
+    return f" ({known[1]})" if known and code >= 0x80 else ""
+
+
 def mqtt_reason(code: int) -> str:
     """``0x87 Not authorized (check --broker-config or the credentials, …)``."""
     name, hint = MQTT_REASONS.get(code, ("reason code", "see the MQTT 5 specification, 3.2.2.2"))
@@ -198,7 +204,8 @@ class PublishRejected(TransportError):  # noqa: N818 (public name others use)
     """The broker refused a publish; ``code`` is the MQTT 5 reason code."""
 
     def __init__(self, topic: str, code: int, name: str = "") -> None:
-        super().__init__(f"publish to {topic!r} refused: 0x{code:02x} {name}".rstrip())
+        super().__init__(f"publish to {topic!r} refused: 0x{code:02x} {name}".rstrip()
+                         + _hint(code))
         self.topic = topic
         self.code = code
 
@@ -207,6 +214,7 @@ class SubscribeRejected(TransportError):  # noqa: N818 (pairs with PublishReject
     """The broker refused a subscription; ``code`` is the MQTT 5 SUBACK reason code."""
 
     def __init__(self, pattern: str, code: int, name: str = "") -> None:
-        super().__init__(f"subscribe to {pattern!r} refused: 0x{code:02x} {name}".rstrip())
+        super().__init__(f"subscribe to {pattern!r} refused: 0x{code:02x} {name}".rstrip()
+                         + _hint(code))
         self.pattern = pattern
         self.code = code

@@ -34,6 +34,9 @@ def register(sub: Any) -> None:
                         help="the dynamic-security plugin as the broker's host sees it "
                              "(default: found on this machine; eclipse-mosquitto images: "
                              "/usr/lib/mosquitto_dynamic_security.so)")
+    render.add_argument("--config-dir", default=None, metavar="DIR",
+                        help="where the broker will read these files, when not --out (e.g. "
+                             "a Kubernetes volume); the paths in mosquitto.conf use it")
     render.add_argument("--ca-dir", default=None, metavar="DIR",
                         help="--tls: where the fleet CA's private key lives (default KEYS/ca; "
                              "never in --out, which goes to the broker)")
@@ -69,7 +72,8 @@ def _render(args: argparse.Namespace) -> int:
     try:
         conf = render(args.keys, args.out, tls=args.tls, bind=args.bind, port=args.port,
                       hostnames=hostnames, log_stdout=args.log_stdout,
-                      dynsec_plugin=args.dynsec_plugin or DYNSEC_PLUGIN, ca_dir=args.ca_dir)
+                      config_dir=args.config_dir, ca_dir=args.ca_dir,
+                      dynsec_plugin=args.dynsec_plugin or DYNSEC_PLUGIN)
     except BusError as exc:
         print(f"vlabus broker render: {exc}")
         return 1

@@ -22,6 +22,9 @@ from security.keys import add_key, init_keyring
 from vlabus.cli.liveview import render, robot_row, worker_row
 from vlabus.cli.procs import Child, free_port, workdir
 
+#: fleets larger than this run as processes of this many simulated robots each
+ROBOTS_PER_PROCESS = 16
+
 
 @dataclass
 class DemoConfig:
@@ -143,15 +146,23 @@ class Fleet:
         self.events.append(f"Foxglove view on ws://127.0.0.1:{self.config.foxglove}")
 
     def start_robots(self) -> None:
+        """One process per robot for small fleets; past ``ROBOTS_PER_PROCESS`` robots, processes
+        of up to that many simulated robots each (``vlabus edge --sim --robots N``)."""
         cfg = self.config
-        for i in range(1, cfg.robots + 1):
-            args = ["edge", "--robot-id", f"robot-{i}", "--bus", self.bus_url,
+        per = 1 if cfg.robots <= ROBOTS_PER_PROCESS else ROBOTS_PER_PROCESS
+        for first in range(1, cfg.robots + 1, per):
+            count = min(per, cfg.robots - first + 1)
+            args = ["edge", "--robot-id", f"robot-{first}", "--bus", self.bus_url,
                     "--keys", str(self.keys), "--sim", "--fps", str(cfg.fps),
                     "--deadline-ms", str(cfg.deadline_ms), "--seconds", str(cfg.seconds),
                     "--json"]
             if cfg.chunk:
                 args += ["--chunk", str(cfg.chunk)]
-            self.robots.append(self.child(f"robot-{i}", args, metrics=True).start())
+            name = f"robot-{first}"
+            if count > 1:
+                args += ["--robots", str(count)]
+                name = f"robots-{first}-{first + count - 1}"
+            self.robots.append(self.child(name, args, metrics=True).start())
 
     # -- chaos ----------------------------------------------------------------------------------
 
