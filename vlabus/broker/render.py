@@ -33,7 +33,7 @@ from typing import Any
 from schemas.errors import BusError
 from security.keys import Keyring
 from security.tls import write_tls
-from vlabus.bus.transport import TlsFiles, TransportOptions
+from vlabus.bus.transport import MAX_PAYLOAD, TlsFiles, TransportOptions
 
 #: Where distributions put Mosquitto's dynamic-security plugin: Debian/Ubuntu (multiarch),
 #: then the eclipse-mosquitto image (Alpine).
@@ -46,8 +46,8 @@ DYNSEC_PLUGIN = next((p for p in DYNSEC_CANDIDATES if Path(p).is_file()), DYNSEC
 #: configuration, never on a robot.
 ADMIN = "broker-admin"
 CONTROL = "$CONTROL/dynamic-security/v1"
-#: The largest MQTT packet the broker takes: the transport's 16 MiB payload cap plus headers.
-MAX_PACKET_SIZE = (16 << 20) + (64 << 10)
+#: The largest MQTT packet the broker takes: the clients' payload limit plus headers.
+MAX_PACKET_SIZE = MAX_PAYLOAD + (64 << 10)
 
 
 class BrokerError(BusError):

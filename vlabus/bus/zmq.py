@@ -8,7 +8,11 @@ every send is followed by an ``EVENTS`` check that reschedules the drain. Frames
 read with :mod:`vlabus.hub.protocol`; subscriptions, retained messages, QoS 1 in flight, the
 outbox and the publish checks are the shared :class:`~vlabus.bus.session.Session`.
 
-Reconnects are ZeroMQ's own; on every completed handshake (socket monitor) the client re-sends
+Reconnects are ZeroMQ's own, except after a protocol error (a message over ``MAXMSGSIZE``, a
+peer speaking something else): libzmq then ends the connection for good, with no reconnect
+attempt. A disconnect that no ``CONNECT_RETRIED`` follows is such a death, and the socket is
+rebuilt (a new DEALER, new routing id) after a jittered backoff; counted in ``rebuilt``. On
+every completed handshake (socket monitor) the client re-sends
 HELLO (its will and heartbeat), its subscriptions, its retained messages and unacknowledged QoS 1
 publishes, so a restarted hub relearns everything. ``IMMEDIATE`` keeps libzmq from queueing into
 a dead connection; while disconnected, publishes wait in our bounded outbox instead (oldest
@@ -33,6 +37,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from schemas.errors import SubscribeRejected, TransportError
+from vlabus.bus.backoff import Backoff
 from vlabus.bus.inbox import Inbox, Receiving
 from vlabus.bus.inflight import Inflight, complete, fail_quietly
 from vlabus.bus.session import Session
@@ -45,7 +50,11 @@ _ZERO_COPY = 64 << 10  # below this, copying beats pinning a buffer (pyzmq's own
 _NB, _MORE_NB = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _MONITOR = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
-            | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECT_DELAYED)
+#: libzmq reports a reconnect attempt right after the disconnect; none within this is a
+#: connection ended for good (a protocol error): the socket is rebuilt
+_DEAD_AFTER_S = 0.25
 
 
 class ZmqTransport(Receiving):
@@ -59,22 +68,40 @@ class ZmqTransport(Receiving):
         self._session: Session[bytes] = Session("zmq", options)
         self._heartbeat_ms = heartbeat_ms
         self._ctx: zmq.Context[Any] = zmq.Context.instance()
-        self._sock = self._make_socket()
-        self._monitor = self._sock.get_monitor_socket(_MONITOR)
+        extra = options.extra
+        self._rebuild_backoff = Backoff(float(extra.get("reconnect_min_s", 0.1)),
+                                        float(extra.get("reconnect_max_s", 2)))
+        self._attempts = 0  # reconnect attempts and handshakes libzmq reported so far
+        self._rebuild: asyncio.TimerHandle | None = None
         self._sub_waits: dict[bytes, tuple[asyncio.Future[None], str]] = {}  # mid -> (, filter)
         self._mids = itertools.count(1)
         self._welcome: asyncio.Future[None] = self._loop.create_future()
         self._connected = False
         self._stats = dict.fromkeys(("published", "reconnects", "outbox_dropped",
-                                     "expired_dropped", "hwm_dropped", "malformed", "denied"), 0)
+                                     "expired_dropped", "hwm_dropped", "malformed", "denied",
+                                     "rebuilt"), 0)
         self._handshakes = 0
-        self._loop.add_reader(self._sock.FD, self._drain)
-        self._loop.add_reader(self._monitor.FD, self._on_monitor)
+        self._sock, self._monitor = self._open_socket()
         self._ping = self._loop.call_later(heartbeat_ms / 1000, self._send_ping)
-        self._sock.connect(proto.tcp_endpoint(url))
+
+    def _open_socket(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+        """A connecting DEALER and its monitor, read from the loop."""
+        sock = self._make_socket()
+        monitor = sock.get_monitor_socket(_MONITOR)
+        self._loop.add_reader(sock.FD, self._drain)
+        self._loop.add_reader(monitor.FD, self._on_monitor)
+        sock.connect(proto.tcp_endpoint(self.url))
         # The FDs are edge-triggered: reading EVENTS once arms them.
         self._loop.call_soon(self._on_monitor)
         self._loop.call_soon(self._drain)
+        return sock, monitor
+
+    def _close_socket(self) -> None:
+        self._loop.remove_reader(self._sock.FD)
+        self._loop.remove_reader(self._monitor.FD)
+        self._sock.disable_monitor()
+        self._monitor.close(0)
+        self._sock.close()
 
     def _make_socket(self) -> zmq.Socket[Any]:
         opts = self.options
@@ -222,11 +249,9 @@ class ZmqTransport(Receiving):
             return
         self._session.closed = True
         self._ping.cancel()
-        self._loop.remove_reader(self._sock.FD)
-        self._loop.remove_reader(self._monitor.FD)
-        self._sock.disable_monitor()
-        self._monitor.close(0)
-        self._sock.close()
+        if self._rebuild is not None:
+            self._rebuild.cancel()
+        self._close_socket()
         self._inbox.close()
         for entry in self._session.inflight.clear():
             fail_quietly(entry.future, TransportError("zmq transport closed"))
@@ -326,13 +351,20 @@ class ZmqTransport(Receiving):
     def _on_monitor(self) -> None:
         while not self._session.closed and _readable(self._monitor):
             event = parse_monitor_message(self._monitor.recv_multipart())["event"]
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if event in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CONNECT_DELAYED):
+                self._attempts += 1
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._attempts += 1
                 self._connected = True
                 self._handshakes += 1
+                self._rebuild_backoff.reset()
                 if self._handshakes > 1:
                     self._stats["reconnects"] += 1
                 self._resync()
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and self._handshakes:
+                self._watch_for_death()  # after a connection we had: rebuild, not give up
             elif event == zmq.EVENT_DISCONNECTED:
+                self._watch_for_death()
                 self._connected = False
                 for entry in self._session.inflight.values():  # kept: re-sent after handshake
                     if entry.timer is not None:
@@ -345,6 +377,33 @@ class ZmqTransport(Receiving):
             else:
                 fail_quietly(self._welcome, TransportError(
                     f"hub {self.url} refused the CURVE handshake (event {event})"))
+
+    def _watch_for_death(self) -> None:
+        """After a disconnect: rebuild the socket unless libzmq reports a reconnect attempt
+        soon (it makes none after a protocol error: the socket would stay dead)."""
+        attempts = self._attempts
+        self._loop.call_later(_DEAD_AFTER_S, self._rebuild_if_dead, attempts)
+
+    def _rebuild_if_dead(self, attempts: int) -> None:
+        if self._session.closed or self._connected or self._attempts != attempts \
+                or self._rebuild is not None:
+            return
+        delay = self._rebuild_backoff.next_delay()
+        log.warning("zmq: the connection to %s ended without a reconnect (a protocol error, "
+                    "e.g. a message over %d bytes); new socket in %.2f s", self.url,
+                    self.options.max_payload + (64 << 10), delay)
+        self._rebuild = self._loop.call_later(delay, self._rebuild_socket)
+
+    def _rebuild_socket(self) -> None:
+        self._rebuild = None
+        if self._session.closed or self._connected:
+            return
+        self._close_socket()
+        self._stats["rebuilt"] += 1
+        self._sock, self._monitor = self._open_socket()
+        # a socket that never connects again is rebuilt again, with a longer backoff
+        self._loop.call_later(_DEAD_AFTER_S + self._rebuild_backoff.cap_s,
+                              self._rebuild_if_dead, self._attempts)
 
     def _resync(self) -> None:
         """After a (re)connect: tell the hub who we are and everything it must know again."""

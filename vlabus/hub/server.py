@@ -7,7 +7,10 @@ re-sends the same ``zmq.Frame``, which libzmq shares by reference. The routing t
 
 Protection: send/receive high-water marks (a full subscriber's messages are dropped and counted,
 never blocking the hub: ``ROUTER_MANDATORY`` turns the silent drop into ``EAGAIN``), ZMTP
-heartbeats, ``MAXMSGSIZE`` (a peer sending more is disconnected by libzmq). With ``curve_dir``,
+heartbeats, ``MAXMSGSIZE`` (a peer sending more is disconnected by libzmq), and the deployment's
+payload limit at entry: a publish or will over ``max_payload`` (what every client accepts) is
+refused with NACK and counted in ``too_large``, so it never reaches a subscriber whose socket
+would take it for a protocol error. With ``curve_dir``,
 CurveZMQ with a ZAP handler and ``ZAP_ENFORCE_DOMAIN``: without the handler clients are refused,
 not admitted (known trap 6). With ``access`` as well, each publish, subscription and will is
 checked against the sender's CURVE identity (:mod:`vlabus.hub.access`); a refusal is counted in
@@ -57,7 +60,8 @@ class Hub:
         self.routes = Routes()
         self.stats: dict[str, int] = dict.fromkeys(
             ("received", "delivered", "dropped_hwm", "dropped_unroutable", "expired",
-             "malformed", "denied", "wills", "disconnects", "reloads", "revoked"), 0)
+             "malformed", "denied", "wills", "disconnects", "reloads", "revoked",
+             "too_large"), 0)
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -239,6 +243,10 @@ class Hub:
                     self._deny(router, parts[0], _user(parts[2]), f"publish to {topic!r}",
                                proto.meta_mid(meta))
                     continue
+                if len(parts[2]) > self.config.max_payload:
+                    self._too_large(router, parts[0], topic, len(parts[2]),
+                                    proto.meta_mid(meta))
+                    continue
                 try:
                     self._publish(router, parts[0], topic, meta, parts[2])
                 except (ValueError, UnicodeDecodeError) as exc:
@@ -302,6 +310,19 @@ class Hub:
             log.warning("hub: %r may not %s", user, what)
         self._send(router, rid, proto.nack(mid, f"{user!r} may not {what}"))
 
+    def _too_large(self, router: zmq.Socket[Any], rid: bytes, topic: bytes, size: int,
+                   mid: bytes) -> None:
+        """Refuse a payload over the deployment's limit: count it, log it (rate-limited by
+        the count), answer with NACK."""
+        self.stats["too_large"] += 1
+        limit = self.config.max_payload
+        count = self.stats["too_large"]
+        if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood costs few lines
+            log.warning("hub: refused a payload of %d bytes on %r from %r: over the %d-byte "
+                        "limit (%d so far)", size, topic[:64], rid, limit, count)
+        self._send(router, rid, proto.nack(mid, f"payload of {size} bytes is over the "
+                                                f"{limit}-byte limit"))
+
     def _hello(self, router: zmq.Socket[Any], rid: bytes, parts: list[Any]) -> None:
         hello = proto.decode_hello(parts[1:])
         peer = self.routes.seen(rid, time.monotonic_ns())
@@ -309,6 +330,9 @@ class Hub:
         peer.heartbeat_ns = hello.heartbeat_ms * 1_000_000
         will_topic = hello.will_topic
         peer.will = (will_topic, hello.will_payload, hello.will_retain) if will_topic else None
+        if peer.will is not None and len(hello.will_payload) > self.config.max_payload:
+            peer.will = None
+            self._too_large(router, rid, will_topic.encode(), len(hello.will_payload), b"")
         user = _user(parts[4])
         if (peer.will is not None and self._access is not None
                 and not self._access.may_publish(user, will_topic)):
