@@ -310,7 +310,7 @@ class Hub:
             log.warning("hub: %r may not %s", user, what)
         self._send(router, rid, proto.nack(mid, f"{user!r} may not {what}"))
 
-    def _too_large(self, router: zmq.Socket[Any], rid: bytes, topic: bytes, size: int,
+    def _too_large(self, router: zmq.Socket[Any], rid: bytes, topic: bytes | str, size: int,
                    mid: bytes) -> None:
         """Refuse a payload over the deployment's limit: count it, log it (rate-limited by
         the count), answer with NACK."""
@@ -332,7 +332,7 @@ class Hub:
         peer.will = (will_topic, hello.will_payload, hello.will_retain) if will_topic else None
         if peer.will is not None and len(hello.will_payload) > self.config.max_payload:
             peer.will = None
-            self._too_large(router, rid, will_topic.encode(), len(hello.will_payload), b"")
+            self._too_large(router, rid, will_topic, len(hello.will_payload), b"")
         user = _user(parts[4])
         if (peer.will is not None and self._access is not None
                 and not self._access.may_publish(user, will_topic)):
