@@ -22,8 +22,8 @@ from edge_agent.stack import LocalModel, open_edge
 from schemas import topics
 from schemas.messages import Status
 from tests.support.aio import TIMEOUT, eventually, run
-from tests.support.keys import KeyDir
 from tests.support.frames import make_frame
+from tests.support.keys import KeyDir
 from tests.support.policies import HangingPolicy
 from tests.support.robot import Robot
 from vlabus.broker.local import LocalMosquitto
