@@ -35,6 +35,7 @@ from schemas.topics import group_problem, topic_filter_problem
 from vlabus.hub import protocol as proto
 from vlabus.hub.access import Access
 from vlabus.hub.config import HubConfig
+from vlabus.hub.refusals import Refusals
 from vlabus.hub.routes import Routes
 from vlabus.hub.zap import frame_user as _user
 from vlabus.hub.zap import serve_curve
@@ -69,7 +70,7 @@ class Hub:
         self._ctrl = f"inproc://hub-ctrl-{id(self)}"
         self._auth: Any = None
         self._access = config.access
-        self._denials_logged: set[tuple[str, str]] = set()
+        self._refusals = Refusals(self.stats, config.max_payload)
         self._next_access: Access | None = None
         self._reloaded = threading.Event()
         self._reload_lock = threading.Lock()
@@ -203,7 +204,7 @@ class Hub:
         access = self._next_access
         if access is not None:
             self._access = access
-            self._denials_logged.clear()
+            self._refusals.forget_denials()
             for rid, pattern, group in self.routes.subscriptions():
                 peer = self.routes.peers.get(rid)
                 user = peer.user if peer is not None else ""
@@ -240,12 +241,12 @@ class Hub:
                 topic, meta = proto.split_pub_head(parts[1])
                 access = self._access
                 if access is not None and not access.may_publish(_user(parts[2]), topic):
-                    self._deny(router, parts[0], _user(parts[2]), f"publish to {topic!r}",
-                               proto.meta_mid(meta))
+                    self._send(router, parts[0], self._refusals.denied(
+                        _user(parts[2]), f"publish to {topic!r}", proto.meta_mid(meta)))
                     continue
                 if len(parts[2]) > self.config.max_payload:
-                    self._too_large(router, parts[0], topic, len(parts[2]),
-                                    proto.meta_mid(meta))
+                    self._send(router, parts[0], self._refusals.too_large(
+                        parts[0], topic, len(parts[2]), proto.meta_mid(meta)))
                     continue
                 try:
                     self._publish(router, parts[0], topic, meta, parts[2])
@@ -275,7 +276,8 @@ class Hub:
                 if self._access is not None and not self._access.may_subscribe(user, pattern,
                                                                                group):
                     where = f" in group {group!r}" if group else ""
-                    self._deny(router, rid, user, f"subscribe to {pattern!r}{where}", mid)
+                    self._send(router, rid, self._refusals.denied(
+                        user, f"subscribe to {pattern!r}{where}", mid))
                     return
                 if mid:  # before the retained messages, as MQTT's SUBACK
                     self._send(router, rid, proto.ack(mid))
@@ -298,31 +300,6 @@ class Hub:
         self.stats["malformed"] += 1
         log.warning("hub: malformed message from %r: %r", rid, why)
 
-    def _deny(self, router: zmq.Socket[Any], rid: bytes, user: str, what: str,
-              mid: bytes) -> None:
-        """Refuse what ``user`` asked for: count it, log it once, and answer with NACK."""
-        self.stats["denied"] += 1
-        key = (user, what)
-        if key not in self._denials_logged:
-            if len(self._denials_logged) >= 1024:
-                self._denials_logged.clear()
-            self._denials_logged.add(key)
-            log.warning("hub: %r may not %s", user, what)
-        self._send(router, rid, proto.nack(mid, f"{user!r} may not {what}"))
-
-    def _too_large(self, router: zmq.Socket[Any], rid: bytes, topic: bytes | str, size: int,
-                   mid: bytes) -> None:
-        """Refuse a payload over the deployment's limit: count it, log it (rate-limited by
-        the count), answer with NACK."""
-        self.stats["too_large"] += 1
-        limit = self.config.max_payload
-        count = self.stats["too_large"]
-        if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood costs few lines
-            log.warning("hub: refused a payload of %d bytes on %r from %r: over the %d-byte "
-                        "limit (%d so far)", size, topic[:64], rid, limit, count)
-        self._send(router, rid, proto.nack(mid, f"payload of {size} bytes is over the "
-                                                f"{limit}-byte limit"))
-
     def _hello(self, router: zmq.Socket[Any], rid: bytes, parts: list[Any]) -> None:
         hello = proto.decode_hello(parts[1:])
         peer = self.routes.seen(rid, time.monotonic_ns())
@@ -332,12 +309,14 @@ class Hub:
         peer.will = (will_topic, hello.will_payload, hello.will_retain) if will_topic else None
         if peer.will is not None and len(hello.will_payload) > self.config.max_payload:
             peer.will = None
-            self._too_large(router, rid, will_topic, len(hello.will_payload), b"")
+            self._send(router, rid, self._refusals.too_large(rid, will_topic,
+                                                             len(hello.will_payload), b""))
         user = _user(parts[4])
         if (peer.will is not None and self._access is not None
                 and not self._access.may_publish(user, will_topic)):
             peer.will = None  # the hub publishes a will on the client's behalf: same rules
-            self._deny(router, rid, user, f"leave a will on {will_topic!r}", b"")
+            self._send(router, rid, self._refusals.denied(
+                user, f"leave a will on {will_topic!r}", b""))
         peer.fd = parts[4].get(zmq.SRCFD)  # matched against the monitor's DISCONNECTED fd
         self._send(router, rid, proto.welcome())
 
