@@ -7,6 +7,9 @@
     vla/v1/workers/{worker_id}/status   retained birth/death of a worker
     vla/v1/models/{model}/manifest      signed release manifest, retained
     vla/v1/models/{model}/chunk         release chunks
+    vla/v1/models/{model}/fl-round      federated round announcement, retained
+    vla/v1/models/{model}/fl-result     what a federated round came to, retained
+    vla/v1/{robot_id}/fl-update         robot -> coordinator: update manifest and chunks
 
 Workers read frames and tasks through ``$share/{group}/...``.
 """
@@ -26,6 +29,7 @@ ALL_FRAMES = f"{PREFIX}/+/frame"
 ALL_TASKS = f"{PREFIX}/+/task"
 ALL_MODELS = f"{PREFIX}/models/#"
 ALL_WORKER_STATUS = f"{PREFIX}/workers/+/status"
+ALL_FL_UPDATES = f"{PREFIX}/+/fl-update"
 
 
 def check_id(value: str) -> str:
@@ -120,6 +124,18 @@ def model_manifest_topic(model: str) -> str:
 
 def model_chunk_topic(model: str) -> str:
     return f"{PREFIX}/models/{check_name(model)}/chunk"
+
+
+def fl_round_topic(model: str) -> str:
+    return f"{PREFIX}/models/{check_name(model)}/fl-round"
+
+
+def fl_result_topic(model: str) -> str:
+    return f"{PREFIX}/models/{check_name(model)}/fl-result"
+
+
+def fl_update_topic(robot_id: str) -> str:
+    return f"{PREFIX}/{check_id(robot_id)}/fl-update"
 
 
 def shared(group: str, pattern: str) -> str:

@@ -105,6 +105,10 @@ SENDER_ROLES: dict[str, frozenset[Role]] = {
     "model_manifest": frozenset({"release"}),
     "model_chunk": frozenset({"release"}),
     "status": frozenset({"robot", "worker", "release", "replay"}),
+    "fl_round": frozenset({"release"}),
+    "fl_result": frozenset({"release"}),
+    "fl_update": frozenset({"robot"}),
+    "fl_chunk": frozenset({"robot"}),
 }
 IDENTITY_FIELD: dict[str, str] = {
     "frame": "robot_id",
@@ -112,9 +116,13 @@ IDENTITY_FIELD: dict[str, str] = {
     "action": "worker_id",
     "task_result": "worker_id",
     "status": "client_id",
+    "fl_round": "coordinator",
+    "fl_result": "coordinator",
+    "fl_update": "robot_id",
+    "fl_chunk": "robot_id",
 }
 #: Kinds that are retained or long-lived: no clock-skew check (manifests carry an expiry).
-UNTIMED_KINDS = frozenset({"status", "model_manifest", "model_chunk"})
+UNTIMED_KINDS = frozenset({"status", "model_manifest", "model_chunk", "fl_round", "fl_result"})
 
 
 @dataclass(frozen=True, slots=True)
