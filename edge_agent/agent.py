@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -142,6 +143,9 @@ class EdgeAgent:
         self._inflight: asyncio.Task[Decision] | None = None
         self._topic = frame_topic(config.robot_id)
         self.metrics.model_version.set(local.version)
+        #: called with (observation, chunk) for every step the cloud answered on time (the
+        #: federated experience buffer); must return at once
+        self.on_cloud: Callable[[Observation, Chunk], None] | None = None
 
     @property
     def step(self) -> int:
@@ -287,6 +291,8 @@ class EdgeAgent:
             if hedge is not None:
                 self.stats.hedges_wasted += 1
             self.breaker.on_time(reply.rtt_ns, probe=probe)
+            if self.on_cloud is not None:
+                self.on_cloud(observation, reply.chunk)
             return Decision(step, reply.chunk, Source.CLOUD, None, deadline_ns,
                             time.monotonic_ns(), reply.rtt_ns, reply.worker_id,
                             reply.tick_stride)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,8 @@ class SimRobot:
 
 async def drive(agent: EdgeAgent, robot: SimRobot, *, fps: float, seconds: float,
                 safety_every: int = 0, stop: asyncio.Event | None = None,
-                on_step: Any = None) -> int:
+                on_step: Any = None,
+                transform: Callable[[Observation], Observation] | None = None) -> int:
     """Run the control loop at ``fps`` for ``seconds``; returns the number of overruns (steps
     that started after their tick because the previous one took longer than a period)."""
     period = 1.0 / fps
@@ -77,7 +79,10 @@ async def drive(agent: EdgeAgent, robot: SimRobot, *, fps: float, seconds: float
         elif delay < -period / 2:
             overruns += 1
         critical = safety_every > 0 and step % safety_every == safety_every - 1
-        result: ActionResult = await agent.act(robot.observe(step), safety_critical=critical)
+        observation = robot.observe(step)
+        if transform is not None:  # anonymisation: before the frame is encoded or kept
+            observation = transform(observation)
+        result: ActionResult = await agent.act(observation, safety_critical=critical)
         if result.action is not None:
             robot.apply(result.action)
         if on_step is not None:
@@ -91,7 +96,10 @@ async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` ca
         model: LocalModel | None = None, metrics: EdgeMetrics | None = None,
         recorder: Any = None, safety_every: int = 0, stop: asyncio.Event | None = None,
         codec: str = "raw", seed: int = 0,
-        options: TransportOptions | None = None) -> dict[str, Any]:
+        options: TransportOptions | None = None,
+        transform: Callable[[Observation], Observation] | None = None,
+        attach: Callable[[EdgeAgent], contextlib.AbstractAsyncContextManager[Any]] | None = None,
+) -> dict[str, Any]:
     """Run one simulated robot against the bus and return its summary (see ``RunStats``)."""
     model = model or LocalModel()
     keys, signer = load_identity(keys_dir, robot_id)
@@ -106,8 +114,9 @@ async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` ca
     ticker = asyncio.create_task(_tick_recorder(recorder)) if recorder is not None else None
     started = time.monotonic()
     try:
-        overruns = await drive(agent, robot, fps=fps, seconds=seconds,
-                               safety_every=safety_every, stop=stop)
+        async with attach(agent) if attach is not None else contextlib.nullcontext():
+            overruns = await drive(agent, robot, fps=fps, seconds=seconds,
+                                   safety_every=safety_every, stop=stop, transform=transform)
     finally:
         if ticker is not None:
             ticker.cancel()
