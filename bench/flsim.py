@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from cloud_workers.fl.coordinator import Coordinator, CoordinatorConfig, RoundReport
 from edge_agent.agent import AgentConfig, EdgeAgent
+from edge_agent.fl.attach import Federated, federated
 from edge_agent.fl.buffer import ExperienceBuffer
 from edge_agent.fl.client import ClientConfig, RoundClient
 from edge_agent.fl.personal import personal_loader
@@ -118,6 +120,34 @@ def _record_pair(recorder: Recorder, robot: Encoder, worker: Encoder, robot_id: 
     recorder.write(action_topic(robot_id), worker.encode(action, corr=corr), now)
 
 
+class MaliciousClient(RoundClient):
+    """A robot with a valid key that trains like the others, then sends, round after round,
+    one of: its delta scaled x100, sign-flipped, with NaN, claimed on a wrong base, or last
+    round's signed envelopes again (``modes``, in turn)."""
+
+    modes: tuple[str, ...] = ("scaled", "sign_flip", "nan", "wrong_base", "replay")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._previous: list[bytes] = []
+
+    def updates(self, announced: Any, result: Any) -> list[bytes]:
+        mode = self.modes[announced.round % len(self.modes)]
+        delta = result.delta
+        if mode == "replay" and self._previous:
+            return self._previous
+        if mode == "scaled":
+            delta = {k: 100 * v for k, v in delta.items()}
+        elif mode == "sign_flip":
+            delta = {k: -v for k, v in delta.items()}
+        elif mode == "nan":
+            delta = {k: np.full_like(v, np.nan) for k, v in delta.items()}
+        elif mode == "wrong_base":
+            announced = msgspec.structs.replace(announced, base_sha256="0" * 64)
+        self._previous = super().updates(announced, dataclasses.replace(result, delta=delta))
+        return self._previous
+
+
 def robot_errors(heldout: Path, keys: Path, root: Path, robots: list[str]) -> dict[str, float]:
     """Each robot's installed local policy (its personal tensors laid over) scored on its own
     held-out steps: mean absolute error against the cloud's actions."""
@@ -147,71 +177,70 @@ Attack = Callable[[str, Any], Any]
 async def run_fleet(spec: FleetSpec, root: Path, config: CoordinatorConfig, *, bus: str,
                     executor: Executor, budget_epsilon: float = 8.0,
                     options: Callable[[str], TransportOptions] | None = None,
-                    attacker: Callable[[Any, Keyring, Path], Any] | None = None,
-                    score: bool = True) -> FleetRun:
-    """Rounds over ``bus`` with every robot of ``spec`` answering; errors scored after each.
-    ``attacker(transport, keyring, keys)``, when given, runs alongside as a malicious robot
-    (its coroutine gets the coordinator's reports through the returned object's queue)."""
+                    malicious: tuple[str, ...] = (), score: str = "each") -> FleetRun:
+    """Rounds over ``bus`` with every robot of ``spec`` answering; the ``malicious`` ones run
+    :class:`MaliciousClient`. Honest robots' errors are scored before the first round and
+    after each (``score="each"``), after the last only (``"ends"``) or never (``"none"``)."""
     keys = root / "keys"
     heldout = root / "heldout.mcap"
     ring = Keyring.load(keys)
     robots = robot_ids(spec.robots)
+    honest = [r for r in robots if r not in malicious]
     opts = options or (lambda client: TransportOptions(client_id=client))
     run = FleetRun()
     agents: list[EdgeAgent] = []
-    clients: list[RoundClient] = []
+    joined: list[Federated] = []
     coordinator_transport = await open_transport(bus, opts("release"))
     coordinator = Coordinator(coordinator_transport, Encoder(load_signer(keys, "release",
                                                                          "release")),
                               ring, config, base=base_weights(spec, root / "base.safetensors"),
                               base_version=1)
-    attack_task = None
-    try:
+    async with contextlib.AsyncExitStack() as stack:
         for robot_id in robots:
             signer: Signer = load_signer(keys, "robot", robot_id)
             probe = SimRobot(size=spec.size, ring=1, seed=0).observe(0)
             model = LocalModel(name=MODEL, width=spec.local_width,
-                               models_dir=root / robot_id / "models")
-            agents.append(await open_edge(bus, keys=ring, signer=signer,
-                                          config=AgentConfig(robot_id=robot_id), probe=probe,
-                                          model=model, options=opts(robot_id)))
-            fl_transport = await open_transport(bus, dataclasses.replace(
-                opts(robot_id), client_id=f"{robot_id}-fl"))
-            client = RoundClient(fl_transport, Encoder(signer), ring, ClientConfig(
-                robot_id=robot_id, model=MODEL, models_dir=root / robot_id / "models",
-                state_dir=root / robot_id / "fl", budget_epsilon=budget_epsilon,
-                cpu_share=1.0, seed=spec.seed), executor=executor)
-            await client.start()
-            clients.append(client)
+                               models_dir=root / robot_id / "models",
+                               personal_dir=root / robot_id / "fl")
+            agent = await open_edge(bus, keys=ring, signer=signer,
+                                    config=AgentConfig(robot_id=robot_id), probe=probe,
+                                    model=model, options=opts(robot_id))
+            agents.append(agent)
+            stack.push_async_callback(_close_agent, agent)
+            joined.append(await stack.enter_async_context(federated(
+                agent, ring, ClientConfig(
+                    robot_id=robot_id, model=MODEL, models_dir=root / robot_id / "models",
+                    state_dir=root / robot_id / "fl", budget_epsilon=budget_epsilon,
+                    cpu_share=1.0, seed=spec.seed),
+                executor=executor,
+                client_class=MaliciousClient if robot_id in malicious else RoundClient)))
+        stack.push_async_callback(_close_coordinator, coordinator)
         await coordinator.start()
-        if attacker is not None:
-            attack_task = asyncio.create_task(attacker(coordinator, ring, keys))
         await _installed(root, robots, 1)
-        if score:
-            run.errors.append(robot_errors(heldout, keys, root, robots))
+        if score != "none":
+            run.errors.append(robot_errors(heldout, keys, root, honest))
         for number in range(config.rounds):
             report = await coordinator.run_round(number)
             run.reports.append(report)
             if report.released:
                 await _installed(root, robots, report.version)
-            if score:
-                run.errors.append(robot_errors(heldout, keys, root, robots))
+            last = number == config.rounds - 1
+            if score == "each" or (score == "ends" and last):
+                run.errors.append(robot_errors(heldout, keys, root, honest))
         run.refused = coordinator.refused()
-    finally:
-        if attack_task is not None:
-            attack_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await attack_task
-        for client in clients:
-            run.clients[client.config.robot_id] = client.stats.summary()
-            await client.close()
-            await client.transport.close()
-        for agent in agents:
-            await agent.close()
-            await agent.transport.close()
-        await coordinator.close()
-        await coordinator_transport.close()
+        for handle in joined:
+            run.clients[handle.client.config.robot_id] = handle.client.stats.summary()
     return run
+
+
+async def _close_agent(agent: EdgeAgent) -> None:
+    await agent.close()
+    await agent.transport.close()
+
+
+async def _close_coordinator(coordinator: Coordinator) -> None:
+    await coordinator.close()
+    await coordinator.transport.close()
 
 
 async def _installed(root: Path, robots: list[str], version: int, timeout_s: float = 60) -> None:

@@ -176,7 +176,7 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
         # run from threads (tests, embedding), where Ctrl-C handling is the caller's.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    attach, joined = _federation(args, robot_id, options) if args.fl else (None, [])
+    attach, joined = _federation(args, robot_id) if args.fl else (None, [])
     try:
         if server is not None:
             server.ready.set()
@@ -212,7 +212,7 @@ def _fl_dir(args: argparse.Namespace, robot_id: str) -> Path:
     return Path(args.models_dir).parent / f"fl-{robot_id}"
 
 
-def _federation(args: argparse.Namespace, robot_id: str, options: Any) -> tuple[Any, list[Any]]:
+def _federation(args: argparse.Namespace, robot_id: str) -> tuple[Any, list[Any]]:
     """The ``attach`` hook joining the agent to rounds, and a list that receives the
     :class:`~edge_agent.fl.attach.Federated` handle (for the summary)."""
     from edge_agent.fl.attach import federated
@@ -226,7 +226,7 @@ def _federation(args: argparse.Namespace, robot_id: str, options: Any) -> tuple[
 
     @contextlib.asynccontextmanager
     async def attach(agent: Any) -> Any:
-        async with federated(agent, args.bus, options, Keyring.load(args.keys), config,
+        async with federated(agent, Keyring.load(args.keys), config,
                              buffer_bytes=int(args.fl_buffer_mb * (1 << 20))) as handle:
             joined.append(handle)
             yield handle

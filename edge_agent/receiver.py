@@ -83,6 +83,8 @@ class Receiver:
         self.actions = Decoder(keyring, strict_action_guard())
         self.models = Decoder(keyring, ReplayGuard())
         self.on_late: Callable[[int], None] = lambda rtt_ns: None
+        #: other topics this robot subscribed to on the same connection (federated rounds)
+        self.routes: dict[str, Callable[[Message], None]] = {}
         self._expected: OrderedDict[str, asyncio.Future[CloudReply]] = OrderedDict()
         self._encode_ns: OrderedDict[str, int] = OrderedDict()
         self._max_wait = max_wait
@@ -178,7 +180,10 @@ class Receiver:
     def handle(self, message: Message) -> None:
         """Route one received message; never raises for bad input."""
         self._record(message.topic, message.payload)
-        if message.topic == self._action_topic:
+        route = self.routes.get(message.topic)
+        if route is not None:
+            route(message)
+        elif message.topic == self._action_topic:
             self._on_action(message)
         elif self.updater is not None:
             self._on_model(message)

@@ -36,7 +36,8 @@ def register(sub: Any) -> None:
     serve.add_argument("--round-timeout", required=True, type=float, metavar="S",
                        help="seconds robots have to answer a round")
     serve.add_argument("--max-clients", type=int, default=None, metavar="M",
-                       help="close a round early once M updates are in")
+                       help="close a round early once M robots have answered (accepted "
+                            "or refused)")
     serve.add_argument("--dp-epsilon", type=float, default=8.0, metavar="E",
                        help="privacy budget per robot over all rounds: sets the noise "
                             "(default 8)")

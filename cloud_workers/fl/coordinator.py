@@ -55,7 +55,7 @@ class CoordinatorConfig:
     round_timeout_s: float
     spool: Path
     aggregate: str = "fedavg"
-    max_clients: int | None = None
+    max_clients: int | None = None  # close a round once this many robots have answered
     trim: float = 0.2
     over_norm: float = 2.0
     central_noise: float = 0.0
@@ -79,6 +79,7 @@ class RoundReport:
     released: bool = False
     version: int = 0
     detail: str = ""
+    seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -170,6 +171,7 @@ class Coordinator:
         self._intake = intake
         self._intakes.append(intake)
         report = RoundReport(number, self.version)
+        started = time.monotonic()
         try:
             await self.transport.publish(fl_round_topic(cfg.model), self.encoder.encode(
                 announced), qos=1, retain=True)
@@ -186,6 +188,7 @@ class Coordinator:
         finally:
             self._aggregator.close()
             report.refused = dict(sorted(intake.refused.items()))
+            report.seconds = round(time.monotonic() - started, 3)
         await self._publish_result(report)
         return report
 
@@ -256,11 +259,11 @@ class Coordinator:
             except Exception:  # one bad update never ends the coordinator
                 log.exception("unexpected error on an update from %r", message.topic)
                 continue
-            if accepted is None:
-                continue
-            self._aggregator.add(accepted.delta, float(accepted.examples))
-            self._accepted.append(accepted.robot_id)
-            if self.config.max_clients and len(self._accepted) >= self.config.max_clients:
+            if accepted is not None and intake.open:
+                self._aggregator.add(accepted.delta, float(accepted.examples))
+                self._accepted.append(accepted.robot_id)
+            if self.config.max_clients and intake.open and \
+                    intake.answered() >= self.config.max_clients:
                 self._round_done.set()
 
     def refused(self) -> dict[str, int]:

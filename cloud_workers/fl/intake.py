@@ -32,7 +32,7 @@ from schemas.errors import Reason, WireError
 from schemas.messages import RoundAnnouncement, UpdateChunk, UpdateManifest
 from vlabus.bus.transport import Message
 from vlabus.fl.delta import Delta, DeltaError, Shapes, clip, decode_delta
-from vlabus.wire import Decoder
+from vlabus.wire import Decoder, Header
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class RoundIntake:
         self.epsilon: dict[str, float] = {}
         self._seen = seen if seen is not None else OrderedDict()  # update sha256, all rounds
         self._senders: set[str] = set()
+        self._claimed: set[str] = set()  # senders named by refused replays (not verified)
         self._parts: dict[str, _Part] = {}
         self.orphan_chunks = 0
         spool.mkdir(parents=True, exist_ok=True)
@@ -102,13 +103,15 @@ class RoundIntake:
         try:
             received = decoder.decode(message.payload)
         except WireError as exc:
-            if exc.reason in (Reason.DUPLICATE, Reason.REPLAY, Reason.STALE):
-                if _looks_like_manifest(message.payload):
-                    self.refuse(Refusal.REPLAYED, "?", str(exc))
-                else:  # a chunk redelivered (QoS 1): not an update of its own
-                    self.orphan_chunks += 1
+            header = _header(decoder, message.payload)
+            sender = "?" if header is None else header.sender
+            if header is not None and header.kind != "fl_update":
+                self.orphan_chunks += 1  # a chunk redelivered (QoS 1) or of a refused update
+            elif exc.reason in (Reason.DUPLICATE, Reason.REPLAY, Reason.STALE):
+                self.refuse(Refusal.REPLAYED, sender, str(exc))
+                self._claimed.add(sender)
             else:
-                self.refuse(Refusal.UNVERIFIED, "?", str(exc))
+                self.refuse(Refusal.UNVERIFIED, sender, str(exc))
             return None
         body = received.message
         if isinstance(body, UpdateManifest):
@@ -125,23 +128,24 @@ class RoundIntake:
         file = update.file
         if update.model != current.model or update.round > current.round:
             self.refuse(Refusal.MALFORMED, robot, f"for {update.model} round {update.round}")
-        elif update.round < current.round or not self.open:
+            return
+        if update.round < current.round or not self.open:
             self.refuse(Refusal.LATE, robot, f"round {update.round} is closed")
-        elif update.base_version != current.base_version or \
+            return
+        if robot in self._senders:  # one key counts once a round, whatever came first
+            self.refuse(Refusal.SECOND_UPDATE, robot, f"round {current.round}")
+            return
+        self._senders.add(robot)
+        if update.base_version != current.base_version or \
                 update.base_sha256 != current.base_sha256:
             self.refuse(Refusal.WRONG_BASE, robot, f"base v{update.base_version}")
-        elif robot in self._senders:
-            self.refuse(Refusal.SECOND_UPDATE, robot, f"round {current.round}")
         elif file.sha256 in self._seen:
-            self._senders.add(robot)
             self.refuse(Refusal.REPLAYED, robot, f"file {file.sha256[:12]} seen before")
         elif update.precision != current.precision or file.size == 0 or \
                 file.size > self.max_bytes or \
                 len(file.chunk_sha256) != math.ceil(file.size / file.chunk_size):
-            self._senders.add(robot)
             self.refuse(Refusal.MALFORMED, robot, f"{file.size} bytes at {update.precision}")
         else:
-            self._senders.add(robot)
             self._remember(file.sha256)
             path = self.spool / f"{robot}.part"
             with open(path, "wb") as handle:
@@ -201,6 +205,11 @@ class RoundIntake:
         examples = min(update.examples, self.round.examples)
         return Accepted(robot, clipped, max(1, examples), update.epsilon, size)
 
+    def answered(self) -> int:
+        """Robots whose update for this round is settled: accepted or refused (the round may
+        close early once every expected robot has answered)."""
+        return len((self._senders | self._claimed) - set(self._parts))
+
     def close(self) -> None:
         """The deadline passed: whatever is still incomplete is late."""
         self.open = False
@@ -221,7 +230,10 @@ class RoundIntake:
             self._seen.popitem(last=False)
 
 
-def _looks_like_manifest(payload: bytes | memoryview) -> bool:
-    """Whether a refused envelope's header says ``fl_update`` (read without trusting it, only
-    to tell a replayed update from a redelivered chunk in the counts)."""
-    return b"fl_update" in bytes(payload[:256])
+def _header(decoder: Decoder, payload: bytes | memoryview) -> Header | None:
+    """The header of a refused envelope, unverified: only to tell a replayed update from a
+    redelivered chunk in the counts, and who claims to have sent it."""
+    try:
+        return decoder.read_header(memoryview(payload))
+    except WireError:
+        return None

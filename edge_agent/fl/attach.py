@@ -1,12 +1,13 @@
 """Join a running agent to federated rounds: its on-time cloud steps fill the experience buffer
-and a :class:`~.client.RoundClient` answers rounds on a connection of its own (client id
-``ROBOT-fl``), so round traffic never queues behind the control loop's messages."""
+and a :class:`~.client.RoundClient` answers rounds over the agent's own connection (a fleet
+broker admits one connection per robot identity; the agent's receiver routes the round topic
+to the client)."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -14,7 +15,6 @@ from edge_agent.agent import EdgeAgent
 from edge_agent.fl.buffer import ExperienceBuffer
 from edge_agent.fl.client import ClientConfig, RoundClient
 from security.keys import Keyring
-from vlabus.bus.transport import TransportOptions, open_transport
 
 
 @dataclass
@@ -28,20 +28,20 @@ class Federated:
 
 
 @asynccontextmanager
-async def federated(agent: EdgeAgent, bus_url: str, options: TransportOptions,
-                    keyring: Keyring, config: ClientConfig, *,
-                    buffer_bytes: int = 256 << 20) -> AsyncIterator[Federated]:
-    """Buffer ``agent``'s on-time cloud steps and answer rounds until the block ends."""
+async def federated(agent: EdgeAgent, keyring: Keyring, config: ClientConfig, *,
+                    buffer_bytes: int = 256 << 20, executor: Executor | None = None,
+                    client_class: type[RoundClient] = RoundClient) -> AsyncIterator[Federated]:
+    """Buffer ``agent``'s on-time cloud steps and answer rounds until the block ends
+    (``executor`` runs the training; default: a trainer process of the client's own)."""
     buffer = ExperienceBuffer(config.buffer_dir, max_bytes=buffer_bytes)
-    transport = await open_transport(bus_url, dataclasses.replace(
-        options, client_id=f"{config.robot_id}-fl", will=None))
-    client = RoundClient(transport, agent.encoder, keyring, config)
+    client = client_class(agent.transport, agent.encoder, keyring, config, executor=executor)
+    agent.receiver.routes[client.topic] = client.handle
     agent.on_cloud = buffer.add
     try:
-        await client.start()
+        await client.start(consume=False)
         yield Federated(buffer, client)
     finally:
         agent.on_cloud = None
+        agent.receiver.routes.pop(client.topic, None)
         await client.close()
-        await transport.close()
         await asyncio.to_thread(buffer.close)

@@ -1,6 +1,7 @@
 """The robot's round client: answers announced rounds with a signed, private, quantised delta.
 
-It listens on ``vla/v1/models/{model}/fl-round`` (announcements signed by a ``release`` key),
+It listens on ``vla/v1/models/{model}/fl-round`` (on the agent's own connection: a fleet
+broker admits one connection per robot identity) (announcements signed by a ``release`` key),
 and for each new round whose deadline is ahead: waits for the announced base release to be the
 one installed in the model store (the agent installs releases as usual), copies it, trains in
 the trainer process (:mod:`.trainer`: lowest priority, one thread, a CPU share; the control
@@ -34,7 +35,7 @@ from schemas.messages import RoundAnnouncement, UpdateChunk, UpdateManifest
 from schemas.topics import fl_round_topic, fl_update_topic
 from security.keys import Keyring
 from security.replay import ReplayGuard
-from vlabus.bus.transport import Transport
+from vlabus.bus.transport import Message, Transport
 from vlabus.fl.delta import describe_file, encode_delta
 from vlabus.inbound import Rejections, accept
 from vlabus.wire import Decoder, Encoder
@@ -100,18 +101,30 @@ class RoundClient:
         self._topic = fl_round_topic(config.model)
         self.round_done = asyncio.Event()  # set after each round this client finished with
 
-    async def start(self) -> None:
+    @property
+    def topic(self) -> str:
+        """Where rounds are announced (subscribe, and route its messages to :meth:`handle`)."""
+        return self._topic
+
+    async def start(self, *, consume: bool = True) -> None:
+        """Subscribe to announcements; with ``consume``, read them off the transport here
+        (else the owner of the transport routes them to :meth:`handle`)."""
         await self.transport.subscribe(self._topic, qos=1)
-        self._task = asyncio.create_task(self._receive(), name="fl-client")
+        if consume:
+            self._task = asyncio.create_task(self._receive(), name="fl-client")
 
     async def _receive(self) -> None:
         async for message in self.transport.messages():
-            if message.topic != self._topic:
-                continue
-            received = accept(self.decoder, message, self.rejections)
-            if received is None or not isinstance(received.message, RoundAnnouncement):
-                continue
-            self.on_announcement(received.message)
+            self.handle(message)
+
+    def handle(self, message: Message) -> None:
+        """Verify one message from the round topic and act on it; never raises for bad input."""
+        if message.topic != self._topic:
+            return
+        received = accept(self.decoder, message, self.rejections)
+        if received is None or not isinstance(received.message, RoundAnnouncement):
+            return
+        self.on_announcement(received.message)
 
     def on_announcement(self, announced: RoundAnnouncement) -> None:
         """Start answering ``announced`` unless it is old, for another model, or busy."""
@@ -194,21 +207,24 @@ class RoundClient:
             "loss_after": round(result.loss_after, 6)})
         self.round_done.set()
 
-    async def _send(self, announced: RoundAnnouncement, result: TrainResult) -> None:
+    def updates(self, announced: RoundAnnouncement, result: TrainResult) -> list[bytes]:
+        """The signed envelopes answering ``announced``: the manifest, then every chunk."""
         data = encode_delta(result.delta, announced.precision)
         manifest, chunks = describe_file(data, name=announced.model, version=announced.round,
                                          chunk_size=self.config.chunk_size)
-        topic = fl_update_topic(self.config.robot_id)
         update = UpdateManifest(
             robot_id=self.config.robot_id, model=announced.model, round=announced.round,
             base_version=announced.base_version, base_sha256=announced.base_sha256,
             examples=result.examples, epsilon=result.epsilon, delta=announced.delta,
             precision=announced.precision, file=manifest)
-        await self.transport.publish(topic, self.encoder.encode(update), qos=1)
-        for index, chunk in enumerate(chunks):
-            body = UpdateChunk(robot_id=self.config.robot_id, round=announced.round,
-                               index=index, data=memoryview(chunk))
-            await self.transport.publish(topic, self.encoder.encode(body), qos=1)
+        return [self.encoder.encode(update), *(self.encoder.encode(UpdateChunk(
+            robot_id=self.config.robot_id, round=announced.round, index=index,
+            data=memoryview(chunk))) for index, chunk in enumerate(chunks))]
+
+    async def _send(self, announced: RoundAnnouncement, result: TrainResult) -> None:
+        topic = fl_update_topic(self.config.robot_id)
+        for payload in self.updates(announced, result):
+            await self.transport.publish(topic, payload, qos=1)
 
     async def close(self) -> None:
         for task in (self._task, self._busy):
