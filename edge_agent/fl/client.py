@@ -80,6 +80,13 @@ def trainer_pool() -> ProcessPoolExecutor:
                                initializer=lower_priority)
 
 
+def warm_up() -> None:
+    """Import what training needs (run in the trainer process before the first round)."""
+    import opacus  # noqa: F401
+
+    import vlabus.policy.reference  # noqa: F401
+
+
 class RoundClient:
     """See the module docstring; ``executor`` runs :func:`~.trainer.train` (default: a
     :func:`trainer_pool` of its own)."""
@@ -110,6 +117,8 @@ class RoundClient:
         """Subscribe to announcements; with ``consume``, read them off the transport here
         (else the owner of the transport routes them to :meth:`handle`)."""
         await self.transport.subscribe(self._topic, qos=1)
+        if self._own_pool:  # pay the trainer process's start and imports now, not in a round
+            self.executor.submit(warm_up)
         if consume:
             self._task = asyncio.create_task(self._receive(), name="fl-client")
 

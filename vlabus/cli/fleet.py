@@ -36,6 +36,7 @@ class DemoConfig:
     record: Path | None = None
     policy: str | None = None
     keep: bool = False
+    fl_rounds: int = 0  # federated rounds (vlabus demo --fl); 0: none
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Fleet:
     events: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     timeline: list[dict[str, float]] = field(default_factory=list)
+    fl: Any = None  # vlabus.cli.flfleet.FlDemo with --fl
 
     @property
     def keys(self) -> Path:
@@ -83,6 +85,9 @@ class Fleet:
         for i in range(1, self.config.workers + 1):
             add_key(self.keys, "worker", f"worker-{i}")
         add_key(self.keys, "release", "release")
+        if self.config.fl_rounds:
+            add_key(self.keys, "robot", "robot-eval")
+            add_key(self.keys, "recorder", "recorder")
 
     def start_bus(self) -> None:
         bus = self.config.bus
@@ -140,6 +145,10 @@ class Fleet:
                     "--json"]
             if cfg.chunk:
                 args += ["--chunk", str(cfg.chunk)]
+            if self.fl is not None:
+                from vlabus.cli.flfleet import robot_args
+
+                args += robot_args(self, f"robot-{i}")
             self.robots.append(self.child(f"robot-{i}", args, metrics=True).start())
 
     # -- chaos ----------------------------------------------------------------------------------
@@ -173,6 +182,8 @@ class Fleet:
     # -- tear-down ------------------------------------------------------------------------------
 
     def stop(self) -> None:
+        if self.fl is not None:
+            self.fl.stop()
         for child in [*self.robots, *self.workers]:
             if child.running:
                 child.terminate()
@@ -193,7 +204,13 @@ def run_demo(config: DemoConfig, view: TextIO | None = sys.stderr) -> dict[str, 
         fleet.start_bus()
         fleet.start_workers()
         fleet.start_recorder()
+        if config.fl_rounds:
+            from vlabus.cli.flfleet import FlDemo
+
+            fleet.fl = FlDemo(fleet, config.fl_rounds)
         fleet.start_robots()
+        if fleet.fl is not None:
+            fleet.fl.start()
         _watch(fleet, view)
         for robot in fleet.robots:
             code = robot.wait(timeout=config.seconds + 60.0)
@@ -225,6 +242,8 @@ def _watch(fleet: Fleet, view: TextIO | None) -> None:
     while any(r.running for r in fleet.robots):
         time.sleep(1.0)  # the view's refresh period
         now = time.monotonic()
+        if fleet.fl is not None:
+            fleet.fl.tick(now - start)
         for event in events:
             if not event.done and now - start >= event.at:
                 event.action()
@@ -300,6 +319,10 @@ def summarize(fleet: Fleet, elapsed: float) -> dict[str, Any]:
         "failures": fleet.failures,
     }
     summary["ok"] = not fleet.failures and without == 0 and by_source.get("cloud", 0) > 0
+    if fleet.fl is not None:
+        summary["fl"] = fleet.fl.summary(robots)
+        summary["ok"] = summary["ok"] and summary["fl"]["coordinator_exit"] == 0 and any(
+            r["participants"] for r in summary["fl"]["rounds"])
     return summary
 
 
