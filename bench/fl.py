@@ -4,7 +4,7 @@ blurring cost per frame?
 
     python -m bench.fl --json [--quick] [--seeds N] [--only PART,...]
 
-PARTs (all by default):
+PARTs (all by default; with --quick: learning on a tiny fleet, control, anonymize):
 
 * ``learning`` — a simulated fleet (:mod:`bench.flsim`) of 4 robots, 5 rounds of DP-SGD with
   the noise calibrated by Opacus' RDP accountant for ε = 8 at δ = 1e-5 per robot, FedAvg, the
@@ -189,15 +189,17 @@ def anonymize(count: int) -> dict[str, Any]:
 def main() -> None:
     parse = parser(__doc__ or "")
     parse.add_argument("--seeds", type=int, default=3)
-    parse.add_argument("--only", default="learning,malicious,personal,control,anonymize")
+    parse.add_argument("--only", default=None, metavar="PART,...")
     args = parse.parse_args()
-    parts = set(args.only.split(","))
+    every = "learning,malicious,personal,control,anonymize"
+    parts = set((args.only or ("learning,control,anonymize" if args.quick else every))
+                .split(","))
     from edge_agent.fl.client import trainer_pool
 
     quick = args.quick
     if quick:
-        size = {"steps": 96, "ring": 8, "size": 48, "cloud_width": 32}
-        train_kw = {"examples": 48, "batch": 24, "epochs": 1}
+        size = {"steps": 64, "ring": 4, "size": 32, "cloud_width": 16}
+        train_kw = {"examples": 32, "batch": 16, "epochs": 1}
         seeds = 1
     else:
         size = {"steps": 768, "ring": 32, "size": 96, "cloud_width": 64}
@@ -219,7 +221,7 @@ def main() -> None:
                 "global_only": fleet(spec, pool, **train_kw),
                 "personal_head": fleet(spec, pool, personal=("head.2.",), **train_kw)}
         if "control" in parts:
-            report["control"] = control(pool, 3.0 if quick else 20.0)
+            report["control"] = control(pool, 2.0 if quick else 20.0)
     if "anonymize" in parts:
         report["anonymize"] = anonymize(10 if quick else 100)
     emit(report, compact=args.json)

@@ -194,6 +194,9 @@ async def serve_command(args: argparse.Namespace) -> dict[str, Any]:
         except BusError as exc:
             return {"exit_code": 2, "error": str(exc),
                     "rounds": [r.as_dict() for r in reports]}
+        except (ValueError, OSError) as exc:  # a held-out recording that cannot score
+            return {"exit_code": 1, "error": f"--eval {args.eval}: {exc}",
+                    "rounds": [r.as_dict() for r in reports]}
         finally:
             await coordinator.close()
             await transport.close()

@@ -134,7 +134,10 @@ class Coordinator:
         self._accepted: list[str] = []
 
     async def start(self, *, publish_base: bool = True) -> None:
-        """Subscribe to updates and (by default) publish the base as release ``version``."""
+        """Subscribe to updates and (by default) publish the base as release ``version``.
+        Raises ``ValueError`` when the held-out recording cannot score the base."""
+        if self.config.eval_path is not None:
+            await asyncio.to_thread(self.error_of, self.base)
         await self.transport.subscribe(ALL_FL_UPDATES, qos=1)
         self._task = asyncio.create_task(self._receive(), name="fl-intake")
         if publish_base:
@@ -201,8 +204,12 @@ class Coordinator:
                          for k, v in aggregate.items()}
         candidate = patch(self.base, aggregate, add=True)
         if cfg.eval_path is not None:
-            report.base_error = await asyncio.to_thread(self.error_of, self.base)
-            report.candidate_error = await asyncio.to_thread(self.error_of, candidate)
+            try:
+                report.base_error = await asyncio.to_thread(self.error_of, self.base)
+                report.candidate_error = await asyncio.to_thread(self.error_of, candidate)
+            except (ValueError, OSError) as exc:  # e.g. an unusable candidate: not released
+                report.detail = f"evaluation failed: {exc}"
+                return
             if not report.candidate_error < report.base_error:
                 report.detail = "candidate is not better than the current model"
                 return

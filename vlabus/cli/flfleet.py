@@ -51,12 +51,12 @@ class FlDemo:
         return self.fleet.root / "heldout.mcap"
 
     def start(self) -> None:
-        """Drive the held-out robot and record it (the coordinator starts in :meth:`tick`)."""
+        """Drive the held-out robot and record it until it stops (the coordinator starts in
+        :meth:`tick` once the recording is closed)."""
         fleet, cfg = self.fleet, self.fleet.config
         self.recorder = fleet.child("fl-recorder", [
             "record", "--bus", fleet.bus_url, "-o", str(self.heldout), "--topics",
-            "vla/v1/robot-eval/#", "--duration", str(EVAL_SECONDS + 4.0), "--quiet", "--json",
-            "--client-id", "recorder"]).start()
+            "vla/v1/robot-eval/#", "--quiet", "--json", "--client-id", "recorder"]).start()
         self.eval_robot = fleet.child("robot-eval", [
             "edge", "--robot-id", "robot-eval", "--bus", fleet.bus_url, "--keys",
             str(fleet.keys), "--sim", "--fps", str(cfg.fps), "--deadline-ms",
@@ -65,6 +65,9 @@ class FlDemo:
     def tick(self, t: float) -> None:
         """Start the coordinator once the held-out recording is complete; report rounds."""
         fleet = self.fleet
+        if self.recorder is not None and self.recorder.running and \
+                self.eval_robot is not None and not self.eval_robot.running:
+            self.recorder.terminate()  # SIGTERM: the recorder closes its file and exits
         if self.coordinator is None and self.recorder is not None and \
                 not self.recorder.running:
             self.coordinator = fleet.child("fl-coordinator", [
