@@ -1,6 +1,20 @@
 # vlabus image: workers, simulated robots, the recorder and the CLI.
-# torch is installed first and on its own layer; TORCH_SPEC picks the build
+# The image installs the built wheel (not the source tree), so it runs exactly what
+# `pip install vlabus-*.whl` gives a user; the test suite starts every compose service from
+# such an install. torch is installed first and on its own layer; TORCH_SPEC picks the build
 # (the default PyPI wheel on x86_64 Linux is the CUDA build used by the `gpu` profile).
+FROM python:3.11-slim AS wheel
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY broker_config ./broker_config
+COPY schemas ./schemas
+COPY security ./security
+COPY vlabus ./vlabus
+COPY edge_agent ./edge_agent
+COPY cloud_workers ./cloud_workers
+COPY bench ./bench
+RUN pip wheel --no-deps --wheel-dir /dist .
+
 FROM python:3.11-slim
 
 ARG TORCH_SPEC="torch==2.13.0"
@@ -12,18 +26,12 @@ RUN apt-get update \
 
 RUN pip install "${TORCH_SPEC}"
 
-WORKDIR /opt/vlabus
-COPY pyproject.toml README.md ./
-COPY schemas ./schemas
-COPY security ./security
-COPY vlabus ./vlabus
-COPY edge_agent ./edge_agent
-COPY cloud_workers ./cloud_workers
-COPY bench ./bench
-RUN pip install . && vlabus doctor
+COPY --from=wheel /dist /dist
+RUN pip install /dist/vlabus-*.whl && rm -rf /dist && vlabus --version && vlabus doctor
 
-RUN useradd --uid 10001 --create-home vlabus && mkdir -p /keys /broker /recordings \
- && chown vlabus /keys /broker /recordings
+RUN useradd --uid 10001 --create-home vlabus && mkdir -p /id /recordings \
+ && chown vlabus /id /recordings
 USER vlabus
+WORKDIR /home/vlabus
 ENTRYPOINT ["vlabus"]
 CMD ["--help"]

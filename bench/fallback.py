@@ -71,7 +71,7 @@ async def _respond(url: str, keys: str, delay_ms: float, broker: str | None) -> 
                         span_ns=time.monotonic_ns() - arrived)
         await bus.publish(action_topic(frame.robot_id), encoder.encode(action, corr=corr), qos=1)
 
-    async for message in bus.messages():
+    async for message in bus:
         arrived = time.monotonic_ns()
         received = accept(decoder, message, rejections)
         if received is None or not isinstance(received.message, Frame) or delay_ms < 0:

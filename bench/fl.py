@@ -172,7 +172,8 @@ def anonymize(count: int) -> dict[str, Any]:
     from edge_agent.scene import TabletopScene
 
     blur = FaceBlur()
-    face = cv2.resize(data.astronaut(), (224, 224), interpolation=cv2.INTER_AREA)
+    photo = np.asarray(data.astronaut(), np.uint8)  # type: ignore[no-untyped-call]
+    face = np.asarray(cv2.resize(photo, (224, 224), interpolation=cv2.INTER_AREA), np.uint8)
     empty = TabletopScene(224, 224, seed=0).render(0)
     calls: dict[str, Callable[[], object]] = {
         "floor_copy": lambda: np.array(face, copy=True),
@@ -197,6 +198,8 @@ def main() -> None:
     from edge_agent.fl.client import trainer_pool
 
     quick = args.quick
+    size: dict[str, Any]
+    train_kw: dict[str, Any]
     if quick:
         size = {"steps": 64, "ring": 4, "size": 32, "cloud_width": 16}
         train_kw = {"examples": 32, "batch": 16, "epochs": 1}

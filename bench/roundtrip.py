@@ -70,7 +70,7 @@ from security.keys import Keyring, add_key, load_signer
 from security.replay import ReplayGuard
 from vlabus.bus.transport import TransportOptions, open_transport
 from vlabus.cli.procs import free_port
-from vlabus.hub import routes as hub_routes
+from vlabus.hub import protocol as hub_protocol
 from vlabus.policy.reference import NoopPolicy
 from vlabus.wire import Decoder, Encoder
 
@@ -152,11 +152,11 @@ def hub_protocol_server(port: int, reply_size: int) -> None:
 
     reply = b"\0" * reply_size
     dealer = hub_protocol_client(port, b"rt-bare-server")
-    dealer.send_multipart([hub_routes.SUB, b"rt/bare/req", b""])
-    answer = hub_routes.pub_head(b"rt/bare/rep", b"")
+    dealer.send_multipart(hub_protocol.sub("rt/bare/req"))
+    answer = hub_protocol.pub_head(b"rt/bare/rep")
     while True:
         parts = dealer.recv_multipart(copy=False)
-        if parts[0].bytes[:1] == hub_routes.MSG:
+        if parts[0].bytes[:1] == hub_protocol.MSG:
             dealer.send_multipart([answer, reply], copy=False)
 
 
@@ -166,8 +166,8 @@ def hub_protocol_client(port: int, name: bytes) -> Any:
 
     dealer: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
     dealer.connect(f"tcp://127.0.0.1:{port}")
-    dealer.send_multipart([hub_routes.HELLO, name, b"600000", b"", b"", b"0"])
-    if dealer.recv_multipart() != [hub_routes.WELCOME]:
+    dealer.send_multipart(hub_protocol.hello(name.decode(), 600_000))
+    if dealer.recv_multipart() != hub_protocol.welcome():
         raise RuntimeError("the hub did not welcome a bare client")
     return dealer
 
@@ -284,13 +284,13 @@ class WireClient:
 
 def via_hub_client(port: int) -> Callable[[bytes], None]:
     dealer = hub_protocol_client(port, b"rt-bare-client")
-    dealer.send_multipart([hub_routes.SUB, b"rt/bare/rep", b""])
-    request = hub_routes.pub_head(b"rt/bare/req", b"")
+    dealer.send_multipart(hub_protocol.sub("rt/bare/rep"))
+    request = hub_protocol.pub_head(b"rt/bare/req")
 
     def round_trip(payload: bytes) -> None:
         dealer.send_multipart([request, payload], copy=False)
         head = dealer.recv_multipart(copy=False)[0].bytes
-        if head[:1] != hub_routes.MSG:  # QoS 0, no will: the hub has nothing else to send
+        if head[:1] != hub_protocol.MSG:  # QoS 0, no will: the hub has nothing else to send
             raise RuntimeError(f"unexpected {head[:16]!r} from the hub on a bare round trip")
 
     for _ in range(200):  # the subscriptions reach the hub asynchronously: wait for an answer
@@ -373,7 +373,7 @@ class Robot:
         await self.bus.publish(topics.frame_topic(self.robot), wire, qos=0, expiry_s=1.0)
         async with asyncio.timeout(5.0):  # unlike wait_for, no extra task per receive
             while True:
-                message = await self.bus.recv()
+                message = await self.bus.receive()
                 t2 = time.perf_counter_ns()
                 got = self.decoder.decode(message.payload)
                 if got.header.corr == corr:

@@ -48,6 +48,7 @@ from security.keys import add_key
 from vlabus.broker.local import LocalMosquitto
 from vlabus.broker.render import Limits, client_options, render
 from vlabus.bus.transport import TransportOptions, open_transport
+from vlabus.hub import protocol as hub_protocol
 from vlabus.hub.process import HubProcess
 
 SIZES = {"64B": 64, "150KB": 150_000}
@@ -232,7 +233,7 @@ def vlabus_runner(stack: ExitStack, loop: asyncio.AbstractEventLoop, url: str, p
         while True:
             await bus.publish(ping, b"warm")
             try:
-                await asyncio.wait_for(bus.recv(), 0.2)
+                await asyncio.wait_for(bus.receive(), 0.2)
                 return bus
             except TimeoutError:
                 if time.monotonic() > deadline:
@@ -270,8 +271,8 @@ def zmq_hub_bare(stack: ExitStack) -> Runner:
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     stack.callback(sock.close, 0)
     sock.connect(f"tcp://127.0.0.1:{port}")
-    sock.send_multipart([b"S", b"bench/hb/pong", b""])
-    head = b"Pbench/hb/ping"
+    sock.send_multipart(hub_protocol.sub("bench/hb/pong"))
+    head = hub_protocol.pub_head(b"bench/hb/ping")
 
     def send(payload: bytes) -> None:
         sock.send_multipart([head, payload], copy=len(payload) < 65536)

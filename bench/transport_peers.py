@@ -16,6 +16,7 @@ import zmq
 from paho.mqtt.enums import CallbackAPIVersion
 
 from vlabus.bus.transport import open_transport
+from vlabus.hub import protocol as hub_protocol
 
 PING, PONG = "bench/ping", "bench/pong"
 
@@ -25,7 +26,7 @@ def vlabus_echo(url: str, options: Any, ping: str, pong: str) -> None:
     async def run() -> None:
         bus = await open_transport(url, options)
         await bus.subscribe(ping)
-        async for message in bus.messages():
+        async for message in bus:
             await bus.publish(pong, message.payload)
 
     asyncio.run(run())
@@ -107,8 +108,8 @@ def hub_protocol_echo(port: int, ping: str, pong: str) -> None:
     """Bare sync pyzmq speaking the vlabus hub's wire protocol (no adapter, no asyncio)."""
     dealer: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     dealer.connect(f"tcp://127.0.0.1:{port}")
-    dealer.send_multipart([b"S", ping.encode(), b""])
-    head = b"P" + pong.encode()
+    dealer.send_multipart(hub_protocol.sub(ping))
+    head = hub_protocol.pub_head(pong.encode())
     while True:
         _, payload = dealer.recv_multipart(copy=False)
         dealer.send_multipart([head, payload], copy=False)

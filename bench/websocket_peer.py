@@ -46,8 +46,10 @@ def unpackb(data: bytes) -> Any:
     return msgpack.unpackb(data, object_hook=_unpack)
 
 
-def serve(ready: Any) -> None:
-    """Run the server in this process; puts its port on ``ready``."""
+def serve(ready: Any, metadata: dict[str, Any] | None = None) -> None:
+    """Run the server in this process; puts its port on ``ready``. With ``metadata`` it first
+    sends that map on each new connection, as openpi's server does (``openpi_client`` waits for
+    it); ``bench.roundtrip``'s client does not read it, so it is off by default."""
     import websockets.asyncio.server
 
     def infer(obs: dict[str, Any]) -> dict[str, Any]:  # the no-op policy, as in vlabus's loop
@@ -55,6 +57,8 @@ def serve(ready: Any) -> None:
         return {"actions": np.zeros((HORIZON, ACTION_DIM), np.float32)}
 
     async def handler(websocket: Any) -> None:
+        if metadata is not None:
+            await websocket.send(packb(metadata))
         async for message in websocket:
             obs = unpackb(message)
             start = time.monotonic()

@@ -144,7 +144,7 @@ async def closed_loop(sender: Transport, receiver: Transport, frames: list[bytes
     while got < len(frames):
         try:
             # a frame can be lost (stale on a badly overloaded machine): stop after 5 s idle
-            message = await asyncio.wait_for(receiver.recv(), 5.0)
+            message = await asyncio.wait_for(receiver.receive(), 5.0)
         except TimeoutError:
             break
         last = time.perf_counter()

@@ -1,13 +1,17 @@
 """``vlabus worker``: serve robots' frames and task requests from a shared group.
 
-Exit status 0 after a graceful stop (SIGTERM / Ctrl-C), 1 on a configuration error (keys,
-policy, device), 2 when the bus could not be reached.
+A bus that is down does not stop it: it waits for the hub or broker at start (a log line says
+what it waits for; ``--connect-timeout`` bounds it) and the adapter reconnects after any later
+loss. ``/healthz`` answers while it waits, ``/readyz`` only once it serves. Exit status 0 after a
+graceful stop (SIGTERM / Ctrl-C), 1 on a configuration error (keys, policy, device), 2 on a
+usage error or when the bus refused the worker or did not answer within ``--connect-timeout``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import signal
@@ -15,7 +19,15 @@ import sys
 from typing import Any
 
 from schemas.errors import BusError
-from vlabus.cli.busflags import add_bus_arguments, transport_options
+from vlabus.cli.argtypes import non_negative_float, positive_int
+from vlabus.cli.busflags import (
+    add_bus_arguments,
+    add_keys_watch_argument,
+    add_status_argument,
+    transport_options,
+    watch_keyring,
+)
+from vlabus.cli.report import report
 
 log = logging.getLogger(__name__)
 
@@ -33,33 +45,38 @@ def register(sub: Any) -> None:
                         help="reference | noop | FILE.safetensors | module:factory; repeat to "
                              "serve several models (the first also answers model 'default')")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="torch CPU threads (default: all cores but one, left to the loop)")
-    parser.add_argument("--max-batch", type=int, default=16, metavar="N")
-    parser.add_argument("--max-delay-ms", type=float, default=2.0, metavar="T",
+    parser.add_argument("--max-batch", type=positive_int, default=16, metavar="N")
+    parser.add_argument("--max-delay-ms", type=non_negative_float, default=2.0, metavar="T",
                         help="longest a request waits for company before its batch runs")
-    parser.add_argument("--inline-below-us", type=float, default=200.0, metavar="US",
+    parser.add_argument("--inline-below-us", type=non_negative_float, default=200.0,
+                        metavar="US",
                         help="run frame models measured faster than this on the event loop "
                              "instead of the inference thread (0: always use the thread)")
-    parser.add_argument("--queue-size", type=int, default=1024, metavar="N",
+    parser.add_argument("--queue-size", type=positive_int, default=1024, metavar="N",
                         help="bounded queue; beyond it the lowest priority is shed")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
                         help="serve /metrics /healthz /readyz (0 picks a free port)")
     parser.add_argument("--metrics-host", default="127.0.0.1")
     parser.add_argument("--replay-mode", action="store_true",
                         help="also accept frames signed by replay-role keys (restamped recordings)")
+    add_status_argument(parser)
+    add_keys_watch_argument(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON summary on exit")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = asyncio.run(worker_command(args))
-    if args.json:
-        print(json.dumps(summary), flush=True)
-    elif summary.get("error"):
-        print(f"vlabus worker: {summary['error']}", file=sys.stderr)
-    return int(summary["exit_code"])
+    return report(asyncio.run(worker_command(args)), as_json=args.json,
+                  command="vlabus worker", human=_human)
 
+
+def _human(summary: dict[str, Any]) -> str:
+    """The summary printed on a stop (SIGTERM / Ctrl-C) without --json."""
+    return (f"worker {summary['worker']}: served {summary['served']} of {summary['received']} "
+            f"received in {summary['batches']} batches, rejected {summary['rejected_total']}, "
+            f"dropped {summary['dropped_total']}")
 
 def parse_policies(specs: list[str] | None) -> list[tuple[str | None, str]]:
     """``[NAME=]SPEC`` strings → (name or None, spec); a Windows-free ``=`` split."""
@@ -78,6 +95,7 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
     from cloud_workers.worker import WorkerConfig, open_worker
     from schemas.topics import check_id, check_name
     from security.keys import Keyring, load_signer
+    from vlabus.bus.wait import open_when_up, watch_connection
     from vlabus.claim import claim_identity
     from vlabus.metrics import MetricsServer
     from vlabus.policy import describe
@@ -111,20 +129,41 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
                           queue_capacity=args.queue_size, replay_mode=args.replay_mode,
                           detail={"device": device, "max_batch": str(args.max_batch),
                                   "threads": str(threads)})
-    try:
-        worker = await open_worker(args.bus, signer, keyring, runner, config=config,
-                                   metrics=metrics, options=options)
-    except (BusError, OSError) as exc:
-        return {"exit_code": 2, "error": f"cannot reach {args.bus}: {exc}"}
-
+    # /healthz answers while the bus is waited for, so an orchestrator does not restart a
+    # worker for its bus being down; /readyz follows once it serves
     server = None
     if args.metrics_port is not None:
-        server = MetricsServer(metrics.registry, args.metrics_host, args.metrics_port).start()
+        server = MetricsServer(metrics.registry, args.metrics_host, args.metrics_port,
+                               labels={"worker": worker_id}).start()
         log.warning("metrics on http://%s:%d/metrics", args.metrics_host, server.port)
+    opener = functools.partial(open_when_up, what=f"worker {worker_id}",
+                               timeout_s=args.connect_timeout)
+    try:
+        worker = await _interruptible(open_worker(args.bus, signer, keyring, runner,
+                                                  config=config, metrics=metrics,
+                                                  options=options, opener=opener))
+    except (BusError, OSError) as exc:
+        if server is not None:
+            server.close()
+        return {"exit_code": 2, "error": f"cannot reach {args.bus}: {exc}"}
+    if worker is None:  # SIGINT/SIGTERM while waiting for the bus
+        if server is not None:
+            server.close()
+        return {"exit_code": 0, "worker": worker_id, "models": runner.models, "device": device,
+                **metrics.summary.as_dict(), "transport": {}}
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    background = [
+        asyncio.create_task(watch_connection(worker.transport, f"worker {worker_id}")),
+        watch_keyring(args.keys, keyring, every_s=args.keys_poll, name=f"worker {worker_id}",
+                      on_change=lambda added, removed: worker.revoke(
+                          {key.key_id for key in removed})),
+    ]
+    if args.status_every > 0 and not args.json:
+        background.append(asyncio.create_task(_status_lines(worker, args.status_every)))
 
     async def mark_ready() -> None:
         await worker.ready.wait()
@@ -139,6 +178,8 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
         await worker.run(stop)
     finally:
         ready_task.cancel()
+        for task in background:
+            task.cancel()
         if server is not None:
             server.ready.clear()
             server.close()
@@ -147,3 +188,32 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
             loop.remove_signal_handler(sig)
     return {"exit_code": 0, "worker": worker_id, "models": runner.models, "device": device,
             **metrics.summary.as_dict(), "transport": worker.transport.counters()}
+
+
+async def _interruptible(opening: Any) -> Any:
+    """Await ``opening`` (the wait for the bus) unless SIGINT/SIGTERM comes first: None then."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(opening)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if task.cancelled():
+            return None
+        raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _status_lines(worker: Any, every_s: float) -> None:
+    """A line on stderr every ``every_s``: what was received, served, queued; the bus."""
+    while True:
+        await asyncio.sleep(every_s)
+        counts = worker.metrics.summary
+        print(f"worker {worker.config.worker_id}: received {counts.received}, served "
+              f"{counts.served}, queued {len(worker.queue)}, rejected "
+              f"{sum(counts.rejected.values())}; bus "
+              f"{'connected' if worker.transport.connected else 'DOWN'}", file=sys.stderr,
+              flush=True)

@@ -14,12 +14,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from schemas.errors import Reason
+from vlabus.metrics import LATENCY_BUCKETS
 from vlabus.quantiles import quantiles
 
 #: Why a request left the queue without a reply.
-CAUSES = ("deadline", "shed", "unknown_model", "policy_error", "shutdown")
+CAUSES = ("deadline", "shed", "unknown_model", "policy_error", "shutdown", "revoked")
 SAMPLES = 65_536
-_LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+_LATENCY = LATENCY_BUCKETS  # resolve 1–20 ms (see vlabus.metrics)
 
 
 class WorkerMetrics:

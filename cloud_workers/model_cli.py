@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import sys
 from typing import Any
 
 from schemas.errors import BusError
 from vlabus.cli.busflags import add_bus_arguments, transport_options
+from vlabus.cli.report import report
 
 
 def register(sub: Any) -> None:
@@ -37,21 +36,19 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = asyncio.run(publish_command(args))
-    if args.json:
-        print(json.dumps(summary))
-    elif summary.get("error"):
-        print(f"vlabus model publish: {summary['error']}", file=sys.stderr)
-    else:
-        print(f"published {summary['name']} v{summary['version']}: {summary['size']} bytes "
-              f"in {summary['chunks']} chunks, sha256 {summary['sha256']}")
-    return int(summary["exit_code"])
+    return report(asyncio.run(publish_command(args)), as_json=args.json,
+                  command="vlabus model publish", human=_human)
+
+
+def _human(summary: dict[str, Any]) -> str:
+    return (f"published {summary['name']} v{summary['version']}: {summary['size']} bytes "
+            f"in {summary['chunks']} chunks, sha256 {summary['sha256']}")
 
 
 async def publish_command(args: argparse.Namespace) -> dict[str, Any]:
     from cloud_workers.publisher import build_release, publish_release, read_weights
     from security.keys import load_signer
-    from vlabus.bus.transport import open_transport
+    from vlabus.bus.wait import open_when_up
     from vlabus.wire import Encoder
 
     try:
@@ -64,7 +61,8 @@ async def publish_command(args: argparse.Namespace) -> dict[str, Any]:
     except (BusError, ValueError, OSError) as exc:
         return {"exit_code": 1, "error": str(exc)}
     try:
-        transport = await open_transport(args.bus, options)
+        transport = await open_when_up(args.bus, options, what="model publish",
+                                       timeout_s=args.connect_timeout)
     except (BusError, OSError) as exc:
         return {"exit_code": 2, "error": f"cannot reach {args.bus}: {exc}"}
     manifest = release.manifest

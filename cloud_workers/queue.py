@@ -15,11 +15,23 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from vlabus.wire import Header
 
 Clock = Callable[[], int]
 NO_DEADLINE = (1 << 63) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMeta:
+    """What the worker knows about a request besides its body: the verified envelope header
+    (its sender gets the reply), when the transport received it and how long decoding took."""
+
+    header: Header
+    received_ns: int
+    decode_ns: int
 
 
 @dataclass(slots=True)
@@ -32,7 +44,7 @@ class Request:
     arrived_ns: int
     payload: Any = None
     seq: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: RequestMeta | None = None
 
     @property
     def sort_key(self) -> tuple[int, int, int]:
@@ -144,6 +156,13 @@ class DeadlineQueue:
         deadlines = [req.deadline_ns for _, req in self._items
                      if req.model == model and req.deadline_ns]
         return min(deadlines) if deadlines else None
+
+    def remove_if(self, condition: Callable[[Request], bool]) -> list[Request]:
+        """Remove and return every request for which ``condition`` holds (a revoked key)."""
+        removed = [req for _, req in self._items if condition(req)]
+        if removed:
+            self._items = [item for item in self._items if not condition(item[1])]
+        return removed
 
     def drain(self) -> list[Request]:
         """Remove everything (shutdown), best first."""

@@ -5,78 +5,40 @@ Two asyncio tasks share one event loop: ``_receive`` runs every message through
 work and runs it on one inference thread, so receiving and verifying continue while the model
 runs. A frame model measured faster than ``WorkerConfig.inline_below_ns`` runs on the loop
 itself instead: for a cheap policy the two thread hand-offs cost more than the work. An idle
-worker takes a message straight from the transport's receive callback (``Inbox.direct``) and,
+worker takes a message straight from the transport's receive callback (``Transport.consume``) and,
 when its batch is due at once and runs inline, answers it there without waking either task.
-Replies go only to ``action_topic(header.sender)`` — the authenticated sender — with the
-frame's correlation id, deadline and priority.
 
-Timing fields of each ``Action`` (durations on this worker's clocks): ``decode_ns`` (receive
-pipeline), ``queue_wait_ns`` (queued → batch formed), ``inference_ns`` (the whole batch),
-``span_ns`` (transport arrival → hand-off to publish) and ``encode_ns``, which is the measured
-encode time of this worker's *previous* reply: a message cannot carry the time taken to encode
-itself.
+This module is the loop shell: :mod:`cloud_workers.intake` turns a verified message into a
+typed request, :mod:`cloud_workers.replies` builds the answers (pure), and
+:mod:`cloud_workers.sender` signs and publishes them with a bound on unacknowledged replies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from cloud_workers.batcher import Batch, Batcher
+from cloud_workers.config import WorkerConfig, worker_status
+from cloud_workers.intake import Refused, frame_decoder, to_request
 from cloud_workers.metrics import WorkerMetrics
-from cloud_workers.queue import DeadlineQueue, InferenceEstimate, Request
-from cloud_workers.runner import TASK_PREFIX, BatchResult, PolicyRunner, task_model
+from cloud_workers.queue import DeadlineQueue, InferenceEstimate, Request, RequestMeta
+from cloud_workers.runner import TASK_PREFIX, BatchResult, PolicyRunner
+from cloud_workers.sender import ReplySender, ReplySigner
 from schemas import topics
-from schemas.arrays import pack_array
-from schemas.errors import BusError
-from schemas.messages import Action, Frame, Message, Priority, Status, TaskRequest, TaskResult
-from security.keys import Keyring, Role, Signer
-from security.replay import ReplayGuard
+from security.keys import Keyring, Signer
 from vlabus.bus.transport import Message as BusMessage
 from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
+from vlabus.bus.wait import Opener
 from vlabus.inbound import Rejections, accept
-from vlabus.wire import SENDER_ROLES, Decoder, Encoder, Header
+from vlabus.wire import Decoder, Encoder
+
+__all__ = ["Worker", "WorkerConfig", "open_worker"]
 
 log = logging.getLogger(__name__)
-DEFAULT_MODEL = "default"
-
-
-@dataclass
-class WorkerConfig:
-    worker_id: str
-    group: str = "workers"
-    max_batch: int = 16
-    max_delay_ns: int = 2_000_000
-    queue_capacity: int = 1024
-    max_inflight_replies: int = 1024
-    replay_mode: bool = False
-    #: Frame batches of a model measured faster than this run on the event loop itself: for
-    #: a CPU-cheap policy the two thread hand-offs cost more than the work. 0 disables.
-    inline_below_ns: int = 200_000
-    detail: dict[str, str] = field(default_factory=dict)
-
-
-def status_message(config: WorkerConfig, state: str, session: int,
-                   models: dict[str, int]) -> Status:
-    return Status(client_id=config.worker_id, role="worker", state=state,  # type: ignore[arg-type]
-                  session=session, time_ns=time.time_ns(), models=models,
-                  detail={"group": config.group, **config.detail})
-
-
-def frame_decoder(keyring: Keyring, *, replay_mode: bool) -> Decoder:
-    """A decoder for frames and tasks; replay mode also admits ``replay``-role senders."""
-    roles = dict(SENDER_ROLES)
-    if replay_mode:
-        extra: frozenset[Role] = frozenset({"replay"})
-        roles["frame"] = roles["frame"] | extra
-        roles["task"] = roles["task"] | extra
-    return Decoder(keyring, ReplayGuard(), sender_roles=roles)
 
 
 class Worker:
@@ -102,8 +64,8 @@ class Worker:
         self._wake: asyncio.Future[None] | None = None
         self._stopping = False
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self._inflight: set[asyncio.Future[None]] = set()
-        self._last_encode_ns = 0
+        self.replies = ReplySender(transport, self.metrics, config.max_inflight_replies)
+        self.signer = ReplySigner(encoder, self.metrics, config.worker_id)
         self._measured: set[str] = set()  # models with a measured inference time
         self._status_topic = topics.worker_status_topic(config.worker_id)
         self._default_model = next(iter(runner.policies))  # frames naming "default" get it
@@ -119,7 +81,7 @@ class Worker:
         await self._publish_status("online")
         receive = asyncio.create_task(self._receive(), name="receive")
         serve = asyncio.create_task(self._serve(), name="serve")
-        self.transport.inbox.direct = self._arrived
+        self.transport.consume(self._arrived)
         self.ready.set()
         stopper = asyncio.create_task(stop.wait())
         try:
@@ -127,11 +89,20 @@ class Worker:
         finally:
             await self._shutdown(receive, serve, stopper)
 
+    def revoke(self, key_ids: set[str]) -> int:
+        """Keys removed from the keyring: drop their requests still queued (counted as
+        ``revoked``); their messages not yet decoded fail verification from now on."""
+        gone = self.queue.remove_if(
+            lambda req: req.meta is not None and req.meta.header.key in key_ids)
+        self.metrics.on_drop("revoked", len(gone))
+        self.metrics.queue_depth.set(len(self.queue))
+        return len(gone)
+
     async def _shutdown(self, receive: asyncio.Task[None], serve: asyncio.Task[None],
                         stopper: asyncio.Task[bool]) -> None:
         """Stop taking work, finish the batch in hand, drop the rest, publish the death."""
         self._stopping = True
-        self.transport.inbox.direct = None
+        self.transport.consume(None)
         self.ready.clear()
         for task in (receive, stopper):
             task.cancel()
@@ -144,8 +115,7 @@ class Worker:
             log.exception("serving loop failed")
         self.metrics.on_drop("shutdown", len(self.queue.drain()))
         self.metrics.queue_depth.set(0)
-        if self._inflight:
-            await asyncio.wait(self._inflight, timeout=5.0)
+        await self.replies.settle(timeout=5.0)
         try:
             await self._publish_status("offline")
         except Exception as exc:  # noqa: BLE001 - the broker publishes the will instead
@@ -153,12 +123,12 @@ class Worker:
         self._pool.shutdown(wait=True)
 
     async def _publish_status(self, state: str) -> None:
-        status = status_message(self.config, state, self.session, self.runner.models)
+        status = worker_status(self.config, state, self.session, self.runner.models)
         await self.transport.publish(self._status_topic, self.encoder.encode(status), qos=1,
                                      retain=True)
 
     async def _receive(self) -> None:
-        async for message in self.transport.messages():
+        async for message in self.transport:
             self._take(message)
             # The inbox hands over a backlog without suspending: yield after each message so
             # a finished batch is answered, and the next one started, between two decodes
@@ -174,9 +144,13 @@ class Worker:
         got = accept(self.decoder, message, self.rejections)
         if got is None:
             return None
-        request = self._request(got.header, got.message, message.received_ns,
-                                time.perf_counter_ns() - start)
-        if request is None:
+        meta = RequestMeta(got.header, message.received_ns, time.perf_counter_ns() - start)
+        request = to_request(got.header, got.message, meta, models=self.runner.policies,
+                             default_model=self._default_model, now_ns=time.time_ns())
+        if isinstance(request, Refused):
+            log.warning("%s", request.detail)
+            if request.cause is not None:
+                self.metrics.on_drop(request.cause)
             return None
         self.metrics.on_drop("shed", len(self.queue.push(request)))
         self.metrics.queue_depth.set(len(self.queue))
@@ -185,14 +159,14 @@ class Worker:
         return request
 
     def _arrived(self, message: BusMessage) -> bool:
-        """The idle worker's path (the transport's :attr:`Inbox.direct`): a message that finds
+        """The idle worker's path (the transport's :meth:`Transport.consume`): a message that finds
         the serving loop asleep and the queue empty is taken straight from the receive callback
         and, when its batch is due at once and its model runs inline, answered right there.
         That skips the two task wake-ups (receive, then serve) of the queued path, ~25 µs of a
         round trip here. Anything else is left to the inbox and the tasks."""
         wake = self._wake
         if (wake is None or wake.done() or self.queue or self._stopping
-                or len(self._inflight) >= self.config.max_inflight_replies):
+                or self.replies.full):
             return False
         request = self._take(message, wake=False)
         if request is None:
@@ -203,8 +177,8 @@ class Worker:
             self._wake_up()
             return True
         result = self.runner.run(batch)  # never raises for bad input
-        for reply in self._replies(batch, result):
-            self._send_now(*reply)
+        for reply in self.signer.sign(batch, result, self.runner.models):
+            self.replies.send_now(*reply)
         self._observe(batch.model, result.inference_ns)
         self.metrics.on_batch(len(batch.requests), result.inference_ns)
         return True
@@ -213,25 +187,6 @@ class Worker:
         wake = self._wake
         if wake is not None and not wake.done():
             wake.set_result(None)
-
-    def _request(self, header: Header, body: Message, received_ns: int,
-                 decode_ns: int) -> Request | None:
-        meta = {"header": header, "received_ns": received_ns, "decode_ns": decode_ns}
-        if isinstance(body, Frame):
-            model = body.model
-            if model == DEFAULT_MODEL and model not in self.runner.policies:
-                model = self._default_model
-            if model not in self.runner.policies:
-                log.warning("frame from %r asks for unknown model %r", header.sender, model)
-                self.metrics.on_drop("unknown_model")
-                return None
-            priority = Priority.CRITICAL if body.safety_critical else header.priority
-            return Request(model, priority, header.deadline_ns, time.time_ns(), body, meta=meta)
-        if isinstance(body, TaskRequest):
-            return Request(task_model(body.task), body.priority, header.deadline_ns,
-                           time.time_ns(), body, meta=meta)
-        log.warning("ignoring %s from %r on the work topics", type(body).__name__, header.sender)
-        return None
 
     async def _serve(self) -> None:
         """Run batches one at a time on the inference thread. As soon as a batch's result is
@@ -253,8 +208,8 @@ class Worker:
                 following = self._due_batch()
                 if following is not None:
                     running = (following, self._start(loop, following))
-            for reply in self._replies(batch, result):
-                await self._send(*reply)
+            for reply in self.signer.sign(batch, result, self.runner.models):
+                await self.replies.send(*reply)
             # bookkeeping after the replies are handed off: it is not on their critical path
             self._observe(batch.model, result.inference_ns)
             self.metrics.on_batch(len(batch.requests), result.inference_ns)
@@ -304,90 +259,22 @@ class Worker:
                     timer.cancel()
         return None
 
-    def _replies(self, batch: Batch,
-                 result: BatchResult) -> list[tuple[str, bytes, int]]:
-        """The signed replies to ``batch``: (topic, payload, deadline) each."""
-        out = []
-        for request, outcome in zip(batch.requests, result.outcomes, strict=True):
-            header: Header = request.meta["header"]
-            wait_ns = batch.formed_ns - request.arrived_ns
-            self.metrics.on_wait(wait_ns)
-            reply: Action | TaskResult
-            if isinstance(request.payload, TaskRequest):
-                task = request.payload
-                reply = TaskResult(robot_id=task.robot_id, task=task.task, ok=not outcome.error,
-                                   result=outcome.result or {}, error=outcome.error[:1024],
-                                   worker_id=self.config.worker_id, queue_wait_ns=wait_ns,
-                                   inference_ns=result.inference_ns)
-            elif outcome.chunk is None:
-                log.warning("no action for %r step %d: %s", header.sender,
-                            request.payload.step, outcome.error)
-                self.metrics.on_drop("policy_error")
-                continue
-            else:
-                frame: Frame = request.payload
-                reply = Action(
-                    robot_id=frame.robot_id, step=frame.step, actions=pack_array(outcome.chunk),
-                    model=batch.model, model_version=self.runner.models[batch.model],
-                    worker_id=self.config.worker_id, decode_ns=request.meta["decode_ns"],
-                    queue_wait_ns=wait_ns, inference_ns=result.inference_ns,
-                    encode_ns=self._last_encode_ns,
-                    span_ns=max(0, time.time_ns() - request.meta["received_ns"]))
-            start = time.perf_counter_ns()
-            try:
-                payload = self.encoder.encode(reply, deadline_ns=header.deadline_ns,
-                                              priority=header.priority, corr=header.corr)
-            except BusError as exc:  # e.g. a policy's chunk too large for an envelope
-                log.warning("reply to %r not encodable: %r", header.sender, exc)
-                self.metrics.on_drop("policy_error")
-                continue
-            self._last_encode_ns = time.perf_counter_ns() - start
-            out.append((topics.action_topic(header.sender), payload, header.deadline_ns))
-        return out
-
-    async def _send(self, topic: str, payload: bytes, deadline_ns: int) -> None:
-        """Publish a reply once fewer than ``max_inflight_replies`` wait for their
-        acknowledgement."""
-        if len(self._inflight) >= self.config.max_inflight_replies:
-            await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
-        self._send_now(topic, payload, deadline_ns)
-
-    def _send_now(self, topic: str, payload: bytes, deadline_ns: int) -> None:
-        """Publish a reply now (QoS 1) and count it when acknowledged."""
-        expiry = None
-        if deadline_ns:
-            expiry = max(1.0, math.ceil((deadline_ns - time.time_ns()) / 1e9))
-        try:
-            acked = self.transport.publish_nowait(topic, payload, qos=1, expiry_s=expiry)
-        except Exception as exc:  # noqa: BLE001 - one failed reply must not end the loop
-            log.warning("reply to %r not published: %r", topic, exc)
-            return
-        self._inflight.add(acked)
-        acked.add_done_callback(functools.partial(self._replied, topic))
-
-    def _replied(self, topic: str, acked: asyncio.Future[None]) -> None:
-        self._inflight.discard(acked)
-        exc = None if acked.cancelled() else acked.exception()
-        if acked.cancelled() or exc is not None:
-            log.warning("reply to %r not published: %r", topic, exc or "cancelled")
-            return
-        self.metrics.replies.inc()
-        self.metrics.summary.served += 1
-
 
 async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: PolicyRunner, *,
                       config: WorkerConfig, metrics: WorkerMetrics | None = None,
-                      options: TransportOptions | None = None) -> Worker:
-    """Connect with the death status as the will, and return a worker ready to :meth:`run`."""
+                      options: TransportOptions | None = None,
+                      opener: Opener = open_transport) -> Worker:
+    """Connect with the death status as the will, and return a worker ready to :meth:`run`.
+    ``opener`` opens the bus (``vlabus worker`` passes one that waits for a bus that is down)."""
     encoder = Encoder(signer)
     session = time.time_ns() // 1000  # grows across restarts without state on disk
-    death = encoder.encode(status_message(config, "offline", session, runner.models))
+    death = encoder.encode(worker_status(config, "offline", session, runner.models))
     will = Will(topics.worker_status_topic(config.worker_id), death, qos=1, retain=True)
     base = options or TransportOptions(client_id=config.worker_id)
     # no persistent session: the broker must stop routing this worker's share the moment it
     # vanishes (DESIGN trap 1), and frames are QoS 0 anyway
     extra = {"session_expiry_s": "0", **base.extra}
-    transport = await open_transport(url, dataclasses.replace(base, will=will, extra=extra))
+    transport = await opener(url, dataclasses.replace(base, will=will, extra=extra))
     decoder = frame_decoder(keyring, replay_mode=config.replay_mode)
     return Worker(transport, encoder, decoder, runner, config=config, session=session,
                   metrics=metrics)

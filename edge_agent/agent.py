@@ -12,9 +12,13 @@ With ``chunk > 1`` the agent executes action chunks from an :class:`ActionQueue`
 rate, sends a new frame when fewer than ``refill_below`` actions are left, and lets the local
 policy fill the gap when the cloud would answer after the queue runs dry.
 
-Deadline logic lives in :mod:`edge_agent.watchdog` and :mod:`edge_agent.breaker` (plain classes,
-injected clock); this module is the loop shell around them, plus :mod:`edge_agent.receiver`
-for everything that arrives.
+The agent owns its deadline logic, built on its injected clocks: the
+:class:`~edge_agent.watchdog.Watchdog` and the :class:`~edge_agent.breaker.OffloadBreaker` (plain
+classes), and the :class:`~edge_agent.inbox.ActionInbox` that matches verified replies against
+that watchdog. This module is the loop shell around them; decisions are the values of
+:mod:`edge_agent.decisions`, model releases arrive through an optional
+:class:`~edge_agent.feed.ModelFeed` and an optional :class:`~edge_agent.blackbox.BlackBox`
+observes what is sent, received and decided.
 """
 
 from __future__ import annotations
@@ -26,40 +30,38 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.blackbox import BlackBox
 from edge_agent.breaker import BreakerConfig, OffloadBreaker, Route
 from edge_agent.chunks import ActionQueue
+from edge_agent.decisions import ActionResult, Cause, Decision, Source
+from edge_agent.feed import ModelFeed
 from edge_agent.frames import frame_of
+from edge_agent.inbox import ActionInbox, CloudReply
 from edge_agent.local import Chunk, LocalPolicy, LocalPolicyError
 from edge_agent.metrics import EdgeMetrics
-from edge_agent.receiver import CloudReply, Receiver
+from edge_agent.receiver import Receiver
+from edge_agent.stats import RunStats
+from edge_agent.updates import UpdateResult
 from edge_agent.watchdog import HedgeTiming, TimerSlack, Watchdog, plan_hedge
+from schemas.deadline import SYSTEM_CLOCKS, Clocks, Deadline
 from schemas.errors import TransportError
 from schemas.images import Codec
 from schemas.messages import Priority, Status
+from schemas.status import status_message
 from schemas.topics import check_id, frame_topic, robot_status_topic
+from security.keys import Keyring
 from vlabus.bus.transport import Transport
+from vlabus.inbound import Rejections
 from vlabus.policy import Observation
 from vlabus.wire import Encoder
 
+__all__ = ["ActionResult", "AgentConfig", "Cause", "Decision", "EdgeAgent", "Source"]
+
 log = logging.getLogger(__name__)
-
-
-class Source(StrEnum):
-    CLOUD = "cloud"
-    FALLBACK = "fallback"
-
-
-class Cause(StrEnum):
-    TIMEOUT = "timeout"
-    DISCONNECTED = "disconnected"
-    BREAKER_OPEN = "breaker_open"
-    REJECTED_REPLY = "rejected_reply"
-    SAFETY_CRITICAL = "safety_critical"
 
 
 @dataclass(frozen=True)
@@ -83,36 +85,6 @@ class AgentConfig:
             raise ValueError("deadline, period and chunk must be positive")
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """How one request (a frame) was resolved: a chunk, where it came from and when."""
-
-    step: int
-    chunk: Chunk | None
-    source: Source
-    cause: Cause | None
-    deadline_ns: int
-    decided_ns: int
-    rtt_ns: int | None = None
-    worker_id: str | None = None
-    tick_stride: float = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class ActionResult:
-    """The action to execute now (None only when no policy could produce one)."""
-
-    step: int
-    action: npt.NDArray[np.float32] | None
-    source: Source
-    cause: Cause | None
-    lateness_ns: int
-    rtt_ns: int | None
-    worker_id: str | None
-    model_version: int
-    blended: bool = False
-
-
 def _retrieve(future: asyncio.Future[Chunk]) -> None:
     if not future.cancelled():
         future.exception()
@@ -121,24 +93,37 @@ def _retrieve(future: asyncio.Future[Chunk]) -> None:
 class EdgeAgent:
     """Per-step cloud-or-local decisions for one robot; run it on one event loop."""
 
-    def __init__(self, transport: Transport, encoder: Encoder, receiver: Receiver,
+    def __init__(self, transport: Transport, encoder: Encoder, keyring: Keyring,
                  local: LocalPolicy, config: AgentConfig, *,
-                 metrics: EdgeMetrics | None = None, session: int | None = None) -> None:
+                 metrics: EdgeMetrics | None = None, session: int | None = None,
+                 clocks: Clocks = SYSTEM_CLOCKS, feed: ModelFeed | None = None,
+                 blackbox: BlackBox | None = None,
+                 rejections: Rejections | None = None) -> None:
         self.transport = transport
         self.encoder = encoder
-        self.receiver = receiver
+        #: the trusted keys; a keyring watcher updates it in place (``vlabus edge --keys-poll``)
+        self.keyring = keyring
         self.local = local
         self.config = config
-        self.metrics = metrics or EdgeMetrics()
-        self.stats = receiver.stats
-        self.watchdog: Watchdog = receiver.watchdog
-        self.breaker = OffloadBreaker(config.breaker)
-        receiver.on_late = self.breaker.late_reply
+        self.metrics = metrics = metrics or EdgeMetrics()
+        self.clocks = clocks
+        self._now = clocks.monotonic
+        self.feed = feed
+        self.blackbox = blackbox
+        self.stats = RunStats()
+        self.rejections = rejections or Rejections(metrics.on_reject)
+        self.watchdog = Watchdog(clocks.monotonic)
+        self.breaker = OffloadBreaker(config.breaker, clocks.monotonic)
+        self.inbox = ActionInbox(keyring, config.robot_id, self.watchdog,
+                                 rejections=self.rejections, stats=self.stats, metrics=metrics,
+                                 period_ns=config.period_ns, on_late=self.breaker.late_reply,
+                                 clock=clocks.monotonic)
+        self.receiver = Receiver(transport, inbox=self.inbox, feed=feed, blackbox=blackbox)
         self.queue = ActionQueue(config.period_ns)
         self.slack = TimerSlack(config.timer_slack_ns)
         self._session = os.urandom(4).hex()  # correlation ids of this run only
         # status session (as in the will): grows across restarts without state on disk
-        self.session = time.time_ns() // 1000 if session is None else session
+        self.session = clocks.wall() // 1000 if session is None else session
         self._step = 0
         self._inflight: asyncio.Task[Decision] | None = None
         self._topic = frame_topic(config.robot_id)
@@ -151,6 +136,10 @@ class EdgeAgent:
     def step(self) -> int:
         return self._step
 
+    async def start(self) -> None:
+        """Subscribe to actions (and model releases with a feed) and start receiving."""
+        await self.receiver.start()
+
     async def act(self, observation: Observation, *, safety_critical: bool = False) -> ActionResult:
         """The action for the next step; see the module docstring for the guarantees."""
         if self.local.swap_staged():
@@ -158,7 +147,7 @@ class EdgeAgent:
         step = self._step
         self._step += 1
         if self.config.chunk <= 1:
-            decision = await self._resolve(step, observation, time.monotonic_ns()
+            decision = await self._resolve(step, observation, self._now()
                                            + self.config.deadline_ns, safety_critical)
             action = None if decision.chunk is None else decision.chunk[0]
             result = self._result(step, action, decision, blended=False)
@@ -169,7 +158,7 @@ class EdgeAgent:
 
     async def _act_chunked(self, tick: int, observation: Observation,
                            safety_critical: bool) -> ActionResult:
-        now = time.monotonic_ns()
+        now = self._now()
         decision: Decision | None = None
         if safety_critical:
             # Never execute cloud plans queued before a safety-critical observation.
@@ -190,7 +179,7 @@ class EdgeAgent:
             dry_ns = now + (ahead + 1) * self.config.period_ns
             deadline = min(now + self.config.deadline_ns, dry_ns)
             self._inflight = asyncio.create_task(self._request(tick, observation, deadline))
-        lateness = 0 if decision is None else max(0, decision.decided_ns - decision.deadline_ns)
+        lateness = 0 if decision is None else decision.lateness_ns
         rtt = None if decision is None else decision.rtt_ns
         worker = None if decision is None else decision.worker_id
         if item is None:
@@ -222,7 +211,7 @@ class EdgeAgent:
             return await self._local_now(step, observation, deadline_ns, Cause.SAFETY_CRITICAL)
         if not self.transport.connected:
             return await self._local_now(step, observation, deadline_ns, Cause.DISCONNECTED)
-        route = self.breaker.route(deadline_ns - time.monotonic_ns())
+        route = self.breaker.route(deadline_ns - self._now())
         self.metrics.breaker_open.set(1 if self.breaker.open else 0)
         if route is Route.LOCAL:
             return await self._local_now(step, observation, deadline_ns, Cause.BREAKER_OPEN)
@@ -230,28 +219,31 @@ class EdgeAgent:
         corr = f"{self._session}-{step}"
         timing = plan_hedge(deadline_ns, self.local.latency, slack_ns=self.config.hedge_slack_ns,
                             timer_slack_ns=self.slack.for_deadline(
-                                deadline_ns - time.monotonic_ns()))
-        reply_future = self.receiver.expect(corr, step, timing.decide_ns, probe=probe)
+                                deadline_ns - self._now()))
+        reply_future = self.inbox.expect(corr, step, timing.decide_ns, probe=probe)
         try:
             await self._publish(step, observation, deadline_ns, corr)
         except TransportError as exc:
             log.warning("frame %d not sent: %r", step, exc)
-            self.receiver.expire(corr)
+            self.inbox.expire(corr)
             return await self._local_now(step, observation, deadline_ns, Cause.DISCONNECTED)
         return await self._race(step, observation, corr=corr, deadline_ns=deadline_ns,
                                 timing=timing, reply_future=reply_future, probe=probe)
 
     async def _publish(self, step: int, observation: Observation, deadline_ns: int,
                        corr: str) -> None:
-        wall_deadline = time.time_ns() + (deadline_ns - time.monotonic_ns())
+        deadline = Deadline(deadline_ns)
+        wall_deadline = deadline.wall_ns(self.clocks)
         started = time.perf_counter_ns()
         frame = frame_of(observation, robot_id=self.config.robot_id, step=step,
-                         capture_ns=time.time_ns(), model=self.config.model,
+                         capture_ns=self.clocks.wall(), model=self.config.model,
                          codec=self.config.codec)
         wire = self.encoder.encode_view(frame, deadline_ns=wall_deadline,
                                         priority=self.config.priority, corr=corr)
-        self.receiver.sent(corr, time.perf_counter_ns() - started, wire, self._topic)
-        expiry = max(0.001, (deadline_ns - time.monotonic_ns()) / 1e9)
+        self.inbox.sent(corr, time.perf_counter_ns() - started)
+        if self.blackbox is not None:
+            self.blackbox.sent(self._topic, wire)
+        expiry = deadline.expiry_s(self.clocks)
         await self.transport.publish(self._topic, wire, qos=0, expiry_s=expiry)
         self.metrics.frames.inc()
 
@@ -272,18 +264,18 @@ class EdgeAgent:
             if not reply_future.done():
                 hedge = submit()
 
-        handle = loop.call_later(max(0.0, (timing.start_ns - time.monotonic_ns()) / 1e9),
+        handle = loop.call_later(max(0.0, (timing.start_ns - self._now()) / 1e9),
                                  start_hedge)
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(reply_future),
-                                       max(0.0, (timing.decide_ns - time.monotonic_ns()) / 1e9))
+                                       max(0.0, (timing.decide_ns - self._now()) / 1e9))
         except asyncio.CancelledError:
-            self.receiver.expire(corr)
+            self.inbox.expire(corr)
             raise
         finally:
             handle.cancel()
-        woke = time.monotonic_ns()
+        woke = self._now()
         if woke >= timing.decide_ns:  # the timer fired: learn how late this loop's timers are
             self.slack.observe(woke - timing.decide_ns)
         if reply_future.done() and not reply_future.cancelled():
@@ -294,9 +286,9 @@ class EdgeAgent:
             if self.on_cloud is not None:
                 self.on_cloud(observation, reply.chunk)
             return Decision(step, reply.chunk, Source.CLOUD, None, deadline_ns,
-                            time.monotonic_ns(), reply.rtt_ns, reply.worker_id,
+                            self._now(), reply.rtt_ns, reply.worker_id,
                             reply.tick_stride)
-        pending = self.receiver.expire(corr)
+        pending = self.inbox.expire(corr)
         cause = Cause.REJECTED_REPLY if pending is not None and pending.rejected else Cause.TIMEOUT
         self.breaker.missed(probe=probe)
         if hedge is None:  # its timer did not get to run (a stalled loop): start it now
@@ -314,7 +306,7 @@ class EdgeAgent:
             chunk: Chunk | None = await future
         except LocalPolicyError as exc:
             chunk = await self._after_local_failure(observation, exc)
-        return Decision(step, chunk, Source.FALLBACK, cause, deadline_ns, time.monotonic_ns())
+        return Decision(step, chunk, Source.FALLBACK, cause, deadline_ns, self._now())
 
     async def _after_local_failure(self, observation: Observation,
                                    exc: LocalPolicyError) -> Chunk | None:
@@ -322,7 +314,10 @@ class EdgeAgent:
         log.error("local policy v%d failed: %r", failed, exc)
         if not self.local.rollback():
             return None
-        self.receiver.rolled_back(failed)
+        if self.feed is not None:
+            self.feed.rolled_back(failed)
+        else:
+            self.metrics.model_updates.labels(UpdateResult.ROLLED_BACK.value).inc()
         self.metrics.model_version.set(self.local.version)
         try:
             return await asyncio.wrap_future(self.local.submit(observation))
@@ -333,8 +328,8 @@ class EdgeAgent:
     def _result(self, step: int, action: npt.NDArray[np.float32] | None, decision: Decision,
                 *, blended: bool) -> ActionResult:
         return ActionResult(step, action, decision.source, decision.cause,
-                            max(0, decision.decided_ns - decision.deadline_ns), decision.rtt_ns,
-                            decision.worker_id, self.local.version, blended)
+                            decision.lateness_ns, decision.rtt_ns, decision.worker_id,
+                            self.local.version, blended)
 
     def _account(self, result: ActionResult) -> None:
         stats, metrics = self.stats, self.metrics
@@ -349,13 +344,14 @@ class EdgeAgent:
         if result.cause is not None:
             stats.fallbacks_by_cause[result.cause.value] += 1
             metrics.fallbacks.labels(result.cause.value).inc()
-        self.receiver.decided(result)
+        if self.blackbox is not None:
+            self.blackbox.decided(result)
 
     def status(self, state: str) -> Status:
         """The robot's retained birth/death message (its will is the ``offline`` one)."""
-        return Status(client_id=self.config.robot_id, role="robot", state=state,  # type: ignore[arg-type]
-                      session=self.session, time_ns=time.time_ns(),
-                      models={self.config.local_model: self.local.version})
+        return status_message(self.config.robot_id, "robot", state, session=self.session,
+                              models={self.config.local_model: self.local.version},
+                              time_ns=self.clocks.wall())
 
     async def announce(self, state: str) -> None:
         """Publish :meth:`status` retained at QoS 1; a failure is logged, never raised."""

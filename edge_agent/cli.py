@@ -1,7 +1,10 @@
 """``vlabus edge``: run a robot's edge agent (a simulated robot with ``--sim``).
 
-Exit status 0 after the run (or SIGTERM / Ctrl-C), 1 on a configuration error (keys, flags),
-2 when the bus could not be reached.
+Without ``--seconds`` it runs until SIGINT/SIGTERM. A bus that is down does not stop it: the robot
+acts on its local policy (fallback cause ``disconnected``) from its first step and takes cloud
+actions as soon as the bus answers. Exit status 0 after the run (or SIGTERM / Ctrl-C), 1 on a
+configuration error (keys), 2 on a usage error, or when the bus refused the robot or did not
+answer within ``--connect-timeout``.
 """
 
 from __future__ import annotations
@@ -9,13 +12,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from vlabus.cli.busflags import add_bus_arguments, transport_options
+from vlabus.cli.argtypes import positive_float, positive_int
+from vlabus.cli.busflags import (
+    add_bus_arguments,
+    add_keys_watch_argument,
+    add_status_argument,
+    transport_options,
+    watch_keyring,
+)
+from vlabus.cli.report import report
 
 
 def register(sub: Any) -> None:
@@ -32,16 +42,20 @@ def register(sub: Any) -> None:
                         help="keyring: this robot's private key, workers' and release public keys")
     parser.add_argument("--sim", action="store_true",
                         help="drive a simulated tabletop robot (the only built-in robot)")
-    parser.add_argument("--fps", type=float, default=30.0, metavar="F", help="control rate")
-    parser.add_argument("--deadline-ms", type=float, default=25.0, metavar="D",
+    parser.add_argument("--fps", type=positive_float, default=30.0, metavar="F",
+                        help="control rate")
+    parser.add_argument("--deadline-ms", type=positive_float, default=25.0, metavar="D",
                         help="per-step budget for a cloud action (keep it under the control "
                              "period: a step waits up to D for the cloud)")
-    parser.add_argument("--chunk", type=int, default=1, metavar="H",
+    parser.add_argument("--chunk", type=positive_int, default=1, metavar="H",
                         help="execute action chunks from a queue (H > 1); 1 = one action/step")
     parser.add_argument("--refill-below", type=int, default=None, metavar="N",
                         help="send a new frame when fewer queued actions are left "
                              "(default H/2)")
-    parser.add_argument("--seconds", type=float, default=10.0, metavar="S")
+    parser.add_argument("--seconds", type=positive_float, default=None, metavar="S",
+                        help="stop after S seconds (default: run until SIGINT/SIGTERM)")
+    add_status_argument(parser)
+    add_keys_watch_argument(parser)
     parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
                         help="serve /metrics /healthz /readyz (0 picks a free port)")
     parser.add_argument("--metrics-host", default="127.0.0.1")
@@ -86,18 +100,8 @@ def run(args: argparse.Namespace) -> int:
         print("vlabus edge: --fl needs --models-dir (rounds train on the installed release)",
               file=sys.stderr)
         return 1
-    if args.fps <= 0 or args.deadline_ms <= 0 or args.chunk < 1 or args.seconds <= 0:
-        print("vlabus edge: --fps, --deadline-ms, --seconds must be positive, --chunk >= 1",
-              file=sys.stderr)
-        return 1
     summary = asyncio.run(edge_command(args))
-    if args.json:
-        print(json.dumps(summary), flush=True)
-    elif summary.get("error"):
-        print(f"vlabus edge: {summary['error']}", file=sys.stderr)
-    else:
-        print(_human(summary))
-    return int(summary.get("exit_code", 0))
+    return report(summary, as_json=args.json, command="vlabus edge", human=_human)
 
 
 async def edge_command(args: argparse.Namespace) -> dict[str, Any]:
@@ -150,6 +154,8 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
     from edge_agent.sim import run_sim_robot
     from edge_agent.stack import LocalModel
     from schemas.errors import BusError, TransportError
+    from vlabus.bus.deferred import DeferredTransport
+    from vlabus.bus.wait import watch_connection
     from vlabus.log.record import Recorder
     from vlabus.metrics import MetricsServer
 
@@ -164,7 +170,8 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
     metrics = EdgeMetrics()
     server = None
     if args.metrics_port is not None:
-        server = MetricsServer(metrics.registry, args.metrics_host, args.metrics_port).start()
+        server = MetricsServer(metrics.registry, args.metrics_host, args.metrics_port,
+                               labels={"robot": robot_id}).start()
     metadata = {"robot_id": robot_id}
     if anonymizer is not None:
         metadata["anonymized"] = anonymizer.describe()
@@ -177,23 +184,54 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     attach, joined = _federation(args, robot_id) if args.fl else (None, [])
-    try:
+    status: list[asyncio.Task[None]] = []
+    failure: list[BaseException] = []
+
+    async def open_bus(url: str, opts: Any) -> Any:
+        # returns within a second even when the bus is down: the robot acts locally meanwhile
+        transport = await DeferredTransport.start(url, opts, what=f"robot {robot_id}",
+                                                  timeout_s=args.connect_timeout)
+
+        def gave_up(task: asyncio.Task[None]) -> None:
+            if transport.failure is not None:  # --connect-timeout or a refusal: end the run
+                failure.append(transport.failure)
+                stop.set()
+
+        transport.connecting.add_done_callback(gave_up)
+        status.append(asyncio.create_task(watch_connection(transport, f"robot {robot_id}")))
+        return transport
+
+    def started(agent: Any) -> None:
+        # workers and releases added, removed or rotated in --keys apply without a restart
+        status.append(watch_keyring(args.keys, agent.keyring,
+                                    every_s=args.keys_poll, name=f"robot {robot_id}"))
+        if args.status_every > 0 and not args.json:
+            status.append(asyncio.create_task(_status_lines(agent, args.status_every)))
         if server is not None:
             server.ready.set()
+
+    try:
         summary = await run_sim_robot(
             args.bus, args.keys, robot_id, args.fps, args.deadline_ms, args.seconds,
             chunk=args.chunk, refill_below=args.refill_below, model=model, metrics=metrics,
             recorder=recorder, safety_every=args.safety_every, stop=stop, codec=args.codec,
-            options=options, transform=anonymizer, attach=attach)
+            options=options, opener=open_bus, on_agent=started, transform=anonymizer,
+            attach=attach)
     except TransportError as exc:
         return {"error": f"bus {args.bus}: {exc}", "exit_code": 2}
     except (BusError, OSError, ValueError) as exc:
         return {"error": str(exc), "exit_code": 1}
     finally:
+        for task in status:
+            task.cancel()
         if recorder is not None:
             recorder.close()
         if server is not None:
             server.close()
+    if failure:
+        summary["error"] = f"bus {args.bus}: {failure[0]}"
+        summary["exit_code"] = 2
+        return summary
     if recorder is not None:
         summary["recording"] = {"path": str(args.record), **recorder.counters()}
     if server is not None:
@@ -217,7 +255,6 @@ def _federation(args: argparse.Namespace, robot_id: str) -> tuple[Any, list[Any]
     :class:`~edge_agent.fl.attach.Federated` handle (for the summary)."""
     from edge_agent.fl.attach import federated
     from edge_agent.fl.client import ClientConfig
-    from security.keys import Keyring
 
     joined: list[Any] = []
     config = ClientConfig(robot_id=robot_id, model=args.local_model, models_dir=args.models_dir,
@@ -226,12 +263,26 @@ def _federation(args: argparse.Namespace, robot_id: str) -> tuple[Any, list[Any]
 
     @contextlib.asynccontextmanager
     async def attach(agent: Any) -> Any:
-        async with federated(agent, Keyring.load(args.keys), config,
+        async with federated(agent, agent.keyring, config,
                              buffer_bytes=int(args.fl_buffer_mb * (1 << 20))) as handle:
             joined.append(handle)
             yield handle
 
     return attach, joined
+
+
+async def _status_lines(agent: Any, every_s: float) -> None:
+    """A line on stderr every ``every_s``: steps, where actions came from, the bus."""
+    while True:
+        await asyncio.sleep(every_s)
+        stats = agent.stats
+        causes = ", ".join(f"{k} {v}" for k, v in sorted(stats.fallbacks_by_cause.items()))
+        print(f"{agent.config.robot_id}: {stats.steps} steps, cloud "
+              f"{stats.actions_by_source.get('cloud', 0)}, fallback "
+              f"{stats.actions_by_source.get('fallback', 0)}"
+              f"{f' ({causes})' if causes else ''}; bus "
+              f"{'connected' if agent.transport.connected else 'DOWN'}", file=sys.stderr,
+              flush=True)
 
 
 def _human(summary: dict[str, Any]) -> str:

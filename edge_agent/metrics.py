@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+from schemas.errors import Reason
+from vlabus.metrics import LATENCY_BUCKETS
+
+_LATENCY_BUCKETS = LATENCY_BUCKETS  # resolve 1–20 ms (see vlabus.metrics)
 _LATENESS_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05)
 
 
@@ -49,3 +52,7 @@ class EdgeMetrics:
                                        ["part"], buckets=_LATENCY_BUCKETS, registry=reg)
         self.frames = Counter("vlabus_edge_frames_sent_total", "Frames sent to the cloud",
                               registry=reg)
+
+    def on_reject(self, reason: Reason) -> None:
+        """Count one rejected inbound message (the hook of ``vlabus.inbound.Rejections``)."""
+        self.rejected.labels(reason.value).inc()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,8 @@ from edge_agent.agent import ActionResult, AgentConfig, EdgeAgent
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.scene import TabletopScene
 from edge_agent.stack import LocalModel, load_identity, open_edge
-from vlabus.bus.transport import TransportOptions
+from vlabus.bus.transport import TransportOptions, open_transport
+from vlabus.bus.wait import Opener
 from vlabus.policy import Observation
 
 COMMANDS = ("pick up the red block", "put the cup on the plate", "open the drawer")
@@ -58,18 +60,19 @@ class SimRobot:
         self.applied += 1
 
 
-async def drive(agent: EdgeAgent, robot: SimRobot, *, fps: float, seconds: float,
+async def drive(agent: EdgeAgent, robot: SimRobot, *, fps: float, seconds: float | None,
                 safety_every: int = 0, stop: asyncio.Event | None = None,
                 on_step: Any = None,
                 transform: Callable[[Observation], Observation] | None = None) -> int:
-    """Run the control loop at ``fps`` for ``seconds``; returns the number of overruns (steps
-    that started after their tick because the previous one took longer than a period)."""
+    """Run the control loop at ``fps`` for ``seconds`` (None: until ``stop`` is set); returns
+    the number of overruns (steps that started after their tick because the previous one took
+    longer than a period). ``transform`` changes each observation before the agent sees it."""
     period = 1.0 / fps
     loop = asyncio.get_running_loop()
     start = loop.time()
-    steps = max(1, round(seconds * fps))
+    steps = itertools.count() if seconds is None else range(max(1, round(seconds * fps)))
     overruns = 0
-    for step in range(steps):
+    for step in steps:
         if stop is not None and stop.is_set():
             break
         tick = start + step * period
@@ -92,15 +95,20 @@ async def drive(agent: EdgeAgent, robot: SimRobot, *, fps: float, seconds: float
 
 async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` calls
         bus_url: str, keys_dir: str | Path, robot_id: str, fps: float, deadline_ms: float,
-        seconds: float, *, chunk: int = 1, refill_below: int | None = None,
+        seconds: float | None, *, chunk: int = 1, refill_below: int | None = None,
         model: LocalModel | None = None, metrics: EdgeMetrics | None = None,
         recorder: Any = None, safety_every: int = 0, stop: asyncio.Event | None = None,
         codec: str = "raw", seed: int = 0,
-        options: TransportOptions | None = None,
+        options: TransportOptions | None = None, opener: Opener = open_transport,
+        on_agent: Callable[[EdgeAgent], None] | None = None,
         transform: Callable[[Observation], Observation] | None = None,
         attach: Callable[[EdgeAgent], contextlib.AbstractAsyncContextManager[Any]] | None = None,
 ) -> dict[str, Any]:
-    """Run one simulated robot against the bus and return its summary (see ``RunStats``)."""
+    """Run one simulated robot against the bus and return its summary (see ``RunStats``).
+    ``seconds`` None runs until ``stop`` is set; ``on_agent`` sees the agent once it exists
+    (status lines); ``opener`` opens the bus (see :func:`~edge_agent.stack.open_edge`);
+    ``transform`` anonymises observations; ``attach(agent)`` is entered around the run
+    (federated rounds)."""
     model = model or LocalModel()
     keys, signer = load_identity(keys_dir, robot_id)
     robot = SimRobot(cameras=model.cameras, state_dim=model.state_dim, seed=seed)
@@ -110,7 +118,9 @@ async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` ca
                          period_ns=period_ns, codec=codec)  # type: ignore[arg-type]
     agent = await open_edge(bus_url, keys=keys, signer=signer, config=config,
                             probe=robot.observe(0), model=model, metrics=metrics,
-                            recorder=recorder, options=options)
+                            recorder=recorder, options=options, opener=opener)
+    if on_agent is not None:
+        on_agent(agent)
     ticker = asyncio.create_task(_tick_recorder(recorder)) if recorder is not None else None
     started = time.monotonic()
     try:
@@ -130,13 +140,13 @@ async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` ca
 
 def summarize(agent: EdgeAgent, **extra: Any) -> dict[str, Any]:
     """The ``--json`` summary of one agent's run."""
-    receiver = agent.receiver
+    feed = agent.feed
     return agent.stats.summary(
-        dict(receiver.rejections.by_reason),
+        dict(agent.rejections.by_reason),
         robot_id=agent.config.robot_id,
         model_version=agent.local.version,
-        model_updates=receiver.counters()["model_updates"],
-        model_download=receiver.counters()["model_download"],
+        model_updates=feed.counters()["model_updates"] if feed else {},
+        model_download=feed.counters()["model_download"] if feed else None,
         breaker={"open": agent.breaker.open, "opened": agent.breaker.opened,
                  "closed": agent.breaker.closed},
         timer_slack_ms=round(agent.slack.for_deadline(agent.config.deadline_ns) / 1e6, 4),

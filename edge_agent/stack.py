@@ -14,15 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.agent import AgentConfig, EdgeAgent
+from edge_agent.blackbox import BlackBox, RecordSink
+from edge_agent.feed import ModelFeed
 from edge_agent.local import LocalPolicy
 from edge_agent.metrics import EdgeMetrics
-from edge_agent.receiver import BlackBox, Receiver
 from edge_agent.store import ModelStore
 from edge_agent.updates import ModelUpdater
-from schemas.messages import Status
+from schemas.status import status_message
 from schemas.topics import robot_status_topic
 from security.keys import Keyring, Signer, load_signer
 from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
+from vlabus.bus.wait import Opener
+from vlabus.inbound import Rejections
 from vlabus.policy import Observation, Policy
 from vlabus.policy.reference import ReferencePolicy
 from vlabus.wire import Encoder
@@ -69,11 +72,13 @@ def loader_for(model: LocalModel) -> Callable[[Path], Policy]:
 
 async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: AgentConfig,
                     probe: Observation, model: LocalModel | None = None,
-                    metrics: EdgeMetrics | None = None, recorder: BlackBox | None = None,
+                    metrics: EdgeMetrics | None = None, recorder: RecordSink | None = None,
                     transport: Transport | None = None,
-                    options: TransportOptions | None = None) -> EdgeAgent:
+                    options: TransportOptions | None = None,
+                    opener: Opener = open_transport) -> EdgeAgent:
     """A started agent for ``config.robot_id`` on ``bus_url`` (or on ``transport`` if given;
-    ``options`` carry credentials; the default client id is the robot id)."""
+    ``options`` carry credentials; the default client id is the robot id). ``opener`` opens
+    the bus (``vlabus edge`` passes one that does not wait for a bus that is down)."""
     model = model or LocalModel()
     metrics = metrics or EdgeMetrics()
     config = dataclasses.replace(config, local_model=model.name)
@@ -82,24 +87,24 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
     session = time.time_ns() // 1000
     if transport is None:
         # The broker (or hub) announces the robot's death if it vanishes without closing.
-        will = Will(robot_status_topic(config.robot_id), encoder.encode(Status(
-            client_id=config.robot_id, role="robot", state="offline", session=session,
-            time_ns=time.time_ns(), models={model.name: version})), qos=1, retain=True)
+        will = Will(robot_status_topic(config.robot_id), encoder.encode(status_message(
+            config.robot_id, "robot", "offline", session=session,
+            models={model.name: version})), qos=1, retain=True)
         base = options or TransportOptions(client_id=config.robot_id)
-        transport = await open_transport(bus_url, dataclasses.replace(base, will=will))
+        transport = await opener(bus_url, dataclasses.replace(base, will=will))
     local = LocalPolicy(policy, version)
     local.warm_up(probe)
-    updater = None
+    rejections = Rejections(metrics.on_reject)
+    feed = None
     if model.models_dir is not None:
         assert local.shape is not None  # set by warm_up
         updater = ModelUpdater(ModelStore(model.models_dir), model.name, installed=version,
                                loader=loader_for(model), probe=probe, shape=local.shape)
-    receiver = Receiver(transport, keys, config.robot_id, metrics=metrics,
-                        period_ns=config.period_ns, updater=updater, local=local,
-                        recorder=recorder)
-    agent = EdgeAgent(transport, encoder, receiver, local, config, metrics=metrics,
-                      session=session)
-    await receiver.start()
+        feed = ModelFeed(updater, local, keys, metrics=metrics, rejections=rejections)
+    blackbox = None if recorder is None else BlackBox(recorder, config.robot_id)
+    agent = EdgeAgent(transport, encoder, keys, local, config, metrics=metrics,
+                      session=session, feed=feed, blackbox=blackbox, rejections=rejections)
+    await agent.start()
     await agent.announce("online")
     return agent
 

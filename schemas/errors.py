@@ -15,6 +15,8 @@ Every error the bus raises on purpose derives from :class:`BusError`::
     │   └── SchemaError(path)            reason "schema"
     ├── KeyringError                     missing or unreadable key files
     └── TransportError                   the bus could not carry a message
+        ├── ConnectRefused(url, code)    the broker answered the connection with a refusal
+        ├── BusUnavailable(url)          nothing answered within --connect-timeout
         ├── PublishRejected(code)        the broker refused a publish (MQTT 5 reason code)
         └── SubscribeRejected(code)      the broker refused a subscription (MQTT 5 reason code)
 
@@ -48,9 +50,13 @@ class BusError(Exception):
 
 
 class WireError(BusError):
-    """A message failed one step of the receive pipeline."""
+    """A message failed one step of the receive pipeline.
+
+    ``header`` is what the envelope header said when the failure came after it was parsed
+    (unverified: fit to attribute a rejection, never to act on), else None."""
 
     reason: Reason = Reason.MALFORMED
+    header: object | None = None
 
     def __init__(self, detail: str, *, reason: Reason | None = None) -> None:
         super().__init__(detail)
@@ -76,11 +82,15 @@ class TooLargeError(WireError):
 
 
 class UnknownKeyError(WireError):
+    """No trusted key has this id; ``sender`` is the id the header claims (unverified)."""
+
     reason = Reason.UNKNOWN_KEY
 
-    def __init__(self, key_id: str) -> None:
-        super().__init__(f"no key with id {key_id!r}")
+    def __init__(self, key_id: str, sender: str = "") -> None:
+        claimed = f" (sender says {sender!r})" if sender else ""
+        super().__init__(f"no key with id {key_id!r}{claimed}")
         self.key_id = key_id
+        self.sender = sender
 
 
 class SignatureError(WireError):
@@ -121,6 +131,58 @@ class KeyringError(BusError):
 
 class TransportError(BusError):
     """The bus could not carry a message (not connected, closed, refused)."""
+
+
+#: MQTT 5 reason codes a client meets, by name, with what to do about each.
+MQTT_REASONS: dict[int, tuple[str, str]] = {
+    0x80: ("Unspecified error", "see the broker's log"),
+    0x81: ("Malformed Packet", "client and broker disagree on the protocol; use MQTT 5"),
+    0x82: ("Protocol Error", "client and broker disagree on the protocol; use MQTT 5"),
+    0x84: ("Unsupported Protocol Version", "the broker needs MQTT 5 (Mosquitto 2.x)"),
+    0x85: ("Client Identifier not valid", "pass another --client-id"),
+    0x86: ("Bad User Name or Password", "check --broker-config, --username/--password-file, "
+           "and that `vlabus broker render` ran for this keyring"),
+    0x87: ("Not authorized", "check --broker-config or the credentials, and that this "
+           "identity's role may do this (broker_config/acl.json; `vlabus broker sync`)"),
+    0x88: ("Server unavailable", "the broker is starting or overloaded; it is retried"),
+    0x89: ("Server busy", "the broker is overloaded; it is retried"),
+    0x8A: ("Banned", "the broker's administrator banned this client"),
+    0x8C: ("Bad authentication method", "the broker expects another authentication; "
+           "check --broker-config"),
+    0x8F: ("Topic Filter invalid", "check --topics"),
+    0x90: ("Topic Name invalid", "check the topic"),
+    0x95: ("Packet too large", "the message is over the broker's max_packet_size"),
+    0x97: ("Quota exceeded", "the broker limits this client"),
+    0x9F: ("Connection rate exceeded", "the broker limits connection attempts; it is retried"),
+}
+
+
+def mqtt_reason(code: int) -> str:
+    """``0x87 Not authorized (check --broker-config or the credentials, …)``."""
+    name, hint = MQTT_REASONS.get(code, ("reason code", "see the MQTT 5 specification, 3.2.2.2"))
+    return f"0x{code:02x} {name} ({hint})"
+
+
+class ConnectRefused(TransportError):  # noqa: N818 (says what happened, like the others)
+    """The broker answered CONNECT with a refusal; ``code`` is the MQTT 5 reason code.
+    Retrying does not help unless ``retryable`` (the broker was busy or starting)."""
+
+    def __init__(self, url: str, code: int) -> None:
+        super().__init__(f"{url} refused the connection: {mqtt_reason(code)}")
+        self.url = url
+        self.code = code
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in (0x88, 0x89, 0x9F)
+
+
+class BusUnavailable(TransportError):  # noqa: N818 (pairs with ConnectRefused)
+    """No bus answered at ``url`` within the time the caller allowed (``--connect-timeout``)."""
+
+    def __init__(self, url: str, waited_s: float, last: str) -> None:
+        super().__init__(f"no bus at {url} after {waited_s:.1f} s ({last})")
+        self.url = url
 
 
 class PublishRejected(TransportError):  # noqa: N818 (public name others use)

@@ -114,6 +114,11 @@ def robot_status_topic(robot_id: str) -> str:
     return f"{PREFIX}/{check_id(robot_id)}/status"
 
 
+def decision_topic(robot_id: str) -> str:
+    """Where a robot's black box records its decisions (a recording channel, not published)."""
+    return f"{PREFIX}/{check_id(robot_id)}/decision"
+
+
 def worker_status_topic(worker_id: str) -> str:
     return f"{PREFIX}/workers/{check_id(worker_id)}/status"
 

@@ -138,6 +138,14 @@ class Keyring:
     def get(self, key_id: str) -> PublicKey | None:
         return self._by_id.get(key_id)
 
+    def replace(self, other: Keyring) -> tuple[list[PublicKey], list[PublicKey]]:
+        """Trust exactly ``other``'s keys from now on, in place (every decoder holding this
+        keyring sees the change at its next message); returns (added, removed)."""
+        added = [key for kid, key in other._by_id.items() if kid not in self._by_id]
+        removed = [key for kid, key in self._by_id.items() if kid not in other._by_id]
+        self._by_id = dict(other._by_id)
+        return added, removed
+
     def find(self, role: Role, identity: str) -> PublicKey | None:
         for key in self._by_id.values():
             if key.role == role and key.identity == identity:

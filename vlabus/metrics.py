@@ -2,6 +2,12 @@
 
 ``/metrics`` (Prometheus text format), ``/healthz`` (200 while the process serves),
 ``/readyz`` (200 once ``ready`` is set, e.g. after model warm-up; 503 before).
+
+What operators expect on top of a component's own series: the process and Python collectors
+(``process_*``, ``python_*``), ``vlabus_build_info{version,python}``, and with ``labels`` (e.g.
+``{"worker": "worker-3"}``) that identity on every series, so scaled replicas behind one
+Service can be told apart. Latency histograms use :data:`LATENCY_BUCKETS`, which resolve
+1–20 ms in steps of 1–2 ms.
 """
 
 from __future__ import annotations
@@ -15,12 +21,57 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+#: Seconds. Fine where vlabus round trips live (1–20 ms), coarse beyond.
+LATENCY_BUCKETS = (0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.0025, 0.003, 0.004, 0.005,
+                   0.006, 0.007, 0.008, 0.009, 0.01, 0.012, 0.014, 0.016, 0.018, 0.02, 0.025,
+                   0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+
+
+class Labelled(Collector):
+    """Every series of ``registry`` with ``labels`` added (the process's identity)."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]) -> None:
+        self._registry = registry
+        self._labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._registry.collect():
+            copy = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            copy.samples = [sample._replace(labels={**sample.labels, **self._labels})
+                            for sample in metric.samples]
+            yield copy
+
+
+def serving_registry(registry: CollectorRegistry,
+                     labels: dict[str, str] | None = None) -> CollectorRegistry:
+    """``registry`` plus the process, Python and GC collectors and ``vlabus_build_info``,
+    every series carrying ``labels``."""
+    import platform
+
+    from prometheus_client import Gauge, GCCollector, PlatformCollector, ProcessCollector
+
+    from vlabus import version
+
+    standard = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=standard)
+    PlatformCollector(registry=standard)
+    GCCollector(registry=standard)
+    Gauge("vlabus_build_info", "vlabus build: version and Python; always 1",
+          ["version", "python"], registry=standard).labels(
+              version(), platform.python_version()).set(1)
+    served = CollectorRegistry(auto_describe=True)
+    served.register(Labelled(registry, labels or {}))
+    served.register(Labelled(standard, labels or {}))
+    return served
+
 
 class MetricsServer:
-    """Serves one registry on ``host:port`` from a daemon thread; ``port=0`` picks a free one."""
+    """Serves one registry on ``host:port`` from a daemon thread; ``port=0`` picks a free one.
+    ``labels`` (the identity) go on every series; process and build series are added."""
 
-    def __init__(self, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.registry = registry
+    def __init__(self, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0,
+                 labels: dict[str, str] | None = None) -> None:
+        self.registry = serving_registry(registry, labels)
         self.ready = threading.Event()
         server = self
 
@@ -92,3 +143,19 @@ class HubCollector(Collector):
         yield GaugeMetricFamily("vlabus_hub_clients", "Clients connected", value=c["clients"])
         yield GaugeMetricFamily("vlabus_hub_retained_topics", "Topics holding a retained message",
                                 value=c["retained"])
+
+
+class CountersCollector(Collector):
+    """``counters()`` read at scrape time as ``{prefix}_{name}_total`` counters (a recorder's,
+    a replayer's): nothing is added to the message path."""
+
+    def __init__(self, prefix: str, counters: Callable[[], dict[str, int]],
+                 help_text: dict[str, str] | None = None) -> None:
+        self._prefix = prefix
+        self._counters = counters
+        self._help = help_text or {}
+
+    def collect(self) -> Iterator[Metric]:
+        for name, value in self._counters().items():
+            yield CounterMetricFamily(f"{self._prefix}_{name}", self._help.get(name, name),
+                                      value=value)

@@ -41,6 +41,7 @@ from schemas.errors import (
     TooLargeError,
     UnknownKeyError,
     UnsupportedError,
+    WireError,
 )
 from schemas.messages import KIND_OF, KINDS, Message, Priority
 from security.keys import Keyring, Role, Signer
@@ -291,13 +292,21 @@ class Decoder:
         self._header = msgspec.msgpack.Decoder(Header)
 
     def decode(self, data: bytes | memoryview) -> Received:
-        """Return the verified message in ``data`` or raise a ``WireError``."""
+        """Return the verified message in ``data`` or raise a ``WireError``; one raised after
+        the header was parsed carries it as ``header`` (so nobody parses it twice)."""
         view = memoryview(data)
-        size = len(view)
         header = self.read_header(view)
+        try:
+            return self._verify(view, header, data)
+        except WireError as exc:
+            exc.header = header
+            raise
+
+    def _verify(self, view: memoryview, header: Header, data: bytes | memoryview) -> Received:
+        size = len(view)
         key = self.keyring.get(header.key)
         if key is None:
-            raise UnknownKeyError(header.key)
+            raise UnknownKeyError(header.key, header.sender)
         if key.identity != header.sender:
             raise IdentityMismatchError(
                 f"key {header.key} belongs to {key.identity!r}, header says {header.sender!r}")

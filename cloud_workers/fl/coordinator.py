@@ -257,7 +257,7 @@ class Coordinator:
                                      self.encoder.encode(result), qos=1, retain=True)
 
     async def _receive(self) -> None:
-        async for message in self.transport.messages():
+        async for message in self.transport:
             intake = self._intake
             if intake is None:
                 continue

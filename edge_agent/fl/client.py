@@ -123,7 +123,7 @@ class RoundClient:
             self._task = asyncio.create_task(self._receive(), name="fl-client")
 
     async def _receive(self) -> None:
-        async for message in self.transport.messages():
+        async for message in self.transport:
             self.handle(message)
 
     def handle(self, message: Message) -> None:

@@ -1,7 +1,7 @@
 """Mosquitto configuration for a keyring, and a local Mosquitto to run it.
 
-``render(keys, out, tls=...)`` fills the templates in ``broker_config/`` for the identities in a
-keyring and writes, under ``out``::
+``render(keys, out, tls=...)`` fills the templates in ``broker_config/`` (shipped inside the
+wheel as ``vlabus.broker.templates``) for the identities in a keyring and writes, under ``out``::
 
     mosquitto.conf              the broker configuration (absolute paths)
     passwd, clients/ID.password dev: hashed passwords for the broker, plain ones for clients (0600)
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -32,8 +33,12 @@ from security.keys import Keyring
 from security.tls import write_tls
 from vlabus.bus.transport import TlsFiles, TransportOptions
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "broker_config"
-DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
+#: Where distributions put Mosquitto's dynamic-security plugin: Debian/Ubuntu (multiarch),
+#: then the eclipse-mosquitto image (Alpine).
+DYNSEC_CANDIDATES = ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+                     "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+                     "/usr/lib/mosquitto_dynamic_security.so")
+DYNSEC_PLUGIN = next((p for p in DYNSEC_CANDIDATES if Path(p).is_file()), DYNSEC_CANDIDATES[0])
 #: The fleet broker's administrator: the one identity that may use the dynamic-security
 #: plugin's control topics (``vlabus broker sync``). Its certificate stays with the broker's
 #: configuration, never on a robot.
@@ -46,6 +51,33 @@ MAX_PACKET_SIZE = (16 << 20) + (64 << 10)
 class BrokerError(BusError):
     """The broker could not be configured or started."""
 
+
+TEMPLATE_FILES = ("dev.conf", "fleet.conf", "acl.json")
+
+
+def __getattr__(name: str) -> Path:
+    # ``TEMPLATES`` was a constant; resolving it lazily keeps importing this module cheap and
+    # lets a broken installation fail where the templates are used, with the reason.
+    if name == "TEMPLATES":
+        return templates_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def templates_dir() -> Path:
+    """Where the broker templates and access rules are: the ``vlabus.broker.templates``
+    package data of an installed wheel, else ``broker_config/`` of the checkout (an editable
+    install). Raises :class:`BrokerError` naming what is missing when neither holds them."""
+    # a data-only (namespace) package: its folders, not resources.files()'s MultiplexedPath;
+    # an editable install has no such package: the mapping exists only in built wheels
+    spec = importlib.util.find_spec("vlabus.broker.templates")
+    candidates = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    candidates.append(Path(__file__).resolve().parents[2] / "broker_config")
+    for folder in candidates:
+        if all((folder / name).is_file() for name in TEMPLATE_FILES):
+            return folder
+    raise BrokerError(f"broker templates ({', '.join(TEMPLATE_FILES)}) are missing from this "
+                      f"installation (looked in {', '.join(map(str, candidates))}); "
+                      "reinstall vlabus from its wheel")
 
 @dataclass(frozen=True)
 class Limits:
@@ -67,14 +99,18 @@ def render(
     port: int | None = None,
     hostnames: tuple[str, ...] = ("localhost",),
     limits: Limits = Limits(),
-    templates: Path = TEMPLATES,
+    templates: Path | None = None,
     dynsec_plugin: str = DYNSEC_PLUGIN,
+    log_stdout: bool = False,
 ) -> Path:
     """Write a Mosquitto configuration for the identities in keyring ``keys`` into ``out``.
 
     Without ``tls`` (dev): password authentication. With ``tls`` (fleet): client certificates,
-    identity = certificate CN, and per-role access control. Returns the path of mosquitto.conf.
+    identity = certificate CN, and per-role access control. ``log_stdout`` sends the broker's
+    log to stdout (a container) instead of ``out/mosquitto.log``. Returns the path of
+    mosquitto.conf.
     """
+    templates = templates or templates_dir()
     ring = Keyring.load(keys)
     if len(ring) == 0:
         raise BrokerError(f"keyring {keys} holds no identities (run `vlabus keys add`)")
@@ -101,6 +137,7 @@ def render(
         max_inflight_messages=limits.max_inflight_messages,
         persistence="true" if limits.persistence else "false",
         autosave_interval=limits.autosave_interval,
+        log_dest="stdout" if log_stdout else f"file {root}/mosquitto.log",
     )
     conf = root / "mosquitto.conf"
     conf.write_text(text)
@@ -163,6 +200,33 @@ def client_options(config: str | Path, identity: str, client_id: str | None = No
         raise BrokerError(f"no credentials for {identity!r} under {root}")
     return TransportOptions(client_id=client_id or identity, username=identity,
                             password=secret.read_text().strip(), **options)
+
+
+def export_credentials(config: str | Path, identities: Sequence[str], out: str | Path) -> Path:
+    """Copy the broker credentials of ``identities`` (dev passwords, or the fleet CA and client
+    certificates) from the rendered ``config`` into ``out``, which :func:`client_options` then
+    reads like the whole configuration: a service mounts only its own identities'."""
+    root, target = Path(config), Path(out)
+    files = []
+    if is_tls(root):
+        files.append(Path("tls") / "ca.crt")
+        for ident in identities:
+            files += [Path("tls") / "clients" / f"{ident}.crt",
+                      Path("tls") / "clients" / f"{ident}.key"]
+    else:
+        files += [Path("clients") / f"{ident}.password" for ident in identities]
+    for relative in files:
+        source = root / relative
+        if not source.is_file():
+            raise BrokerError(f"no {relative} under {root}: render the broker configuration "
+                              "for this keyring first (`vlabus broker render`)")
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        data = source.read_bytes()
+        if relative.suffix in (".key", ".password"):
+            _write_private(target / relative, data.decode())
+        else:
+            (target / relative).write_bytes(data)
+    return target
 
 
 def is_tls(config: str | Path) -> bool:

@@ -103,7 +103,7 @@ async def _control(transport: Transport, commands: list[dict[str, Any]],
         if remaining <= 0:
             raise BrokerError(f"no answer on {CONTROL}/response in {timeout_s} s")
         try:
-            message = await asyncio.wait_for(transport.recv(), remaining)
+            message = await asyncio.wait_for(transport.receive(), remaining)
         except TimeoutError:
             continue
         try:

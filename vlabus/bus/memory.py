@@ -1,30 +1,23 @@
 """In-process bus with MQTT semantics, for unit tests of logic.
 
-Wildcards, shared groups (round-robin among members), retained messages and wills behave as on
-a broker; there is no network and no serialisation beyond the bytes handed in.
+Wildcards, shared groups (round-robin among members), retained messages, wills and message
+expiry behave as on a broker (a retained message is forgotten once its expiry passes; a publish
+whose expiry has already passed reaches nobody, counted in ``expired``); there is no network and
+no serialisation beyond the bytes handed in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from schemas.errors import TransportError
 from schemas.topics import matches
-from vlabus.bus.transport import (
-    Inbox,
-    Message,
-    TransportOptions,
-    check_filter,
-    check_qos,
-    check_topic,
-    done_future,
-    iterate,
-    now_ns,
-)
+from vlabus.bus.inbox import Inbox, Receiving
+from vlabus.bus.session import Session
+from vlabus.bus.transport import Message, TransportOptions, done_future, now_ns
 
 
 @dataclass
@@ -40,11 +33,16 @@ class MemoryBroker:
         self.plain: list[tuple[str, MemoryTransport]] = []
         self.groups: dict[tuple[str, str], _Group] = {}
         self.retained: dict[str, bytes] = {}
+        self._expires: dict[str, float] = {}  # retained topic -> monotonic expiry
 
-    def deliver(self, topic: str, payload: bytes, retain: bool) -> None:
+    def deliver(self, topic: str, payload: bytes, retain: bool,
+                expiry_s: float | None = None) -> None:
         if retain:
+            self._expires.pop(topic, None)
             if payload:
                 self.retained[topic] = payload
+                if expiry_s is not None:
+                    self._expires[topic] = time.monotonic() + expiry_s
             else:
                 self.retained.pop(topic, None)
         received = now_ns()
@@ -52,17 +50,29 @@ class MemoryBroker:
         for pattern, client in self.plain:
             if id(client) not in seen and matches(pattern, topic):
                 seen.add(id(client))
-                client.inbox.put(Message(topic, payload, received))
+                client._inbox.put(Message(topic, payload, received))
         for (_, pattern), group in self.groups.items():
             if group.members and matches(pattern, topic):
                 member = group.members[next(group.turn) % len(group.members)]
-                member.inbox.put(Message(topic, payload, received))
+                member._inbox.put(Message(topic, payload, received))
 
-    def detach(self, client: MemoryTransport) -> None:
-        self.plain = [(p, c) for p, c in self.plain if c is not client]
-        for group in self.groups.values():
-            if client in group.members:
-                group.members.remove(client)
+    def retained_for(self, pattern: str) -> list[tuple[str, bytes]]:
+        """The live retained messages matching ``pattern`` (expired ones are forgotten)."""
+        now = time.monotonic()
+        for topic in [t for t, expires in self._expires.items() if expires <= now]:
+            del self._expires[topic]
+            self.retained.pop(topic, None)
+        return [(t, p) for t, p in self.retained.items() if matches(pattern, t)]
+
+    def detach(self, client: MemoryTransport, pattern: str | None = None,
+               group: str | None = None) -> None:
+        """Remove ``client``'s subscriptions: all of them, or the one to ``pattern``/``group``."""
+        if pattern is None or not group:
+            self.plain = [(p, c) for p, c in self.plain
+                          if c is not client or (pattern is not None and p != pattern)]
+        for (name, filt), members in self.groups.items():
+            if client in members.members and (pattern is None or (name, filt) == (group, pattern)):
+                members.members.remove(client)
 
 
 _BROKERS: dict[str, MemoryBroker] = {}
@@ -78,7 +88,7 @@ def reset_memory(name: str) -> None:
     _BROKERS.pop(name, None)
 
 
-class MemoryTransport:
+class MemoryTransport(Receiving):
     """A client of a :class:`MemoryBroker`."""
 
     def __init__(self, url: str, broker: MemoryBroker, options: TransportOptions) -> None:
@@ -86,12 +96,13 @@ class MemoryTransport:
         self.options = options
         self._broker = broker
         self._loop = asyncio.get_running_loop()
-        self.inbox = Inbox(self._loop, options.inbox_size)
-        self._open = True
+        self._inbox = Inbox(self._loop, options.inbox_size)
+        self._session: Session[int] = Session("memory", options)
+        self._expired = 0
 
     @property
     def connected(self) -> bool:
-        return self._open
+        return not self._session.closed
 
     async def publish(
         self,
@@ -113,35 +124,30 @@ class MemoryTransport:
         retain: bool = False,
         expiry_s: float | None = None,
     ) -> asyncio.Future[None]:
-        if not self._open:
-            raise TransportError("memory transport closed")
-        check_topic(topic)
-        check_qos(qos)
-        if len(payload) > self.options.max_payload:
-            raise TransportError(f"payload of {len(payload)} bytes over {self.options.max_payload}")
-        self._broker.deliver(topic, bytes(payload), retain)
+        self._session.check_publish(topic, payload, qos)
+        if expiry_s is not None and expiry_s <= 0:
+            self._expired += 1  # expired before it left: a broker would deliver it to nobody
+        else:
+            self._broker.deliver(topic, bytes(payload), retain, expiry_s)
         return done_future(self._loop)
 
     async def subscribe(self, pattern: str, *, group: str | None = None, qos: int = 1) -> None:
-        if not self._open:
-            raise TransportError("memory transport closed")
-        check_filter(pattern, group)
+        self._session.check_subscribe(pattern, group)
+        self._session.subscribed(pattern, group, qos)
         if group is None:
             self._broker.plain.append((pattern, self))
-            for topic, payload in self._broker.retained.items():
-                if matches(pattern, topic):
-                    self.inbox.put(Message(topic, payload, now_ns()))
+            for topic, payload in self._broker.retained_for(pattern):
+                self._inbox.put(Message(topic, payload, now_ns()))
         else:
             self._broker.groups.setdefault((group, pattern), _Group()).members.append(self)
 
-    async def recv(self) -> Message:
-        return await self.inbox.get()
-
-    def messages(self) -> AsyncIterator[Message]:
-        return iterate(self.inbox)
+    async def unsubscribe(self, pattern: str, *, group: str | None = None) -> None:
+        self._session.unsubscribed(pattern, group)
+        self._broker.detach(self, pattern, group)
 
     def counters(self) -> dict[str, int]:
-        return {"inbox_dropped": self.inbox.dropped, "received": self.inbox.received}
+        return {"inbox_dropped": self._inbox.dropped, "received": self._inbox.received,
+                "expired": self._expired}
 
     async def close(self) -> None:
         self._shutdown(publish_will=False)
@@ -151,11 +157,11 @@ class MemoryTransport:
         self._shutdown(publish_will=True)
 
     def _shutdown(self, *, publish_will: bool) -> None:
-        if not self._open:
+        if self._session.closed:
             return
-        self._open = False
+        self._session.closed = True
         self._broker.detach(self)
-        self.inbox.close()
+        self._inbox.close()
         will = self.options.will
         if publish_will and will is not None:
             self._broker.deliver(will.topic, will.payload, will.retain)

@@ -79,6 +79,12 @@ class Outbox:
                 live.append(entry)
         return live
 
+    def put_back(self, entries: list[Pending]) -> None:
+        """Return drained entries that could not be sent, in their order, ahead of anything
+        queued since (their expiry is kept)."""
+        for entry in reversed(entries):
+            self._queues[entry.qos].appendleft(entry)
+
     def fail_all(self, reason: str) -> None:
         """Drop everything (the transport is closing); waiting publishers get ``reason``."""
         for queue in self._queues.values():

@@ -3,30 +3,41 @@
 ``open_transport(url, options)`` picks the adapter from the URL scheme:
 
 * ``memory://NAME`` — in-process bus for unit tests, same semantics (wildcards, shared groups,
-  retained messages, wills).
+  retained messages, wills, expiry).
 * ``mqtt://HOST:PORT`` / ``mqtts://HOST:PORT`` — paho-mqtt 2.x speaking MQTT 5.
 * ``zmq://HOST:PORT`` — the vlabus ZeroMQ hub (``vlabus hub``).
 
 Adapters import their vendor library inside their own module only. Vendor messages become
-:class:`Message` on arrival and land in one bounded :class:`Inbox` per transport.
+:class:`Message` on arrival and land in one bounded inbox per transport; what the adapters keep
+about a connection (subscriptions, retained messages, QoS 1 in flight, the outbox, the publish
+checks) is :class:`vlabus.bus.session.Session`, shared by all three.
+
+Consuming: one mechanism, the transport's bounded inbox, read in one of two styles.
+
+* **pull** — ``message = await transport.receive()`` (``TransportError`` once closed),
+  ``transport.receive_nowait()`` (``None`` when nothing waits), or ``async for message in
+  transport`` (ends when the transport closes).
+* **push** — ``transport.consume(handler)``: ``handler(message) -> bool`` is offered each message
+  as it arrives, on the loop thread, inside the adapter's receive callback, while nothing waits
+  in the inbox. True: it took the message; False: leave it queued for the pull side (and, to
+  keep the order, nothing more is offered until the queue is empty). A handler that raises loses
+  that one message, counted as an inbox drop. ``consume(None)`` stops it. This is the path a
+  latency-critical consumer takes (an idle worker, the robot's action inbox): it skips the
+  wake-up of a task awaiting ``receive()``. Both styles may run at once: what the handler
+  declines, or what arrives while it is unset, is what ``receive()`` returns.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from schemas.errors import PublishRejected, SubscribeRejected, TransportError
-from schemas.topics import group_problem, topic_filter_problem, topic_name_problem
-
-log = logging.getLogger(__name__)
+from schemas.errors import TransportError
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +90,14 @@ class TransportOptions:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+Handler = Callable[[Message], bool]
+
+
 @runtime_checkable
 class Transport(Protocol):
     """What the rest of vlabus needs from a bus."""
 
     url: str
-    #: received messages, in order; a consumer on the loop thread may take them as they
-    #: arrive (:attr:`Inbox.direct`)
-    inbox: Inbox
 
     @property
     def connected(self) -> bool: ...
@@ -101,9 +112,10 @@ class Transport(Protocol):
         expiry_s: float | None = None,
     ) -> None:
         """Send ``payload``. QoS 1 waits for the broker's acknowledgement and raises
-        :class:`~schemas.errors.PublishRejected` with its reason code when refused. An invalid
-        topic name raises ``PublishRejected`` (0x90) before anything is sent (:func:`check_topic`).
-        """
+        :class:`~schemas.errors.PublishRejected` with its reason code when refused. Checked
+        first, in this order, before anything is sent: an invalid topic name
+        (``PublishRejected`` 0x90), a payload over ``max_payload`` and a QoS other than 0 or 1
+        (``TransportError``); see :meth:`vlabus.bus.session.Session.check_publish`."""
 
     def publish_nowait(
         self,
@@ -129,11 +141,21 @@ class Transport(Protocol):
         subscription raises :class:`~schemas.errors.SubscribeRejected` (0x8F for an invalid
         filter or group, checked before anything is sent: :func:`check_filter`)."""
 
-    async def recv(self) -> Message:
-        """The next message; raises :class:`TransportError` once closed."""
+    async def unsubscribe(self, pattern: str, *, group: str | None = None) -> None:
+        """Stop receiving what :meth:`subscribe` with the same arguments asked for."""
 
-    def messages(self) -> AsyncIterator[Message]:
-        """Iterate over received messages until the transport closes."""
+    async def receive(self) -> Message:
+        """The next message (pull); raises :class:`TransportError` once closed."""
+
+    def receive_nowait(self) -> Message | None:
+        """The next message if one waits, else None."""
+
+    def consume(self, handler: Handler | None) -> None:
+        """Offer arriving messages to ``handler`` first (push; see the module docstring);
+        ``None`` stops it."""
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        """``async for message in transport``: :meth:`receive` until the transport closes."""
 
     def counters(self) -> dict[str, int]:
         """Monotonic counters, e.g. inbox drops and reconnects."""
@@ -141,84 +163,8 @@ class Transport(Protocol):
     async def close(self) -> None:
         """Disconnect cleanly (no will is published)."""
 
-
-class Inbox:
-    """A bounded queue of received messages; when full the oldest is dropped and counted.
-
-    ``put`` must run on the loop's thread; vendor threads call ``put_threadsafe``.
-
-    ``direct``, when set, is offered each message as it arrives while nothing waits in the
-    queue, on the loop thread, inside the adapter's receive callback: it returns True when it
-    has taken the message, False to leave it queued. It lets a latency-critical consumer (an
-    idle worker) skip the wake-up of the task awaiting :meth:`get`; order is kept because it
-    is never offered a message while older ones wait.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
-        self._loop = loop
-        self._items: deque[Message] = deque()
-        self._limit = limit
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
-        self.dropped = 0
-        self.received = 0
-        self.direct: Callable[[Message], bool] | None = None
-
-    def put(self, message: Message) -> None:
-        if self._closed:
-            return
-        self.received += 1
-        direct = self.direct
-        if direct is not None and not self._items:
-            try:
-                if direct(message):
-                    return
-            except Exception:  # a consumer's bug must not stop the adapter's receive loop
-                self.dropped += 1
-                log.exception("inbox consumer failed on a message from %r; dropped", message.topic)
-                return
-        if len(self._items) >= self._limit:
-            self._items.popleft()
-            self.dropped += 1
-        self._items.append(message)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def put_threadsafe(self, message: Message) -> None:
-        self._loop.call_soon_threadsafe(self.put, message)
-
-    def close(self) -> None:
-        self._closed = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    async def get(self) -> Message:
-        while not self._items:
-            if self._closed:
-                raise TransportError("transport closed")
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.popleft()
-
-    def get_nowait(self) -> Message | None:
-        return self._items.popleft() if self._items else None
-
-
-async def iterate(inbox: Inbox) -> AsyncIterator[Message]:
-    """The body of every adapter's ``messages()``."""
-    while True:
-        try:
-            yield await inbox.get()
-        except TransportError:
-            return
+    def abort(self) -> None:
+        """Vanish without closing, as a crash would: the broker (or hub) publishes the will."""
 
 
 def now_ns() -> int:
@@ -251,26 +197,3 @@ async def open_transport(url: str, options: TransportOptions) -> Transport:
     raise TransportError(f"unknown bus URL scheme in {url!r}; use memory://, mqtt://, zmq://")
 
 
-def check_qos(qos: int) -> None:
-    """vlabus speaks QoS 0 and 1 on every bus; anything else is the caller's error."""
-    if qos not in (0, 1):
-        raise TransportError(f"qos {qos!r} not supported; use 0 or 1")
-
-
-def check_topic(topic: str) -> None:
-    """Raise ``PublishRejected`` (0x90 Topic Name invalid) unless ``topic`` is a valid MQTT
-    topic name. Every adapter calls it first: Mosquitto answers a bad name by dropping the
-    connection, with everything in flight on it."""
-    problem = topic_name_problem(topic)
-    if problem is not None:
-        raise PublishRejected(topic, 0x90, f"Topic Name invalid: it {problem}")
-
-
-def check_filter(pattern: str, group: str | None) -> None:
-    """Raise ``SubscribeRejected`` (0x8F Topic Filter invalid) unless ``pattern`` is a valid
-    MQTT topic filter and ``group``, when given, a valid share name (no ``/``, ``+``, ``#``)."""
-    problem = topic_filter_problem(pattern)
-    if problem is None and group:
-        problem = group_problem(group)
-    if problem is not None:
-        raise SubscribeRejected(pattern, 0x8F, f"Topic Filter invalid: it {problem}")

@@ -4,7 +4,9 @@ One DEALER socket carries publish, subscribe and delivery. It is driven from the
 thread: ``loop.add_reader`` on the socket's edge-triggered FD drains it straight into the
 :class:`Inbox` (the one bridge into asyncio; measured faster for round trips than zmq.asyncio's
 per-recv futures or an I/O thread, see docs/readme/zmq.md). Because the FD is edge-triggered,
-every send is followed by an ``EVENTS`` check that reschedules the drain.
+every send is followed by an ``EVENTS`` check that reschedules the drain. Frames are built and
+read with :mod:`vlabus.hub.protocol`; subscriptions, retained messages, QoS 1 in flight, the
+outbox and the publish checks are the shared :class:`~vlabus.bus.session.Session`.
 
 Reconnects are ZeroMQ's own; on every completed handshake (socket monitor) the client re-sends
 HELLO (its will and heartbeat), its subscriptions, its retained messages and unacknowledged QoS 1
@@ -24,9 +26,6 @@ import itertools
 import logging
 import time
 import uuid
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -34,19 +33,11 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from schemas.errors import SubscribeRejected, TransportError
-from vlabus.bus.transport import (
-    Inbox,
-    Message,
-    TransportOptions,
-    check_filter,
-    check_qos,
-    check_topic,
-    done_future,
-    iterate,
-    now_ns,
-)
-from vlabus.hub import routes as proto
-from vlabus.hub.server import tcp_endpoint
+from vlabus.bus.inbox import Inbox, Receiving
+from vlabus.bus.inflight import Inflight, complete, fail_quietly
+from vlabus.bus.session import Session
+from vlabus.bus.transport import Message, TransportOptions, done_future, now_ns
+from vlabus.hub import protocol as proto
 
 log = logging.getLogger(__name__)
 
@@ -55,46 +46,32 @@ _NB, _MORE_NB = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _MONITOR = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
             | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
-_Out = tuple[list[bytes | memoryview], int]  # frames, expires_ns
 
 
-@dataclass(slots=True)
-class _Pending:
-    """A QoS 1 publish waiting for the hub's ACK."""
-
-    future: asyncio.Future[None]
-    frames: list[Any]
-    timer: asyncio.TimerHandle
-
-
-class ZmqTransport:
+class ZmqTransport(Receiving):
     """A client of the hub. Build with :func:`open_zmq`."""
 
     def __init__(self, url: str, options: TransportOptions, heartbeat_ms: int) -> None:
         self.url = url
         self.options = options
         self._loop = asyncio.get_running_loop()
-        self.inbox = Inbox(self._loop, options.inbox_size)
+        self._inbox = Inbox(self._loop, options.inbox_size)
+        self._session: Session[bytes] = Session("zmq", options)
         self._heartbeat_ms = heartbeat_ms
         self._ctx: zmq.Context[Any] = zmq.Context.instance()
         self._sock = self._make_socket()
         self._monitor = self._sock.get_monitor_socket(_MONITOR)
-        self._subs: dict[tuple[str, str], None] = {}
-        self._retained: OrderedDict[str, bytes] = OrderedDict()
-        self._pending: dict[bytes, _Pending] = {}
         self._sub_waits: dict[bytes, tuple[asyncio.Future[None], str]] = {}  # mid -> (, filter)
-        self._outbox: deque[_Out] = deque()
         self._mids = itertools.count(1)
         self._welcome: asyncio.Future[None] = self._loop.create_future()
         self._connected = False
-        self._open = True
         self._stats = dict.fromkeys(("published", "reconnects", "outbox_dropped",
                                      "expired_dropped", "hwm_dropped", "malformed", "denied"), 0)
         self._handshakes = 0
         self._loop.add_reader(self._sock.FD, self._drain)
         self._loop.add_reader(self._monitor.FD, self._on_monitor)
         self._ping = self._loop.call_later(heartbeat_ms / 1000, self._send_ping)
-        self._sock.connect(tcp_endpoint(url))
+        self._sock.connect(proto.tcp_endpoint(url))
         # The FDs are edge-triggered: reading EVENTS once arms them.
         self._loop.call_soon(self._on_monitor)
         self._loop.call_soon(self._drain)
@@ -122,7 +99,7 @@ class ZmqTransport:
 
     @property
     def connected(self) -> bool:
-        return self._open and self._connected
+        return not self._session.closed and self._connected
 
     async def publish(
         self,
@@ -152,12 +129,8 @@ class ZmqTransport:
         """See :class:`Transport`. QoS 1: the future fails with ``TransportError`` when the hub
         has not acknowledged within two keepalive intervals; a connection lost meanwhile
         completes it and keeps the publish, to be re-sent after the next handshake."""
-        if not self._open:
-            raise TransportError("zmq transport closed")
-        if len(payload) > self.options.max_payload:
-            raise TransportError(f"payload of {len(payload)} bytes over {self.options.max_payload}")
-        check_topic(topic)
-        check_qos(qos)
+        session = self._session
+        session.check_publish(topic, payload, qos)
         expires_ns = time.time_ns() + int(expiry_s * 1e9) if expiry_s is not None else 0
         mid = b"%d" % next(self._mids) if qos > 0 else b""
         meta = (proto.encode_meta(retain=retain, expires_ns=expires_ns, mid=mid)
@@ -168,56 +141,53 @@ class ZmqTransport:
             # A received payload published again (a relay): libzmq shares the frame's buffer,
             # with no Python buffer to pin and release.
             body = body.obj
-        frames: list[Any] = [proto.pub_head(topic.encode(), meta), body]
+        frames = proto.pub(topic.encode(), body, meta)
         if retain:
-            self._remember_retained(topic, bytes(payload))
+            session.retain(topic, bytes(payload), expiry_s)
         self._stats["published"] += 1
         if not mid:
             if not self._send(frames):
-                self._queue(frames, expires_ns)
+                self._queue(topic, payload, retain, expiry_s)
             return done_future(self._loop)
-        if len(self._pending) >= self.options.outbox_size:
-            self._forget(next(iter(self._pending)),
+        inflight = session.inflight
+        if len(inflight) >= self.options.outbox_size:
+            self._forget(cast(bytes, inflight.oldest()),
                          TransportError("outbox full; oldest QoS 1 publish dropped"))
             self._stats["outbox_dropped"] += 1
         future: asyncio.Future[None] = self._loop.create_future()
         timer = self._loop.call_later(2 * self.options.keepalive_s, self._forget, mid,
                                       TransportError(f"hub did not acknowledge publish to "
                                                      f"{topic!r}"))
-        self._pending[mid] = _Pending(future, frames, timer)
+        inflight.add(mid, Inflight(topic, frames, retain, None, future, timer=timer))
         if not self._send(frames):
-            # kept in _pending, re-sent after the next handshake; nothing to wait for now
+            # kept in flight, re-sent after the next handshake; nothing to wait for now
             timer.cancel()
             future.set_result(None)
         return future
 
     def _forget(self, mid: bytes, exc: BaseException) -> None:
         """Give up on a QoS 1 publish (ack timeout, outbox full): drop it and fail its future."""
-        entry = self._pending.pop(mid, None)
+        entry = self._session.inflight.pop(mid)
         if entry is not None:
-            entry.timer.cancel()
-            _fail(entry.future, exc)
+            fail_quietly(entry.future, exc)
 
     async def subscribe(self, pattern: str, *, group: str | None = None, qos: int = 1) -> None:
         """See :class:`Transport`. Connected, it waits for the hub's answer, like MQTT's SUBACK:
         a subscription the hub's access rules refuse raises :class:`SubscribeRejected` and is
         not kept. Disconnected, it is kept and sent after the next handshake, unconfirmed."""
-        if not self._open:
-            raise TransportError("zmq transport closed")
-        check_filter(pattern, group)
-        key = (pattern, group or "")
-        self._subs[key] = None
+        self._session.check_subscribe(pattern, group)
+        self._session.subscribed(pattern, group, qos)
         if not self._connected:
             return
         mid = b"%d" % next(self._mids)
-        if not self._send([proto.SUB, pattern.encode(), key[1].encode(), mid]):
+        if not self._send(proto.sub(pattern, group or "", mid)):
             return  # the connection is going: sent again after the next handshake
         future: asyncio.Future[None] = self._loop.create_future()
         self._sub_waits[mid] = (future, f"$share/{group}/{pattern}" if group else pattern)
         try:
             await asyncio.wait_for(asyncio.shield(future), 2 * self.options.keepalive_s)
         except SubscribeRejected:
-            self._subs.pop(key, None)
+            self._session.unsubscribed(pattern, group)
             raise
         except TimeoutError:
             raise TransportError(f"hub {self.url} did not answer the subscription to "
@@ -226,23 +196,20 @@ class ZmqTransport:
             self._sub_waits.pop(mid, None)
 
     async def unsubscribe(self, pattern: str, *, group: str | None = None) -> None:
-        self._subs.pop((pattern, group or ""), None)
-        self._send([proto.UNSUB, pattern.encode(), (group or "").encode()])
-
-    async def recv(self) -> Message:
-        return await self.inbox.get()
-
-    def messages(self) -> AsyncIterator[Message]:
-        return iterate(self.inbox)
+        """See :class:`Transport`."""
+        self._session.unsubscribed(pattern, group)
+        self._send(proto.unsub(pattern, group or ""))
 
     def counters(self) -> dict[str, int]:
-        return {**self._stats, "inbox_dropped": self.inbox.dropped,
-                "received": self.inbox.received, "outbox": len(self._outbox)}
+        outbox = self._session.outbox
+        return {**self._stats, "outbox_dropped": self._stats["outbox_dropped"] + outbox.evicted,
+                "expired_dropped": outbox.expired, "inbox_dropped": self._inbox.dropped,
+                "received": self._inbox.received, "outbox": len(outbox)}
 
     async def close(self) -> None:
         """Say BYE (so the hub does not publish the will) and disconnect."""
-        if self._open and self._connected:
-            self._send([proto.BYE])
+        if not self._session.closed and self._connected:
+            self._send(proto.bye())
             self._sock.setsockopt(zmq.LINGER, 1000)
         self._shutdown()
 
@@ -251,22 +218,22 @@ class ZmqTransport:
         self._shutdown()
 
     def _shutdown(self) -> None:
-        if not self._open:
+        if self._session.closed:
             return
-        self._open = False
+        self._session.closed = True
         self._ping.cancel()
         self._loop.remove_reader(self._sock.FD)
         self._loop.remove_reader(self._monitor.FD)
         self._sock.disable_monitor()
         self._monitor.close(0)
         self._sock.close()
-        self.inbox.close()
-        for entry in self._pending.values():
-            entry.timer.cancel()
-            _fail(entry.future, TransportError("zmq transport closed"))
+        self._inbox.close()
+        for entry in self._session.inflight.clear():
+            fail_quietly(entry.future, TransportError("zmq transport closed"))
+        self._session.outbox.fail_all("dropped: transport closed")
         for future, _filter in self._sub_waits.values():
-            _fail(future, TransportError("zmq transport closed"))
-        _fail(self._welcome, TransportError("zmq transport closed"))
+            fail_quietly(future, TransportError("zmq transport closed"))
+        fail_quietly(self._welcome, TransportError("zmq transport closed"))
 
     # -- socket I/O, all on the loop thread --------------------------------------------------
 
@@ -285,24 +252,21 @@ class ZmqTransport:
             return False
         finally:
             # Sending may consume the edge of the FD: look for input ourselves.
-            if self._open and _readable(sock):
+            if not self._session.closed and _readable(sock):
                 self._loop.call_soon(self._drain)
         return True
 
-    def _queue(self, frames: list[bytes | memoryview], expires_ns: int) -> None:
+    def _queue(self, topic: str, payload: Any, retain: bool, expiry_s: float | None) -> None:
         self._on_monitor()  # a disconnect may be waiting there, not yet seen
         if not self._connected:
-            if len(self._outbox) >= self.options.outbox_size:
-                self._outbox.popleft()
-                self._stats["outbox_dropped"] += 1
-            self._outbox.append((frames, expires_ns))
+            self._session.outbox.put(topic, bytes(payload), 0, retain=retain, expiry_s=expiry_s)
         else:
             self._stats["hwm_dropped"] += 1  # connected but the hub is not reading fast enough
 
     def _drain(self) -> None:
-        if not self._open:
+        if self._session.closed:
             return
-        sock, inbox = self._sock, self.inbox
+        sock, inbox = self._sock, self._inbox
         for _ in range(256):
             # Checking EVENTS (~1 us) is cheaper than the zmq.Again raised by an empty recv.
             if not _readable(sock):
@@ -320,20 +284,18 @@ class ZmqTransport:
                 body = parts[1]
                 payload = body.buffer if len(body) >= _ZERO_COPY else body.bytes
                 try:
-                    topic = head[1:].decode()
+                    topic = proto.msg_topic(head).decode()
                 except UnicodeDecodeError as exc:
                     self._malformed(parts, exc)
                     continue
                 inbox.put(Message(topic, payload, now_ns()))
             elif head == proto.ACK and len(parts) == 2:
                 mid = parts[1].bytes
-                entry = self._pending.pop(mid, None)
+                entry = self._session.inflight.pop(mid)
                 if entry is not None:
-                    entry.timer.cancel()
-                    if not entry.future.done():
-                        entry.future.set_result(None)
+                    complete(entry.future)
                 elif (wait := self._sub_waits.pop(mid, None)) is not None:
-                    _done(wait[0])
+                    complete(wait[0])
             elif head == proto.NACK and len(parts) == 3:
                 self._refused(parts[1].bytes, parts[2].bytes.decode(errors="replace"))
             elif head == proto.WELCOME and len(parts) == 1:
@@ -347,13 +309,12 @@ class ZmqTransport:
         """The hub's access rules refused a publish, subscription or will: a QoS 1 publish
         fails with the reason; anything else is logged. Both are counted in ``denied``."""
         self._stats["denied"] += 1
-        entry = self._pending.pop(mid, None) if mid else None
+        entry = self._session.inflight.pop(mid) if mid else None
         wait = self._sub_waits.pop(mid, None) if mid else None
         if entry is not None:
-            entry.timer.cancel()
-            _fail(entry.future, TransportError(f"hub refused: {reason}"))
+            fail_quietly(entry.future, TransportError(f"hub refused: {reason}"))
         elif wait is not None:
-            _fail(wait[0], SubscribeRejected(wait[1], 0x87, f"Not authorized ({reason})"))
+            fail_quietly(wait[0], SubscribeRejected(wait[1], 0x87, f"Not authorized ({reason})"))
         else:
             log.warning("zmq: hub refused: %s", reason)
 
@@ -363,7 +324,7 @@ class ZmqTransport:
         log.warning("zmq: malformed message from the hub (%s): %r", why, shown)
 
     def _on_monitor(self) -> None:
-        while self._open and _readable(self._monitor):
+        while not self._session.closed and _readable(self._monitor):
             event = parse_monitor_message(self._monitor.recv_multipart())["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._connected = True
@@ -373,49 +334,45 @@ class ZmqTransport:
                 self._resync()
             elif event == zmq.EVENT_DISCONNECTED:
                 self._connected = False
-                for entry in self._pending.values():  # kept: re-sent after the handshake
-                    entry.timer.cancel()
+                for entry in self._session.inflight.values():  # kept: re-sent after handshake
+                    if entry.timer is not None:
+                        entry.timer.cancel()
                     if not entry.future.done():
                         entry.future.set_result(None)
                 for future, _filter in self._sub_waits.values():  # kept, like a publish
-                    _done(future)
+                    complete(future)
                 self._sub_waits.clear()
             else:
-                _fail(self._welcome, TransportError(
+                fail_quietly(self._welcome, TransportError(
                     f"hub {self.url} refused the CURVE handshake (event {event})"))
 
     def _resync(self) -> None:
         """After a (re)connect: tell the hub who we are and everything it must know again."""
-        will = self.options.will
-        self._send([proto.HELLO, self.options.client_id.encode(), b"%d" % self._heartbeat_ms,
-                    will.topic.encode() if will else b"", will.payload if will else b"",
-                    b"1" if will and will.retain else b"0"])
-        for pattern, group in self._subs:
-            self._send([proto.SUB, pattern.encode(), group.encode()])
-        for topic, payload in self._retained.items():
-            self._send([proto.pub_head(topic.encode(), b"r"), payload])
-        for entry in self._pending.values():
-            self._send(entry.frames)
-        now = time.time_ns()
-        while self._outbox and self._connected:
-            frames, expires_ns = self._outbox.popleft()
-            if expires_ns and expires_ns < now:
-                self._stats["expired_dropped"] += 1
-            elif not self._send(frames):
-                self._outbox.appendleft((frames, expires_ns))
+        will, session = self.options.will, self._session
+        self._send(proto.hello(self.options.client_id, self._heartbeat_ms,
+                               will.topic if will else "", will.payload if will else b"",
+                               bool(will and will.retain)))
+        for pattern, group in session.subscriptions:
+            self._send(proto.sub(pattern, group))
+        for topic, payload in session.live_retained():
+            self._send(proto.pub(topic.encode(), payload, proto.encode_meta(
+                retain=True, expires_ns=0, mid=b"")))
+        for entry in session.inflight.values():
+            self._send(entry.data)
+        waiting = session.outbox.drain()  # expired ones are dropped and counted there
+        for i, queued in enumerate(waiting):
+            remaining = queued.remaining_s(session.clock())
+            expires_ns = time.time_ns() + int(remaining * 1e9) if remaining is not None else 0
+            meta = proto.encode_meta(retain=queued.retain, expires_ns=expires_ns, mid=b"")
+            if not self._connected or not self._send(proto.pub(queued.topic.encode(),
+                                                                queued.payload, meta)):
+                session.outbox.put_back(waiting[i:])  # in order, for the next handshake
                 break
 
     def _send_ping(self) -> None:
         if self._connected:
-            self._send([proto.PING])
+            self._send(proto.ping())
         self._ping = self._loop.call_later(self._heartbeat_ms / 1000, self._send_ping)
-
-    def _remember_retained(self, topic: str, payload: bytes) -> None:
-        self._retained.pop(topic, None)
-        if payload:
-            self._retained[topic] = payload
-            while len(self._retained) > 256:
-                self._retained.popitem(last=False)
 
 
 async def open_zmq(url: str, options: TransportOptions) -> ZmqTransport:
@@ -441,16 +398,3 @@ async def open_zmq(url: str, options: TransportOptions) -> ZmqTransport:
 def _readable(sock: zmq.Socket[Any]) -> bool:
     """Whether a message waits; also re-arms the edge-triggered FD."""
     return bool(cast(int, sock.getsockopt(_EVENTS)) & _POLLIN)
-
-
-def _fail(future: asyncio.Future[None], exc: BaseException) -> None:
-    """Fail a future that may have no awaiter left (a QoS 1 publish that already returned):
-    marking the exception retrieved keeps asyncio from logging it as lost."""
-    if not future.done():
-        future.set_exception(exc)
-        future.exception()
-
-
-def _done(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

@@ -13,10 +13,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from vlabus import version
+
 #: Commands of the bus core, in the order ``--help`` lists them. The robot's and the cloud's
 #: commands (``edge``, ``worker``, ``model``) are registered by their own packages through the
 #: ``vlabus.commands`` entry-point group, so the core never imports them.
-COMMANDS = ["demo", "keys", "doctor", "hub", "broker", "record", "replay", "log"]
+COMMANDS = ["demo", "keys", "doctor", "hub", "broker", "record", "replay", "log", "view",
+            "gateway"]
 PLUGIN_GROUP = "vlabus.commands"
 
 
@@ -34,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Message bus for offloading VLA inference from robots to cloud GPUs.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("--version", action="version", version=f"vlabus {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, target in command_modules().items():
         module_name, _, attr = target.partition(":")

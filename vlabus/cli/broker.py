@@ -28,6 +28,12 @@ def register(sub: Any) -> None:
     render.add_argument("--port", type=int, default=None, help="listener port (1883, TLS 8883)")
     render.add_argument("--hostname", action="append", default=None,
                         help="DNS name for the broker certificate (repeatable; localhost)")
+    render.add_argument("--log-stdout", action="store_true",
+                        help="the broker logs to stdout (containers) instead of OUT/mosquitto.log")
+    render.add_argument("--dynsec-plugin", default=None, metavar="PATH",
+                        help="the dynamic-security plugin as the broker's host sees it "
+                             "(default: found on this machine; eclipse-mosquitto images: "
+                             "/usr/lib/mosquitto_dynamic_security.so)")
     render.add_argument("--json", action="store_true", help="print a JSON summary")
     render.set_defaults(func=_render)
 
@@ -43,7 +49,8 @@ def register(sub: Any) -> None:
         "sync", help="apply keyring and rule changes to a running fleet broker, no restart")
     sync.add_argument("--config", required=True, help="fleet directory written by `render --tls`")
     sync.add_argument("--keys", required=True, help="keyring directory")
-    sync.add_argument("--acl", default=None, help="rules per role (default broker_config/acl.json)")
+    sync.add_argument("--acl", default=None, help="rules per role (default: the packaged "
+                      "broker_config/acl.json)")
     sync.add_argument("--bus", default=None, metavar="URL",
                       help="the broker (default: the configuration's listener)")
     sync.add_argument("--timeout", type=float, default=10.0, metavar="S",
@@ -53,12 +60,13 @@ def register(sub: Any) -> None:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from vlabus.broker.render import ADMIN, render
+    from vlabus.broker.render import ADMIN, DYNSEC_PLUGIN, render
 
     hostnames = tuple(args.hostname or ["localhost"])
     try:
         conf = render(args.keys, args.out, tls=args.tls, bind=args.bind, port=args.port,
-                      hostnames=hostnames)
+                      hostnames=hostnames, log_stdout=args.log_stdout,
+                      dynsec_plugin=args.dynsec_plugin or DYNSEC_PLUGIN)
     except BusError as exc:
         print(f"vlabus broker render: {exc}")
         return 1
@@ -127,11 +135,11 @@ def _sync(args: argparse.Namespace) -> int:
 
     from vlabus.broker.render import (
         ADMIN,
-        TEMPLATES,
         BrokerError,
         client_options,
         is_tls,
         listener_of,
+        templates_dir,
     )
     from vlabus.broker.sync import sync_access
     from vlabus.bus.transport import open_transport
@@ -159,6 +167,7 @@ def _sync(args: argparse.Namespace) -> int:
                 host = "localhost"  # certificate names localhost, not 127.0.0.1
             url = f"mqtts://{host}:{port}"
         options = client_options(config, ADMIN, extra={"connect_timeout_s": str(args.timeout)})
+        acl = args.acl or templates_dir() / "acl.json"
     except (OSError, BrokerError) as exc:
         return done(2, error=str(exc))
 
@@ -168,7 +177,7 @@ def _sync(args: argparse.Namespace) -> int:
         except (BusError, OSError) as exc:
             raise ConnectionError(f"cannot reach {url} as {ADMIN}: {exc}") from exc
         try:
-            return await sync_access(admin, args.keys, args.acl or TEMPLATES / "acl.json",
+            return await sync_access(admin, args.keys, acl,
                                      timeout_s=args.timeout)
         finally:
             await admin.close()

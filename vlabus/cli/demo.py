@@ -29,6 +29,9 @@ def register(sub: Any) -> None:
                         help="record all traffic to an MCAP file")
     parser.add_argument("--policy", default=None, metavar="MODULE:FACTORY",
                         help="worker policy (default: the built-in reference VLA)")
+    parser.add_argument("--foxglove", type=int, default=None, metavar="PORT",
+                        help="also serve the fleet to Foxglove on ws://127.0.0.1:PORT "
+                             "(vlabus view; needs the foxglove extra)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--fl", action="store_true",
                         help="federated rounds: robots learn from the cloud, privately "
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     config = DemoConfig(
         bus=args.bus, robots=args.robots, workers=args.workers, seconds=seconds,
         fps=args.fps, deadline_ms=args.deadline_ms, chunk=args.chunk, chaos=args.chaos,
-        record=args.record, policy=args.policy, keep=args.keep,
+        record=args.record, policy=args.policy, keep=args.keep, foxglove=args.foxglove,
         fl_rounds=args.fl_rounds if args.fl else 0)
     summary = run_demo(config, view=sys.stderr)
     if args.json:

@@ -36,6 +36,7 @@ class DemoConfig:
     record: Path | None = None
     policy: str | None = None
     keep: bool = False
+    foxglove: int | None = None  # port of a `vlabus view` Foxglove server, when asked for
     fl_rounds: int = 0  # federated rounds (vlabus demo --fl); 0: none
 
 
@@ -60,6 +61,7 @@ class Fleet:
     workers: list[Child] = field(default_factory=list)
     robots: list[Child] = field(default_factory=list)
     recorder: Child | None = None
+    viewer: Child | None = None
     events: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     timeline: list[dict[str, float]] = field(default_factory=list)
@@ -136,6 +138,15 @@ class Fleet:
                 "--quiet", "--json", "--client-id", "recorder"]
         self.recorder = self.child("recorder", args).start()
 
+    def start_view(self) -> None:
+        """``vlabus view`` on the demo's bus and keys, for Foxglove (``--foxglove PORT``)."""
+        if self.config.foxglove is None:
+            return
+        args = ["view", "--bus", self.bus_url, "--keys", str(self.keys), "--port",
+                str(self.config.foxglove), "--client-id", "view", "--json"]
+        self.viewer = self.child("view", args).start()
+        self.events.append(f"Foxglove view on ws://127.0.0.1:{self.config.foxglove}")
+
     def start_robots(self) -> None:
         cfg = self.config
         for i in range(1, cfg.robots + 1):
@@ -187,8 +198,9 @@ class Fleet:
         for child in [*self.robots, *self.workers]:
             if child.running:
                 child.terminate()
-        if self.recorder is not None:
-            self.recorder.terminate()
+        for extra in (self.recorder, self.viewer):
+            if extra is not None:
+                extra.terminate()
         if self.bus is not None:
             self.bus.terminate()
         if self.mosquitto is not None:
@@ -204,6 +216,7 @@ def run_demo(config: DemoConfig, view: TextIO | None = sys.stderr) -> dict[str, 
         fleet.start_bus()
         fleet.start_workers()
         fleet.start_recorder()
+        fleet.start_view()
         if config.fl_rounds:
             from vlabus.cli.flfleet import FlDemo
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from vlabus.cli.argtypes import non_negative_float
+
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("hub", help="run the ZeroMQ hub (broker-free rendezvous)")
@@ -47,6 +49,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
                         help="serve /metrics /healthz /readyz (0 picks a free port)")
     parser.add_argument("--metrics-host", default="127.0.0.1")
+    parser.add_argument("--keys-poll", type=non_negative_float, default=2.0, metavar="S",
+                        help="with --keys: look for changed keys and CURVE clients every S "
+                             "seconds and reload like SIGHUP (default 2; 0 = only on SIGHUP)")
     parser.add_argument("--json", action="store_true", help="print the final counters as JSON")
     parser.set_defaults(func=run)
 
@@ -56,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
     from schemas.errors import BusError
     from security.curve import add_curve_client, init_curve
-    from vlabus.broker.render import TEMPLATES
+    from vlabus.broker.render import templates_dir
     from vlabus.hub.access import Access
-    from vlabus.hub.server import Hub, HubConfig
+    from vlabus.hub.config import HubConfig
+    from vlabus.hub.server import Hub
     from vlabus.metrics import HubCollector, MetricsServer
 
     try:
@@ -78,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                 print("vlabus hub: --keys needs --curve DIR (identities come from CurveZMQ)",
                       file=sys.stderr)
                 return 2
-            access = Access.from_keyring(args.keys, args.acl or TEMPLATES / "acl.json")
+            access = Access.from_keyring(args.keys, args.acl or templates_dir() / "acl.json")
         hub = Hub(HubConfig(bind=args.bind, curve_dir=args.curve, hwm=args.hwm,
                             max_msg_size=args.max_msg_size, heartbeat_ms=args.heartbeat_ms,
                             access=access))
@@ -111,11 +117,16 @@ def run(args: argparse.Namespace) -> int:
     if server is not None:
         print(f"metrics on http://{args.metrics_host}:{server.port}/metrics", file=sys.stderr,
               flush=True)
+    watched = _watched(args)
+    seen = watched()
     while not stop.is_set():
-        wake.wait()
+        # polling the key folders costs a few stat calls; SIGHUP reloads at once
+        if not wake.wait(timeout=args.keys_poll or None) and watched() != seen:
+            hup.set()
         wake.clear()
         if hup.is_set() and not stop.is_set():
             hup.clear()
+            seen = watched()
             _reload(hub, args)
     hub.stop()
     if server is not None:
@@ -131,14 +142,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _watched(args: argparse.Namespace) -> Any:
+    """What a reload would read: the keyring's public keys and the CURVE allow-list."""
+    from security.watch import snapshot
+
+    def look() -> tuple[object, ...]:
+        keys = snapshot(args.keys) if args.keys is not None else frozenset()
+        allowed = (frozenset((p.name, p.stat().st_mtime_ns) for p in
+                             (args.curve / "authorized").glob("*.key"))
+                   if args.curve is not None and (args.curve / "authorized").is_dir()
+                   else frozenset())
+        return keys, allowed
+
+    return look
+
+
 def _reload(hub: Any, args: argparse.Namespace) -> None:
     """SIGHUP: read the allow-list, keyring and rules again, and hand them to the hub."""
     from schemas.errors import BusError
-    from vlabus.broker.render import TEMPLATES
+    from vlabus.broker.render import templates_dir
     from vlabus.hub.access import Access
 
     try:
-        access = (Access.from_keyring(args.keys, args.acl or TEMPLATES / "acl.json")
+        access = (Access.from_keyring(args.keys, args.acl or templates_dir() / "acl.json")
                   if args.keys is not None else None)
         done = hub.reload(access)
     except (BusError, OSError, ValueError) as exc:

@@ -31,6 +31,18 @@ def register(sub: Any) -> None:
     add.add_argument("--force", action="store_true", help="replace an existing key")
     add.set_defaults(func=_add)
 
+    export = keys.add_parser(
+        "export", help="a keyring for one service: every public key, only its private keys")
+    export.add_argument("--dir", required=True, help="the full keyring")
+    export.add_argument("--out", required=True, help="the service's keyring to write")
+    export.add_argument("--private", action="append", required=True, metavar="ROLE[/ID]",
+                        help="private keys to include: a role (all its identities) or one "
+                             "identity (repeatable)")
+    export.add_argument("--broker-config", default=None, metavar="DIR",
+                        help="also copy these identities' broker credentials from a rendered "
+                             "configuration into OUT/broker (pass --broker-config OUT/broker)")
+    export.set_defaults(func=_export)
+
     listing = keys.add_parser("list", help="list the identities in a keyring")
     listing.add_argument("--dir", required=True)
     listing.add_argument("--json", action="store_true")
@@ -70,6 +82,26 @@ def _add(args: argparse.Namespace) -> int:
         print(f"vlabus keys add: {exc}", file=sys.stderr)
         return 1
     print(f"{signer.role} {signer.identity} key {signer.key_id}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from schemas.errors import BusError
+    from security.export import export_keyring
+
+    try:
+        exported = export_keyring(args.dir, args.out, args.private)
+        if args.broker_config is not None:
+            from vlabus.broker.render import export_credentials
+
+            export_credentials(args.broker_config, [p.split("/")[1] for p in exported],
+                               Path(args.out) / "broker")
+    except BusError as exc:
+        print(f"vlabus keys export: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: public keys and {len(exported)} private keys ({', '.join(exported)})")
     return 0
 
 

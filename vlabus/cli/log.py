@@ -6,6 +6,7 @@ Exit status 0 on success, 1 when the file cannot be read or written.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from typing import Any
@@ -44,9 +45,18 @@ def register(sub: Any) -> None:
     recover.add_argument("--json", action="store_true")
     recover.set_defaults(func=run_recover)
 
-    export = actions.add_parser("export", help="JSON-encoded MCAP for Foxglove")
+    export = actions.add_parser(
+        "export", help="MCAP for Foxglove: JSON per kind, or native images and plots",
+        description="--format json (default): every message as JSON with a JSON Schema per "
+                    "kind. --format foxglove: cameras as foxglove.CompressedImage/RawImage, "
+                    "state, actions, latency and decisions as JSON with JSON Schemas, "
+                    "rejected messages on vlabus/rejected (docs/foxglove.md).")
     export.add_argument("file")
-    export.add_argument("output")
+    export.add_argument("output", nargs="?", default=None, help="output MCAP (or -o)")
+    export.add_argument("-o", "--output", dest="output_flag", default=None, metavar="OUT",
+                        help="output MCAP file (replaced)")
+    export.add_argument("--format", choices=["json", "foxglove"], default="json",
+                        help="json (default) or foxglove (native image schemas)")
     export.add_argument("--topics", nargs="+", type=topic_pattern, default=None, metavar="PATTERN")
     export.add_argument("--keys", default=None, metavar="DIR",
                         help="verify signatures; skip messages that fail")
@@ -57,7 +67,8 @@ def register(sub: Any) -> None:
     evaluate = actions.add_parser("evaluate", help="compare a policy with recorded actions")
     evaluate.add_argument("file")
     evaluate.add_argument("--policy", required=True,
-                          help="reference, noop, FILE.safetensors or module:factory")
+                          help="reference, noop, FILE.safetensors, DIR, FILE.pt2, FILE.pt "
+                               "or module:factory (docs/policies.md)")
     evaluate.add_argument("--keys", default=None, metavar="DIR", help="verify signatures")
     evaluate.add_argument("--topics", nargs="+", type=topic_pattern, default=None,
                           metavar="PATTERN")
@@ -93,20 +104,52 @@ def run_info(args: argparse.Namespace) -> int:
         summary = summarize(args.file)
     except BusError as exc:
         return _fail(exc)
+    summary["start"] = wall_time(summary["start_ns"])
+    summary["end"] = wall_time(summary["end_ns"])
     if args.json:
         print(json.dumps(summary))
         return 0
-    print(f"file       {summary['file']} ({summary['file_bytes']} bytes)")
-    print(f"messages   {summary['messages']} ({summary['payload_bytes']} payload bytes, "
+    print(f"file       {summary['file']} ({human_bytes(summary['file_bytes'])})")
+    print(f"messages   {summary['messages']} ({human_bytes(summary['payload_bytes'])} payload, "
           f"{summary['not_envelope']} not envelopes)")
-    print(f"duration   {summary['duration_s']:.3f} s "
-          f"[{summary['start_ns']} .. {summary['end_ns']}]")
+    print(f"start      {summary['start'] or '-'}")
+    print(f"end        {summary['end'] or '-'}")
+    print(f"duration   {human_duration(summary['duration_s'])}")
     print(f"senders    {', '.join(f'{k} ({v})' for k, v in summary['senders'].items())}")
     for topic, stats in summary["topics"].items():
         kinds = ", ".join(f"{k} {v}" for k, v in stats["kinds"].items())
-        print(f"  {topic}: {stats['messages']} msgs, {stats['bytes']} B, "
-              f"max {stats['max_bytes']} B ({kinds})")
+        print(f"  {topic}: {stats['messages']} msgs, {human_bytes(stats['bytes'])}, "
+              f"max {human_bytes(stats['max_bytes'])} ({kinds})")
     return 0
+
+
+def wall_time(ns: int | None) -> str | None:
+    """``2026-12-03 12:34:56.789 UTC`` for a wall-clock time in ns since the epoch."""
+    if ns is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d} UTC"
+
+
+def human_duration(seconds: float) -> str:
+    """``3.250 s``, ``2 min 05.0 s``, ``1 h 02 min 05 s``."""
+    if seconds < 60:
+        return f"{seconds:.3f} s"
+    minutes, rest = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{int(minutes)} min {rest:04.1f} s"
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours} h {minutes:02d} min {int(rest):02d} s"
+
+
+def human_bytes(count: int) -> str:
+    """``812 B``, ``3.7 KB``, ``22.8 MB`` (decimal units, as file managers show)."""
+    size = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
 
 
 def run_cat(args: argparse.Namespace) -> int:
@@ -142,13 +185,28 @@ def run_recover(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from vlabus.log.view import export
-
+    output = args.output_flag or args.output
+    if output is None or (args.output_flag and args.output):
+        return _fail(ValueError("give the output file once: OUT or -o OUT"))
     try:
-        counts = export(args.file, args.output, topics=args.topics, keyring=_keyring(args),
+        if args.format == "foxglove":
+            from vlabus.log.foxglove_export import export_foxglove
+
+            result = export_foxglove(args.file, output, topics=args.topics,
+                                     keyring=_keyring(args), opener=_opener(args))
+            print(json.dumps(result) if args.json else
+                  f"exported {result['messages']} messages as {result['written']} Foxglove "
+                  f"messages; rejected {result['rejected'] or 'none'}")
+            return 0
+        from vlabus.log.view import export
+
+        counts = export(args.file, output, topics=args.topics, keyring=_keyring(args),
                         opener=_opener(args))
     except (BusError, OSError) as exc:
         return _fail(exc)
+    except ImportError as exc:
+        return _fail(ImportError(f"{exc}; --format foxglove needs foxglove-sdk "
+                                 "(pip install 'vlabus[foxglove]')"))
     print(json.dumps(counts) if args.json else
           f"exported {counts['messages']} messages, skipped {counts['skipped']}")
     return 0

@@ -20,6 +20,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+#: labels :class:`~vlabus.metrics.MetricsServer` adds to every series of a process
+IDENTITY_LABELS = frozenset({"robot", "worker", "recorder"})
+
 
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago."""
@@ -36,6 +39,9 @@ class Child:
     args: list[str]
     workdir: Path
     metrics_port: int | None = None
+    #: how to run ``vlabus``: this interpreter's module by default, or an installed script
+    program: list[str] = field(default_factory=lambda: [sys.executable, "-m", "vlabus"])
+    env: dict[str, str] | None = None
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     _out: Any = field(default=None, repr=False)
@@ -44,9 +50,9 @@ class Child:
     def start(self) -> Child:
         self._out = open(self.workdir / f"{self.name}.{self.restarts}.out", "wb")  # noqa: SIM115
         self._err = open(self.workdir / f"{self.name}.{self.restarts}.err", "wb")  # noqa: SIM115
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(self.env if self.env is not None else os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "vlabus", *self.args],
+            [*self.program, *self.args],
             stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL, env=env,
         )
         return self
@@ -112,7 +118,9 @@ class Child:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def scrape(self, timeout: float = 0.5) -> dict[str, float]:
-        """Current metric samples as ``{"name{label=value,...}": value}``; empty if down."""
+        """Current metric samples as ``{"name{label=value,...}": value}``; empty if down.
+        The identity label every series of a process carries (``robot``, ``worker``,
+        ``recorder``) is left out of the keys: one child is one identity."""
         if self.metrics_port is None or not self.running:
             return {}
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -124,7 +132,8 @@ class Child:
         samples: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items())
+                                  if k not in IDENTITY_LABELS)
                 samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
         return samples
 

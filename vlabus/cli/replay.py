@@ -20,8 +20,14 @@ from typing import Any
 from schemas.errors import BusError, KeyringError
 from security.keys import Keyring, Signer, load_pool_secret, load_signer
 from security.seal import Opener
-from vlabus.bus.transport import open_transport
-from vlabus.cli.busflags import add_bus_arguments, topic_pattern, transport_options
+from vlabus.bus.wait import open_when_up
+from vlabus.cli.argtypes import non_negative_float, positive_float
+from vlabus.cli.busflags import (
+    add_bus_arguments,
+    add_status_argument,
+    topic_pattern,
+    transport_options,
+)
 
 
 def register(sub: Any) -> None:
@@ -30,14 +36,16 @@ def register(sub: Any) -> None:
     add_bus_arguments(parser)
     parser.add_argument("--identity", default="replay",
                         help="identity whose bus credentials to use (default replay)")
-    parser.add_argument("--rate", type=float, default=1.0, help="speed factor (default 1.0)")
+    parser.add_argument("--rate", type=positive_float, default=1.0,
+                        help="speed factor (default 1.0)")
     parser.add_argument("--loop", action="store_true", help="start over at the end")
     parser.add_argument("--topics", nargs="+", type=topic_pattern, default=None,
                         metavar="PATTERN",
                         help="only topics matching these patterns (MQTT wildcards)")
-    parser.add_argument("--start-offset", type=float, default=0.0, metavar="S",
-                        help="skip the first S seconds of the recording")
-    parser.add_argument("--duration", type=float, default=None, metavar="S",
+    parser.add_argument("--start-offset", type=non_negative_float, default=0.0, metavar="S",
+                        help="skip the first S seconds of the recording (an error when that "
+                             "is past its end)")
+    parser.add_argument("--duration", type=positive_float, default=None, metavar="S",
                         help="stop after S seconds of wall time (useful with --loop)")
     parser.add_argument("--restamp", default=None, metavar="KEYDIR",
                         help="re-sign with the replay key KEYDIR/replay/ID.key.pem (or that file)")
@@ -50,6 +58,7 @@ def register(sub: Any) -> None:
                         "to restamp them")
     parser.add_argument("--client-id", default=None, help="bus client id (default replay-PID)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    add_status_argument(parser, default=1.0)
     parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     parser.set_defaults(func=run)
 
@@ -80,9 +89,15 @@ def _signer(args: argparse.Namespace) -> Signer | None:
 
 async def replay_command(args: argparse.Namespace) -> dict[str, Any]:
     """Open the bus, play the file, return the JSON summary."""
+    from vlabus.log.reader import time_range
     from vlabus.log.replay import Replayer, Restamper
 
     try:
+        first_ns, last_ns, _ = time_range(args.file)
+        span_s = (last_ns - first_ns) / 1e9
+        if args.start_offset > span_s:
+            return {"exit_code": 2, "error": f"--start-offset {args.start_offset:g} s is past the "
+                    f"end of {args.file} ({span_s:.3f} s long)"}
         signer = _signer(args)
         keyring = Keyring.load(args.keys) if args.keys else None
         opener = None
@@ -96,8 +111,8 @@ async def replay_command(args: argparse.Namespace) -> dict[str, Any]:
         return {"exit_code": 1, "error": str(exc)}
     client_id = args.client_id or f"replay-{os.getpid()}"
     try:
-        transport = await open_transport(
-            args.bus, transport_options(args, args.identity, client_id))
+        transport = await open_when_up(args.bus, transport_options(args, args.identity, client_id),
+                                       what="replay", timeout_s=args.connect_timeout)
     except (BusError, OSError) as exc:
         return {"exit_code": 2, "error": f"cannot reach {args.bus}: {exc}"}
     replayer = Replayer(transport, args.file, rate=args.rate, loop=args.loop, topics=args.topics,
@@ -106,7 +121,8 @@ async def replay_command(args: argparse.Namespace) -> dict[str, Any]:
     task = asyncio.create_task(replayer.run())
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
-    progress = None if args.quiet else asyncio.create_task(_progress(replayer))
+    quiet = args.quiet or args.status_every == 0 or args.json
+    progress = None if quiet else asyncio.create_task(_progress(replayer, args.status_every))
     started = time.monotonic()
     error = None
     try:
@@ -130,10 +146,10 @@ async def replay_command(args: argparse.Namespace) -> dict[str, Any]:
             "duration_s": round(elapsed, 3), **replayer.stats.as_dict()}
 
 
-async def _progress(replayer: Any) -> None:
+async def _progress(replayer: Any, every_s: float) -> None:
     tty = sys.stderr.isatty()
     while True:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(every_s)
         stats = replayer.stats
         line = (f"replayed {stats.published} msgs, {stats.bytes / 1e6:.1f} MB, "
                 f"pass {stats.passes + 1}, offset p50 {stats.offsets.summary()['p50_ms']} ms")

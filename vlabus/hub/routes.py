@@ -1,25 +1,5 @@
-"""The hub's routing table and wire verbs, without sockets (tested with plain calls).
-
-Frames on the single DEALER<->ROUTER pair (the hub's ROUTER adds/strips the routing id)::
-
-    client -> hub   HELLO   [b"H", client_id, heartbeat_ms, will_topic, will_payload, retain]
-                    SUB     [b"S", pattern, group (, mid)]    group b"" = plain subscription;
-                                                              with mid: answered ACK or NACK
-                    UNSUB   [b"U", pattern, group]
-                    PUB     [b"P" topic [b"\0" meta], payload]
-                            meta: ";"-joined b"r" (retain), b"e<ns>" (expiry), b"q<mid>" (QoS 1)
-                    PING    [b"I"]
-                    BYE     [b"B"]                            clean close: no will
-    hub -> client   MSG     [b"M" topic, payload]
-                    ACK     [b"A", mid]                       QoS 1 publish or SUB accepted
-                    WELCOME [b"W"]                            answer to HELLO
-                    NACK    [b"N", mid, reason]               refused by the hub's access
-                                                              rules (mid b"" unless QoS 1
-                                                              or a SUB with mid)
-
-PUB and MSG carry verb, topic and flags in one frame: every frame costs a send and a receive
-call at each end, and these two verbs are the whole hot path. Topics cannot contain NUL (MQTT
-forbids it), so NUL separates topic from meta.
+"""The hub's routing table, without sockets (tested with plain calls); the frame grammar is
+:mod:`vlabus.hub.protocol`.
 
 Topic matching is MQTT's (``+``, ``#``), done here exactly: ZeroMQ SUB prefix filtering would
 let ``vla/v1/robot-1`` match ``vla/v1/robot-10/...``. Shared groups deliver each message to one
@@ -32,52 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from schemas.topics import matches
-
-HELLO, SUB, UNSUB, PUB, PING, BYE = b"H", b"S", b"U", b"P", b"I", b"B"
-MSG, ACK, WELCOME, NACK = b"M", b"A", b"W", b"N"
-
-
-@dataclass(frozen=True, slots=True)
-class PubMeta:
-    """Per-publish flags carried in the ``meta`` frame."""
-
-    retain: bool = False
-    expires_ns: int = 0
-    mid: bytes = b""
-
-
-def encode_meta(*, retain: bool, expires_ns: int, mid: bytes) -> bytes:
-    parts = []
-    if retain:
-        parts.append(b"r")
-    if expires_ns:
-        parts.append(b"e%d" % expires_ns)
-    if mid:
-        parts.append(b"q" + mid)
-    return b";".join(parts)
-
-
-def pub_head(topic: bytes, meta: bytes) -> bytes:
-    """The first frame of a PUB."""
-    return PUB + topic + b"\0" + meta if meta else PUB + topic
-
-
-def decode_meta(meta: bytes) -> PubMeta:
-    """Parse a ``meta`` frame; raises ``ValueError`` on anything malformed."""
-    if not meta:
-        return PubMeta()
-    retain, expires, mid = False, 0, b""
-    for part in meta.split(b";"):
-        kind, value = part[:1], part[1:]
-        if kind == b"r" and not value:
-            retain = True
-        elif kind == b"e":
-            expires = int(value)
-        elif kind == b"q" and value:
-            mid = value
-        else:
-            raise ValueError(f"bad meta item {part!r}")
-    return PubMeta(retain, expires, mid)
 
 
 @dataclass

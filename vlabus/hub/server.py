@@ -22,51 +22,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from schemas.errors import BusError, TransportError
 from schemas.topics import group_problem, topic_filter_problem
-from security.curve import authorized_dir, load_hub_keys
-from vlabus.hub import routes as proto
-from vlabus.hub.access import Access, curve_names
+from vlabus.hub import protocol as proto
+from vlabus.hub.access import Access
+from vlabus.hub.config import HubConfig
 from vlabus.hub.routes import Routes
+from vlabus.hub.zap import frame_user as _user
+from vlabus.hub.zap import serve_curve
 
 log = logging.getLogger(__name__)
 
 _TICK_MS = 100
 _DRAIN = 512
-_ZAP_DOMAIN = "vlabus"
 _ZERO_COPY = 64 << 10
 _NB, _MORE_NB = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
-
-
-@dataclass(frozen=True)
-class HubConfig:
-    """``bind`` is a ZeroMQ endpoint; port 0 picks a free port."""
-
-    bind: str = "tcp://127.0.0.1:0"
-    curve_dir: Path | None = None
-    hwm: int = 10_000
-    max_msg_size: int = 32 << 20
-    heartbeat_ms: int = 1000
-    #: per-identity topic rules; needs ``curve_dir`` (the identities are CURVE's)
-    access: Access | None = None
-
-
-def tcp_endpoint(url: str) -> str:
-    """``zmq://HOST:PORT`` (or ``tcp://``) -> ``tcp://HOST:PORT``."""
-    if url.startswith("zmq://"):
-        return "tcp://" + url[len("zmq://"):]
-    if url.startswith("tcp://"):
-        return url
-    raise TransportError(f"not a zmq:// or tcp:// address: {url!r}")
 
 
 class Hub:
@@ -132,11 +108,7 @@ class Hub:
         with self._reload_lock:
             admitted = 0
             if self._auth is not None and self.config.curve_dir is not None:
-                allowed = authorized_dir(self.config.curve_dir)
-                names = curve_names(allowed)
-                self._auth._names = names  # one reference swap: the ZAP thread reads it
-                self._auth.configure_curve(domain=_ZAP_DOMAIN, location=str(allowed))
-                admitted = len(names)
+                admitted = self._auth.reload(self.config.curve_dir)
             before = self.stats["revoked"]
             self._next_access = access
             self._reloaded.clear()
@@ -175,16 +147,7 @@ class Hub:
         router.setsockopt(zmq.HEARTBEAT_IVL, cfg.heartbeat_ms)
         router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * cfg.heartbeat_ms)
         if cfg.curve_dir is not None:
-            public, secret = load_hub_keys(cfg.curve_dir)
-            allowed = authorized_dir(cfg.curve_dir)
-            self._auth = _NamingAuthenticator(curve_names(allowed), self._ctx, log=log)
-            self._auth.start()
-            self._auth.configure_curve(domain=_ZAP_DOMAIN, location=str(allowed))
-            router.curve_server = True
-            router.curve_publickey = public
-            router.curve_secretkey = secret
-            router.zap_domain = _ZAP_DOMAIN.encode()
-            router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+            self._auth = serve_curve(router, cfg.curve_dir, self._ctx)
         router.bind(cfg.bind)
         endpoint = cast(bytes, router.getsockopt(zmq.LAST_ENDPOINT)).decode()
         self.url = "zmq://" + endpoint.removeprefix("tcp://")
@@ -270,18 +233,18 @@ class Hub:
                 parts.append(frame.bytes if len(parts) < 2 else frame)
             stats["received"] += 1
             if len(parts) == 3 and parts[1][:1] == proto.PUB:  # the hot path
-                topic, _, meta = parts[1][1:].partition(b"\0")
+                topic, meta = proto.split_pub_head(parts[1])
                 access = self._access
                 if access is not None and not access.may_publish(_user(parts[2]), topic):
                     self._deny(router, parts[0], _user(parts[2]), f"publish to {topic!r}",
-                               _mid(meta))
+                               proto.meta_mid(meta))
                     continue
                 try:
                     self._publish(router, parts[0], topic, meta, parts[2])
                 except (ValueError, UnicodeDecodeError) as exc:
                     self._malformed(parts[0], exc)
-                    if mid := _mid(meta):  # a QoS 1 publisher learns at once, not by timeout
-                        self._send(router, parts[0], [proto.NACK, mid, str(exc).encode()])
+                    if mid := proto.meta_mid(meta):  # a QoS 1 publisher learns at once
+                        self._send(router, parts[0], proto.nack(mid, str(exc)))
             else:
                 self._handle(router, parts)
 
@@ -292,15 +255,14 @@ class Hub:
         try:
             if verb == proto.SUB and n in (4, 5):
                 peer = self.routes.seen(rid, time.monotonic_ns())
-                pattern, group = parts[2].bytes.decode(), parts[3].bytes.decode()
-                mid = parts[4].bytes if n == 5 else b""  # asks for ACK or NACK
+                pattern, group, mid = proto.decode_sub(parts[1:])  # mid: asks for ACK or NACK
                 user = _user(parts[2])
                 peer.user = user  # whom a later reload checks its subscriptions against
                 problem = topic_filter_problem(pattern) or group_problem(group)
                 if problem is not None:
                     self._malformed(rid, f"subscribe to {pattern!r}: it {problem}")
-                    self._send(router, rid, [proto.NACK, mid, f"invalid topic filter {pattern!r}: "
-                                             f"it {problem}".encode()])
+                    self._send(router, rid, proto.nack(mid, f"invalid topic filter {pattern!r}: "
+                                                       f"it {problem}"))
                     return
                 if self._access is not None and not self._access.may_subscribe(user, pattern,
                                                                                group):
@@ -308,11 +270,11 @@ class Hub:
                     self._deny(router, rid, user, f"subscribe to {pattern!r}{where}", mid)
                     return
                 if mid:  # before the retained messages, as MQTT's SUBACK
-                    self._send(router, rid, [proto.ACK, mid])
+                    self._send(router, rid, proto.ack(mid))
                 for topic, payload in self.routes.subscribe(rid, pattern, group):
-                    self._send(router, rid, [proto.MSG + topic.encode(), payload])
+                    self._send(router, rid, proto.msg(topic.encode(), payload))
             elif verb == proto.UNSUB and n == 4:
-                self.routes.unsubscribe(rid, parts[2].bytes.decode(), parts[3].bytes.decode())
+                self.routes.unsubscribe(rid, *proto.decode_unsub(parts[1:]))
             elif verb == proto.HELLO and n == 7:
                 self._hello(router, rid, parts)
             elif verb == proto.PING and n == 2:
@@ -338,21 +300,22 @@ class Hub:
                 self._denials_logged.clear()
             self._denials_logged.add(key)
             log.warning("hub: %r may not %s", user, what)
-        self._send(router, rid, [proto.NACK, mid, f"{user!r} may not {what}".encode()])
+        self._send(router, rid, proto.nack(mid, f"{user!r} may not {what}"))
 
     def _hello(self, router: zmq.Socket[Any], rid: bytes, parts: list[Any]) -> None:
+        hello = proto.decode_hello(parts[1:])
         peer = self.routes.seen(rid, time.monotonic_ns())
-        peer.client_id = parts[2].bytes.decode()
-        peer.heartbeat_ns = int(parts[3].bytes) * 1_000_000
-        will_topic = parts[4].bytes
-        peer.will = (will_topic, parts[5].bytes, parts[6].bytes == b"1") if will_topic else None
+        peer.client_id = hello.client_id
+        peer.heartbeat_ns = hello.heartbeat_ms * 1_000_000
+        will_topic = hello.will_topic
+        peer.will = (will_topic, hello.will_payload, hello.will_retain) if will_topic else None
         user = _user(parts[4])
         if (peer.will is not None and self._access is not None
                 and not self._access.may_publish(user, will_topic)):
             peer.will = None  # the hub publishes a will on the client's behalf: same rules
             self._deny(router, rid, user, f"leave a will on {will_topic!r}", b"")
         peer.fd = parts[4].get(zmq.SRCFD)  # matched against the monitor's DISCONNECTED fd
-        self._send(router, rid, [proto.WELCOME])
+        self._send(router, rid, proto.welcome())
 
     def _publish(self, router: zmq.Socket[Any], rid: bytes, topic: bytes, meta_raw: bytes,
                  payload: zmq.Frame | bytes) -> None:
@@ -368,14 +331,14 @@ class Hub:
                     self.routes.retain(topic.decode(), data)
                 self._fan_out(router, topic, payload)
             if meta.mid:
-                self._send(router, rid, [proto.ACK, meta.mid])
+                self._send(router, rid, proto.ack(meta.mid))
         else:
             self._fan_out(router, topic, payload)
 
     def _fan_out(self, router: zmq.Socket[Any], topic: bytes, payload: zmq.Frame | bytes) -> None:
         targets = self.routes.recipients(topic)
         if targets:
-            head = proto.MSG + topic
+            head = proto.msg_head(topic)
             for target in targets:
                 if self._send(router, target, [head, payload]):
                     self.stats["delivered"] += 1
@@ -419,34 +382,8 @@ class Hub:
         topic, payload, retain = peer.will
         self.stats["wills"] += 1
         log.info("hub: client %r gone, publishing its will on %r", peer.client_id, topic)
-        self._publish(router, rid, topic, b"r" if retain else b"", payload)
-
-
-class _NamingAuthenticator(ThreadAuthenticator):
-    """The ZAP handler, naming each admitted client after its ``authorized/NAME.key`` file:
-    libzmq then gives every frame that client sends the ``User-Id`` property ``NAME``."""
-
-    def __init__(self, names: dict[bytes, str], *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._names = names
-
-    def curve_user_id(self, client_public_key: bytes) -> str:
-        return self._names.get(client_public_key, "")
-
-
-def _user(frame: zmq.Frame) -> str:
-    """The CURVE identity the ZAP handler gave the frame's connection; "" without one."""
-    try:
-        return str(frame.get("User-Id"))
-    except zmq.ZMQError:
-        return ""
-
-
-def _mid(meta: bytes) -> bytes:
-    try:
-        return proto.decode_meta(meta).mid
-    except ValueError:
-        return b""
+        self._publish(router, rid, topic, proto.encode_meta(retain=retain, expires_ns=0, mid=b""),
+                      payload)
 
 
 def start_hub(bind: str = "tcp://127.0.0.1:0", **options: Any) -> Hub:

@@ -29,6 +29,7 @@ from mcap.writer import CompressionType, Writer
 from schemas.errors import BusError, WireError
 from schemas.topics import matches
 from security.keys import Keyring
+from vlabus.log.formats import format_of
 from vlabus.log.record import PROFILE
 from vlabus.wire import Decoder
 
@@ -46,6 +47,8 @@ class LogRecord:
     log_ns: int
     publish_ns: int
     position: int  # index in iteration order; ties in log time keep file order
+    #: the channel's format (:func:`vlabus.log.formats.format_of`): envelope, decision, ...
+    format: str = "envelope"
 
 
 def topic_filter(patterns: Iterable[str] | None) -> list[str] | None:
@@ -72,9 +75,10 @@ def iter_log(path: str | Path, *, topics: Iterable[str] | None = None,
                 return
             ordered = reader.iter_messages(topics=selected, starting_at=start_ns,
                                            log_time_order=True)
+            formats = {c.id: format_of(c.message_encoding, c.metadata) for c in channels.values()}
             for position, (_schema, channel, message) in enumerate(ordered):
                 yield LogRecord(channel.topic, bytes(message.data), message.log_time,
-                                message.publish_time, position)
+                                message.publish_time, position, formats[channel.id])
     except FileNotFoundError as exc:
         raise LogError(f"{path}: no such file") from exc
     except (McapError, struct.error, EOFError, ValueError) as exc:
@@ -127,6 +131,9 @@ def summarize(path: str | Path) -> dict[str, Any]:
         stats.max_bytes = max(stats.max_bytes, len(record.data))
         first = record.log_ns if first is None else first
         last = record.log_ns
+        if record.format == "decision":  # the black box's own records, not bus traffic
+            stats.kinds["decision"] += 1
+            continue
         try:
             header = headers.read_header(memoryview(record.data))
         except WireError:

@@ -1,8 +1,11 @@
 """Write bus traffic to an MCAP file that survives a crash with at most its last second lost.
 
-One MCAP channel per topic, ``message_encoding`` ``msgpack``; each message is the signed wire
-bytes verbatim, ``log_time`` = receive time (ns, wall clock) and ``publish_time`` = the sender's
-time from the envelope header (the receive time when the bytes are not an envelope).
+One MCAP channel per topic and format (:mod:`vlabus.log.formats`): signed envelopes verbatim
+on a ``vlabus-envelope-v1`` channel with the ``vlabus.Envelope`` schema, bytes that are not an
+envelope on a ``vlabus-unparsed`` channel of the same topic, and records the caller labels
+(``channel=DECISION``: the edge black box's MessagePack decisions) on their own. ``log_time``
+= receive time (ns, wall clock) and ``publish_time`` = the sender's time from the envelope
+header (the receive time when the bytes are not an envelope).
 
 Why small chunks and a timer: an MCAP writer killed mid-run loses the chunk it was building
 (DESIGN.md, known trap 10). :class:`Recorder` closes the chunk and flushes the file at least
@@ -23,6 +26,7 @@ A recorder is used from one thread (the asyncio loop that receives the messages)
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import io
 import logging
@@ -30,22 +34,20 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Literal, NoReturn
+from typing import BinaryIO, Literal, NoReturn, Protocol
 
 from mcap.writer import CompressionType, Writer
 
 from schemas.errors import BusError, WireError
 from security.keys import Keyring
 from vlabus.bus.transport import Message, Transport
+from vlabus.log.formats import ENVELOPE, UNPARSED, ChannelFormat
 from vlabus.wire import Decoder
 
 log = logging.getLogger(__name__)
 
-MESSAGE_ENCODING = "msgpack"
+MESSAGE_ENCODING = ENVELOPE.message_encoding
 PROFILE = "vlabus"
-#: Channel metadata key naming the payload format, so readers can tell our logs from others.
-FORMAT_KEY = "vlabus.format"
-FORMAT_VALUE = "envelope-v1"
 
 Compression = Literal["none", "zstd", "lz4"]
 
@@ -54,12 +56,35 @@ class RecordError(BusError):
     """The recording cannot continue (e.g. the disk is full); the bus is unaffected."""
 
 
+class RecordSink(Protocol):
+    """What :func:`record_from` writes to: a :class:`Recorder` or a split recording."""
+
+    flush_interval_s: float
+
+    @property
+    def messages(self) -> int: ...
+
+    @property
+    def bytes(self) -> int: ...
+
+    @property
+    def path(self) -> Path: ...
+
+    def write(self, topic: str, payload: builtins.bytes | bytearray | memoryview, received_ns: int,
+              sent_ns: int | None = None) -> None: ...
+
+    def tick(self) -> None: ...
+
+
 class Recorder:
-    """Appends messages to an MCAP file; see the module docstring for the guarantees.
+    """Appends messages to a new MCAP file; see the module docstring for the guarantees.
+
+    An existing file at ``path`` is refused (:class:`RecordError`) unless ``overwrite``.
 
     ``write(topic, payload, received_ns, sent_ns=None)`` records one message; ``tick()`` flushes
     when the interval has passed; ``close()`` writes the summary. Counters: ``messages``,
-    ``bytes``, ``not_envelope``, ``flushes``, ``write_errors``, ``dropped``.
+    ``bytes``, ``not_envelope`` (bus bytes that are no envelope), ``records`` (written with an
+    explicit ``channel`` format, e.g. decisions), ``flushes``, ``write_errors``, ``dropped``.
     """
 
     def __init__(
@@ -71,13 +96,18 @@ class Recorder:
         compression: Compression = "none",
         metadata: Mapping[str, str] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        overwrite: bool = False,
     ) -> None:
         self.flush_interval_s = flush_interval_s
         self._monotonic = monotonic
         if isinstance(path, str | Path):
             self.path = Path(path)
             try:
-                self._file: BinaryIO = open(self.path, "wb")  # noqa: SIM115 - closed by close()
+                # "x": an existing recording is never replaced unless asked to
+                self._file: BinaryIO = open(self.path, "wb" if overwrite else "xb")  # noqa: SIM115
+            except FileExistsError as exc:
+                raise RecordError(f"{self.path} exists; pass --overwrite to replace it, or "
+                                  "choose another name") from exc
             except OSError as exc:
                 raise RecordError(f"cannot open {self.path}: {exc}") from exc
         else:  # a stream the caller opened; closed by close() all the same
@@ -90,7 +120,8 @@ class Recorder:
                          "lz4": CompressionType.LZ4}[compression],
         )
         self._headers = Decoder(Keyring())  # only read_header is used: no keys needed
-        self._channels: dict[str, int] = {}
+        self._channels: dict[tuple[str, str], int] = {}
+        self._schemas: dict[str, int] = {}
         self._last_flush = monotonic()
         self._pending = 0
         self._closed = False
@@ -98,6 +129,7 @@ class Recorder:
         self.messages = 0
         self.bytes = 0
         self.not_envelope = 0
+        self.records = 0
         self.flushes = 0
         self.write_errors = 0
         self.dropped = 0
@@ -117,30 +149,34 @@ class Recorder:
 
     @property
     def topics(self) -> list[str]:
-        return list(self._channels)
+        return list(dict.fromkeys(topic for topic, _ in self._channels))
 
     def counters(self) -> dict[str, int]:
         return {"messages": self.messages, "bytes": self.bytes, "not_envelope": self.not_envelope,
+                "records": self.records,
                 "channels": len(self._channels), "flushes": self.flushes,
                 "write_errors": self.write_errors, "dropped": self.dropped}
 
     def write(self, topic: str, payload: bytes | bytearray | memoryview, received_ns: int,
-              sent_ns: int | None = None) -> None:
-        """Record one message. Raises :class:`RecordError` once when the file cannot be written."""
+              sent_ns: int | None = None, *, channel: ChannelFormat | None = None) -> None:
+        """Record one message: bus bytes (an envelope, or else ``unparsed``) by default, or a
+        record of the format ``channel`` names. Raises :class:`RecordError` once when the file
+        cannot be written."""
         if self._closed or self.error is not None:
             self.dropped += 1
             return
         data = bytes(payload)
-        if sent_ns is None:
-            sent_ns = self._sender_time(data, received_ns)
+        if channel is None:
+            header_ns = self._sender_time(data)
+            channel = UNPARSED if header_ns is None else ENVELOPE
+            sent_ns = sent_ns if sent_ns is not None else header_ns
+        else:
+            self.records += 1
+        sent_ns = received_ns if sent_ns is None else sent_ns
         try:
-            channel = self._channels.get(topic)
-            if channel is None:
-                channel = self._writer.register_channel(
-                    topic, MESSAGE_ENCODING, 0, {FORMAT_KEY: FORMAT_VALUE})
-                self._channels[topic] = channel
+            channel_id = self._channel(topic, channel)
             # MCAP's sequence is uint32; ours is the file's message counter (ties: file order).
-            self._writer.add_message(channel, log_time=received_ns, data=data,
+            self._writer.add_message(channel_id, log_time=received_ns, data=data,
                                      publish_time=sent_ns, sequence=self.messages & 0xFFFFFFFF)
             self.messages += 1
             self.bytes += len(data)
@@ -192,12 +228,25 @@ class Recorder:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def _sender_time(self, data: bytes, received_ns: int) -> int:
+    def _channel(self, topic: str, fmt: ChannelFormat) -> int:
+        channel_id = self._channels.get((topic, fmt.name))
+        if channel_id is None:
+            schema_id = self._schemas.get(fmt.name, 0)
+            if fmt.schema_name and not schema_id:
+                schema_id = self._writer.register_schema(fmt.schema_name, fmt.schema_encoding,
+                                                         fmt.schema)
+                self._schemas[fmt.name] = schema_id
+            channel_id = self._writer.register_channel(topic, fmt.message_encoding, schema_id,
+                                                       fmt.metadata)
+            self._channels[(topic, fmt.name)] = channel_id
+        return channel_id
+
+    def _sender_time(self, data: bytes) -> int | None:
         try:
             return self._headers.read_header(memoryview(data)).sent_ns
         except WireError:
             self.not_envelope += 1
-            return received_ns
+            return None
 
     def _fail(self, exc: OSError) -> NoReturn:
         self.write_errors += 1
@@ -208,11 +257,11 @@ class Recorder:
 
 async def record_from(
     transport: Transport,
-    recorder: Recorder,
+    recorder: RecordSink,
     *,
     duration_s: float | None = None,
     stop: asyncio.Event | None = None,
-    on_progress: Callable[[Recorder], None] | None = None,
+    on_progress: Callable[[RecordSink], None] | None = None,
     progress_interval_s: float = 1.0,
     inspect: Callable[[Message], None] | None = None,
 ) -> None:
@@ -223,7 +272,7 @@ async def record_from(
     stop = stop or asyncio.Event()
 
     async def drain() -> None:
-        async for message in transport.messages():
+        async for message in transport:
             recorder.write(message.topic, message.payload, message.received_ns)
             if inspect is not None:
                 inspect(message)

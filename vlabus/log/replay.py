@@ -155,6 +155,9 @@ class Replayer:
 
     async def _play_pass(self, t0: float, origin_ns: int) -> None:
         for record in iter_log(self.path, topics=self.topics, start_ns=origin_ns):
+            if record.format == "decision":  # the black box's notes, never bus traffic
+                self.stats.skipped["not_bus_traffic"] += 1
+                continue
             due = t0 + (record.log_ns - origin_ns) / 1e9 / self.rate
             delay = due - self._monotonic()
             if delay > 0:

@@ -22,6 +22,7 @@ from schemas.errors import SchemaError, WireError
 from schemas.messages import KINDS
 from security.keys import Keyring
 from security.seal import Opener
+from vlabus.log.formats import DECISION_SCHEMA
 from vlabus.log.reader import LogRecord, iter_log
 from vlabus.wire import MAGIC, Decoder, Header
 
@@ -29,6 +30,8 @@ from vlabus.wire import MAGIC, Decoder, Header
 MAX_EXPORT_VALUES = 4096
 #: Kind shown for recorded bytes that are plain MessagePack, not envelopes (unsigned).
 PLAIN_KIND = "plain"
+#: Kind shown for the edge black box's decision records (their own channel format).
+DECISION_KIND = "decision"
 MAX_PLAIN = 1 << 20
 
 
@@ -84,6 +87,16 @@ class Viewer:
     def view(self, record: LogRecord, *, values: bool = False) -> dict[str, Any]:
         doc: dict[str, Any] = {"topic": record.topic, "log_ns": record.log_ns,
                                "publish_ns": record.publish_ns, "bytes": len(record.data)}
+        if record.format == "decision":  # the black box's own records: unsigned MessagePack
+            plain = _plain_msgpack(record.data)
+            if plain is None:
+                doc["verified"] = False if self._verify else None
+                doc["error"] = {"reason": "malformed", "detail": "not a MessagePack map"}
+                return doc
+            doc["verified"] = None
+            doc["kind"] = DECISION_KIND
+            doc["message"] = to_plain(plain, values=values)
+            return doc
         try:
             if self._verify:
                 received = self._decoder.decode(record.data)
@@ -93,8 +106,9 @@ class Viewer:
                 header, message = self._decoder.parse_unverified(record.data)
                 doc["verified"] = None
         except WireError as exc:
-            plain = _plain_msgpack(record.data) if not record.data.startswith(MAGIC) else None
-            if plain is not None:  # e.g. the edge black box's decision records
+            legacy = record.format == "legacy" and not record.data.startswith(MAGIC)
+            plain = _plain_msgpack(record.data) if legacy else None
+            if plain is not None:  # an older recording's decision records, labelled envelopes
                 doc["verified"] = None
                 doc["kind"] = PLAIN_KIND
                 doc["message"] = to_plain(plain, values=values)
@@ -144,6 +158,14 @@ PLAIN_SCHEMA: dict[str, Any] = {
 }
 
 
+def decision_export_schema() -> dict[str, Any]:
+    """JSON Schema of an exported decision record ({"header": {}, "message": decision})."""
+    return {"title": f"vlabus.{DECISION_KIND}", "type": "object",
+            "properties": {"header": {"type": "object", "maxProperties": 0},
+                           "message": DECISION_SCHEMA},
+            "required": ["header", "message"]}
+
+
 def _bytes_as_length(node: Any) -> None:
     if isinstance(node, dict):
         for key, child in node.items():
@@ -175,7 +197,8 @@ def export(source: str | Path, target: str | Path, *, topics: Iterable[str] | No
                 continue
             kind = doc["kind"]
             if kind not in schemas:
-                schema = kind_schema(kind) if kind in KINDS else PLAIN_SCHEMA
+                schema = (kind_schema(kind) if kind in KINDS else
+                          decision_export_schema() if kind == DECISION_KIND else PLAIN_SCHEMA)
                 schemas[kind] = writer.register_schema(
                     f"vlabus.{kind}", "jsonschema", json.dumps(schema).encode())
             channel = channels.get((record.topic, kind))

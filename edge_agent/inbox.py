@@ -1,0 +1,157 @@
+"""The robot's action inbox: verifies replies and matches them against the watchdog.
+
+Actions go through the envelope checks with a strict replay guard (each worker's sequence must
+only increase: the robot is the one place where a reordered or repeated action can be refused
+outright), must come from a ``worker`` key, name this robot, and carry a finite HxD chunk. The
+injected :class:`~edge_agent.watchdog.Watchdog` then calls them on time, late or unknown. A reply
+refused after its header was read marks its step rejected from that header (carried by the
+error), so the fallback names the cause and nothing is parsed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edge_agent.frames import chunk_of
+from edge_agent.local import Chunk
+from edge_agent.metrics import EdgeMetrics
+from edge_agent.stats import RunStats
+from edge_agent.watchdog import MONOTONIC, Clock, PendingStep, Verdict, Watchdog
+from schemas.errors import Reason, SchemaError, WireError
+from schemas.messages import Action
+from schemas.topics import action_topic
+from security.keys import Keyring
+from security.replay import ReplayGuard
+from vlabus.bus.transport import Message
+from vlabus.inbound import Rejections
+from vlabus.wire import Decoder, Header
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CloudReply:
+    chunk: Chunk
+    rtt_ns: int
+    worker_id: str
+    tick_stride: float
+
+
+def strict_action_guard() -> ReplayGuard:
+    """Window 1: a worker's actions must arrive with strictly increasing sequence numbers."""
+    return ReplayGuard(window=1)
+
+
+def _ignore_late(rtt_ns: int) -> None:
+    del rtt_ns
+
+
+class ActionInbox:
+    """Futures for the steps the agent waits on, completed by verified, on-time replies."""
+
+    def __init__(self, keyring: Keyring, robot_id: str, watchdog: Watchdog, *,
+                 rejections: Rejections, stats: RunStats, metrics: EdgeMetrics, period_ns: int,
+                 on_late: Callable[[int], None] = _ignore_late, clock: Clock = MONOTONIC,
+                 max_wait: int = 1024) -> None:
+        self.robot_id = robot_id
+        self.watchdog = watchdog
+        self.rejections = rejections
+        self.stats = stats
+        self.metrics = metrics
+        self.period_ns = period_ns
+        self.on_late = on_late
+        self.topic = action_topic(robot_id)
+        self._decoder = Decoder(keyring, strict_action_guard())
+        self._clock = clock
+        self._expected: OrderedDict[str, asyncio.Future[CloudReply]] = OrderedDict()
+        self._encode_ns: OrderedDict[str, int] = OrderedDict()
+        self._max_wait = max_wait
+
+    def expect(self, corr: str, step: int, decide_ns: int, *,
+               probe: bool = False) -> asyncio.Future[CloudReply]:
+        """Register a step before its frame goes out; the future gets its reply if it arrives
+        by ``decide_ns`` (monotonic)."""
+        self.watchdog.open(corr, step, decide_ns, probe=probe)
+        future: asyncio.Future[CloudReply] = asyncio.get_running_loop().create_future()
+        self._expected[corr] = future
+        while len(self._expected) > self._max_wait:
+            _, old = self._expected.popitem(last=False)
+            old.cancel()
+        return future
+
+    def sent(self, corr: str, encode_ns: int) -> None:
+        """The frame of ``corr`` went out: keep its encode time for the latency breakdown."""
+        self._encode_ns[corr] = encode_ns
+        while len(self._encode_ns) > self._max_wait:
+            self._encode_ns.popitem(last=False)
+
+    def expire(self, corr: str) -> PendingStep | None:
+        """The fallback decides ``corr``: later replies are late."""
+        expected = self._expected.pop(corr, None)
+        if expected is not None:
+            expected.cancel()
+        return self.watchdog.expire(corr)
+
+    def handle(self, message: Message) -> None:
+        """Verify one message from the action topic and settle its step; never raises for
+        bad input."""
+        arrived = self._clock()
+        try:
+            received = self._decoder.decode(message.payload)
+        except WireError as exc:
+            self.rejections.reject(exc, message.topic)
+            if isinstance(exc.header, Header):  # unverified: it only attributes the cause
+                self.watchdog.mark_rejected(exc.header.corr)
+            return
+        decode_ns = self._clock() - arrived
+        action = received.message
+        corr = received.header.corr
+        if not isinstance(action, Action) or action.robot_id != self.robot_id:
+            self.rejections.count(Reason.IDENTITY_MISMATCH)
+            log.warning("reply on %r is not an action for %s", message.topic, self.robot_id)
+            self.watchdog.mark_rejected(corr)
+            return
+        try:
+            chunk = chunk_of(action)
+        except SchemaError as exc:
+            self.rejections.count(exc.reason)
+            log.warning("unusable action from %r: %r", action.worker_id, exc)
+            self.watchdog.mark_rejected(corr)
+            return
+        self._settle(corr, action, chunk, decode_ns)
+
+    def _settle(self, corr: str, action: Action, chunk: Chunk, decode_ns: int) -> None:
+        reply = self.watchdog.reply(corr, action.step)
+        if reply.verdict is Verdict.UNKNOWN:
+            self.stats.unmatched_replies += 1
+            return
+        self._measure(corr, reply.rtt_ns, decode_ns, action)
+        if reply.verdict is Verdict.LATE:
+            self.stats.late_replies_discarded += 1
+            self.metrics.late_replies.inc()
+            self.on_late(reply.rtt_ns)
+            self._expected.pop(corr, None)
+            return
+        expected = self._expected.pop(corr, None)
+        if expected is None or expected.done():
+            return
+        stride = action.period_ns / self.period_ns if action.period_ns else 1.0
+        expected.set_result(CloudReply(chunk, reply.rtt_ns, action.worker_id, stride))
+
+    def _measure(self, corr: str, rtt_ns: int, decode_ns: int, action: Action) -> None:
+        self.stats.rtt_ns.append(rtt_ns)
+        self.metrics.round_trip.observe(rtt_ns / 1e9)
+        encode_ns = self._encode_ns.pop(corr, None)
+        if encode_ns is None or not action.span_ns:
+            return
+        parts = self.stats.add_breakdown(
+            rtt_ns=rtt_ns, robot_encode_ns=encode_ns, robot_decode_ns=decode_ns,
+            worker={"decode": action.decode_ns, "queue_wait": action.queue_wait_ns,
+                    "inference": action.inference_ns, "encode": action.encode_ns,
+                    "span": action.span_ns})
+        for part, nanos in parts.items():
+            self.metrics.latency_parts.labels(part).observe(nanos / 1e9)
