@@ -38,7 +38,8 @@ import numpy as np
 
 from bench.common import emit, environment, parser, percentile, time_each
 from bench.flsim import FleetSpec, make_keys, run_fleet, simulate_data
-from cloud_workers.fl.coordinator import CoordinatorConfig, calibrate_noise
+from cloud_workers.fl.coordinator import CoordinatorConfig
+from vlabus.fl.privacy import calibrate_noise
 
 ROUNDS = 5
 EPSILON, DELTA = 8.0, 1e-5

@@ -120,7 +120,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _hyper(args: argparse.Namespace) -> dict[str, Any]:
-    from cloud_workers.fl.coordinator import calibrate_noise
+    from vlabus.fl.privacy import calibrate_noise
 
     noise = args.noise_multiplier
     if noise is None:

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -85,24 +84,6 @@ class RoundReport:
         return dataclasses.asdict(self)
 
 
-def steps_per_round(examples: int, batch_size: int, epochs: int) -> tuple[float, int]:
-    """(sample rate, DP-SGD steps) of one round: Poisson batches of expected ``batch_size``
-    out of ``examples``, ``ceil(examples / batch_size)`` steps an epoch (Opacus' convention)."""
-    per_epoch = max(1, math.ceil(examples / batch_size))
-    return 1.0 / per_epoch, per_epoch * epochs
-
-
-def calibrate_noise(epsilon: float, delta: float, *, rounds: int, examples: int,
-                    batch_size: int, epochs: int) -> float:
-    """The noise multiplier that spends at most (``epsilon``, ``delta``) over ``rounds`` rounds
-    (Opacus' RDP accountant)."""
-    from opacus.accountants.utils import get_noise_multiplier
-
-    rate, steps = steps_per_round(examples, batch_size, epochs)
-    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
-                                      sample_rate=rate, steps=steps * rounds, accountant="rdp"))
-
-
 class Coordinator:
     """Runs the rounds of one model over ``transport``; signs as ``encoder``'s release key."""
 
@@ -116,6 +97,7 @@ class Coordinator:
         self.base = base
         self.version = base_version
         self._clock = clock
+        config.spool.mkdir(parents=True, exist_ok=True)
         tensors, _ = read_tensors(base)
         names = select(tensors, config.trainable)
         self.shared = [n for n in names if n not in select(names, config.personal)]

@@ -74,10 +74,11 @@ class ClientStats:
                 "epsilon": None if math.isinf(self.epsilon) else round(self.epsilon, 4)}
 
 
-def trainer_pool() -> ProcessPoolExecutor:
-    """The trainer process (spawned: no state shared with the control loop's process)."""
+def trainer_pool(nice: int = 19) -> ProcessPoolExecutor:
+    """The trainer process (spawned: no state shared with the control loop's process), at
+    niceness ``nice`` (19: the lowest priority)."""
     return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=lower_priority)
+                               initializer=lower_priority, initargs=(nice,))
 
 
 def warm_up() -> None:

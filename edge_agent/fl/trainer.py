@@ -28,6 +28,7 @@ import numpy as np
 
 from edge_agent.fl.buffer import Example, sample
 from vlabus.fl.delta import Delta, clip, select
+from vlabus.fl.privacy import spent_epsilon, steps_per_round
 
 TRAINABLE_PREFIXES = ("state.", "head.")
 PRIVACY_FILE = "privacy.json"
@@ -71,27 +72,13 @@ class TrainResult:
     norm: float = 0.0
 
 
-def lower_priority(threads: int = 1) -> None:
+def lower_priority(nice: int = 19, threads: int = 1) -> None:
     """Initializer of the trainer process: lowest CPU priority, one torch thread, so the
     control loop keeps its core."""
-    os.nice(19)
+    os.nice(nice)
     import torch
 
     torch.set_num_threads(threads)
-
-
-def spent_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
-    """ε of an RDP accountant history of (noise multiplier, sample rate, steps) at ``delta``;
-    infinite when a round had no noise."""
-    from opacus.accountants import RDPAccountant
-
-    if not history:
-        return 0.0
-    if any(sigma <= 0 for sigma, _, _ in history):
-        return math.inf
-    accountant = RDPAccountant()
-    accountant.history = list(history)
-    return float(accountant.get_epsilon(delta))
 
 
 def load_history(state_dir: Path) -> list[tuple[float, float, int]]:
@@ -188,8 +175,7 @@ def _train(job: TrainJob) -> TrainResult:
     if any(not p.startswith(TRAINABLE_PREFIXES) for p in (*job.trainable, *job.personal)):
         return TrainResult("unsupported")
     history = load_history(state_dir)
-    per_epoch = max(1, math.ceil(job.examples / job.batch_size))
-    rate, steps = 1.0 / per_epoch, per_epoch * job.epochs
+    rate, steps = steps_per_round(job.examples, job.batch_size, job.epochs)
     planned = [*history, (job.noise_multiplier, rate, steps)]
     if spent_epsilon(planned, job.delta) > job.budget_epsilon:
         return TrainResult("budget_spent", epsilon=spent_epsilon(history, job.delta))

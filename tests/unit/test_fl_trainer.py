@@ -10,8 +10,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from edge_agent.fl.buffer import ExperienceBuffer
-from edge_agent.fl.trainer import TrainJob, spent_epsilon, train
+from edge_agent.fl.trainer import TrainJob, train
 from edge_agent.sim import SimRobot
+from vlabus.fl.privacy import spent_epsilon
 from vlabus.policy.reference import ReferencePolicy
 
 pytest.importorskip("opacus")
