@@ -206,8 +206,8 @@ def main() -> None:
         train_kw = {"examples": 32, "batch": 16, "epochs": 1}
         seeds = 1
     else:
-        size = {"steps": 768, "ring": 32, "size": 96, "cloud_width": 64}
-        train_kw = {"examples": 512, "batch": 128, "epochs": 2}
+        size = {"steps": 512, "ring": 32, "size": 64, "cloud_width": 64}
+        train_kw = {"examples": 256, "batch": 64, "epochs": 2}
         seeds = args.seeds
     report: dict[str, Any] = {"bench": "fl", "quick": quick, "environment": environment(),
                               "epsilon_target": EPSILON, "delta": DELTA, "rounds": ROUNDS}

@@ -35,6 +35,9 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Path, LocalMosquitto, FleetSpec]]:
         yield tmp_path, broker, spec
 
 
+# Five rounds of four robots' training in one process, with a release installed after each:
+# about 70 s on a loaded 2-core machine, so this one end-to-end test gets more than the default.
+@pytest.mark.timeout(300)
 def test_rounds_over_mosquitto_with_a_malicious_robot(
         fleet: tuple[Path, LocalMosquitto, FleetSpec]) -> None:
     root, broker, spec = fleet
