@@ -4,9 +4,9 @@ The robots run with ``--fl`` (each keeps its on-time cloud steps, trains in a lo
 process, sends private deltas). A held-out robot (``robot-eval``, not in the rounds) drives for
 a few seconds while ``vlabus record`` keeps its frames and the cloud's answers; then
 ``vlabus fl serve`` publishes the robots' model as release v1 and runs the rounds with that
-recording as the release gate. Each round (participants, refusals, ε, the candidate's error
-against the current model's, released or not) appears in the live view as it ends, and in the
-summary under ``fl``.
+recording as the release gate; the robots stop once the rounds are over. Each round
+(participants, refusals, ε, the candidate's error against the current model's, released or
+not) appears in the live view as it ends, and in the summary under ``fl``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from vlabus.cli.fleet import Fleet
 
 EVAL_SECONDS = 8.0
-ROUND_TIMEOUT = 25.0
+ROUND_TIMEOUT = 45.0  # a robot's first round pays its trainer process's start, at nice 19
 EXAMPLES = 96
 BATCH = 32
 
@@ -45,6 +45,7 @@ class FlDemo:
     recorder: Child | None = None
     coordinator: Child | None = None
     reports: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False
 
     @property
     def heldout(self) -> Any:
@@ -81,6 +82,12 @@ class FlDemo:
         for report in self._new_reports():
             self.reports.append(report)
             fleet.events.append(f"t={t:5.1f}s {describe(report)}")
+        if self.coordinator is not None and not self.coordinator.running and not self.done:
+            self.done = True  # the rounds are over: the robots need not drive on
+            fleet.events.append(f"t={t:5.1f}s federated rounds done; stopping the robots")
+            for robot in fleet.robots:
+                if robot.running and robot.process is not None:
+                    robot.process.terminate()  # SIGTERM: the robot ends its run and reports
 
     def _new_reports(self) -> list[dict[str, Any]]:
         if self.coordinator is None:
