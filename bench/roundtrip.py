@@ -1,6 +1,6 @@
 """The whole secure loop against the bare libraries, in one run.
 
-    python -m bench.roundtrip --json [--quick] [--only zmq|mqtt]
+    python -m bench.roundtrip --json [--quick] [--only zmq|mqtt|session]
 
 For an observation of two 224×224×3 cameras + a 14-float state + a task string (and one
 480×640×3 camera, and JPEG cameras), one round trip is: the robot encodes and signs the frame,
@@ -34,6 +34,14 @@ References that are not floors of the bus but of its wire format, and a peer:
   observation and a 50×14 chunk. ``ratio_p50_vs_ws_msgpack_peer`` below 1 means vlabus is
   faster than that unsigned path; ``ratio_p50_zmq_wire_direct_vs_ws_msgpack_peer`` says whether
   the signed wire could be, without a hop.
+* ``zmq_wire_direct_session``: ``zmq_wire_direct`` in session integrity (one signed offer, then a
+  keyed MAC per message): ``ratio_p50_zmq_wire_direct_session_vs_ws_msgpack_peer`` is what a
+  direct data plane with session integrity could reach on this wire (there is no direct data
+  plane in vlabus yet: the worker and robot still go through the hub).
+
+``session`` (:mod:`bench.roundtrip_session`): the wire alone over one Mosquitto in today's signed
+mode and in session integrity (a keyed MAC after one signed key exchange), against the bare paho
+floor, interleaved, with the breakdown per stage; ``session_faster_by_pct`` compares the two.
 
 Rounds of each path are interleaved in blocks, so background load hits all alike. Every vlabus
 Action carries the worker's own durations, so each round trip is split into robot encode,
@@ -61,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import emit, environment, parser, ratio, single_thread_probe, stats_us
+from bench.roundtrip_session import pool_key
 from edge_agent.scene import TabletopScene
 from schemas import topics
 from schemas.arrays import pack_array
@@ -77,6 +86,7 @@ from vlabus.wire import Decoder, Encoder
 HORIZON, ACTION_DIM = 50, 14
 WIRE = "zmq_wire_hop"
 WIRE_DIRECT = "zmq_wire_direct"
+WIRE_DIRECT_SESSION = "zmq_wire_direct_session"
 PEER = "ws_msgpack_peer"
 BLOCK = 25
 CTX = multiprocessing.get_context("spawn")
@@ -172,14 +182,20 @@ def hub_protocol_client(port: int, name: bytes) -> Any:
     return dealer
 
 
-def wire_server(keys: str, hop: int | None, ready: Any) -> None:
+def wire_server(keys: str, hop: int | None, ready: Any, session: bool = False) -> None:
     """The vlabus wire alone at the worker's end: verify, replay-check and decode each frame,
     answer with a signed Action of zeros. On a blocking DEALER behind the bare forwarder at
-    port ``hop``, or (``hop`` None) on a ROUTER of its own whose port goes on ``ready``."""
+    port ``hop``, or (``hop`` None) on a ROUTER of its own whose port goes on ``ready``.
+    ``session``: take the client's session offer, answer under its session (MACs)."""
     import zmq
 
-    encoder = Encoder(load_signer(Path(keys), "worker", "wire-worker"))
+    signer = load_signer(Path(keys), "worker", "wire-worker")
+    encoder = Encoder(signer)
     decoder = Decoder(Keyring.load(Path(keys)), ReplayGuard())
+    if session:
+        from bench.roundtrip_session import session_codec
+
+        encoder, decoder, take_offer = session_codec(Path(keys), signer)
     chunk = pack_array(np.zeros((HORIZON, ACTION_DIM), np.float32))
     if hop is None:
         dealer: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.ROUTER)
@@ -191,6 +207,8 @@ def wire_server(keys: str, hop: int | None, ready: Any) -> None:
     while True:
         src, payload = dealer.recv_multipart(copy=False)
         got = decoder.decode(payload.buffer)
+        if session and take_offer(got):
+            continue
         request = got.message
         assert isinstance(request, Frame)
         reply = Action(robot_id=request.robot_id, step=request.step, actions=chunk,
@@ -256,16 +274,23 @@ class WireClient:
     (``route``: the server's identity there) or straight to the server (``route`` None): each
     round trip encodes and signs a fresh frame and verifies and decodes the Action."""
 
-    def __init__(self, port: int, keys: Path, route: bytes | None) -> None:
+    def __init__(self, port: int, keys: Path, route: bytes | None, *,
+                 session: bool = False) -> None:
         self.head = [route] if route is not None else []
         import zmq
 
-        self.encoder = Encoder(load_signer(keys, "robot", "robot-1"))
+        signer = load_signer(keys, "robot", "robot-1")
+        self.encoder = Encoder(signer)
         self.decoder = Decoder(Keyring.load(keys), ReplayGuard())
         self.state = np.linspace(-1, 1, 14, dtype=np.float32)
         self.dealer: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
         self.dealer.connect(f"tcp://127.0.0.1:{port}")
         self.step = 0
+        if session:  # one signed offer first, on the same connection: it arrives first
+            from bench.roundtrip_session import robot_session
+
+            self.encoder, self.decoder, offer = robot_session(keys, signer)
+            self.dealer.send_multipart([*self.head, offer])
 
     def bind(self, cams: dict[str, Image]) -> Callable[[bytes], None]:
         def round_trip(_payload: bytes) -> None:
@@ -500,7 +525,9 @@ def measure(stack: ExitStack, loop: asyncio.AbstractEventLoop, robot: Robot,
     # forwarder; what the crypto and codec alone cost, through the hop and direct (the lowest
     # ratios any bus on this wire could reach here); and the direct wire against the peer
     for name, base in (("zmq_bare_via_hub", "zmq_bare_hop"), (WIRE, "zmq_bare_hop"),
-                       (WIRE_DIRECT, "zmq_bare_direct"), (WIRE_DIRECT, PEER)):
+                       (WIRE_DIRECT, "zmq_bare_direct"), (WIRE_DIRECT, PEER),
+                       (WIRE_DIRECT_SESSION, "zmq_bare_direct"), (WIRE_DIRECT_SESSION, PEER),
+                       (WIRE_DIRECT_SESSION, WIRE_DIRECT)):
         if name in out and base in out:
             out[f"ratio_p50_{name}_vs_{base}"] = ratio(out[name]["p50_us"], out[base]["p50_us"])
     return out
@@ -522,6 +549,8 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
         reply_size = action_size(keys)
         ready: Any = CTX.Queue()
         ws_port = start_peer(stack, ready)
+        if bus == "session":
+            return run_session_bus(stack, root, keys, reply_size, rounds)
         if bus == "zmq":
             url = start_hub(stack)
             options = TransportOptions(client_id="robot-1")
@@ -539,6 +568,10 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
             spawn(stack, wire_server, str(keys), None, ready)
             wires = {WIRE: WireClient(hop, keys, b"wire"),
                      WIRE_DIRECT: WireClient(ready.get(timeout=20), keys, None)}
+            pool_key(keys)
+            spawn(stack, wire_server, str(keys), None, ready, True)
+            wires[WIRE_DIRECT_SESSION] = WireClient(ready.get(timeout=20), keys, None,
+                                                    session=True)
         else:
             from vlabus.broker.local import LocalMosquitto
             from vlabus.broker.render import Limits, client_options, render
@@ -563,6 +596,28 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
                 for case in cases}
 
 
+def run_session_bus(stack: ExitStack, root: Path, keys: Path, reply_size: int,
+                    rounds: int) -> dict[str, Any]:
+    """Signed against session mode over one Mosquitto, the 2x224 case only."""
+    from bench.roundtrip_session import run_session
+    from vlabus.broker.local import LocalMosquitto
+    from vlabus.broker.render import Limits, client_options, render
+
+    broker_dir = root / "broker"
+    render(keys, broker_dir, limits=Limits(persistence=False))
+    mosquitto = stack.enter_context(LocalMosquitto(broker_dir))
+    bare = client_options(broker_dir, "bare")
+    assert bare.username is not None
+    assert bare.password is not None
+    spawn(stack, bare_paho_server, mosquitto.port, bare.username, bare.password, reply_size)
+    floor = paho_client(stack, mosquitto.port, bare.username, bare.password)
+    cams, _ = cameras("2x224")
+    request = Encoder(load_signer(keys, "robot", "robot-1")).encode(
+        frame("robot-1", 0, cams, np.linspace(0, 1, 14, dtype=np.float32)))
+    return {"2x224": run_session(stack, spawn, cams, floor, request, rounds, BLOCK, keys,
+                                 mosquitto.port, bare.username, bare.password)}
+
+
 def action_size(keys: Path) -> int:
     """Bytes of a signed Action carrying a 50×14 chunk (the bare servers reply this much)."""
     encoder = Encoder(load_signer(keys, "worker", "worker-1"))
@@ -575,11 +630,11 @@ def action_size(keys: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parse = parser(__doc__.split("\n\n")[0])
-    parse.add_argument("--only", choices=["zmq", "mqtt"], default=None)
+    parse.add_argument("--only", choices=["zmq", "mqtt", "session"], default=None)
     args = parse.parse_args(argv)
     cases = ["2x224"] if args.quick else ["2x224", "1x480x640", "2x224-jpeg"]
     rounds = 150 if args.quick else 1000
-    buses = [args.only] if args.only else ["zmq", "mqtt"]
+    buses = [args.only] if args.only else ["zmq", "mqtt", "session"]
     started = time.monotonic()
     report: dict[str, Any] = {"bench": "roundtrip", "environment": environment(),
                               "single_thread_us": single_thread_probe(),

@@ -42,7 +42,8 @@ def register(sub: Any) -> None:
                              "first worker identity in the keyring no other replica holds")
     parser.add_argument("--group", default="workers", help="shared-subscription group")
     parser.add_argument("--policy", action="append", default=None, metavar="[NAME=]SPEC",
-                        help="reference | noop | FILE.safetensors | module:factory; repeat to "
+                        help="reference | noop | FILE.safetensors | profile:NAME (a stand-in "
+                             "timed by a model profile) | module:factory; repeat to "
                              "serve several models (the first also answers model 'default')")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
@@ -54,6 +55,10 @@ def register(sub: Any) -> None:
                         metavar="US",
                         help="run frame models measured faster than this on the event loop "
                              "instead of the inference thread (0: always use the thread)")
+    parser.add_argument("--scheduler", default="vlabus", choices=["vlabus", "fifo", "serial"],
+                        help="vlabus: priority/deadline order, batch size from t(batch), "
+                             "hopeless requests dropped; fifo: dynamic batching in arrival "
+                             "order (max batch, max delay); serial: one at a time, in order")
     parser.add_argument("--queue-size", type=positive_int, default=1024, metavar="N",
                         help="bounded queue; beyond it the lowest priority is shed")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
@@ -127,8 +132,9 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
                           max_delay_ns=int(args.max_delay_ms * 1e6),
                           inline_below_ns=int(args.inline_below_us * 1e3),
                           queue_capacity=args.queue_size, replay_mode=args.replay_mode,
+                          scheduler=args.scheduler,
                           detail={"device": device, "max_batch": str(args.max_batch),
-                                  "threads": str(threads)})
+                                  "scheduler": args.scheduler, "threads": str(threads)})
     # /healthz answers while the bus is waited for, so an orchestrator does not restart a
     # worker for its bus being down; /readyz follows once it serves
     server = None
@@ -187,7 +193,8 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return {"exit_code": 0, "worker": worker_id, "models": runner.models, "device": device,
-            **metrics.summary.as_dict(), "transport": worker.transport.counters()}
+            "scheduler": args.scheduler, **metrics.summary.as_dict(),
+            "transport": worker.transport.counters()}
 
 
 async def _interruptible(opening: Any) -> Any:

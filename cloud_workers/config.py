@@ -20,6 +20,8 @@ class WorkerConfig:
     #: Frame batches of a model measured faster than this run on the event loop itself: for
     #: a CPU-cheap policy the two thread hand-offs cost more than the work. 0 disables.
     inline_below_ns: int = 200_000
+    #: vlabus (priority/deadline, batch size from t(batch)), fifo or serial: see schedulers
+    scheduler: str = "vlabus"
     detail: dict[str, str] = field(default_factory=dict)
 
 

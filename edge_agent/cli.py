@@ -56,6 +56,10 @@ def register(sub: Any) -> None:
                         help="stop after S seconds (default: run until SIGINT/SIGTERM)")
     add_status_argument(parser)
     add_keys_watch_argument(parser)
+    parser.add_argument("--robots", type=positive_int, default=1, metavar="N",
+                        help="simulate N robots in this process, each with its own identity, "
+                             "connection and watchdog: --robot-id names the first (robot-1 "
+                             "gives robot-1 … robot-N); their keys must be in --keys")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
                         help="serve /metrics /healthz /readyz (0 picks a free port)")
     parser.add_argument("--metrics-host", default="127.0.0.1")
@@ -67,7 +71,9 @@ def register(sub: Any) -> None:
                         help="model name of the local policy (its update topic)")
     parser.add_argument("--local-width", type=int, default=16, metavar="W",
                         help="width of the seeded local reference policy")
-    parser.add_argument("--codec", default="raw", choices=["raw", "jpeg"])
+    parser.add_argument("--codec", default="auto", type=_codec, metavar="CODEC",
+                        help="camera images as auto (default: per camera and step, from the "
+                             "uplink seen and the deadline), raw, lz4, jpeg or jpeg:QUALITY")
     parser.add_argument("--safety-every", type=int, default=0, metavar="N",
                         help="mark every Nth frame safety-critical (kept on the robot)")
     parser.add_argument("--fl", action="store_true",
@@ -91,11 +97,25 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _codec(text: str) -> str:
+    """argparse ``type=`` for ``--codec``: the text, or a usage error saying why not."""
+    from edge_agent.codec import parse_codec
+
+    try:
+        parse_codec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.sim:
         print("vlabus edge: only --sim is built in; embed edge_agent.EdgeAgent for a real robot",
               file=sys.stderr)
         return 1
+    if args.robots > 1 and (args.robot_id == "auto" or args.record or args.models_dir):
+        print("vlabus edge: --robots N takes a numbered --robot-id and no --record or "
+              "--models-dir", file=sys.stderr)
     if args.fl and args.models_dir is None:
         print("vlabus edge: --fl needs --models-dir (rounds train on the installed release)",
               file=sys.stderr)
@@ -123,6 +143,10 @@ async def edge_command(args: argparse.Namespace) -> dict[str, Any]:
     except (BusError, OSError) as exc:
         return {"error": str(exc), "exit_code": 1}
     try:
+        if args.robots > 1:
+            from edge_agent.fleetcli import run_fleet_command
+
+            return await run_fleet_command(args, robot_id)
         return await _run(args, robot_id, options)
     finally:
         if claim is not None:

@@ -37,14 +37,23 @@ class SimRobot:
     """Observations and state of one simulated arm; deterministic for a seed."""
 
     def __init__(self, *, cameras: tuple[str, ...] = ("front",), state_dim: int = 14,
-                 size: int = 224, ring: int = 16, seed: int = 0) -> None:
+                 size: int = 224, ring: int = 16, seed: int = 0,
+                 frames: list[list[npt.NDArray[np.uint8]]] | None = None) -> None:
+        """``frames`` (one ring per camera) shares already rendered images between robots."""
         self.cameras = cameras
-        scenes = [TabletopScene(size, size, seed=seed + i) for i in range(len(cameras))]
-        self._frames = [[scene.render(k) for k in range(ring)] for scene in scenes]
+        if frames is None:
+            scenes = [TabletopScene(size, size, seed=seed + i) for i in range(len(cameras))]
+            frames = [[scene.render(k) for k in range(ring)] for scene in scenes]
+        self._frames = frames
         self._rng = np.random.default_rng(seed)
         self.state = np.zeros(state_dim, np.float32)
         self.command = COMMANDS[seed % len(COMMANDS)]
         self.applied = 0
+
+    @property
+    def frames(self) -> list[list[npt.NDArray[np.uint8]]]:
+        """The rendered images, one ring per camera (shareable with other robots)."""
+        return self._frames
 
     def observe(self, step: int) -> Observation:
         ring = len(self._frames[0])
@@ -98,7 +107,7 @@ async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` ca
         seconds: float | None, *, chunk: int = 1, refill_below: int | None = None,
         model: LocalModel | None = None, metrics: EdgeMetrics | None = None,
         recorder: Any = None, safety_every: int = 0, stop: asyncio.Event | None = None,
-        codec: str = "raw", seed: int = 0,
+        codec: str = "auto", seed: int = 0,
         options: TransportOptions | None = None, opener: Opener = open_transport,
         on_agent: Callable[[EdgeAgent], None] | None = None,
         transform: Callable[[Observation], Observation] | None = None,
@@ -115,7 +124,7 @@ async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` ca
     period_ns = round(1e9 / fps)
     config = AgentConfig(robot_id=robot_id, deadline_ns=round(deadline_ms * 1e6), chunk=chunk,
                          refill_below=(chunk // 2 if refill_below is None else refill_below),
-                         period_ns=period_ns, codec=codec)  # type: ignore[arg-type]
+                         period_ns=period_ns, codec=codec)
     agent = await open_edge(bus_url, keys=keys, signer=signer, config=config,
                             probe=robot.observe(0), model=model, metrics=metrics,
                             recorder=recorder, options=options, opener=opener)
@@ -152,6 +161,7 @@ def summarize(agent: EdgeAgent, **extra: Any) -> dict[str, Any]:
         timer_slack_ms=round(agent.slack.for_deadline(agent.config.deadline_ns) / 1e6, 4),
         local_inference_ms={"p50": round(agent.local.latency.quantile(0.5) / 1e6, 4),
                             "p99": round(agent.local.latency.quantile(0.99) / 1e6, 4)},
+        codec=agent.cameras.summary(),
         **extra,
     )
 

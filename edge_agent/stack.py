@@ -75,14 +75,21 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
                     metrics: EdgeMetrics | None = None, recorder: RecordSink | None = None,
                     transport: Transport | None = None,
                     options: TransportOptions | None = None,
-                    opener: Opener = open_transport) -> EdgeAgent:
+                    opener: Opener = open_transport,
+                    local: LocalPolicy | None = None) -> EdgeAgent:
     """A started agent for ``config.robot_id`` on ``bus_url`` (or on ``transport`` if given;
     ``options`` carry credentials; the default client id is the robot id). ``opener`` opens
-    the bus (``vlabus edge`` passes one that does not wait for a bus that is down)."""
+    the bus (``vlabus edge`` passes one that does not wait for a bus that is down). ``local``:
+    an already warmed local policy to use (simulated fleets share one) instead of building
+    one."""
     model = model or LocalModel()
     metrics = metrics or EdgeMetrics()
     config = dataclasses.replace(config, local_model=model.name)
-    policy, version = build_local(model)
+    if local is None:
+        policy, version = build_local(model)
+        local = LocalPolicy(policy, version)
+        local.warm_up(probe)
+    version = local.version
     encoder = Encoder(signer)
     session = time.time_ns() // 1000
     if transport is None:
@@ -92,8 +99,6 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
             models={model.name: version})), qos=1, retain=True)
         base = options or TransportOptions(client_id=config.robot_id)
         transport = await opener(bus_url, dataclasses.replace(base, will=will))
-    local = LocalPolicy(policy, version)
-    local.warm_up(probe)
     rejections = Rejections(metrics.on_reject)
     feed = None
     if model.models_dir is not None:
@@ -104,6 +109,7 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
     blackbox = None if recorder is None else BlackBox(recorder, config.robot_id)
     agent = EdgeAgent(transport, encoder, keys, local, config, metrics=metrics,
                       session=session, feed=feed, blackbox=blackbox, rejections=rejections)
+    agent.cameras.prepare(probe.images)
     await agent.start()
     await agent.announce("online")
     return agent

@@ -12,7 +12,9 @@ Every error the bus raises on purpose derives from :class:`BusError`::
     │   ├── ReplayError                  reasons "duplicate", "replay", "stale", "future"
     │   ├── DecompressLimitError         reason "decompress_limit"
     │   ├── UnsupportedError             reason "unsupported"
-    │   └── SchemaError(path)            reason "schema"
+    │   ├── SchemaError(path)            reason "schema"
+    │   ├── SessionError(session)        reasons "unknown_session", "expired_session"
+    │   └── MacError(session)            reason "bad_mac"
     ├── KeyringError                     missing or unreadable key files
     └── TransportError                   the bus could not carry a message
         ├── ConnectRefused(url, code)    the broker answered the connection with a refusal
@@ -43,6 +45,9 @@ class Reason(StrEnum):
     DECOMPRESS_LIMIT = "decompress_limit"
     UNSUPPORTED = "unsupported"
     SCHEMA = "schema"
+    UNKNOWN_SESSION = "unknown_session"
+    EXPIRED_SESSION = "expired_session"
+    BAD_MAC = "bad_mac"
 
 
 class BusError(Exception):
@@ -125,6 +130,28 @@ class SchemaError(WireError):
         self.path = path
 
 
+class SessionError(WireError):
+    """No session key for ``session`` here (``unknown_session``) or it ran out by time or
+    message count (``expired_session``); the receiver asks the sender for a new handshake."""
+
+    reason = Reason.UNKNOWN_SESSION
+
+    def __init__(self, session: str, detail: str, *, reason: Reason | None = None) -> None:
+        super().__init__(f"session {session}: {detail}", reason=reason)
+        self.session = session
+
+
+class MacError(WireError):
+    """The keyed MAC does not match under the session the header names."""
+
+    reason = Reason.BAD_MAC
+
+    def __init__(self, session: str, sender: str) -> None:
+        super().__init__(f"MAC does not verify under session {session} (sender {sender!r})")
+        self.session = session
+        self.sender = sender
+
+
 class KeyringError(BusError):
     """A key file is missing, unreadable or of the wrong kind."""
 
@@ -155,6 +182,12 @@ MQTT_REASONS: dict[int, tuple[str, str]] = {
     0x97: ("Quota exceeded", "the broker limits this client"),
     0x9F: ("Connection rate exceeded", "the broker limits connection attempts; it is retried"),
 }
+
+
+def _hint(code: int) -> str:
+    """`` (what to do)`` for a reason code vlabus knows, else nothing."""
+    known = MQTT_REASONS.get(code)
+    return f" ({known[1]})" if known and code >= 0x80 else ""
 
 
 def mqtt_reason(code: int) -> str:
@@ -189,7 +222,8 @@ class PublishRejected(TransportError):  # noqa: N818 (public name others use)
     """The broker refused a publish; ``code`` is the MQTT 5 reason code."""
 
     def __init__(self, topic: str, code: int, name: str = "") -> None:
-        super().__init__(f"publish to {topic!r} refused: 0x{code:02x} {name}".rstrip())
+        super().__init__(f"publish to {topic!r} refused: 0x{code:02x} {name}".rstrip()
+                         + _hint(code))
         self.topic = topic
         self.code = code
 
@@ -198,6 +232,7 @@ class SubscribeRejected(TransportError):  # noqa: N818 (pairs with PublishReject
     """The broker refused a subscription; ``code`` is the MQTT 5 SUBACK reason code."""
 
     def __init__(self, pattern: str, code: int, name: str = "") -> None:
-        super().__init__(f"subscribe to {pattern!r} refused: 0x{code:02x} {name}".rstrip())
+        super().__init__(f"subscribe to {pattern!r} refused: 0x{code:02x} {name}".rstrip()
+                         + _hint(code))
         self.pattern = pattern
         self.code = code

@@ -131,6 +131,48 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     detail: Annotated[dict[str, str], msgspec.Meta(max_length=64)] = {}
 
 
+class SessionOffer(msgspec.Struct, frozen=True, kw_only=True):
+    """A robot's half of a session key exchange (``security.session``), sent in a signed
+    envelope: its ephemeral X25519 key for worker pool ``pool``, the session id it will use and
+    the limits after which it rotates."""
+
+    robot_id: Id
+    pool: Name
+    session: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16}$")]
+    ephemeral: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    created_ns: Nanos
+    expires_ns: Nanos
+    max_messages: Count
+
+
+class SessionRefused(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker refused a message under ``session``: ``reason`` is ``unknown_session`` or
+    ``expired_session``; the robot answers with a new offer."""
+
+    worker_id: Id
+    robot_id: Id
+    session: Annotated[str, msgspec.Meta(max_length=16)]
+    reason: Annotated[str, msgspec.Meta(max_length=32)]
+    time_ns: Nanos
+
+
+class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """A sender's signed statement over the messages it sent under ``session`` from
+    ``first_seq`` to ``last_seq``: ``chain`` is BLAKE3 chained over their digests in sequence
+    order, starting from ``prev`` (the previous checkpoint's chain, or 32 zero bytes)."""
+
+    sender: Id
+    session: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16}$")]
+    first_seq: Count
+    last_seq: Count
+    count: Count
+    prev: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    chain: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    time_ns: Nanos
+    final: bool = False
+
+
+
 Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 Precision = Literal["fp16", "int8"]
 Prefixes = Annotated[list[Annotated[str, msgspec.Meta(max_length=128)]],
@@ -206,6 +248,7 @@ class RoundResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Message = (Frame | TaskRequest | Action | TaskResult | ModelManifest | ModelChunk | Status
+           | SessionOffer | SessionRefused | Checkpoint
            | RoundAnnouncement | UpdateManifest | UpdateChunk | RoundResult)
 
 #: Envelope kind -> body type. The kind is the only type information on the wire.
@@ -217,6 +260,9 @@ KINDS: dict[str, type[Message]] = {
     "model_manifest": ModelManifest,
     "model_chunk": ModelChunk,
     "status": Status,
+    "session_offer": SessionOffer,
+    "session_refused": SessionRefused,
+    "checkpoint": Checkpoint,
     "fl_round": RoundAnnouncement,
     "fl_update": UpdateManifest,
     "fl_chunk": UpdateChunk,

@@ -9,7 +9,7 @@ Layout of a curve directory::
 
 Files use ZeroMQ's certificate format, so ``zmq.auth.load_certificate`` reads them. We write
 them ourselves because ``zmq.auth.create_certificates`` leaves secret keys world-readable
-(DESIGN trap 6); loading refuses a secret file that others can read.
+(known trap 6); loading refuses a secret file that others can read.
 """
 
 from __future__ import annotations

@@ -33,23 +33,35 @@ def selected(src: Path, private: Iterable[str]) -> list[Path]:
     return chosen
 
 
-def export_keyring(src: str | Path, dst: str | Path, private: Iterable[str]) -> list[str]:
-    """Write ``dst`` (see the module docstring); returns the ``ROLE/ID`` private keys in it."""
+def export_keyring(src: str | Path, dst: str | Path, private: Iterable[str], *,
+                   flat: bool = False, public: bool = True) -> list[str]:
+    """Write ``dst`` (see the module docstring); returns the ``ROLE/ID`` private keys in it.
+
+    ``flat`` writes ``ROLE.ID.pub.pem`` / ``ROLE.ID.key.pem`` side by side, the layout of a
+    Kubernetes ConfigMap or Secret (``kubectl create secret generic --from-file=DST``), which
+    :meth:`Keyring.load` and :func:`load_signer` read as well. ``public=False`` leaves the
+    public keys out (one identity's Secret; the public keys go in a shared ConfigMap).
+    """
     source, target = Path(src), Path(dst)
     if not source.is_dir():
         raise KeyringError(f"keyring directory {source} does not exist")
     keys = selected(source, private)
     wanted = {p.relative_to(source) for p in keys}
-    wanted |= {p.relative_to(source) for role in KEY_ROLES
-               for p in (source / role).glob("*.pub.pem")}
-    for role in KEY_ROLES:
-        folder = target / role
+    if public:
+        wanted |= {p.relative_to(source) for role in KEY_ROLES
+                   for p in (source / role).glob("*.pub.pem")}
+
+    def placed(relative: Path) -> Path:
+        return Path(f"{relative.parent.name}.{relative.name}") if flat else relative
+
+    names = {placed(r) for r in wanted}
+    for folder in ([target] if flat else [target / role for role in KEY_ROLES]):
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("*.pem"):
-            if old.relative_to(target) not in wanted:
+            if old.relative_to(target) not in names:
                 old.unlink()
     for relative in sorted(wanted):
-        destination = target / relative
+        destination = target / placed(relative)
         # copy to a temporary name, then rename: a watcher never reads half a key
         partial = destination.with_name(destination.name + ".part")
         shutil.copyfile(source / relative, partial)

@@ -160,14 +160,17 @@ class Keyring:
 
     @classmethod
     def load(cls, directory: str | Path) -> Keyring:
-        """Read every ``ROLE/ID.pub.pem`` under ``directory``."""
+        """Read every ``ROLE/ID.pub.pem`` under ``directory``, and every flat
+        ``ROLE.ID.pub.pem`` at its top (the layout of a Kubernetes ConfigMap volume)."""
         root = Path(directory)
         if not root.is_dir():
             raise KeyringError(f"keyring directory {root} does not exist (run `vlabus keys init`)")
         keys = []
         for role in ROLES:
-            for path in sorted((root / role).glob("*.pub.pem")):
-                identity = path.name.removesuffix(".pub.pem")
+            paths = [*sorted((root / role).glob("*.pub.pem")),
+                     *sorted(root.glob(f"{role}.*.pub.pem"))]
+            for path in paths:
+                identity = path.name.removesuffix(".pub.pem").removeprefix(f"{role}.")
                 public = _read_public(path)
                 keys.append(PublicKey(key_id_of(public), role, identity, public))
         return cls(keys)
@@ -203,8 +206,13 @@ def add_key(directory: str | Path, role: Role, identity: str, *, overwrite: bool
 
 
 def load_signer(directory: str | Path, role: Role, identity: str) -> Signer:
-    """Load the private key of ``identity``; refuses files readable by group or others."""
+    """Load the private key of ``identity`` (``ROLE/ID.key.pem``, or flat ``ROLE.ID.key.pem``
+    as a Kubernetes Secret volume holds it); refuses files others may read (see
+    :func:`_read_private`)."""
     path = Path(directory) / role / f"{identity}.key.pem"
+    flat = Path(directory) / f"{role}.{identity}.key.pem"
+    if not path.exists() and flat.exists():
+        path = flat
     key = _read_private(path)
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyringError(f"{path} is not an Ed25519 private key")
@@ -256,10 +264,19 @@ def list_pool_keys(directory: str | Path) -> list[PoolKey]:
             for p in sorted(folder.glob("*.pub.pem"))]
 
 
+def _secret_volume(stat: os.stat_result) -> bool:
+    """A read-only Kubernetes Secret file shared with the pod's ``fsGroup``: owned by root,
+    writable by nobody, readable by the owner and our group only (mode 0440 or 0400)."""
+    mode = stat.st_mode & 0o777
+    return (stat.st_uid == 0 and mode & 0o337 == 0
+            and (stat.st_gid == os.getgid() or stat.st_gid in os.getgroups()))
+
+
 def _read_private(path: Path) -> object:
     try:
-        mode = path.stat().st_mode
-        if mode & 0o077:
+        stat = path.stat()
+        mode = stat.st_mode
+        if mode & 0o077 and not _secret_volume(stat):
             raise KeyringError(f"{path} is readable by others (mode {mode & 0o777:o}); chmod 600")
         return serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:

@@ -37,10 +37,10 @@ def snapshot(directory: Path) -> Snapshot:
     """What the public key files of ``directory`` look like now (name, size, mtime, inode)."""
     seen = []
     for role in ROLES:
-        for path in (directory / role).glob("*.pub.pem"):
+        for path in [*(directory / role).glob("*.pub.pem"), *directory.glob(f"{role}.*.pub.pem")]:
             with contextlib.suppress(OSError):  # removed between glob and stat
                 stat = path.stat()  # follows symlinks: a swapped Secret volume shows
-                seen.append((f"{role}/{path.name}", stat.st_size, stat.st_mtime_ns,
+                seen.append((str(path.relative_to(directory)), stat.st_size, stat.st_mtime_ns,
                              stat.st_ino))
     return frozenset(seen)
 

@@ -201,7 +201,7 @@ def test_reconnect_resubscribes(bus: Bus) -> None:
 
 
 def test_direct_consumer_keeps_order_and_loses_only_what_it_fails_on(bus: Bus) -> None:
-    """``Inbox.direct`` is offered messages as they arrive while nothing waits in the queue: a
+    """A ``consume`` handler is offered messages as they arrive while nothing waits in the queue: a
     message it declines is queued, and everything after it queues behind it, in order. A
     consumer that raises loses that one message, counted as an inbox drop, and nothing else."""
     async def body() -> None:

@@ -11,22 +11,17 @@ import pytest
 
 from schemas.errors import PublishRejected, SubscribeRejected, TransportError
 from security.tls import issue, make_ca, write_pair, write_tls
-from tests.support.aio import run
+from tests.support.aio import TIMEOUT, recv, run
 from vlabus.broker.local import LocalMosquitto
-from vlabus.bus.transport import Message, TlsFiles, Transport, TransportOptions, open_transport
+from vlabus.bus.transport import TlsFiles, Transport, TransportOptions, open_transport
 
 pytestmark = pytest.mark.integration
-TIMEOUT = 10.0
 GROUP_FRAMES = "$share/workers/vla/v1/+/frame"
 
 
 async def connect(broker: LocalMosquitto, identity: str) -> Transport:
     options = broker.options(identity, extra={"connect_timeout_s": "5"})
     return await open_transport(broker.url, options)
-
-
-async def recv(transport: Transport) -> Message:
-    return await asyncio.wait_for(transport.receive(), TIMEOUT)
 
 
 async def close(*transports: Transport) -> None:

@@ -102,8 +102,11 @@ def test_worker_and_robot_started_before_the_bus(late_bus: LateBus, keydir: KeyD
         assert count(before, "vlabus_edge_actions_total{source=cloud}") == 0
         local = count(before, "vlabus_edge_fallbacks_total{cause=disconnected}")
         assert local >= count(first, "vlabus_edge_fallbacks_total{cause=disconnected}")
-        assert "waiting for" in worker.stderr_tail(50)
-        assert "waiting for" in robot.stderr_tail(50)
+        # each says what it waits for (a zmq attempt takes up to 5 s to fail on a quiet port)
+        deadline = time.monotonic() + 60
+        while not all("waiting for" in c.stderr_tail(50) for c in (worker, robot)):
+            assert time.monotonic() < deadline, (worker.stderr_tail(), robot.stderr_tail())
+            time.sleep(0.1)
 
         late_bus.start()
         started = time.monotonic()
@@ -143,5 +146,23 @@ def test_connect_timeout_bounds_the_wait(keydir: KeyDir, tmp_path: Path) -> None
         err = worker.stderr_tail()
         assert f"no bus at {url}" in err
         assert "vlabus hub --bind" in err  # says what to start
+    finally:
+        worker.terminate(timeout=5)
+
+
+def test_a_refused_connection_is_named_and_not_waited_for(mosquitto: LocalMosquitto,
+                                                          keydir: KeyDir,
+                                                          tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    worker = Child("worker", ["worker", "--bus", mosquitto.url, "--keys", str(keydir.path),
+                              "--id", "worker-1", "--policy", "noop", "--username", "worker-1",
+                              "--password-file", str(wrong)], tmp_path).start()
+    try:
+        assert worker.wait(timeout=60) == 2
+        err = worker.stderr_tail()
+        # Mosquitto 2.0 answers a wrong password with 0x87
+        assert "refused the connection: 0x87 Not authorized" in err
+        assert "check --broker-config" in err  # what to do
     finally:
         worker.terminate(timeout=5)

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_workers.metrics import WorkerMetrics
 from cloud_workers.runner import PolicyRunner
@@ -219,14 +220,16 @@ def test_cli_worker_metrics_sigterm_and_json_summary(mosquitto: LocalMosquitto,
             for step in range(5):
                 await robot.send_frame(make_frame("robot-b", step), f"m{step}")
             await robot.wait_for(5)
+            me = {"worker": "worker-2"}  # the identity is on every series
             for _ in range(200):  # replies count once PUBACKed, which may trail the robot
                 code, text = await http_get(port, "/metrics")
-                if "vlabus_worker_replies_total 5.0" in text:
+                if sample(text, "vlabus_worker_replies_total", me) == 5.0:
                     break
             assert code == 200
-            assert "vlabus_worker_received_total 5.0" in text
-            assert "vlabus_worker_replies_total 5.0" in text
-            assert 'vlabus_worker_rejected_total{reason="bad_signature"} 0.0' in text
+            assert sample(text, "vlabus_worker_received_total", me) == 5.0
+            assert sample(text, "vlabus_worker_replies_total", me) == 5.0
+            assert sample(text, "vlabus_worker_rejected_total",
+                          {"reason": "bad_signature", **me}) == 0.0
             proc.send_signal(signal.SIGTERM)
             out, _ = await asyncio.wait_for(proc.communicate(), 30)
             assert proc.returncode == 0
@@ -242,6 +245,15 @@ def test_cli_worker_metrics_sigterm_and_json_summary(mosquitto: LocalMosquitto,
                 proc.kill()
                 await proc.wait()
     asyncio.run(body())
+
+
+def sample(text: str, name: str, labels: dict[str, str]) -> float | None:
+    """The value of series ``name{labels}`` in a Prometheus exposition, or None."""
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return float(found.value)
+    return None
 
 
 async def http_get(port: int, path: str) -> tuple[int, str]:

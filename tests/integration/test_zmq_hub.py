@@ -14,8 +14,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from schemas.errors import TransportError
-from tests.support.aio import eventually, run
-from vlabus.bus.transport import Message, TransportOptions, Will, open_transport
+from tests.support.aio import eventually, recv, run
+from vlabus.bus.transport import TransportOptions, Will, open_transport
 from vlabus.bus.zmq import ZmqTransport, open_zmq
 from vlabus.hub.config import HubConfig
 from vlabus.hub.protocol import tcp_endpoint
@@ -27,10 +27,6 @@ pytestmark = pytest.mark.integration
 async def client(url: str, name: str, **kw: Any) -> ZmqTransport:
     extra = kw.pop("extra", {"heartbeat_ms": "200"})
     return await open_zmq(url, TransportOptions(client_id=name, extra=extra, **kw))
-
-
-async def recv(t: ZmqTransport, timeout: float = 5.0) -> Message:
-    return await asyncio.wait_for(t.receive(), timeout)
 
 
 async def sync(t: ZmqTransport) -> None:

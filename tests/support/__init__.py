@@ -9,7 +9,11 @@
 - ``logs``: synthetic MCAP recordings.
 - ``robot``: a robot client speaking the real wire format; ``serving``, a worker on any bus.
 - ``edge``: ``FakeCloud``, ``TinyPolicy``, ``SlowPolicy`` for the edge agent.
-- ``mosquitto`` and ``hub`` (pytest plugins): a real Mosquitto and a real ZeroMQ hub.
+- ``buses``: the contract suite's view of a bus (``Bus``, ``settle``, ``until_marker``).
+- ``policies``: policies the CLI loads by ``module:factory`` in tests.
+- ``services``: a deployment's services run as local processes.
+- ``mosquitto``, ``hub`` and ``install`` (pytest plugins): a real Mosquitto, a real ZeroMQ hub,
+  vlabus built and installed from this checkout.
 """
 
 from __future__ import annotations

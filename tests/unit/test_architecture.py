@@ -252,8 +252,8 @@ def _oversize() -> dict[str, int]:
     return {name: lines for name, lines in sorted(_sizes().items()) if lines > MODULE_LIMIT}
 
 
-BEING_SPLIT = {"vlabus.bus.mqtt", "vlabus.bus.zmq", "vlabus.hub.server", "vlabus.wire"}
-"""Modules over the limit on the day this test was written, being split by their owners."""
+BEING_SPLIT = {"vlabus.wire"}
+"""Modules over the limit, to be split (reported to the lead; the bus and hub splits landed)."""
 
 
 def test_no_new_module_over_the_limit() -> None:

@@ -1,5 +1,5 @@
 """What ``vlabus doctor`` asks of the Mosquitto on this machine: its version, and whether it
-loads the dynamic-security plugin the fleet configuration needs (DESIGN trap 2).
+loads the dynamic-security plugin the fleet configuration needs (known trap 2).
 
 The plugin check starts the real broker for a moment on a free loopback port with an empty
 dynamic-security configuration, and watches its log until it listens (loaded) or exits.

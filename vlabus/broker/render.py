@@ -22,7 +22,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -102,13 +102,17 @@ def render(
     templates: Path | None = None,
     dynsec_plugin: str = DYNSEC_PLUGIN,
     log_stdout: bool = False,
+    only: Collection[str] | None = None,
+    config_dir: str | None = None,
 ) -> Path:
     """Write a Mosquitto configuration for the identities in keyring ``keys`` into ``out``.
 
     Without ``tls`` (dev): password authentication. With ``tls`` (fleet): client certificates,
     identity = certificate CN, and per-role access control. ``log_stdout`` sends the broker's
-    log to stdout (a container) instead of ``out/mosquitto.log``. Returns the path of
-    mosquitto.conf.
+    log to stdout (a container) instead of ``out/mosquitto.log``. ``config_dir`` is where the
+    broker will find these files when that is not ``out`` (a Kubernetes volume; the paths in
+    mosquitto.conf use it). ``only``: just these identities of the keyring (a site broker's
+    robots). Returns the path of mosquitto.conf.
     """
     templates = templates or templates_dir()
     ring = Keyring.load(keys)
@@ -116,7 +120,8 @@ def render(
         raise BrokerError(f"keyring {keys} holds no identities (run `vlabus keys add`)")
     root = Path(out).resolve()
     (root / "data").mkdir(parents=True, exist_ok=True)
-    identities = [(key.role, key.identity) for key in ring]
+    identities = [(key.role, key.identity) for key in ring
+                  if only is None or key.identity in only]
     if tls:
         if any(ident == ADMIN for _, ident in identities):
             raise BrokerError(f"{ADMIN!r} is the broker's own administrator; rename that key")
@@ -130,14 +135,14 @@ def render(
             lines.append(f"{ident}:{hash_password(password)}\n")
         _write_private(root / "passwd", "".join(lines))
     text = Template((templates / ("fleet.conf" if tls else "dev.conf")).read_text()).substitute(
-        dir=str(root), bind=bind, port=port or (8883 if tls else 1883),
+        dir=config_dir or str(root), bind=bind, port=port or (8883 if tls else 1883),
         dynsec_plugin=dynsec_plugin,
         max_packet_size=limits.max_packet_size,
         max_queued_messages=limits.max_queued_messages,
         max_inflight_messages=limits.max_inflight_messages,
         persistence="true" if limits.persistence else "false",
         autosave_interval=limits.autosave_interval,
-        log_dest="stdout" if log_stdout else f"file {root}/mosquitto.log",
+        log_dest="stdout" if log_stdout else f"file {config_dir or root}/mosquitto.log",
     )
     conf = root / "mosquitto.conf"
     conf.write_text(text)
@@ -188,24 +193,33 @@ def client_options(config: str | Path, identity: str, client_id: str | None = No
     """Transport options that authenticate ``identity`` to the broker rendered in ``config``.
 
     Fleet (TLS): the client certificate, whose CN the broker also uses as the client id.
-    Dev: the identity as username with its password.
+    Dev: the identity as username with its password. Besides a rendered configuration,
+    ``config`` may be a flat folder (``ca.crt``, ``ID.crt``, ``ID.key`` or ``ID.password``), as
+    :func:`export_credentials` writes it with ``flat`` and a Kubernetes Secret mounts it.
     """
     root = Path(config)
     cert = root / "tls" / "clients" / f"{identity}.crt"
     if cert.exists():
         tls = TlsFiles(root / "tls" / "ca.crt", cert, cert.with_suffix(".key"))
         return TransportOptions(client_id=client_id or identity, tls=tls, **options)
+    if (root / f"{identity}.crt").exists():  # flat: a Kubernetes Secret/ConfigMap volume
+        tls = TlsFiles(root / "ca.crt", root / f"{identity}.crt", root / f"{identity}.key")
+        return TransportOptions(client_id=client_id or identity, tls=tls, **options)
     secret = root / "clients" / f"{identity}.password"
+    if not secret.exists():
+        secret = root / f"{identity}.password"
     if not secret.exists():
         raise BrokerError(f"no credentials for {identity!r} under {root}")
     return TransportOptions(client_id=client_id or identity, username=identity,
                             password=secret.read_text().strip(), **options)
 
 
-def export_credentials(config: str | Path, identities: Sequence[str], out: str | Path) -> Path:
+def export_credentials(config: str | Path, identities: Sequence[str], out: str | Path, *,
+                       flat: bool = False) -> Path:
     """Copy the broker credentials of ``identities`` (dev passwords, or the fleet CA and client
     certificates) from the rendered ``config`` into ``out``, which :func:`client_options` then
-    reads like the whole configuration: a service mounts only its own identities'."""
+    reads like the whole configuration: a service mounts only its own identities'. ``flat``
+    puts every file at the top of ``out`` (a Kubernetes Secret's layout)."""
     root, target = Path(config), Path(out)
     files = []
     if is_tls(root):
@@ -220,12 +234,13 @@ def export_credentials(config: str | Path, identities: Sequence[str], out: str |
         if not source.is_file():
             raise BrokerError(f"no {relative} under {root}: render the broker configuration "
                               "for this keyring first (`vlabus broker render`)")
-        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        destination = target / (relative.name if flat else relative)
+        destination.parent.mkdir(parents=True, exist_ok=True)
         data = source.read_bytes()
         if relative.suffix in (".key", ".password"):
-            _write_private(target / relative, data.decode())
+            _write_private(destination, data.decode())
         else:
-            (target / relative).write_bytes(data)
+            destination.write_bytes(data)
     return target
 
 

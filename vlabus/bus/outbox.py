@@ -1,7 +1,7 @@
 """The bounded outbox that holds publishes while the transport is disconnected.
 
 paho's own queue is unbounded and drops QoS 0 at reconnect even though ``publish()`` returned
-(DESIGN trap 4), so adapters keep their own: QoS 0 and QoS 1 entries each up to a limit, the
+(known trap 4), so adapters keep their own: QoS 0 and QoS 1 entries each up to a limit, the
 oldest of a class evicted when it is full, and entries whose expiry has passed dropped when the
 outbox is drained. Logic only, with an injected clock; the adapter owns the I/O.
 """

@@ -3,7 +3,7 @@
 One DEALER socket carries publish, subscribe and delivery. It is driven from the event loop's
 thread: ``loop.add_reader`` on the socket's edge-triggered FD drains it straight into the
 :class:`Inbox` (the one bridge into asyncio; measured faster for round trips than zmq.asyncio's
-per-recv futures or an I/O thread, see docs/readme/zmq.md). Because the FD is edge-triggered,
+per-recv futures or an I/O thread, see docs/performance.md). Because the FD is edge-triggered,
 every send is followed by an ``EVENTS`` check that reschedules the drain. Frames are built and
 read with :mod:`vlabus.hub.protocol`; subscriptions, retained messages, QoS 1 in flight, the
 outbox and the publish checks are the shared :class:`~vlabus.bus.session.Session`.

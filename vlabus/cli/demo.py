@@ -74,4 +74,7 @@ def run(args: argparse.Namespace) -> int:
             print(describe(line))
         for failure in summary["failures"]:
             print(f"FAILED: {failure}", file=sys.stderr)
+        if "workdir" in summary:
+            print(f"kept {summary['workdir']} (keys, broker configuration, logs"
+                  f"{', recording' if args.record else ''})")
     return 0 if summary["ok"] else 1

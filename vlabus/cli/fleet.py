@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from security.keys import add_key, init_keyring
-from vlabus.cli.liveview import render, robot_row, worker_row
+from vlabus.cli.liveview import Totals, render, robot_row, worker_row
 from vlabus.cli.procs import Child, free_port, workdir
+
+#: fleets larger than this run as processes of this many simulated robots each
+ROBOTS_PER_PROCESS = 16
 
 
 @dataclass
@@ -148,19 +151,27 @@ class Fleet:
         self.events.append(f"Foxglove view on ws://127.0.0.1:{self.config.foxglove}")
 
     def start_robots(self) -> None:
+        """One process per robot for small fleets; past ``ROBOTS_PER_PROCESS`` robots, processes
+        of up to that many simulated robots each (``vlabus edge --sim --robots N``)."""
         cfg = self.config
-        for i in range(1, cfg.robots + 1):
-            args = ["edge", "--robot-id", f"robot-{i}", "--bus", self.bus_url,
+        per = 1 if cfg.robots <= ROBOTS_PER_PROCESS or self.fl is not None else ROBOTS_PER_PROCESS
+        for first in range(1, cfg.robots + 1, per):
+            count = min(per, cfg.robots - first + 1)
+            args = ["edge", "--robot-id", f"robot-{first}", "--bus", self.bus_url,
                     "--keys", str(self.keys), "--sim", "--fps", str(cfg.fps),
                     "--deadline-ms", str(cfg.deadline_ms), "--seconds", str(cfg.seconds),
                     "--json"]
             if cfg.chunk:
                 args += ["--chunk", str(cfg.chunk)]
-            if self.fl is not None:
+            if self.fl is not None:  # one process per robot: each has its own model store
                 from vlabus.cli.flfleet import robot_args
 
-                args += robot_args(self, f"robot-{i}")
-            self.robots.append(self.child(f"robot-{i}", args, metrics=True).start())
+                args += robot_args(self, f"robot-{first}")
+            name = f"robot-{first}"
+            if count > 1:
+                args += ["--robots", str(count)]
+                name = f"robots-{first}-{first + count - 1}"
+            self.robots.append(self.child(name, args, metrics=True).start())
 
     # -- chaos ----------------------------------------------------------------------------------
 
@@ -250,6 +261,8 @@ def _watch(fleet: Fleet, view: TextIO | None) -> None:
     events = fleet.chaos_events() if cfg.chaos else []
     start = time.monotonic()
     before = {c.name: c.scrape() for c in [*fleet.robots, *fleet.workers]}
+    totals = Totals()
+    restarts = {c.name: c.restarts for c in [*fleet.robots, *fleet.workers]}
     last = start
     tty = view is not None and view.isatty()
     while any(r.running for r in fleet.robots):
@@ -263,11 +276,19 @@ def _watch(fleet: Fleet, view: TextIO | None) -> None:
                 event.done = True
                 fleet.events.append(f"t={now - start:5.1f}s {event.what}")
         after = {c.name: c.scrape() for c in [*fleet.robots, *fleet.workers]}
-        robots = [robot_row(r.name, before[r.name], after[r.name], now - last)
+        for child in [*fleet.robots, *fleet.workers]:
+            if child.restarts != restarts[child.name]:  # its counters started again at zero
+                restarts[child.name] = child.restarts
+                before[child.name] = {}
+        robots = [robot_row(r.name, before[r.name], after[r.name], now - last, totals)
                   for r in fleet.robots]
         fleet.timeline.append(_tick(now - start, before, after))
-        workers = [worker_row(w.name, before[w.name], after[w.name]) for w in fleet.workers]
-        before, last = after, now
+        workers = [worker_row(w.name, before[w.name], after[w.name], totals)
+                   for w in fleet.workers]
+        # a child that did not answer keeps its last samples: the next interval differences
+        # against them instead of against nothing (totals would drop to zero)
+        before = {name: samples or before[name] for name, samples in after.items()}
+        last = now
         if view is not None:
             frame = render(now - start, cfg.seconds, robots, workers, fleet.events)
             view.write(("\x1b[H\x1b[2J" if tty else "\n") + frame + "\n")

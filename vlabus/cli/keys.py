@@ -35,12 +35,18 @@ def register(sub: Any) -> None:
         "export", help="a keyring for one service: every public key, only its private keys")
     export.add_argument("--dir", required=True, help="the full keyring")
     export.add_argument("--out", required=True, help="the service's keyring to write")
-    export.add_argument("--private", action="append", required=True, metavar="ROLE[/ID]",
+    export.add_argument("--private", action="append", default=[], metavar="ROLE[/ID]",
                         help="private keys to include: a role (all its identities) or one "
-                             "identity (repeatable)")
+                             "identity (repeatable; none: public keys only)")
     export.add_argument("--broker-config", default=None, metavar="DIR",
                         help="also copy these identities' broker credentials from a rendered "
-                             "configuration into OUT/broker (pass --broker-config OUT/broker)")
+                             "configuration into OUT/broker (pass --broker-config OUT/broker), "
+                             "with --flat into OUT; with no --private, the broker's CA")
+    export.add_argument("--flat", action="store_true",
+                        help="ROLE.ID.pub.pem files side by side: the layout of a Kubernetes "
+                             "ConfigMap or Secret made with kubectl --from-file=OUT")
+    export.add_argument("--no-public", action="store_true",
+                        help="leave the public keys out (one identity's Kubernetes Secret)")
     export.set_defaults(func=_export)
 
     listing = keys.add_parser("list", help="list the identities in a keyring")
@@ -92,12 +98,14 @@ def _export(args: argparse.Namespace) -> int:
     from security.export import export_keyring
 
     try:
-        exported = export_keyring(args.dir, args.out, args.private)
+        exported = export_keyring(args.dir, args.out, args.private, flat=args.flat,
+                                  public=not args.no_public)
         if args.broker_config is not None:
             from vlabus.broker.render import export_credentials
 
             export_credentials(args.broker_config, [p.split("/")[1] for p in exported],
-                               Path(args.out) / "broker")
+                               Path(args.out) if args.flat else Path(args.out) / "broker",
+                               flat=args.flat)
     except BusError as exc:
         print(f"vlabus keys export: {exc}", file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ Protection: send/receive high-water marks (a full subscriber's messages are drop
 never blocking the hub: ``ROUTER_MANDATORY`` turns the silent drop into ``EAGAIN``), ZMTP
 heartbeats, ``MAXMSGSIZE`` (a peer sending more is disconnected by libzmq). With ``curve_dir``,
 CurveZMQ with a ZAP handler and ``ZAP_ENFORCE_DOMAIN``: without the handler clients are refused,
-not admitted (DESIGN trap 6). With ``access`` as well, each publish, subscription and will is
+not admitted (known trap 6). With ``access`` as well, each publish, subscription and will is
 checked against the sender's CURVE identity (:mod:`vlabus.hub.access`); a refusal is counted in
 ``denied`` and answered with NACK.
 

@@ -28,6 +28,7 @@ from schemas.errors import SchemaError
 from schemas.images import Image
 from schemas.messages import Action, Frame, Message
 from vlabus.log.formats import DECISION_SCHEMA
+from vlabus.log.view import to_plain
 from vlabus.wire import Header
 
 Kind = Literal["compressed_image", "raw_image", "json"]
@@ -140,8 +141,6 @@ class Translator:
             return self._frame(topic, log_ns, header, message, verified)
         if isinstance(message, Action):
             return self._action(topic, log_ns, header, message, verified)
-        from vlabus.log.view import to_plain
-
         doc = {"kind": header.kind, "header": to_plain(header),
                "message": to_plain(message, values=True), "verified": verified}
         return [Out(topic, "json", doc, "vlabus.Message")]

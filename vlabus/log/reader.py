@@ -5,7 +5,7 @@
   It needs a complete file (summary and indexes); a file cut short by a crash goes through
   :func:`recover` first.
 * :func:`recover` reads a file front to back with the non-seeking, non-time-ordered reader and
-  keeps every complete chunk (DESIGN.md, known trap 10); the chunk being written at the crash is
+  keeps every complete chunk (known trap 10); the chunk being written at the crash is
   lost. It writes a new valid file with the same channels, times and bytes.
 * :func:`summarize` is ``vlabus log info``: topics, counts, time range, senders, sizes.
 """

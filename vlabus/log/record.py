@@ -8,7 +8,7 @@ envelope on a ``vlabus-unparsed`` channel of the same topic, and records the cal
 header (the receive time when the bytes are not an envelope).
 
 Why small chunks and a timer: an MCAP writer killed mid-run loses the chunk it was building
-(DESIGN.md, known trap 10). :class:`Recorder` closes the chunk and flushes the file at least
+(known trap 10). :class:`Recorder` closes the chunk and flushes the file at least
 every ``flush_interval_s`` (on ``write`` and on :meth:`Recorder.tick`, which a loop calls when
 the bus is quiet), and whenever the chunk passes ``chunk_size``.
 

@@ -1,6 +1,7 @@
 """``--policy`` specifications: ``reference``, ``noop``, ``FILE.safetensors``, a directory with
 ``config.json`` and safetensors weights, a ``torch.export`` ``FILE.pt2``, a TorchScript
-``FILE.pt``/``FILE.ts``, or ``module:factory`` (docs/policies.md).
+``FILE.pt``/``FILE.ts``, ``profile:NAME`` (a stand-in timed by a model profile, see
+:mod:`vlabus.policy.profile`) or ``module:factory`` (docs/policies.md).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ def load_policy(spec: str, *, device: str = "auto") -> Policy:
     accepts it. Missing files raise ``OSError``; files of the wrong kind ``ValueError``."""
     if spec.endswith(".safetensors"):
         return ReferencePolicy.load_safetensors(spec, device=device)
+    if spec.startswith("profile:"):
+        from vlabus.policy.profile import profile_policy
+
+        return profile_policy(spec.removeprefix("profile:"))
     from vlabus.policy import exported
 
     if Path(spec).is_dir():

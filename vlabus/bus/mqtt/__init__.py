@@ -15,7 +15,7 @@ Behaviour:
   :class:`SubscribeRejected` the same way. QoS 0 with ``expiry_s`` carries a Message Expiry
   Interval (whole seconds, at least 1).
 * Sessions end with the connection by default (``session_expiry_s`` 0): a dead member of a
-  shared group must not keep receiving its share (DESIGN trap 1). With ``session_expiry_s``
+  shared group must not keep receiving its share (known trap 1). With ``session_expiry_s``
   > 0 the session is resumed (clean start false), so plain subscriptions and queued QoS 1
   messages survive outages and broker restarts with persistence. Reconnect with jittered
   exponential backoff, then always resubscribe (Mosquitto 2.0.11 restores a persisted session
@@ -25,8 +25,8 @@ Behaviour:
   someone receives it or it expires (then :class:`TransportError`). Without an expiry, 0x10
   counts as delivered to the broker.
 * While disconnected, publishes go to a bounded :class:`~vlabus.bus.outbox.Outbox` (paho's own
-  queue is unbounded and loses QoS 0 at reconnect, DESIGN trap 4).
-* TCP_NODELAY on the client socket (DESIGN trap 5); MQTT 5 Receive Maximum both ways.
+  queue is unbounded and loses QoS 0 at reconnect, known trap 4).
+* TCP_NODELAY on the client socket (known trap 5); MQTT 5 Receive Maximum both ways.
 
 ``TransportOptions.extra`` keys: ``session_expiry_s`` (0), ``receive_maximum`` (64, QoS 1
 in flight from the broker), ``send_maximum`` (20, to the broker), ``reconnect_min_s`` (0.1),

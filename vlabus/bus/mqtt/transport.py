@@ -15,7 +15,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from schemas.errors import PublishRejected, SubscribeRejected, TransportError
+from schemas.errors import ConnectRefused, PublishRejected, SubscribeRejected, TransportError
 from vlabus.bus.backoff import Backoff
 from vlabus.bus.inbox import Inbox, Receiving
 from vlabus.bus.inflight import Inflight, Verdict, retry_delay
@@ -154,7 +154,7 @@ class MqttTransport(Receiving):
         if code >= 0x80:
             self._pump.unwatch()
             await asyncio.to_thread(self._pump.stop)
-            raise TransportError(f"{self.url} refused the connection: 0x{code:02x}")
+            raise ConnectRefused(self.url, code)  # the reason by name, with what to do
 
     async def _supervise(self) -> None:
         """Reconnect after every loss, with jittered exponential backoff."""
