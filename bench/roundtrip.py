@@ -34,6 +34,10 @@ References that are not floors of the bus but of its wire format, and a peer:
   observation and a 50×14 chunk. ``ratio_p50_vs_ws_msgpack_peer`` below 1 means vlabus is
   faster than that unsigned path; ``ratio_p50_zmq_wire_direct_vs_ws_msgpack_peer`` says whether
   the signed wire could be, without a hop.
+* ``zmq_wire_direct_session``: ``zmq_wire_direct`` in session integrity (one signed offer, then a
+  keyed MAC per message): ``ratio_p50_zmq_wire_direct_session_vs_ws_msgpack_peer`` is what a
+  direct data plane with session integrity could reach on this wire (there is no direct data
+  plane in vlabus yet: the worker and robot still go through the hub).
 
 ``session`` (:mod:`bench.roundtrip_session`): the wire alone over one Mosquitto in today's signed
 mode and in session integrity (a keyed MAC after one signed key exchange), against the bare paho
@@ -65,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import emit, environment, parser, ratio, single_thread_probe, stats_us
+from bench.roundtrip_session import pool_key
 from edge_agent.scene import TabletopScene
 from schemas import topics
 from schemas.arrays import pack_array
@@ -81,6 +86,7 @@ from vlabus.wire import Decoder, Encoder
 HORIZON, ACTION_DIM = 50, 14
 WIRE = "zmq_wire_hop"
 WIRE_DIRECT = "zmq_wire_direct"
+WIRE_DIRECT_SESSION = "zmq_wire_direct_session"
 PEER = "ws_msgpack_peer"
 BLOCK = 25
 CTX = multiprocessing.get_context("spawn")
@@ -176,14 +182,20 @@ def hub_protocol_client(port: int, name: bytes) -> Any:
     return dealer
 
 
-def wire_server(keys: str, hop: int | None, ready: Any) -> None:
+def wire_server(keys: str, hop: int | None, ready: Any, session: bool = False) -> None:
     """The vlabus wire alone at the worker's end: verify, replay-check and decode each frame,
     answer with a signed Action of zeros. On a blocking DEALER behind the bare forwarder at
-    port ``hop``, or (``hop`` None) on a ROUTER of its own whose port goes on ``ready``."""
+    port ``hop``, or (``hop`` None) on a ROUTER of its own whose port goes on ``ready``.
+    ``session``: take the client's session offer, answer under its session (MACs)."""
     import zmq
 
-    encoder = Encoder(load_signer(Path(keys), "worker", "wire-worker"))
+    signer = load_signer(Path(keys), "worker", "wire-worker")
+    encoder = Encoder(signer)
     decoder = Decoder(Keyring.load(Path(keys)), ReplayGuard())
+    if session:
+        from bench.roundtrip_session import session_codec
+
+        encoder, decoder, take_offer = session_codec(Path(keys), signer)
     chunk = pack_array(np.zeros((HORIZON, ACTION_DIM), np.float32))
     if hop is None:
         dealer: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.ROUTER)
@@ -195,6 +207,8 @@ def wire_server(keys: str, hop: int | None, ready: Any) -> None:
     while True:
         src, payload = dealer.recv_multipart(copy=False)
         got = decoder.decode(payload.buffer)
+        if session and take_offer(got):
+            continue
         request = got.message
         assert isinstance(request, Frame)
         reply = Action(robot_id=request.robot_id, step=request.step, actions=chunk,
@@ -260,16 +274,23 @@ class WireClient:
     (``route``: the server's identity there) or straight to the server (``route`` None): each
     round trip encodes and signs a fresh frame and verifies and decodes the Action."""
 
-    def __init__(self, port: int, keys: Path, route: bytes | None) -> None:
+    def __init__(self, port: int, keys: Path, route: bytes | None, *,
+                 session: bool = False) -> None:
         self.head = [route] if route is not None else []
         import zmq
 
-        self.encoder = Encoder(load_signer(keys, "robot", "robot-1"))
+        signer = load_signer(keys, "robot", "robot-1")
+        self.encoder = Encoder(signer)
         self.decoder = Decoder(Keyring.load(keys), ReplayGuard())
         self.state = np.linspace(-1, 1, 14, dtype=np.float32)
         self.dealer: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
         self.dealer.connect(f"tcp://127.0.0.1:{port}")
         self.step = 0
+        if session:  # one signed offer first, on the same connection: it arrives first
+            from bench.roundtrip_session import robot_session
+
+            self.encoder, self.decoder, offer = robot_session(keys, signer)
+            self.dealer.send_multipart([*self.head, offer])
 
     def bind(self, cams: dict[str, Image]) -> Callable[[bytes], None]:
         def round_trip(_payload: bytes) -> None:
@@ -504,7 +525,9 @@ def measure(stack: ExitStack, loop: asyncio.AbstractEventLoop, robot: Robot,
     # forwarder; what the crypto and codec alone cost, through the hop and direct (the lowest
     # ratios any bus on this wire could reach here); and the direct wire against the peer
     for name, base in (("zmq_bare_via_hub", "zmq_bare_hop"), (WIRE, "zmq_bare_hop"),
-                       (WIRE_DIRECT, "zmq_bare_direct"), (WIRE_DIRECT, PEER)):
+                       (WIRE_DIRECT, "zmq_bare_direct"), (WIRE_DIRECT, PEER),
+                       (WIRE_DIRECT_SESSION, "zmq_bare_direct"), (WIRE_DIRECT_SESSION, PEER),
+                       (WIRE_DIRECT_SESSION, WIRE_DIRECT)):
         if name in out and base in out:
             out[f"ratio_p50_{name}_vs_{base}"] = ratio(out[name]["p50_us"], out[base]["p50_us"])
     return out
@@ -545,6 +568,10 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
             spawn(stack, wire_server, str(keys), None, ready)
             wires = {WIRE: WireClient(hop, keys, b"wire"),
                      WIRE_DIRECT: WireClient(ready.get(timeout=20), keys, None)}
+            pool_key(keys)
+            spawn(stack, wire_server, str(keys), None, ready, True)
+            wires[WIRE_DIRECT_SESSION] = WireClient(ready.get(timeout=20), keys, None,
+                                                    session=True)
         else:
             from vlabus.broker.local import LocalMosquitto
             from vlabus.broker.render import Limits, client_options, render

@@ -34,12 +34,19 @@ from bench.common import ratio, stats_us
 from schemas.arrays import pack_array
 from schemas.errors import WireError
 from schemas.images import Image
-from schemas.messages import Action, Frame
-from security.keys import Keyring, add_pool_key, load_pool_key, load_pool_secret, load_signer
+from schemas.messages import Action, Frame, SessionOffer
+from security.keys import (
+    Keyring,
+    Signer,
+    add_pool_key,
+    load_pool_key,
+    load_pool_secret,
+    load_signer,
+)
 from security.replay import ReplayGuard
 from security.session import Rotation, SessionSender, SessionTable, accept_offer, offer_session
 from vlabus.session_wire import SessionEncoder, SessionVerifier
-from vlabus.wire import Decoder, Encoder
+from vlabus.wire import Decoder, Encoder, Received
 
 SIGNED, SESSION, BARE = "mqtt_wire_signed", "mqtt_wire_session", "mqtt_bare"
 STAGES = ("robot_encode", "worker_decode", "worker_encode", "robot_decode", "transport_rest")
@@ -209,6 +216,37 @@ def run_session(stack: ExitStack, spawn: Callable[..., None], cams: dict[str, Im
     out["sent"] = {"session_messages": robot.session.sent["session"],
                    "session_encoder_fell_back_to_signed": robot.session.sent["signed"]}
     return out
+
+
+def session_codec(keys: Path, signer: Signer) -> tuple[Encoder, Decoder,
+                                                      Callable[[Received], bool]]:
+    """A worker's session codec for pool ``gpu`` and ``take_offer(received) -> bool`` (True
+    when it was an offer, now held)."""
+    table = SessionTable(Rotation())
+    decoder = Decoder(Keyring.load(keys), ReplayGuard(), sessions=SessionVerifier(table, "up"))
+    secret = load_pool_secret(keys, "gpu")
+    encoder = SessionEncoder(signer, lambda m: table.for_robot(getattr(m, "robot_id", "")),
+                             "down")
+
+    def take_offer(got: Received) -> bool:
+        if not isinstance(got.message, SessionOffer):
+            return False
+        table.add(accept_offer(got.message, got.header.key, secret, Rotation()))
+        return True
+    return encoder, decoder, take_offer
+
+
+def robot_session(keys: Path, signer: Signer) -> tuple[Encoder, Decoder, bytes]:
+    """A robot's session codec with pool ``gpu`` and the signed offer to send first."""
+    sender = SessionSender(Rotation())
+    table = SessionTable(Rotation())
+    offer, fresh = offer_session(signer.identity, signer.key_id, load_pool_key(keys, "gpu"),
+                                 Rotation())
+    sender.session = fresh
+    table.add(fresh)
+    encoder = SessionEncoder(signer, lambda _m: sender.current(), "up")
+    decoder = Decoder(Keyring.load(keys), ReplayGuard(), sessions=SessionVerifier(table, "down"))
+    return encoder, decoder, Encoder(signer).encode(offer)
 
 
 def pool_key(keys: Path) -> None:

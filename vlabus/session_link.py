@@ -61,9 +61,15 @@ class RobotLink:
         self._clock = clock
         #: handshakes sent, and why the session before each ended ("" for the first)
         self.handshakes: list[str] = []
+        self._reconnects = bus.counters().get("reconnects", 0)
 
     async def ensure(self) -> None:
-        """Send an offer now if no live session remains (by time, count or refusal)."""
+        """Send an offer now if no live session remains (by time, count, refusal, or because
+        the transport reconnected since the last message: the pool may have restarted)."""
+        reconnects = self.bus.counters().get("reconnects", 0)
+        if reconnects != self._reconnects:
+            self._reconnects = reconnects
+            self.reconnected()
         session = self.sender.session
         if (session is not None and self._clock() < session.expires_ns
                 and session.used < session.max_messages):

@@ -15,11 +15,12 @@ from schemas import topics
 from schemas.messages import Frame, SessionRefused
 from security.seal import PoolSecret
 from security.session import Rotation
-from tests.support.aio import TIMEOUT
+from tests.support.aio import TIMEOUT, eventually
 from tests.support.buses import Bus, settle
 from tests.support.keys import KeyDir
 from tests.support.logs import make_action
 from tests.support.wire import frame
+from vlabus.broker.local import LocalMosquitto
 from vlabus.bus.transport import Message, Transport, TransportOptions
 from vlabus.cli import main as vlabus_main
 from vlabus.log.record import Recorder
@@ -186,3 +187,22 @@ def test_session_mode_refuses_with_reasons_and_rehandshakes(
     assert [u["session"] for u in report["uncovered"]] == [old_sid]
     assert report["gaps"] == []
     assert report["mismatches"] == []
+
+
+def test_a_reconnect_rotates_the_session(mosquitto: LocalMosquitto, keydir: KeyDir) -> None:
+    bus = Bus("mqtt", mosquitto.url, lambda cid, **kw: mosquitto.options("worker-1", cid, **kw))
+
+    async def body() -> None:
+        robot_bus = await bus.connect("robot-a")
+        robot = RobotLink(robot_bus, keydir.signers[ROBOT], PoolSecret.generate("gpu").public,
+                          keydir.ring)
+        await robot.send(topics.frame_topic(ROBOT), frame(1))
+        first = robot.sender.session
+        mosquitto.restart()
+        await eventually(lambda: robot_bus.counters().get("reconnects", 0) > 0)
+        await eventually(lambda: robot_bus.connected)
+        await robot.send(topics.frame_topic(ROBOT), frame(2))
+        assert robot.handshakes == ["", "reconnect"]
+        assert robot.sender.session is not first
+
+    bus.run(body)

@@ -12,17 +12,9 @@ from edge_agent.codec import CodecChooser, CodecSpec, Rung, parse_codec
 from edge_agent.scene import TabletopScene
 from edge_agent.uplink import UplinkEstimate, UplinkEstimator
 from schemas.images import decode_image
+from tests.support.clock import MS, FakeClock
 
-MS = 1_000_000
 S = 1_000_000_000
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0
-
-    def __call__(self) -> int:
-        return self.now
 
 
 def images() -> dict[str, np.ndarray]:
@@ -47,7 +39,7 @@ def test_bad_codec_flag_says_why(text: str) -> None:
 
 
 def test_estimator_reads_per_byte_cost_and_worker_time() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0)
     est = UplinkEstimator(clock)
     assert est.estimate() is None
     for step in range(8):  # 10 and 20 kB in 8 and 16 ms: 10 Mbit/s
@@ -62,7 +54,7 @@ def test_estimator_reads_per_byte_cost_and_worker_time() -> None:
 
 def test_fixed_latency_is_told_apart_from_the_rate() -> None:
     """20 ms of broker hops and a 10 Mbit/s uplink: small frames are not a slow link."""
-    clock = FakeClock()
+    clock = FakeClock(0)
     est = UplinkEstimator(clock)
     for step in range(24):
         nbytes = (2_000, 6_000, 12_000)[step % 3]
@@ -78,7 +70,7 @@ def test_fixed_latency_is_told_apart_from_the_rate() -> None:
 
 
 def test_a_step_without_reply_is_counted_for_a_while() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0)
     est = UplinkEstimator(clock, miss_window_ns=300 * MS)
     for _ in range(8):
         est.reply(10_000, 8 * MS, 2 * MS)
@@ -93,7 +85,7 @@ def test_a_step_without_reply_is_counted_for_a_while() -> None:
 
 
 def test_old_samples_are_forgotten() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0)
     est = UplinkEstimator(clock, horizon_ns=10 * S)
     est.reply(10_000, 80 * MS, 0)
     clock.now = 11 * S
@@ -128,7 +120,7 @@ def settle(chooser: CodecChooser, clock: FakeClock, estimate: UplinkEstimate,
 
 
 def test_a_slow_uplink_gets_small_images_at_once() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0)
     chooser = calibrated(clock)
     chooser.choose(link(1.0), budget_ns=100 * MS, interval_ns=66 * MS)
     assert chooser.frame_bytes() <= fitting(chooser, 1.0)
@@ -136,7 +128,7 @@ def test_a_slow_uplink_gets_small_images_at_once() -> None:
 
 
 def test_a_fast_uplink_is_climbed_one_rung_per_hold() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0)
     chooser = calibrated(clock, hold_ns=S, fast_hold_ns=S)
     seen = settle(chooser, clock, link(1000.0), 0.5)
     assert seen[-1] == seen[0]  # nothing changes before the hold has passed
@@ -147,7 +139,7 @@ def test_a_fast_uplink_is_climbed_one_rung_per_hold() -> None:
 
 
 def test_auto_fits_the_frame_to_the_deadline_and_the_rate() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0)
     chooser = calibrated(clock)
     for mbit in (2.5, 25.0):
         settle(chooser, clock, link(mbit), 20)
@@ -158,7 +150,7 @@ def test_auto_fits_the_frame_to_the_deadline_and_the_rate() -> None:
 
 def test_a_shared_uplink_does_not_flap() -> None:
     """The link carries jpeg95 but not raw: after raw fails, it is not tried again soon."""
-    clock = FakeClock()
+    clock = FakeClock(0)
     chooser = calibrated(clock, hold_ns=S, cooldown_ns=2 * S)
     raw_fits = link(1000.0)
     congested = link(10.0)  # what a robot sees once every robot sends raw
@@ -184,7 +176,7 @@ def test_fixed_codec_sends_what_was_asked_and_the_worker_decodes_it() -> None:
 
 
 def test_auto_encoder_learns_from_replies_and_reports_it() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0)
     encoder = CameraEncoder(CodecSpec("auto"), interval_ns=66 * MS, clock=clock,
                             chooser=CodecChooser(clock), estimator=UplinkEstimator(clock))
     pixels = images()
@@ -214,7 +206,7 @@ def test_rungs_a_camera_cannot_take_are_left_out() -> None:
 
 
 def test_estimator_sees_a_queue_building() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0)
     est = UplinkEstimator(clock)
     for _ in range(8):  # idle link: 20 kB in 2 ms
         est.reply(20_000, 2 * MS, 1 * MS)
@@ -229,7 +221,7 @@ def test_estimator_sees_a_queue_building() -> None:
 
 
 def test_a_queue_on_a_shared_link_steps_down_before_any_miss() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0)
     chooser = calibrated(clock, hold_ns=S, drain_ns=300 * MS)
     settle(chooser, clock, link(100.0), 20)
     high = chooser.frame_bytes()
@@ -242,7 +234,7 @@ def test_a_queue_on_a_shared_link_steps_down_before_any_miss() -> None:
 
 
 def test_a_missed_step_steps_down_one_rung() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0)
     chooser = calibrated(clock, drain_ns=300 * MS)
     settle(chooser, clock, link(100.0), 20)
     high = chooser.frame_bytes()
@@ -259,7 +251,7 @@ def test_a_missed_step_steps_down_one_rung() -> None:
 
 
 def test_far_from_the_limit_it_climbs_faster() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0)
     chooser = calibrated(clock, hold_ns=S, fast_hold_ns=250 * MS)
     seen = settle(chooser, clock, link(1000.0), 3)
     changes = sum(a != b for a, b in itertools.pairwise(seen))
