@@ -30,13 +30,16 @@ from cloud_workers.queue import Request, RequestMeta
 from cloud_workers.runner import TASK_PREFIX, BatchResult, PolicyRunner
 from cloud_workers.schedulers import Scheduler, WorkQueue, make_scheduler
 from cloud_workers.sender import ReplySender, ReplySigner
+from cloud_workers.sessions import WorkerSessions
 from schemas import topics
+from schemas.errors import WireError
 from schemas.messages import Frame
 from security.keys import Keyring, Signer
 from vlabus.bus.transport import Message as BusMessage
 from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
 from vlabus.bus.wait import Opener
 from vlabus.inbound import Rejections, accept
+from vlabus.session_wire import SessionEncoder
 from vlabus.wire import Decoder, Encoder
 
 __all__ = ["Worker", "WorkerConfig", "open_worker"]
@@ -49,8 +52,10 @@ class Worker:
 
     def __init__(self, transport: Transport, encoder: Encoder, decoder: Decoder,
                  runner: PolicyRunner, *, config: WorkerConfig, session: int,
-                 metrics: WorkerMetrics | None = None) -> None:
+                 metrics: WorkerMetrics | None = None,
+                 sessions: WorkerSessions | None = None) -> None:
         self.transport = transport
+        self.sessions = sessions
         self.encoder = encoder
         self.decoder = decoder
         self.runner = runner
@@ -84,6 +89,8 @@ class Worker:
             self._observe(model, duration_ns)
         await self.transport.subscribe(topics.ALL_FRAMES, group=self.config.group, qos=0)
         await self.transport.subscribe(topics.ALL_TASKS, group=self.config.group, qos=1)
+        if self.sessions is not None:
+            await self.transport.subscribe(topics.ALL_SESSION_OFFERS, qos=1)
         await self._publish_status("online")
         receive = asyncio.create_task(self._receive(), name="receive")
         serve = asyncio.create_task(self._serve(), name="serve")
@@ -121,6 +128,7 @@ class Worker:
             log.exception("serving loop failed")
         self.metrics.on_drop("shutdown", len(self.queue.drain()))
         self.metrics.queue_depth.set(0)
+        self._checkpoints(final=True)
         await self.replies.settle(timeout=5.0)
         try:
             await self._publish_status("offline")
@@ -147,8 +155,8 @@ class Worker:
         self.metrics.received.inc()
         self.metrics.summary.received += 1
         start = time.perf_counter_ns()
-        got = accept(self.decoder, message, self.rejections)
-        if got is None:
+        got = accept(self.decoder, message, self.rejections, on_error=self._refused)
+        if got is None or (self.sessions is not None and self.sessions.take(got)):
             return None
         meta = RequestMeta(got.header, message.received_ns, time.perf_counter_ns() - start)
         request = to_request(got.header, got.message, meta, models=self.runner.policies,
@@ -186,9 +194,18 @@ class Worker:
         result = self.runner.run(batch)  # never raises for bad input
         for reply in self.signer.sign(batch, result, self.runner.models):
             self.replies.send_now(*reply)
+        self._checkpoints()
         self._observe(batch.model, result.inference_ns, len(batch.requests))
         self.metrics.on_batch(len(batch.requests), result.inference_ns)
         return True
+
+    def _refused(self, exc: WireError, message: BusMessage) -> None:
+        if self.sessions is not None and isinstance(self.encoder, SessionEncoder):
+            self.sessions.refused(exc, message, self.transport, self.encoder)
+
+    def _checkpoints(self, *, final: bool = False) -> None:
+        if self.sessions is not None and isinstance(self.encoder, SessionEncoder):
+            self.sessions.checkpoints(self.transport, self.encoder, final=final)
 
     def _wake_up(self) -> None:
         wake = self._wake
@@ -217,6 +234,7 @@ class Worker:
                     running = (following, self._start(loop, following))
             for reply in self.signer.sign(batch, result, self.runner.models):
                 await self.replies.send(*reply)
+            self._checkpoints()
             # bookkeeping after the replies are handed off: it is not on their critical path
             self._observe(batch.model, result.inference_ns, len(batch.requests))
             self.metrics.on_batch(len(batch.requests), result.inference_ns)
@@ -278,10 +296,11 @@ def _decodes(request: Request) -> bool:
 async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: PolicyRunner, *,
                       config: WorkerConfig, metrics: WorkerMetrics | None = None,
                       options: TransportOptions | None = None,
-                      opener: Opener = open_transport) -> Worker:
+                      opener: Opener = open_transport,
+                      sessions: WorkerSessions | None = None) -> Worker:
     """Connect with the death status as the will, and return a worker ready to :meth:`run`.
     ``opener`` opens the bus (``vlabus worker`` passes one that waits for a bus that is down)."""
-    encoder = Encoder(signer)
+    encoder = Encoder(signer) if sessions is None else sessions.encoder(signer)
     session = time.time_ns() // 1000  # grows across restarts without state on disk
     death = encoder.encode(worker_status(config, "offline", session, runner.models))
     will = Will(topics.worker_status_topic(config.worker_id), death, qos=1, retain=True)
@@ -290,6 +309,7 @@ async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: Policy
     # vanishes (known trap 1), and frames are QoS 0 anyway
     extra = {"session_expiry_s": "0", **base.extra}
     transport = await opener(url, dataclasses.replace(base, will=will, extra=extra))
-    decoder = frame_decoder(keyring, replay_mode=config.replay_mode)
+    decoder = frame_decoder(keyring, replay_mode=config.replay_mode,
+                            sessions=None if sessions is None else sessions.verifier)
     return Worker(transport, encoder, decoder, runner, config=config, session=session,
-                  metrics=metrics)
+                  metrics=metrics, sessions=sessions)

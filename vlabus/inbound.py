@@ -85,8 +85,10 @@ class Rejections:
         return sum(self.by_reason.values())
 
 
-def accept(decoder: Decoder, message: Message, rejections: Rejections) -> Received | None:
-    """Decode ``message`` or count and log why not; never raises for bad input."""
+def accept(decoder: Decoder, message: Message, rejections: Rejections, *,
+           on_error: Callable[[WireError, Message], None] | None = None) -> Received | None:
+    """Decode ``message`` or count and log why not; never raises for bad input.
+    ``on_error`` also sees each refusal (a worker answers a refused session with it)."""
     try:
         return decoder.decode(message.payload)
     except UnknownKeyError as exc:
@@ -101,4 +103,6 @@ def accept(decoder: Decoder, message: Message, rejections: Rejections) -> Receiv
         return None
     except WireError as exc:
         rejections.reject(exc, message.topic)
+        if on_error is not None:
+            on_error(exc, message)
         return None
