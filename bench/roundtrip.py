@@ -1,6 +1,6 @@
 """The whole secure loop against the bare libraries, in one run.
 
-    python -m bench.roundtrip --json [--quick] [--only zmq|mqtt]
+    python -m bench.roundtrip --json [--quick] [--only zmq|mqtt|session]
 
 For an observation of two 224×224×3 cameras + a 14-float state + a task string (and one
 480×640×3 camera, and JPEG cameras), one round trip is: the robot encodes and signs the frame,
@@ -34,6 +34,19 @@ References that are not floors of the bus but of its wire format, and a peer:
   observation and a 50×14 chunk. ``ratio_p50_vs_ws_msgpack_peer`` below 1 means vlabus is
   faster than that unsigned path; ``ratio_p50_zmq_wire_direct_vs_ws_msgpack_peer`` says whether
   the signed wire could be, without a hop.
+* ``zmq_wire_direct_session``: ``zmq_wire_direct`` in session integrity (one signed offer, then a
+  keyed MAC per message): ``ratio_p50_zmq_wire_direct_session_vs_ws_msgpack_peer`` is what a
+  direct data plane with session integrity could reach on this wire (there is no direct data
+  plane in vlabus yet: the worker and robot still go through the hub).
+
+``session`` (:mod:`bench.roundtrip_session`): the wire alone over one Mosquitto in today's signed
+mode and in session integrity (a keyed MAC after one signed key exchange), against the bare paho
+floor, interleaved, with the breakdown per stage; ``session_faster_by_pct`` compares the two.
+
+``vlabus_session``: the same vlabus loop as ``vlabus`` through the same worker (started with
+``--session-pool gpu``), from a second robot in session integrity (``vlabus.session_link``):
+``ratio_p50_vlabus_session_vs_vlabus`` below 1 is what session integrity saves, with its own
+breakdown per stage.
 
 Rounds of each path are interleaved in blocks, so background load hits all alike. Every vlabus
 Action carries the worker's own durations, so each round trip is split into robot encode,
@@ -61,6 +74,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import emit, environment, parser, ratio, single_thread_probe, stats_us
+from bench.roundtrip_session import pool_key
 from edge_agent.scene import TabletopScene
 from schemas import topics
 from schemas.arrays import pack_array
@@ -68,6 +82,7 @@ from schemas.images import Image, decode_image, encode_image
 from schemas.messages import Action, Frame
 from security.keys import Keyring, add_key, load_signer
 from security.replay import ReplayGuard
+from vlabus.broker.render import client_options
 from vlabus.bus.transport import TransportOptions, open_transport
 from vlabus.cli.procs import free_port
 from vlabus.hub import protocol as hub_protocol
@@ -77,6 +92,7 @@ from vlabus.wire import Decoder, Encoder
 HORIZON, ACTION_DIM = 50, 14
 WIRE = "zmq_wire_hop"
 WIRE_DIRECT = "zmq_wire_direct"
+WIRE_DIRECT_SESSION = "zmq_wire_direct_session"
 PEER = "ws_msgpack_peer"
 BLOCK = 25
 CTX = multiprocessing.get_context("spawn")
@@ -172,14 +188,20 @@ def hub_protocol_client(port: int, name: bytes) -> Any:
     return dealer
 
 
-def wire_server(keys: str, hop: int | None, ready: Any) -> None:
+def wire_server(keys: str, hop: int | None, ready: Any, session: bool = False) -> None:
     """The vlabus wire alone at the worker's end: verify, replay-check and decode each frame,
     answer with a signed Action of zeros. On a blocking DEALER behind the bare forwarder at
-    port ``hop``, or (``hop`` None) on a ROUTER of its own whose port goes on ``ready``."""
+    port ``hop``, or (``hop`` None) on a ROUTER of its own whose port goes on ``ready``.
+    ``session``: take the client's session offer, answer under its session (MACs)."""
     import zmq
 
-    encoder = Encoder(load_signer(Path(keys), "worker", "wire-worker"))
+    signer = load_signer(Path(keys), "worker", "wire-worker")
+    encoder = Encoder(signer)
     decoder = Decoder(Keyring.load(Path(keys)), ReplayGuard())
+    if session:
+        from bench.roundtrip_session import session_codec
+
+        encoder, decoder, take_offer = session_codec(Path(keys), signer)
     chunk = pack_array(np.zeros((HORIZON, ACTION_DIM), np.float32))
     if hop is None:
         dealer: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.ROUTER)
@@ -191,6 +213,8 @@ def wire_server(keys: str, hop: int | None, ready: Any) -> None:
     while True:
         src, payload = dealer.recv_multipart(copy=False)
         got = decoder.decode(payload.buffer)
+        if session and take_offer(got):
+            continue
         request = got.message
         assert isinstance(request, Frame)
         reply = Action(robot_id=request.robot_id, step=request.step, actions=chunk,
@@ -256,16 +280,23 @@ class WireClient:
     (``route``: the server's identity there) or straight to the server (``route`` None): each
     round trip encodes and signs a fresh frame and verifies and decodes the Action."""
 
-    def __init__(self, port: int, keys: Path, route: bytes | None) -> None:
+    def __init__(self, port: int, keys: Path, route: bytes | None, *,
+                 session: bool = False) -> None:
         self.head = [route] if route is not None else []
         import zmq
 
-        self.encoder = Encoder(load_signer(keys, "robot", "robot-1"))
+        signer = load_signer(keys, "robot", "robot-1")
+        self.encoder = Encoder(signer)
         self.decoder = Decoder(Keyring.load(keys), ReplayGuard())
         self.state = np.linspace(-1, 1, 14, dtype=np.float32)
         self.dealer: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
         self.dealer.connect(f"tcp://127.0.0.1:{port}")
         self.step = 0
+        if session:  # one signed offer first, on the same connection: it arrives first
+            from bench.roundtrip_session import robot_session
+
+            self.encoder, self.decoder, offer = robot_session(keys, signer)
+            self.dealer.send_multipart([*self.head, offer])
 
     def bind(self, cams: dict[str, Image]) -> Callable[[bytes], None]:
         def round_trip(_payload: bytes) -> None:
@@ -347,16 +378,26 @@ def paho_client(stack: ExitStack, port: int, username: str,
 class Robot:
     """One robot's side of the loop: encode+sign, publish, await the verified Action."""
 
-    def __init__(self, url: str, options: TransportOptions, keys: Path, robot: str) -> None:
-        self.url, self.options, self.robot = url, options, robot
-        self.encoder = Encoder(load_signer(keys, "robot", robot))
+    def __init__(self, url: str, options: TransportOptions, keys: Path, robot: str, *,
+                 session: bool = False) -> None:
+        self.url, self.options, self.robot, self.keys = url, options, robot, keys
+        self.encoder: Encoder = Encoder(load_signer(keys, "robot", robot))
         self.decoder = Decoder(Keyring.load(keys), ReplayGuard())
         self.state = np.linspace(-1, 1, 14, dtype=np.float32)
         self.step = 0
+        self.session = session
+        self.link: Any = None
 
     async def open(self) -> None:
         self.bus = await open_transport(self.url, self.options)
         await self.bus.subscribe(topics.action_topic(self.robot), qos=1)
+        if self.session:  # session integrity with the worker's pool (--session-pool gpu)
+            from security.keys import load_pool_key
+            from vlabus.session_link import RobotLink
+
+            self.link = RobotLink(self.bus, load_signer(self.keys, "robot", self.robot),
+                                  load_pool_key(self.keys, "gpu"), Keyring.load(self.keys))
+            self.encoder, self.decoder = self.link.encoder, self.link.decoder
 
     async def round_trips(self, cams: dict[str, Image], count: int) -> list[dict[str, int]]:
         """``count`` round trips back to back, as a robot's control loop runs them: inside one
@@ -366,6 +407,8 @@ class Robot:
     async def round_trip(self, cams: dict[str, Image]) -> dict[str, int]:
         self.step += 1
         corr = f"{self.robot}/{self.step}"
+        if self.link is not None:
+            await self.link.ensure()  # a handshake when none is live (first, or refused)
         t0 = time.perf_counter_ns()
         wire = self.encoder.encode_view(frame(self.robot, self.step, cams, self.state),
                                         deadline_ns=time.time_ns() + 1_000_000_000, corr=corr)
@@ -378,7 +421,12 @@ class Robot:
                 got = self.decoder.decode(message.payload)
                 if got.header.corr == corr:
                     break
+                if self.link is not None and got.header.kind == "session_refused":
+                    self.link.accept(message)
+                    raise TimeoutError(f"session refused: {got.message!r}")
         t3 = time.perf_counter_ns()
+        if self.link is not None:
+            await self.link.flush()  # a signed checkpoint once a second
         action = got.message
         assert isinstance(action, Action)
         worker = action.span_ns + action.encode_ns
@@ -408,7 +456,8 @@ def start_worker(stack: ExitStack, url: str, keys: Path, broker: Path | None) ->
     port = free_port()
     args = [sys.executable, "-m", "vlabus", "worker", "--bus", url, "--keys", str(keys),
             "--id", "worker-1", "--group", "bench", "--policy", "bench.roundtrip:chunk_policy",
-            "--max-delay-ms", "0", "--max-batch", "8", "--metrics-port", str(port)]
+            "--max-delay-ms", "0", "--max-batch", "8", "--metrics-port", str(port),
+            "--session-pool", "gpu"]
     if broker is not None:
         args += ["--broker-config", str(broker)]
     log = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 - the stack closes it
@@ -451,7 +500,8 @@ def start_hub(stack: ExitStack) -> str:
 
 def measure(stack: ExitStack, loop: asyncio.AbstractEventLoop, robot: Robot,
             floors: dict[str, Callable[[bytes], None]], case: str, rounds: int,
-            wires: dict[str, WireClient], ws_port: int | None) -> dict[str, Any]:
+            wires: dict[str, WireClient], ws_port: int | None,
+            session: Robot | None = None) -> dict[str, Any]:
     cams, jpeg_us = cameras(case)
     floors = dict(floors)
     for name, wire in wires.items():
@@ -465,6 +515,9 @@ def measure(stack: ExitStack, loop: asyncio.AbstractEventLoop, robot: Robot,
         for _ in range(20 if name in floors else 0):  # warm-up, as for vlabus
             floors[name](b"")
     loop.run_until_complete(robot.round_trips(cams, 20))  # warm-up: queues, caches, estimates
+    if session is not None:
+        loop.run_until_complete(session.round_trips(cams, 20))
+    session_parts: dict[str, list[int]] = {}
     probe = loop.run_until_complete(robot.round_trip(cams))
     request = robot.encoder.encode(frame(robot.robot, 0, cams, robot.state))
     reply_size = probe["down_bytes"]
@@ -477,6 +530,10 @@ def measure(stack: ExitStack, loop: asyncio.AbstractEventLoop, robot: Robot,
         for result in loop.run_until_complete(robot.round_trips(cams, block)):
             for key, value in result.items():
                 parts.setdefault(key, []).append(value)
+        if session is not None:
+            for result in loop.run_until_complete(session.round_trips(cams, block)):
+                for key, value in result.items():
+                    session_parts.setdefault(key, []).append(value)
         for name, call in floors.items():
             for _ in range(block):
                 start = time.perf_counter_ns()
@@ -492,15 +549,27 @@ def measure(stack: ExitStack, loop: asyncio.AbstractEventLoop, robot: Robot,
             "robot_encode", "transport", "worker_decode", "queue_wait", "inference",
             "worker_handoffs", "worker_encode", "robot_decode")},
     }
+    if session_parts:  # the same loop in session integrity, through the same worker
+        out["vlabus_session"] = stats_us(session_parts["rtt"])
+        out["vlabus_session_breakdown_p50_us"] = {
+            k: round(float(np.median(session_parts[k])) / 1e3, 1)
+            for k in out["breakdown_p50_us"]}
+        out["ratio_p50_vlabus_session_vs_vlabus"] = ratio(out["vlabus_session"]["p50_us"],
+                                                          vlabus["p50_us"])
     for name, values in samples.items():
         floor = stats_us(values)
         out[name] = floor
         out[f"ratio_p50_vs_{name}"] = ratio(vlabus["p50_us"], floor["p50_us"])
+        if session_parts:
+            out[f"ratio_p50_vlabus_session_vs_{name}"] = ratio(
+                out["vlabus_session"]["p50_us"], floor["p50_us"])
     # the references against each other: what the hub's routing alone costs against the bare
     # forwarder; what the crypto and codec alone cost, through the hop and direct (the lowest
     # ratios any bus on this wire could reach here); and the direct wire against the peer
     for name, base in (("zmq_bare_via_hub", "zmq_bare_hop"), (WIRE, "zmq_bare_hop"),
-                       (WIRE_DIRECT, "zmq_bare_direct"), (WIRE_DIRECT, PEER)):
+                       (WIRE_DIRECT, "zmq_bare_direct"), (WIRE_DIRECT, PEER),
+                       (WIRE_DIRECT_SESSION, "zmq_bare_direct"), (WIRE_DIRECT_SESSION, PEER),
+                       (WIRE_DIRECT_SESSION, WIRE_DIRECT)):
         if name in out and base in out:
             out[f"ratio_p50_{name}_vs_{base}"] = ratio(out[name]["p50_us"], out[base]["p50_us"])
     return out
@@ -511,6 +580,8 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         keys = root / "keys"
         add_key(keys, "robot", "robot-1")
+        add_key(keys, "robot", "robot-2")  # the same loop in session integrity
+        pool_key(keys)
         add_key(keys, "worker", "worker-1")
         add_key(keys, "robot", "bare")
         add_key(keys, "worker", "wire-worker")
@@ -522,6 +593,8 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
         reply_size = action_size(keys)
         ready: Any = CTX.Queue()
         ws_port = start_peer(stack, ready)
+        if bus == "session":
+            return run_session_bus(stack, root, keys, reply_size, rounds)
         if bus == "zmq":
             url = start_hub(stack)
             options = TransportOptions(client_id="robot-1")
@@ -539,9 +612,12 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
             spawn(stack, wire_server, str(keys), None, ready)
             wires = {WIRE: WireClient(hop, keys, b"wire"),
                      WIRE_DIRECT: WireClient(ready.get(timeout=20), keys, None)}
+            spawn(stack, wire_server, str(keys), None, ready, True)
+            wires[WIRE_DIRECT_SESSION] = WireClient(ready.get(timeout=20), keys, None,
+                                                    session=True)
         else:
             from vlabus.broker.local import LocalMosquitto
-            from vlabus.broker.render import Limits, client_options, render
+            from vlabus.broker.render import Limits, render
 
             broker_dir = root / "broker"
             render(keys, broker_dir, limits=Limits(persistence=False))
@@ -559,8 +635,35 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
         robot = Robot(url, options, keys, "robot-1")
         loop.run_until_complete(robot.open())
         stack.callback(lambda: loop.run_until_complete(robot.bus.close()))
-        return {case: measure(stack, loop, robot, floors, case, rounds, wires, ws_port)
+        session_options = (TransportOptions(client_id="robot-2") if broker_dir is None else
+                           client_options(broker_dir, "robot-2"))
+        session = Robot(url, session_options, keys, "robot-2", session=True)
+        loop.run_until_complete(session.open())
+        stack.callback(lambda: loop.run_until_complete(session.bus.close()))
+        return {case: measure(stack, loop, robot, floors, case, rounds, wires, ws_port, session)
                 for case in cases}
+
+
+def run_session_bus(stack: ExitStack, root: Path, keys: Path, reply_size: int,
+                    rounds: int) -> dict[str, Any]:
+    """Signed against session mode over one Mosquitto, the 2x224 case only."""
+    from bench.roundtrip_session import run_session
+    from vlabus.broker.local import LocalMosquitto
+    from vlabus.broker.render import Limits, client_options, render
+
+    broker_dir = root / "broker"
+    render(keys, broker_dir, limits=Limits(persistence=False))
+    mosquitto = stack.enter_context(LocalMosquitto(broker_dir))
+    bare = client_options(broker_dir, "bare")
+    assert bare.username is not None
+    assert bare.password is not None
+    spawn(stack, bare_paho_server, mosquitto.port, bare.username, bare.password, reply_size)
+    floor = paho_client(stack, mosquitto.port, bare.username, bare.password)
+    cams, _ = cameras("2x224")
+    request = Encoder(load_signer(keys, "robot", "robot-1")).encode(
+        frame("robot-1", 0, cams, np.linspace(0, 1, 14, dtype=np.float32)))
+    return {"2x224": run_session(stack, spawn, cams, floor, request, rounds, BLOCK, keys,
+                                 mosquitto.port, bare.username, bare.password)}
 
 
 def action_size(keys: Path) -> int:
@@ -575,11 +678,11 @@ def action_size(keys: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parse = parser(__doc__.split("\n\n")[0])
-    parse.add_argument("--only", choices=["zmq", "mqtt"], default=None)
+    parse.add_argument("--only", choices=["zmq", "mqtt", "session"], default=None)
     args = parse.parse_args(argv)
     cases = ["2x224"] if args.quick else ["2x224", "1x480x640", "2x224-jpeg"]
     rounds = 150 if args.quick else 1000
-    buses = [args.only] if args.only else ["zmq", "mqtt"]
+    buses = [args.only] if args.only else ["zmq", "mqtt", "session"]
     started = time.monotonic()
     report: dict[str, Any] = {"bench": "roundtrip", "environment": environment(),
                               "single_thread_us": single_thread_probe(),

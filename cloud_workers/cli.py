@@ -81,6 +81,10 @@ def register(sub: Any) -> None:
                         help="also accept frames signed by replay-role keys (restamped recordings)")
     add_status_argument(parser)
     add_keys_watch_argument(parser)
+    parser.add_argument("--session-pool", default=None, metavar="NAME",
+                        help="accept session integrity (keyed MACs after a signed key "
+                             "exchange) from robots offering it to pool NAME; its X25519 secret "
+                             "is read from --keys (docs/security-session.md)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on exit")
     parser.set_defaults(func=run)
 
@@ -141,6 +145,12 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
             policy = load_policy(spec, device=device)
             policies[check_name(name or describe(policy)[0])] = policy
         options = transport_options(args, worker_id)
+        sessions = None
+        if args.session_pool:
+            from cloud_workers.sessions import WorkerSessions
+            from security.keys import load_pool_secret
+
+            sessions = WorkerSessions(load_pool_secret(args.keys, args.session_pool))
     except (BusError, ValueError, TypeError, RuntimeError, ImportError, AttributeError,
             OSError) as exc:
         return {"exit_code": 1, "error": str(exc)}
@@ -170,7 +180,8 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
     try:
         worker = await _interruptible(open_worker(args.bus, signer, keyring, runner,
                                                   config=config, metrics=metrics,
-                                                  options=options, opener=opener))
+                                                  options=options, opener=opener,
+                                                  sessions=sessions))
     except (BusError, OSError) as exc:
         if server is not None:
             server.close()

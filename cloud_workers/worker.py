@@ -37,14 +37,17 @@ from cloud_workers.queue import Request, RequestMeta
 from cloud_workers.runner import TASK_PREFIX, BatchResult, PolicyRunner
 from cloud_workers.schedulers import Scheduler, WorkQueue, make_scheduler
 from cloud_workers.sender import ReplySender, ReplySigner
+from cloud_workers.sessions import WorkerSessions
 from cloud_workers.stall import StallWatch, Verdict
 from schemas import topics
-from schemas.errors import BusError
+from schemas.errors import BusError, WireError
+from schemas.messages import Frame
 from security.keys import Keyring, Signer
 from vlabus.bus.transport import Message as BusMessage
 from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
 from vlabus.bus.wait import Opener
 from vlabus.inbound import Rejections, accept
+from vlabus.session_wire import SessionEncoder
 from vlabus.wire import Decoder, Encoder
 
 __all__ = ["Worker", "WorkerConfig", "open_worker"]
@@ -57,8 +60,10 @@ class Worker:
 
     def __init__(self, transport: Transport, encoder: Encoder, decoder: Decoder,
                  runner: PolicyRunner, *, config: WorkerConfig, session: int,
-                 metrics: WorkerMetrics | None = None) -> None:
+                 metrics: WorkerMetrics | None = None,
+                 sessions: WorkerSessions | None = None) -> None:
         self.transport = transport
+        self.sessions = sessions
         self.encoder = encoder
         self.decoder = decoder
         self.runner = runner
@@ -98,6 +103,8 @@ class Worker:
         warm = await loop.run_in_executor(self._pool, self.runner.warm_up)
         for model, duration_ns in warm.items():
             self._observe(model, duration_ns)
+        if self.sessions is not None:  # offers are for every worker: not the shared group
+            await self.transport.subscribe(topics.ALL_SESSION_OFFERS, qos=1)
         await self._join()
         receive = asyncio.create_task(self._receive(), name="receive")
         serve = asyncio.create_task(self._serve(), name="serve")
@@ -185,6 +192,7 @@ class Worker:
             log.exception("serving loop failed")
         self.metrics.on_drop("shutdown", len(self.queue.drain()))
         self.metrics.queue_depth.set(0)
+        self._checkpoints(final=True)
         await self.replies.settle(timeout=5.0)
         try:
             await self._publish_status("offline")
@@ -212,8 +220,8 @@ class Worker:
         self.metrics.received.inc()
         self.metrics.summary.received += 1
         start = time.perf_counter_ns()
-        got = accept(self.decoder, message, self.rejections)
-        if got is None:
+        got = accept(self.decoder, message, self.rejections, on_error=self._refused)
+        if got is None or (self.sessions is not None and self.sessions.take(got)):
             return None
         meta = RequestMeta(got.header, message.received_ns, time.perf_counter_ns() - start)
         request = to_request(got.header, got.message, meta, models=self.runner.policies,
@@ -245,7 +253,8 @@ class Worker:
         request = self._take(message, wake=False)
         if request is None:
             return True
-        batch = self._due_batch() if self._inline(request.model) else None
+        inline = self._inline(request.model) and not _decodes(request)
+        batch = self._due_batch() if inline else None
         if batch is None:
             # not a cheap model, or the batcher waits for company: the serving loop takes it
             self._wake_up()
@@ -253,9 +262,18 @@ class Worker:
         result = self.runner.run(batch)  # never raises for bad input
         for reply in self.signer.sign(batch, result, self.runner.models):
             self.replies.send_now(*reply)
+        self._checkpoints()
         self._observe(batch.model, result.inference_ns, len(batch.requests))
         self.metrics.on_batch(len(batch.requests), result.inference_ns)
         return True
+
+    def _refused(self, exc: WireError, message: BusMessage) -> None:
+        if self.sessions is not None and isinstance(self.encoder, SessionEncoder):
+            self.sessions.refused(exc, message, self.transport, self.encoder)
+
+    def _checkpoints(self, *, final: bool = False) -> None:
+        if self.sessions is not None and isinstance(self.encoder, SessionEncoder):
+            self.sessions.checkpoints(self.transport, self.encoder, final=final)
 
     def _wake_up(self) -> None:
         wake = self._wake
@@ -286,6 +304,7 @@ class Worker:
                     running = (following, self._start(loop, following))
             for reply in self.signer.sign(batch, result, self.runner.models):
                 await self.replies.send(*reply)
+            self._checkpoints()
             # bookkeeping after the replies are handed off: it is not on their critical path
             self._observe(batch.model, result.inference_ns, len(batch.requests))
             self.metrics.on_batch(len(batch.requests), result.inference_ns)
@@ -293,7 +312,7 @@ class Worker:
     def _start(self, loop: asyncio.AbstractEventLoop, batch: Batch) -> asyncio.Future[BatchResult]:
         """Run ``batch`` on the inference thread, or right here when its model is known to be
         cheap (see ``WorkerConfig.inline_below_ns``); tasks always go to the thread."""
-        if self._inline(batch.model):
+        if self._inline(batch.model) and not any(_decodes(r) for r in batch.requests):
             done: asyncio.Future[BatchResult] = loop.create_future()
             done.set_result(self.runner.run(batch))  # run() never raises for bad input
             return done
@@ -337,13 +356,22 @@ class Worker:
         return None
 
 
+def _decodes(request: Request) -> bool:
+    """Whether a request's images need decoding (JPEG, lz4, a resolution step): that work
+    (~0.3 ms a JPEG camera) runs on the inference thread, never on the event loop."""
+    frame = request.payload
+    return isinstance(frame, Frame) and any(
+        image.codec != "raw" or image.scale != 1 for image in frame.cameras.values())
+
+
 async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: PolicyRunner, *,
                       config: WorkerConfig, metrics: WorkerMetrics | None = None,
                       options: TransportOptions | None = None,
-                      opener: Opener = open_transport) -> Worker:
+                      opener: Opener = open_transport,
+                      sessions: WorkerSessions | None = None) -> Worker:
     """Connect with the death status as the will, and return a worker ready to :meth:`run`.
     ``opener`` opens the bus (``vlabus worker`` passes one that waits for a bus that is down)."""
-    encoder = Encoder(signer)
+    encoder = Encoder(signer) if sessions is None else sessions.encoder(signer)
     session = time.time_ns() // 1000  # grows across restarts without state on disk
     death = encoder.encode(worker_status(config, "offline", session, runner.models))
     will = Will(topics.worker_status_topic(config.worker_id), death, qos=1, retain=True)
@@ -352,6 +380,7 @@ async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: Policy
     # vanishes (known trap 1), and frames are QoS 0 anyway
     extra = {"session_expiry_s": "0", **base.extra}
     transport = await opener(url, dataclasses.replace(base, will=will, extra=extra))
-    decoder = frame_decoder(keyring, replay_mode=config.replay_mode)
+    decoder = frame_decoder(keyring, replay_mode=config.replay_mode,
+                            sessions=None if sessions is None else sessions.verifier)
     return Worker(transport, encoder, decoder, runner, config=config, session=session,
-                  metrics=metrics)
+                  metrics=metrics, sessions=sessions)

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +38,9 @@ import numpy.typing as npt
 
 from edge_agent.blackbox import BlackBox
 from edge_agent.breaker import BreakerConfig, OffloadBreaker, Route
+from edge_agent.cameras import CameraEncoder
 from edge_agent.chunks import ActionQueue
+from edge_agent.codec import parse_codec
 from edge_agent.decisions import ActionResult, Cause, Decision, Source
 from edge_agent.feed import ModelFeed
 from edge_agent.frames import frame_of
@@ -49,7 +53,6 @@ from edge_agent.updates import UpdateResult
 from edge_agent.watchdog import HedgeTiming, TimerSlack, Watchdog, plan_hedge
 from schemas.deadline import SYSTEM_CLOCKS, Clocks, Deadline
 from schemas.errors import TransportError
-from schemas.images import Codec
 from schemas.messages import Priority, Status
 from schemas.status import status_message
 from schemas.topics import check_id, frame_topic, robot_status_topic
@@ -74,7 +77,7 @@ class AgentConfig:
     model: str = "default"
     local_model: str = "edge"
     priority: int = Priority.NORMAL
-    codec: Codec = "raw"
+    codec: str = "auto"  # auto | raw | lz4 | jpeg[:QUALITY], see edge_agent.codec
     timer_slack_ns: int = 1_000_000
     hedge_slack_ns: int = 500_000
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
@@ -83,6 +86,12 @@ class AgentConfig:
         check_id(self.robot_id)
         if self.deadline_ns <= 0 or self.period_ns <= 0 or self.chunk < 1:
             raise ValueError("deadline, period and chunk must be positive")
+        parse_codec(self.codec)  # ValueError with the reason
+
+    @property
+    def frame_interval_ns(self) -> int:
+        """How often a frame goes out: every step, or every refill of a chunk queue."""
+        return self.period_ns * max(1, self.chunk - self.refill_below)
 
 
 def _retrieve(future: asyncio.Future[Chunk]) -> None:
@@ -128,6 +137,15 @@ class EdgeAgent:
         self._inflight: asyncio.Task[Decision] | None = None
         self._topic = frame_topic(config.robot_id)
         self.metrics.model_version.set(local.version)
+        self.cameras = CameraEncoder(config.codec, interval_ns=config.frame_interval_ns,
+                                     clock=clocks.monotonic)
+        self.cameras.on_choice = metrics.frame_sent
+        metrics.uplink.set_function(self.cameras.uplink_bits_per_second)
+        self.inbox.on_transfer = self.cameras.reply
+        self._frame_codec: dict[str, str] | None = None
+        #: called with (observation, chunk) for every step the cloud answered on time (the
+        #: federated experience buffer); must return at once
+        self.on_cloud: Callable[[Observation, Chunk], None] | None = None
 
     @property
     def step(self) -> int:
@@ -150,6 +168,9 @@ class EdgeAgent:
             result = self._result(step, action, decision, blended=False)
         else:
             result = await self._act_chunked(step, observation, safety_critical)
+        if self._frame_codec is not None:
+            result = dataclasses.replace(result, codec=self._frame_codec)
+            self._frame_codec = None
         self._account(result)
         return result
 
@@ -233,13 +254,17 @@ class EdgeAgent:
                        corr: str) -> None:
         deadline = Deadline(deadline_ns)
         wall_deadline = deadline.wall_ns(self.clocks)
+        budget = deadline_ns - self._now()
         started = time.perf_counter_ns()
+        encoded = self.cameras.encode(observation.images, budget_ns=budget)
         frame = frame_of(observation, robot_id=self.config.robot_id, step=step,
                          capture_ns=self.clocks.wall(), model=self.config.model,
-                         codec=self.config.codec)
+                         cameras=encoded.cameras)
         wire = self.encoder.encode_view(frame, deadline_ns=wall_deadline,
                                         priority=self.config.priority, corr=corr)
         self.inbox.sent(corr, time.perf_counter_ns() - started)
+        self.cameras.sent(corr, encoded, len(wire), budget)
+        self._frame_codec = encoded.choice
         if self.blackbox is not None:
             self.blackbox.sent(self._topic, wire)
         expiry = deadline.expiry_s(self.clocks)
@@ -282,11 +307,15 @@ class EdgeAgent:
             if hedge is not None:
                 self.stats.hedges_wasted += 1
             self.breaker.on_time(reply.rtt_ns, probe=probe)
+            if self.on_cloud is not None:
+                self.on_cloud(observation, reply.chunk)
             return Decision(step, reply.chunk, Source.CLOUD, None, deadline_ns,
                             self._now(), reply.rtt_ns, reply.worker_id,
                             reply.tick_stride)
         pending = self.inbox.expire(corr)
         cause = Cause.REJECTED_REPLY if pending is not None and pending.rejected else Cause.TIMEOUT
+        if cause is Cause.TIMEOUT:
+            self.cameras.missed(corr)  # no reply in time: the uplink may be what is slow
         self.breaker.missed(probe=probe)
         if hedge is None:  # its timer did not get to run (a stalled loop): start it now
             hedge = submit()

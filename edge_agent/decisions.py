@@ -64,6 +64,7 @@ class ActionResult:
     worker_id: str | None
     model_version: int
     blended: bool = False
+    codec: dict[str, str] | None = None  # rung per camera of the frame this step sent
 
     def record(self) -> dict[str, object]:
         """This result as a plain map (the black box's decision record)."""
@@ -71,4 +72,5 @@ class ActionResult:
                 "cause": None if self.cause is None else self.cause.value,
                 "lateness_ns": self.lateness_ns, "rtt_ns": self.rtt_ns,
                 "worker_id": self.worker_id, "model_version": self.model_version,
+                "codec": self.codec,
                 "action": None if self.action is None else self.action.tolist()}

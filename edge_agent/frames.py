@@ -7,7 +7,7 @@ import numpy.typing as npt
 
 from schemas.arrays import pack_array, unpack_array
 from schemas.errors import SchemaError
-from schemas.images import Codec, encode_image
+from schemas.images import Codec, Image, encode_image
 from schemas.messages import Action, Frame
 from vlabus.policy import Observation
 
@@ -17,10 +17,12 @@ MAX_ACTION_DIM = 256
 
 def frame_of(observation: Observation, *, robot_id: str, step: int, capture_ns: int,
              model: str, safety_critical: bool = False, codec: Codec = "raw",
-             quality: int = 85) -> Frame:
-    """The wire frame for one observation (raw images are not copied)."""
-    cameras = {name: encode_image(np.asarray(pixels, dtype=np.uint8), codec, quality)
-               for name, pixels in observation.images.items()}
+             quality: int = 85, cameras: dict[str, Image] | None = None) -> Frame:
+    """The wire frame for one observation (raw images are not copied); ``cameras``, when
+    given, are its images already encoded (see :mod:`edge_agent.cameras`)."""
+    if cameras is None:
+        cameras = {name: encode_image(np.asarray(pixels, dtype=np.uint8), codec, quality)
+                   for name, pixels in observation.images.items()}
     return Frame(robot_id=robot_id, step=step, cameras=cameras, command=observation.command,
                  state=pack_array(np.asarray(observation.state, dtype=np.float32)),
                  capture_ns=capture_ns, safety_critical=safety_critical, model=model)

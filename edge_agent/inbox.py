@@ -64,6 +64,8 @@ class ActionInbox:
         self.metrics = metrics
         self.period_ns = period_ns
         self.on_late = on_late
+        #: (corr, transfer ns, worker span ns) of each reply whose round trip could be split
+        self.on_transfer: Callable[[str, int, int], None] = lambda corr, ns, worker: None
         self.topic = action_topic(robot_id)
         self._decoder = Decoder(keyring, strict_action_guard())
         self._clock = clock
@@ -167,3 +169,4 @@ class ActionInbox:
                     "span": action.span_ns})
         for part, nanos in parts.items():
             self.metrics.latency_parts.labels(part).observe(nanos / 1e9)
+        self.on_transfer(corr, parts["transport_up_down"], action.span_ns)

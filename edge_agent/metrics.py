@@ -5,6 +5,8 @@ Labels are bounded: sources, causes, rejection reasons and update results are cl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from schemas.errors import Reason
@@ -52,6 +54,20 @@ class EdgeMetrics:
                                        ["part"], buckets=_LATENCY_BUCKETS, registry=reg)
         self.frames = Counter("vlabus_edge_frames_sent_total", "Frames sent to the cloud",
                               registry=reg)
+        self.camera_images = Counter("vlabus_edge_camera_images_total",
+                                     "Camera images sent, by codec rung (edge_agent.codec)",
+                                     ["codec"], registry=reg)
+        self.frame_bytes = Counter("vlabus_edge_frame_bytes_total",
+                                   "Bytes of signed frames sent", registry=reg)
+        self.uplink = Gauge("vlabus_edge_uplink_bits_per_second",
+                            "Uplink rate seen from reply timings (0 before the first reply)",
+                            registry=reg)
+
+    def frame_sent(self, choice: Mapping[str, str], nbytes: int) -> None:
+        """One frame went out with ``choice`` (rung per camera) as ``nbytes``."""
+        for rung in choice.values():
+            self.camera_images.labels(rung).inc()
+        self.frame_bytes.inc(nbytes)
 
     def on_reject(self, reason: Reason) -> None:
         """Count one rejected inbound message (the hook of ``vlabus.inbound.Rejections``)."""

@@ -13,7 +13,9 @@ Every error the bus raises on purpose derives from :class:`BusError`::
     │   ├── ReplayError                  reasons "duplicate", "replay", "stale", "future"
     │   ├── DecompressLimitError         reason "decompress_limit"
     │   ├── UnsupportedError             reason "unsupported"
-    │   └── SchemaError(path)            reason "schema"
+    │   ├── SchemaError(path)            reason "schema"
+    │   ├── SessionError(session)        reasons "unknown_session", "expired_session"
+    │   └── MacError(session)            reason "bad_mac"
     ├── KeyringError                     missing or unreadable key files
     └── TransportError                   the bus could not carry a message
         ├── ConnectRefused(url, code)    the broker answered the connection with a refusal
@@ -45,6 +47,9 @@ class Reason(StrEnum):
     DECOMPRESS_LIMIT = "decompress_limit"
     UNSUPPORTED = "unsupported"
     SCHEMA = "schema"
+    UNKNOWN_SESSION = "unknown_session"
+    EXPIRED_SESSION = "expired_session"
+    BAD_MAC = "bad_mac"
 
 
 class BusError(Exception):
@@ -132,6 +137,28 @@ class SchemaError(WireError):
     def __init__(self, detail: str, path: str = "") -> None:
         super().__init__(detail)
         self.path = path
+
+
+class SessionError(WireError):
+    """No session key for ``session`` here (``unknown_session``) or it ran out by time or
+    message count (``expired_session``); the receiver asks the sender for a new handshake."""
+
+    reason = Reason.UNKNOWN_SESSION
+
+    def __init__(self, session: str, detail: str, *, reason: Reason | None = None) -> None:
+        super().__init__(f"session {session}: {detail}", reason=reason)
+        self.session = session
+
+
+class MacError(WireError):
+    """The keyed MAC does not match under the session the header names."""
+
+    reason = Reason.BAD_MAC
+
+    def __init__(self, session: str, sender: str) -> None:
+        super().__init__(f"MAC does not verify under session {session} (sender {sender!r})")
+        self.session = session
+        self.sender = sender
 
 
 class KeyringError(BusError):

@@ -4,9 +4,15 @@
     vla/v1/{robot_id}/task       robot -> cloud, QoS 1
     vla/v1/{robot_id}/action     cloud -> robot, QoS 1 (actions and task results)
     vla/v1/{robot_id}/status     retained birth/death of the robot
+    vla/v1/{robot_id}/session    robot -> pool, QoS 1: signed session offer (all workers read)
+    vla/v1/{robot_id}/checkpoint robot's signed checkpoints of its session-mode messages
     vla/v1/workers/{worker_id}/status   retained birth/death of a worker
+    vla/v1/workers/{worker_id}/checkpoint  a worker's signed checkpoints
     vla/v1/models/{model}/manifest      signed release manifest, retained
     vla/v1/models/{model}/chunk         release chunks
+    vla/v1/models/{model}/fl-round      federated round announcement, retained
+    vla/v1/models/{model}/fl-result     what a federated round came to, retained
+    vla/v1/{robot_id}/fl-update         robot -> coordinator: update manifest and chunks
 
 Workers read frames and tasks through ``$share/{group}/...``.
 """
@@ -26,6 +32,9 @@ ALL_FRAMES = f"{PREFIX}/+/frame"
 ALL_TASKS = f"{PREFIX}/+/task"
 ALL_MODELS = f"{PREFIX}/models/#"
 ALL_WORKER_STATUS = f"{PREFIX}/workers/+/status"
+#: Session offers: every worker of a pool reads them (not shared: each needs the key).
+ALL_SESSION_OFFERS = f"{PREFIX}/+/session"
+ALL_FL_UPDATES = f"{PREFIX}/+/fl-update"
 
 
 def check_id(value: str) -> str:
@@ -115,6 +124,20 @@ def decision_topic(robot_id: str) -> str:
     return f"{PREFIX}/{check_id(robot_id)}/decision"
 
 
+def session_topic(robot_id: str) -> str:
+    """Where a robot offers its session keys to its worker pool (``security.session``)."""
+    return f"{PREFIX}/{check_id(robot_id)}/session"
+
+
+def checkpoint_topic(robot_id: str) -> str:
+    """Where a robot publishes the signed checkpoints of its session-mode messages."""
+    return f"{PREFIX}/{check_id(robot_id)}/checkpoint"
+
+
+def worker_checkpoint_topic(worker_id: str) -> str:
+    return f"{PREFIX}/workers/{check_id(worker_id)}/checkpoint"
+
+
 def worker_status_topic(worker_id: str) -> str:
     return f"{PREFIX}/workers/{check_id(worker_id)}/status"
 
@@ -125,6 +148,18 @@ def model_manifest_topic(model: str) -> str:
 
 def model_chunk_topic(model: str) -> str:
     return f"{PREFIX}/models/{check_name(model)}/chunk"
+
+
+def fl_round_topic(model: str) -> str:
+    return f"{PREFIX}/models/{check_name(model)}/fl-round"
+
+
+def fl_result_topic(model: str) -> str:
+    return f"{PREFIX}/models/{check_name(model)}/fl-result"
+
+
+def fl_update_topic(robot_id: str) -> str:
+    return f"{PREFIX}/{check_id(robot_id)}/fl-update"
 
 
 def shared(group: str, pattern: str) -> str:

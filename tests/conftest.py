@@ -16,7 +16,7 @@ import pytest
 from tests.support.keys import KeyDir, make_keydir
 
 pytest_plugins: list[str] = ["tests.support.hub", "tests.support.mosquitto",
-                              "tests.support.install"]
+                              "tests.support.install", "tests.support.netbed"]
 
 _INTEGRATION = Path(__file__).parent / "integration"
 _REAL_BUS_FIXTURES = {"mosquitto", "mosquitto_persistent", "mosquitto_fleet", "zmq_hub",

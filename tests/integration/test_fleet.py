@@ -63,11 +63,12 @@ def run_with_worker(hub: Hub, keys: KeyDir, spec: FleetSpec,
 
 def test_each_simulated_robot_is_its_own_client_and_is_answered(zmq_hub: Hub,
                                                                 fleet_keys: KeyDir) -> None:
-    spec = FleetSpec(robots=6, fps=20, deadline_ms=80, seconds=1.0, high_fraction=0.3,
+    # deadlines far above this loaded machine's worst stalls: the test is about identities
+    spec = FleetSpec(robots=6, fps=10, deadline_ms=600, seconds=1.5, high_fraction=0.3,
                      breaker=BreakerConfig(miss_limit=1 << 30), model=LocalModel(width=8))
     fleet, worker = run_with_worker(zmq_hub, fleet_keys, spec, "vlabus")
     assert [r["robot_id"] for r in fleet["per_robot"]] == [f"robot-{i}" for i in range(1, 7)]
-    assert all(r["requests"] >= 10 and r["on_time"] > 0 for r in fleet["per_robot"])
+    assert all(r["requests"] >= 10 and r["answered"] > 0 for r in fleet["per_robot"])
     # 30% at high priority, spread evenly: the 4th of six
     assert [r["priority"] for r in fleet["per_robot"]] == [2, 2, 2, 1, 2, 2]
     assert fleet["by_priority"]["1"]["robots"] == 1
@@ -78,7 +79,7 @@ def test_each_simulated_robot_is_its_own_client_and_is_answered(zmq_hub: Hub,
 
 
 def test_serial_scheduler_runs_one_request_per_batch(zmq_hub: Hub, fleet_keys: KeyDir) -> None:
-    spec = FleetSpec(robots=4, fps=20, deadline_ms=80, seconds=0.6,
+    spec = FleetSpec(robots=4, fps=10, deadline_ms=600, seconds=0.8,
                      breaker=BreakerConfig(miss_limit=1 << 30), model=LocalModel(width=8))
     fleet, worker = run_with_worker(zmq_hub, fleet_keys, spec, "serial")
     assert fleet["answered"] > 0

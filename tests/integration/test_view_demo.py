@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import simplejpeg
 
 pytest.importorskip("foxglove")
 mcap_protobuf = pytest.importorskip("mcap_protobuf.decoder")
@@ -95,15 +96,21 @@ def test_foxglove_client_receives_a_camera_image_from_a_running_demo(tmp_path: P
     finally:
         demo.send_signal(signal.SIGINT)  # the demo stops its children on the way out
         demo.communicate(timeout=60)
-    assert channel["schemaName"] == "foxglove.RawImage"
+    # the robots pick their camera codec (--codec auto): raw pixels or JPEG passed through
+    assert channel["schemaName"] in ("foxglove.RawImage", "foxglove.CompressedImage")
     assert channel["encoding"] == "protobuf"
     decoder = mcap_protobuf.DecoderFactory().decoder_for("protobuf", Schema(
         id=1, name=channel["schemaName"], encoding="protobuf",
         data=base64.b64decode(channel["schema"])))
     assert decoder is not None
     image = decoder(payload)
-    assert (image.width, image.height, image.encoding) == (224, 224, "rgb8")
-    pixels = np.frombuffer(image.data, np.uint8)
-    assert pixels.size == 224 * 224 * 3
+    if channel["schemaName"] == "foxglove.RawImage":
+        assert (image.width, image.height, image.encoding) == (224, 224, "rgb8")
+        pixels = np.frombuffer(image.data, np.uint8).reshape(224, 224, 3)
+    else:
+        assert image.format == "jpeg"
+        pixels = simplejpeg.decode_jpeg(bytes(image.data))
+    assert pixels.shape == (224, 224, 3)
     assert pixels.std() > 0  # a rendered scene, not an empty buffer
+    assert image.frame_id == "front"
     assert abs(log_ns - time.time_ns()) < 600e9

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from schemas.errors import PublishRejected, SubscribeRejected, TransportError
+from tests.support.clock import FakeClock
 from vlabus.bus.inflight import Inflight, InflightTable, Verdict, retry_delay
 from vlabus.bus.mqtt.acks import AckGate
 from vlabus.bus.session import Session
@@ -15,18 +16,9 @@ from vlabus.bus.transport import TransportOptions
 from vlabus.hub import protocol
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def session(clock: Clock | None = None, **options: int) -> Session[int]:
-    return Session("test", TransportOptions(client_id="c", **options), clock=clock or Clock())
+def session(clock: FakeClock | None = None, **options: int) -> Session[int]:
+    return Session("test", TransportOptions(client_id="c", **options),
+                   clock=clock or FakeClock(50.0, per_ms=0.001))
 
 
 def test_publish_checks_run_in_one_order() -> None:
@@ -61,7 +53,7 @@ def test_subscribe_checks_filter_and_group() -> None:
 
 
 def test_retained_store_is_bounded_clears_on_empty_and_expires() -> None:
-    clock = Clock()
+    clock = FakeClock(50.0, per_ms=0.001)
     s = Session("test", TransportOptions(client_id="c"), clock=clock, retained_limit=2)
     s.retain("a", b"1")
     s.retain("b", b"2", expiry_s=5.0)
@@ -81,7 +73,7 @@ def entry(loop: asyncio.AbstractEventLoop, table: InflightTable[int], *,
 def test_inflight_verdicts_follow_the_reason_code_and_the_clock() -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()
-        clock = Clock()
+        clock = FakeClock(50.0, per_ms=0.001)
         table: InflightTable[int] = InflightTable(clock)
         assert table.settle(entry(loop, table), 0x00) is Verdict.DELIVERED
         assert table.settle(entry(loop, table), 0x87) is Verdict.REJECTED
@@ -101,7 +93,7 @@ def test_inflight_verdicts_follow_the_reason_code_and_the_clock() -> None:
 def test_inflight_table_keeps_order_and_forgets_a_given_up_publish() -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()
-        table: InflightTable[int] = InflightTable(Clock())
+        table: InflightTable[int] = InflightTable(FakeClock(50.0, per_ms=0.001))
         first, second = entry(loop, table), entry(loop, table)
         first.timer = loop.call_later(60, lambda: None)
         table.add(7, first)

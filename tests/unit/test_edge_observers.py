@@ -116,7 +116,7 @@ def test_black_box_records_sent_received_and_decided_on_their_topics() -> None:
     assert sink.channels == [None, None, DECISION]  # envelopes as they are, decisions labelled
     assert msgspec.msgpack.decode(payload) == {
         "step": 3, "source": "fallback", "cause": "timeout", "lateness_ns": 2, "rtt_ns": None,
-        "worker_id": None, "model_version": 4, "action": [0.25]}
+        "worker_id": None, "model_version": 4, "codec": None, "action": [0.25]}
 
 
 def test_a_failing_recorder_stops_the_black_box_not_the_robot() -> None:

@@ -28,7 +28,7 @@ from vlabus.wire import Encoder
 NOWHERE = "zmq://127.0.0.1:9"
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     try:
         code = main(list(argv))
     except SystemExit as exc:  # argparse usage errors
@@ -50,7 +50,7 @@ def test_record_refuses_an_existing_output_and_leaves_it_byte_identical(
     existing = tmp_path / "fleet.mcap"
     write_recording(existing, keydir)
     before = hashlib.sha256(existing.read_bytes()).hexdigest()
-    code, _, err = run(capsys, "record", "-o", str(existing), "--bus", NOWHERE,
+    code, _, err = run_cli(capsys, "record", "-o", str(existing), "--bus", NOWHERE,
                        "--duration", "1")
     assert code != 0
     assert "exists" in err, err
@@ -150,7 +150,7 @@ def test_record_cli_splits_live_traffic(keydir: KeyDir, tmp_path: Path,
 ])
 def test_usage_errors_exit_2_with_one_line_before_connecting(
         argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, *argv, "--bus", NOWHERE)
+    code, out, err = run_cli(capsys, *argv, "--bus", NOWHERE)
     assert code == 2
     last = err.strip().splitlines()[-1]
     assert flag in last, err
@@ -162,7 +162,7 @@ def test_replay_start_offset_past_the_end_is_an_error(
         keydir: KeyDir, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "short.mcap"
     write_recording(path, keydir, count=5)  # 4 s long
-    code, out, _ = run(capsys, "replay", str(path), "--bus", NOWHERE, "--start-offset", "9",
+    code, out, _ = run_cli(capsys, "replay", str(path), "--bus", NOWHERE, "--start-offset", "9",
                        "--json")
     assert code == 2
     summary = json.loads(out)
@@ -174,12 +174,12 @@ def test_log_info_shows_human_times(keydir: KeyDir, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "info.mcap"
     write_recording(path, keydir, count=5, spacing_ns=30 * 10**9)  # two minutes
-    code, out, _ = run(capsys, "log", "info", str(path))
+    code, out, _ = run_cli(capsys, "log", "info", str(path))
     assert code == 0
     assert "start      2023-11-14 22:13:20.000 UTC" in out
     assert "end        2023-11-14 22:15:20.000 UTC" in out
     assert "duration   2 min 00.0 s" in out
-    code, out, _ = run(capsys, "log", "info", str(path), "--json")
+    code, out, _ = run_cli(capsys, "log", "info", str(path), "--json")
     doc = json.loads(out)
     assert doc["start"] == "2023-11-14 22:13:20.000 UTC"
     assert doc["start_ns"] == 1_700_000_000_000_000_000

@@ -10,26 +10,18 @@ from cloud_workers.deadline import DeadlineScheduler, ServiceQueue
 from cloud_workers.queue import Request
 from cloud_workers.schedulers import ArrivalQueue, FifoBatcher, make_scheduler
 from schemas.messages import Priority
+from tests.support.clock import MS, FakeClock
 from vlabus.policy.profile import Profile, ProfilePolicy
 
-MS = 1_000_000
 # t(b) = 40 + 10 b ms: batching pays, and a batch of 8 takes 120 ms
 TABLE = tuple((b, 40.0 + 10.0 * b) for b in (1, 2, 4, 8, 16))
 PROFILE = Profile(name="test", model="test", device="none", measured=False, method="test",
                   sources=(), batch_ms=TABLE)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 10_000 * MS
-
-    def __call__(self) -> int:
-        return self.now
-
-
 def vlabus(max_batch: int = 16, max_delay_ms: float = 0.0, margin_ms: float = 0.0,
-           starve_after: int = 4) -> tuple[Clock, ServiceQueue, DeadlineScheduler]:
-    clock = Clock()
+           starve_after: int = 4) -> tuple[FakeClock, ServiceQueue, DeadlineScheduler]:
+    clock = FakeClock(10_000 * MS)
     times = BatchTimes()
     times.seed("m", PROFILE, max_batch)
     queue = ServiceQueue(256, clock=clock, estimate=times)
@@ -39,7 +31,7 @@ def vlabus(max_batch: int = 16, max_delay_ms: float = 0.0, margin_ms: float = 0.
     return clock, queue, sched
 
 
-def push(queue: ServiceQueue | ArrivalQueue, clock: Clock, deadline_ms: float,
+def push(queue: ServiceQueue | ArrivalQueue, clock: FakeClock, deadline_ms: float,
          priority: int = Priority.NORMAL, model: str = "m") -> Request:
     request = Request(model=model, priority=priority,
                       deadline_ns=clock.now + int(deadline_ms * MS) if deadline_ms else 0,
@@ -161,7 +153,7 @@ def test_critical_is_released_at_once_and_never_yields() -> None:
 
 
 def test_fifo_batches_in_arrival_order_after_max_delay_and_drops_nothing() -> None:
-    clock = Clock()
+    clock = FakeClock(10_000 * MS)
     queue = ArrivalQueue(64, BatchTimes())
     fifo = FifoBatcher(queue, max_batch=4, max_delay_ns=5 * MS, clock=clock)
     late = push(queue, clock, deadline_ms=1)
@@ -179,7 +171,7 @@ def test_fifo_batches_in_arrival_order_after_max_delay_and_drops_nothing() -> No
 
 def test_serial_takes_one_at_a_time_and_queue_refuses_when_full() -> None:
     queue, serial = make_scheduler("serial", {}, max_batch=16, max_delay_ns=5 * MS, capacity=2)
-    clock = Clock()
+    clock = FakeClock(10_000 * MS)
     first = Request("m", Priority.NORMAL, 0, clock.now)
     assert queue.push(first) == []
     assert queue.push(Request("m", Priority.HIGH, 0, clock.now)) == []

@@ -204,3 +204,32 @@ def test_jpeg_with_odd_channel_count_is_a_schema_error(channels: int) -> None:
     with pytest.raises(SchemaError) as info:
         decode_image(odd, path="cameras.front")
     assert info.value.path == "cameras.front.channels"
+
+
+def test_lz4_image_is_lossless_and_bounded() -> None:
+    pixels = TabletopScene(32, 48, seed=6).render(0)
+    image = encode_image(pixels, "lz4")
+    assert image.codec == "lz4"
+    assert np.array_equal(decode_image(image), pixels)
+    lying = Image(codec="lz4", height=64, width=48, channels=3, data=image.data)
+    with pytest.raises(SchemaError, match="lz4"):
+        decode_image(lying)
+    garbage = Image(codec="lz4", height=4, width=4, channels=3, data=memoryview(b"\xff" * 9))
+    with pytest.raises(SchemaError, match="lz4"):
+        decode_image(garbage)
+
+
+def test_resolution_step_decodes_at_the_captured_size() -> None:
+    pixels = TabletopScene(32, 48, seed=7).render(0)
+    for codec in ("raw", "lz4", "jpeg"):
+        image = encode_image(pixels, codec, 90, scale=2)  # type: ignore[arg-type]
+        assert (image.height, image.width, image.scale) == (16, 24, 2)
+        back = decode_image(image)
+        assert back.shape == pixels.shape
+        assert np.abs(back.astype(int) - pixels.astype(int)).mean() < 40
+    with pytest.raises(SchemaError, match="scale"):
+        encode_image(pixels[:31], "raw", scale=2)
+    huge = Image(codec="raw", height=4000, width=1, channels=1, data=memoryview(bytes(4000)),
+                 scale=2)
+    with pytest.raises(SchemaError, match="scale"):
+        decode_image(huge)

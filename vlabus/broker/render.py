@@ -24,7 +24,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -104,6 +104,7 @@ def render(
     templates: Path | None = None,
     dynsec_plugin: str = DYNSEC_PLUGIN,
     log_stdout: bool = False,
+    only: Collection[str] | None = None,
     config_dir: str | None = None,
     ca_dir: str | Path | None = None,
 ) -> Path:
@@ -113,8 +114,9 @@ def render(
     identity = certificate CN, and per-role access control. ``log_stdout`` sends the broker's
     log to stdout (a container) instead of ``out/mosquitto.log``. ``config_dir`` is where the
     broker will find these files when that is not ``out`` (a Kubernetes volume; the paths in
-    mosquitto.conf use it). ``ca_dir`` holds the fleet CA's private key (default
-    ``keys/ca``), out of the broker's directory. Returns the path of mosquitto.conf.
+    mosquitto.conf use it). ``only``: just these identities of the keyring (a site broker's
+    robots). ``ca_dir`` holds the fleet CA's private key (default ``keys/ca``), out of the
+    broker's directory. Returns the path of mosquitto.conf.
     """
     templates = templates or templates_dir()
     ring = Keyring.load(keys)
@@ -122,7 +124,8 @@ def render(
         raise BrokerError(f"keyring {keys} holds no identities (run `vlabus keys add`)")
     root = Path(out).resolve()
     (root / "data").mkdir(parents=True, exist_ok=True)
-    identities = [(key.role, key.identity) for key in ring]
+    identities = [(key.role, key.identity) for key in ring
+                  if only is None or key.identity in only]
     if tls:
         if any(ident == ADMIN for _, ident in identities):
             raise BrokerError(f"{ADMIN!r} is the broker's own administrator; rename that key")

@@ -18,7 +18,7 @@ from vlabus import version
 #: Commands of the bus core, in the order ``--help`` lists them. The robot's and the cloud's
 #: commands (``edge``, ``worker``, ``model``) are registered by their own packages through the
 #: ``vlabus.commands`` entry-point group, so the core never imports them.
-COMMANDS = ["demo", "keys", "doctor", "hub", "broker", "record", "replay", "log", "view",
+COMMANDS = ["demo", "keys", "doctor", "hub", "broker", "record", "replay", "log", "echo", "view",
             "gateway"]
 PLUGIN_GROUP = "vlabus.commands"
 

@@ -37,6 +37,18 @@ def register(sub: Any) -> None:
     render.add_argument("--config-dir", default=None, metavar="DIR",
                         help="where the broker will read these files, when not --out (e.g. "
                              "a Kubernetes volume); the paths in mosquitto.conf use it")
+    site = render.add_argument_group(
+        "site broker", "a Mosquitto for one site's robots, bridged to the cloud broker over "
+        "MQTT 5 + mutual TLS (implies --tls); see docs/network.md")
+    site.add_argument("--site", default=None, metavar="NAME",
+                      help="render a site broker; its bridge identity is site-NAME")
+    site.add_argument("--uplink", default=None, metavar="mqtts://HOST:PORT",
+                      help="the cloud broker the site bridges to")
+    site.add_argument("--cloud-config", default=None, metavar="DIR", type=Path,
+                      help="the cloud broker's directory (render --tls): its CA signs the "
+                           "site's certificate, its access rules get the site's role")
+    site.add_argument("--robot", action="append", default=None, metavar="ID",
+                      help="a robot of this site (repeatable; default: every robot in --keys)")
     render.add_argument("--ca-dir", default=None, metavar="DIR",
                         help="--tls: where the fleet CA's private key lives (default KEYS/ca; "
                              "never in --out, which goes to the broker)")
@@ -67,25 +79,47 @@ def register(sub: Any) -> None:
 
 def _render(args: argparse.Namespace) -> int:
     from vlabus.broker.render import ADMIN, DYNSEC_PLUGIN, render
+    from vlabus.broker.site import render_site
 
     hostnames = tuple(args.hostname or ["localhost"])
+    if args.site is not None:
+        args.tls = True
+        if args.uplink is None or args.cloud_config is None:
+            print("vlabus broker render: --site needs --uplink and --cloud-config")
+            return 1
+    elif args.uplink or args.cloud_config or args.robot:
+        print("vlabus broker render: --uplink, --cloud-config and --robot go with --site")
+        return 1
     try:
-        conf = render(args.keys, args.out, tls=args.tls, bind=args.bind, port=args.port,
-                      hostnames=hostnames, log_stdout=args.log_stdout,
-                      config_dir=args.config_dir, ca_dir=args.ca_dir,
-                      dynsec_plugin=args.dynsec_plugin or DYNSEC_PLUGIN)
-    except BusError as exc:
+        if args.site is not None:
+            conf = render_site(args.keys, args.out, site=args.site, uplink=args.uplink,
+                               cloud=args.cloud_config, robots=args.robot, bind=args.bind,
+                               port=args.port, hostnames=hostnames, ca_dir=args.ca_dir,
+                               dynsec_plugin=args.dynsec_plugin or DYNSEC_PLUGIN)
+        else:
+            conf = render(args.keys, args.out, tls=args.tls, bind=args.bind, port=args.port,
+                          hostnames=hostnames, log_stdout=args.log_stdout,
+                          config_dir=args.config_dir, ca_dir=args.ca_dir,
+                          dynsec_plugin=args.dynsec_plugin or DYNSEC_PLUGIN)
+    except (BusError, OSError) as exc:
         print(f"vlabus broker render: {exc}")
         return 1
     root = conf.parent
     clients = sorted(p.name.split(".")[0] for p in (root / "tls" / "clients").glob("*.crt")
                      if p.name.split(".")[0] != ADMIN) \
         if args.tls else sorted(p.stem for p in (root / "clients").glob("*.password"))
-    summary = {"config": str(conf), "mode": "fleet" if args.tls else "dev",
+    summary: dict[str, Any] = {"config": str(conf), "mode": "fleet" if args.tls else "dev",
                "clients": clients, "files": sorted(str(p.relative_to(root))
                                                    for p in root.rglob("*") if p.is_file())}
     if args.tls:
         summary["admin"] = ADMIN
+    if args.site is not None:
+        from vlabus.broker.site import bridge_topics, site_identity, site_robots
+
+        up, down = bridge_topics(site_robots(args.keys, args.robot))
+        summary["site"] = {"name": args.site, "identity": site_identity(args.site),
+                           "uplink": args.uplink, "up": up, "down": down,
+                           "cloud_config": str(args.cloud_config)}
     if args.json:
         print(json.dumps(summary))
     else:

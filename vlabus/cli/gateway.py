@@ -77,7 +77,8 @@ async def openpi_command(args: argparse.Namespace) -> dict[str, Any]:
     """Run the gateway until stopped; return the JSON summary."""
     from schemas.topics import robot_status_topic
     from security.keys import Keyring, load_signer
-    from vlabus.bus.transport import Will, open_transport
+    from vlabus.bus.transport import Will
+    from vlabus.bus.wait import open_when_up
     from vlabus.gateway.mapping import MappingError, parse_map
     from vlabus.gateway.openpi import OpenpiGateway, serve
     from vlabus.gateway.remote import RemoteConfig, RemotePolicy
@@ -98,8 +99,9 @@ async def openpi_command(args: argparse.Namespace) -> dict[str, Any]:
     will = Will(robot_status_topic(args.robot_id), encoder.encode(
         _status(args.robot_id, "offline", session)), qos=1, retain=True)
     try:
-        transport = await open_transport(
-            args.bus, dataclasses.replace(transport_options(args, args.robot_id), will=will))
+        transport = await open_when_up(
+            args.bus, dataclasses.replace(transport_options(args, args.robot_id), will=will),
+            what=f"gateway {args.robot_id}", timeout_s=args.connect_timeout)
     except (BusError, OSError) as exc:
         if recorder is not None:
             recorder.close()

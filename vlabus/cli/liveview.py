@@ -1,7 +1,10 @@
 """The live terminal view of ``vlabus demo``, computed from the children's /metrics.
 
 Rates and quantiles are taken over the last interval from counter and histogram deltas
-(quantiles interpolated within histogram buckets, as Prometheus' ``histogram_quantile`` does).
+(quantiles interpolated within histogram buckets, as Prometheus' ``histogram_quantile`` does;
+the latency buckets step 1 ms from 1 to 10 ms and 2 ms to 20 ms, so the view agrees with the
+samples in the run's summary to within a bucket). Totals shown never go backwards: a child that
+restarts starts its counters at zero, and :class:`Totals` carries what it had counted before.
 """
 
 from __future__ import annotations
@@ -52,6 +55,22 @@ def histogram_quantile(q: float, before: Samples, after: Samples, name: str) -> 
     return lower
 
 
+class Totals:
+    """Running totals per (child, counter) that survive a child's restart: when a counter
+    reads less than last time, the child restarted and its earlier count is carried."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], float] = {}
+        self._carried: dict[tuple[str, str], float] = {}
+
+    def __call__(self, child: str, counter: str, value: float) -> int:
+        key = (child, counter)
+        if value < self._last.get(key, 0.0):
+            self._carried[key] = self._carried.get(key, 0.0) + self._last[key]
+        self._last[key] = value
+        return int(self._carried.get(key, 0.0) + value)
+
+
 @dataclass
 class RobotRow:
     name: str
@@ -71,9 +90,12 @@ class WorkerRow:
     served: int
 
 
-def robot_row(name: str, before: Samples, after: Samples, dt: float) -> RobotRow:
-    if not after:  # finished or not up yet: nothing to difference against
-        fallbacks = int(_sum(before, "vlabus_edge_fallbacks_total"))
+def robot_row(name: str, before: Samples, after: Samples, dt: float,
+              totals: Totals | None = None) -> RobotRow:
+    """One robot's row; ``after`` empty means it is not answering (finished, not up yet)."""
+    totals = totals or Totals()
+    if not after:  # nothing to difference against
+        fallbacks = totals(name, "fallbacks", _sum(before, "vlabus_edge_fallbacks_total"))
         return RobotRow(name, 0.0, None, None, None, fallbacks)
     actions = _sum(after, "vlabus_edge_actions_total") - _sum(before, "vlabus_edge_actions_total")
     cloud = (_sum(after, "vlabus_edge_actions_total", source="cloud")
@@ -86,13 +108,16 @@ def robot_row(name: str, before: Samples, after: Samples, dt: float) -> RobotRow
         cloud_share=cloud / actions if actions else None,
         rtt_p50_ms=None if p50 is None else p50 * 1e3,
         rtt_p99_ms=None if p99 is None else p99 * 1e3,
-        fallbacks=int(_sum(after, "vlabus_edge_fallbacks_total")),
+        fallbacks=totals(name, "fallbacks", _sum(after, "vlabus_edge_fallbacks_total")),
     )
 
 
-def worker_row(name: str, before: Samples, after: Samples) -> WorkerRow:
+def worker_row(name: str, before: Samples, after: Samples,
+               totals: Totals | None = None) -> WorkerRow:
+    """One worker's row; ``after`` empty means it is down."""
+    totals = totals or Totals()
     if not after:
-        served = int(_sum(before, "vlabus_worker_replies_total"))
+        served = totals(name, "served", _sum(before, "vlabus_worker_replies_total"))
         return WorkerRow(name, False, None, 0.0, served)
     batches = _sum(after, "vlabus_worker_batch_size_count") - _sum(
         before, "vlabus_worker_batch_size_count")
@@ -103,7 +128,7 @@ def worker_row(name: str, before: Samples, after: Samples) -> WorkerRow:
         up=bool(after),
         mean_batch=batched / batches if batches else None,
         queue_depth=_sum(after, "vlabus_worker_queue_depth"),
-        served=int(_sum(after, "vlabus_worker_replies_total")),
+        served=totals(name, "served", _sum(after, "vlabus_worker_replies_total")),
     )
 
 
@@ -113,8 +138,9 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def render(elapsed: float, total: float, robots: list[RobotRow], workers: list[WorkerRow],
            events: list[str]) -> str:
-    """A plain-text frame of the view (the caller decides how to put it on screen)."""
-    lines = [f"vlabus demo  t={elapsed:5.1f}/{total:.0f} s", "",
+    """A plain-text frame of the view (the caller decides how to put it on screen). The clock
+    stops at ``total``: robots finishing their last steps do not run it past the end."""
+    lines = [f"vlabus demo  t={min(elapsed, total):5.1f}/{total:.0f} s", "",
              f"{'robot':12} {'fps':>6} {'cloud%':>7} {'rtt p50':>9} {'rtt p99':>9} "
              f"{'fallbacks':>9}"]
     for r in robots:

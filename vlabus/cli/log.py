@@ -1,4 +1,4 @@
-"""``vlabus log info|cat|recover|export|evaluate FILE``: look into MCAP recordings.
+"""``vlabus log info|cat|recover|export|evaluate|verify FILE``: look into MCAP recordings.
 
 Exit status 0 on success, 1 when the file cannot be read or written.
 """
@@ -15,6 +15,7 @@ from schemas.errors import BusError, KeyringError
 from security.keys import Keyring, load_pool_secret
 from security.seal import Opener
 from vlabus.cli.busflags import topic_pattern
+from vlabus.cli.log_verify import add_verify
 
 # mcap, numpy and torch load inside the handlers: `vlabus --help` stays fast.
 
@@ -77,6 +78,8 @@ def register(sub: Any) -> None:
     evaluate.add_argument("--pool", default=None, metavar="NAME", help=POOL_HELP)
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=run_evaluate)
+
+    add_verify(actions)
 
 
 def _fail(exc: Exception) -> int:

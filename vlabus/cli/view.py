@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 async def view_command(args: argparse.Namespace) -> dict[str, Any]:
     """Serve until stopped; return the JSON summary."""
     from security.keys import Keyring
-    from vlabus.bus.transport import open_transport
+    from vlabus.bus.wait import open_when_up
 
     try:
         import foxglove
@@ -74,8 +74,9 @@ async def view_command(args: argparse.Namespace) -> dict[str, Any]:
         return {"exit_code": 2, "error": str(exc)}
     client_id = args.client_id or f"view-{os.getpid()}"
     try:
-        transport = await open_transport(args.bus, transport_options(args, args.identity,
-                                                                     client_id))
+        transport = await open_when_up(args.bus, transport_options(args, args.identity,
+                                                                   client_id),
+                                       what="view", timeout_s=args.connect_timeout)
     except (BusError, OSError) as exc:
         return {"exit_code": 2, "error": f"cannot reach {args.bus}: {exc}"}
     context = foxglove.Context()

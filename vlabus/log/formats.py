@@ -102,6 +102,7 @@ DECISION_SCHEMA: dict[str, Any] = {
         "rtt_ns": {"type": ["integer", "null"], "minimum": 0},
         "worker_id": {"type": ["string", "null"]},
         "model_version": {"type": "integer", "minimum": 0},
+        "codec": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
         "action": {"type": ["array", "null"], "items": {"type": "number"}},
     },
     "required": ["step", "source"],
