@@ -16,6 +16,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -52,6 +53,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--keys-poll", type=non_negative_float, default=2.0, metavar="S",
                         help="with --keys: look for changed keys and CURVE clients every S "
                              "seconds and reload like SIGHUP (default 2; 0 = only on SIGHUP)")
+    parser.add_argument("--status-every", type=non_negative_float, default=10.0, metavar="S",
+                        help="a status line on stderr every S seconds when not in --json mode "
+                             "(default 10; 0 = off)")
     parser.add_argument("--json", action="store_true", help="print the final counters as JSON")
     parser.set_defaults(func=run)
 
@@ -119,11 +123,20 @@ def run(args: argparse.Namespace) -> int:
               flush=True)
     watched = _watched(args)
     seen = watched()
+    every = args.status_every if args.status_every > 0 and not args.json else 0.0
+    next_status = time.monotonic() + every
     while not stop.is_set():
         # polling the key folders costs a few stat calls; SIGHUP reloads at once
-        if not wake.wait(timeout=args.keys_poll or None) and watched() != seen:
+        timeout = min(t for t in (args.keys_poll, every) if t > 0) \
+            if args.keys_poll or every else None
+        if not wake.wait(timeout=timeout) and args.keys_poll and watched() != seen:
             hup.set()
         wake.clear()
+        if every and time.monotonic() >= next_status:
+            next_status = time.monotonic() + every
+            c = hub.counters()
+            print(f"hub: {c['clients']} clients, received {c['received']}, delivered "
+                  f"{c['delivered']}, denied {c['denied']}", file=sys.stderr, flush=True)
         if hup.is_set() and not stop.is_set():
             hup.clear()
             seen = watched()
