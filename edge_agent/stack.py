@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class LocalModel:
     state_dim: int = 14
     cameras: tuple[str, ...] = ("front",)
     models_dir: Path | None = None
+    personal_dir: Path | None = None  # federated personal tensors laid over every release
 
 
 def build_local(model: LocalModel) -> tuple[Policy, int]:
@@ -48,8 +50,7 @@ def build_local(model: LocalModel) -> tuple[Policy, int]:
     if model.models_dir is not None:
         installed = ModelStore(model.models_dir).active(model.name)
         if installed is not None:
-            return (ReferencePolicy.load_safetensors(installed.path, device="cpu"),
-                    installed.version)
+            return loader_for(model)(installed.path), installed.version
     policy = ReferencePolicy.seeded(device="cpu", width=model.width, horizon=model.horizon,
                                     action_dim=model.action_dim, state_dim=model.state_dim,
                                     cameras=model.cameras, name=model.name)
@@ -58,6 +59,15 @@ def build_local(model: LocalModel) -> tuple[Policy, int]:
 
 def load_reference(path: Path) -> Policy:
     return ReferencePolicy.load_safetensors(path, device="cpu")
+
+
+def loader_for(model: LocalModel) -> Callable[[Path], Policy]:
+    """How releases of ``model`` are loaded: with its personal tensors when it has any."""
+    if model.personal_dir is None:
+        return load_reference
+    from edge_agent.fl.personal import personal_loader
+
+    return personal_loader(model.personal_dir)
 
 
 async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: AgentConfig,
@@ -94,7 +104,7 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
     if model.models_dir is not None:
         assert local.shape is not None  # set by warm_up
         updater = ModelUpdater(ModelStore(model.models_dir), model.name, installed=version,
-                               loader=load_reference, probe=probe, shape=local.shape)
+                               loader=loader_for(model), probe=probe, shape=local.shape)
         feed = ModelFeed(updater, local, keys, metrics=metrics, rejections=rejections)
     blackbox = None if recorder is None else BlackBox(recorder, config.robot_id)
     agent = EdgeAgent(transport, encoder, keys, local, config, metrics=metrics,

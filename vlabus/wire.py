@@ -112,6 +112,10 @@ SENDER_ROLES: dict[str, frozenset[Role]] = {
     "session_offer": frozenset({"robot"}),
     "session_refused": frozenset({"worker"}),
     "checkpoint": frozenset({"robot", "worker"}),
+    "fl_round": frozenset({"release"}),
+    "fl_result": frozenset({"release"}),
+    "fl_update": frozenset({"robot"}),
+    "fl_chunk": frozenset({"robot"}),
 }
 IDENTITY_FIELD: dict[str, str] = {
     "frame": "robot_id",
@@ -122,9 +126,13 @@ IDENTITY_FIELD: dict[str, str] = {
     "session_offer": "robot_id",
     "session_refused": "worker_id",
     "checkpoint": "sender",
+    "fl_round": "coordinator",
+    "fl_result": "coordinator",
+    "fl_update": "robot_id",
+    "fl_chunk": "robot_id",
 }
 #: Kinds that are retained or long-lived: no clock-skew check (manifests carry an expiry).
-UNTIMED_KINDS = frozenset({"status", "model_manifest", "model_chunk"})
+UNTIMED_KINDS = frozenset({"status", "model_manifest", "model_chunk", "fl_round", "fl_result"})
 
 
 class SessionAuth(Protocol):
