@@ -135,7 +135,9 @@ class HubCollector(Collector):
                 ("wills", "wills", "Wills published for clients that vanished"),
                 ("disconnects", "disconnects", "Client connections lost"),
                 ("reloads", "reloads", "Keys and access rules read again (SIGHUP)"),
-                ("revoked", "revoked", "Subscriptions cancelled by a reload's rules")):
+                ("revoked", "revoked", "Subscriptions cancelled by a reload's rules"),
+                ("too_large", "too_large", "Publishes and wills refused for a payload over "
+                 "the deployment's limit")):
             yield CounterMetricFamily(f"vlabus_hub_{name}", text, value=c[key])
         dropped = CounterMetricFamily("vlabus_hub_dropped", "Messages not delivered",
                                       labels=["cause"])
