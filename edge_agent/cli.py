@@ -147,6 +147,9 @@ async def edge_command(args: argparse.Namespace) -> dict[str, Any]:
     except (BusError, OSError) as exc:
         return {"error": str(exc), "exit_code": 1}
     try:
+        if args.robots > 1 and args.session_pool:
+            return {"error": "--session-pool runs one robot per process, not with --robots",
+                    "exit_code": 1}
         if args.robots > 1:
             from edge_agent.fleetcli import run_fleet_command
 
