@@ -12,6 +12,7 @@ import math
 import warnings
 
 ORDERS: list[float] = [float(a) for a in [*range(2, 65), 80, 96, 128, 256]]
+_SMALLEST = "Optimal order is the smallest alpha"
 History = list[tuple[float, float, int]]  # (noise multiplier, sample rate, steps)
 
 
@@ -36,7 +37,7 @@ def spent_epsilon(history: History, delta: float) -> float:
     with warnings.catch_warnings():
         # at a very large ε the smallest order is optimal and Opacus says so; the bound is
         # still valid (only looser), and such an ε is past any budget anyway
-        warnings.filterwarnings("ignore", message="Optimal order is the smallest alpha")
+        warnings.filterwarnings("ignore", message=_SMALLEST)
         return float(accountant.get_epsilon(delta, alphas=ORDERS))
 
 
@@ -47,6 +48,8 @@ def calibrate_noise(epsilon: float, delta: float, *, rounds: int, examples: int,
     from opacus.accountants.utils import get_noise_multiplier
 
     rate, steps = steps_per_round(examples, batch_size, epochs)
-    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
-                                      sample_rate=rate, steps=steps * rounds,
-                                      accountant="rdp", alphas=ORDERS))
+    with warnings.catch_warnings():  # the search tries small noise, where ε is huge
+        warnings.filterwarnings("ignore", message=_SMALLEST)
+        return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
+                                          sample_rate=rate, steps=steps * rounds,
+                                          accountant="rdp", alphas=ORDERS))
