@@ -127,10 +127,10 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
         options = transport_options(args, worker_id)
         sessions = None
         if args.session_pool:
-            from cloud_workers.sessions import WorkerSessions
             from security.keys import load_pool_secret
+            from vlabus.session_link import PoolSessions
 
-            sessions = WorkerSessions(load_pool_secret(args.keys, args.session_pool))
+            sessions = PoolSessions(load_pool_secret(args.keys, args.session_pool))
     except (BusError, ValueError, TypeError, RuntimeError, ImportError, AttributeError,
             OSError) as exc:
         return {"exit_code": 1, "error": str(exc)}

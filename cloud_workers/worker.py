@@ -30,7 +30,6 @@ from cloud_workers.queue import Request, RequestMeta
 from cloud_workers.runner import TASK_PREFIX, BatchResult, PolicyRunner
 from cloud_workers.schedulers import Scheduler, WorkQueue, make_scheduler
 from cloud_workers.sender import ReplySender, ReplySigner
-from cloud_workers.sessions import WorkerSessions
 from schemas import topics
 from schemas.errors import WireError
 from schemas.messages import Frame
@@ -39,6 +38,7 @@ from vlabus.bus.transport import Message as BusMessage
 from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
 from vlabus.bus.wait import Opener
 from vlabus.inbound import Rejections, accept
+from vlabus.session_link import PoolSessions
 from vlabus.session_wire import SessionEncoder
 from vlabus.wire import Decoder, Encoder
 
@@ -53,7 +53,7 @@ class Worker:
     def __init__(self, transport: Transport, encoder: Encoder, decoder: Decoder,
                  runner: PolicyRunner, *, config: WorkerConfig, session: int,
                  metrics: WorkerMetrics | None = None,
-                 sessions: WorkerSessions | None = None) -> None:
+                 sessions: PoolSessions | None = None) -> None:
         self.transport = transport
         self.sessions = sessions
         self.encoder = encoder
@@ -200,12 +200,19 @@ class Worker:
         return True
 
     def _refused(self, exc: WireError, message: BusMessage) -> None:
-        if self.sessions is not None and isinstance(self.encoder, SessionEncoder):
-            self.sessions.refused(exc, message, self.transport, self.encoder)
+        """Tell a robot its session is unknown or expired here (``--session-pool``)."""
+        if self.sessions is None:
+            return
+        refusal = self.sessions.refusal(exc, message.topic, self.config.worker_id)
+        if refusal is not None:
+            self.transport.publish_nowait(refusal[0], self.encoder.encode(refusal[1]), qos=1)
 
     def _checkpoints(self, *, final: bool = False) -> None:
-        if self.sessions is not None and isinstance(self.encoder, SessionEncoder):
-            self.sessions.checkpoints(self.transport, self.encoder, final=final)
+        """Publish the signed checkpoints of session-mode replies that are due."""
+        if isinstance(self.encoder, SessionEncoder):
+            topic = topics.worker_checkpoint_topic(self.config.worker_id)
+            for point in self.encoder.checkpoints(final=final):
+                self.transport.publish_nowait(topic, self.encoder.encode(point), qos=1)
 
     def _wake_up(self) -> None:
         wake = self._wake
@@ -297,7 +304,7 @@ async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: Policy
                       config: WorkerConfig, metrics: WorkerMetrics | None = None,
                       options: TransportOptions | None = None,
                       opener: Opener = open_transport,
-                      sessions: WorkerSessions | None = None) -> Worker:
+                      sessions: PoolSessions | None = None) -> Worker:
     """Connect with the death status as the will, and return a worker ready to :meth:`run`.
     ``opener`` opens the bus (``vlabus worker`` passes one that waits for a bus that is down)."""
     encoder = Encoder(signer) if sessions is None else sessions.encoder(signer)

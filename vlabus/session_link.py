@@ -123,6 +123,63 @@ class RobotLink:
         await self.flush(final=True)
 
 
+class PoolSessions:
+    """The pool's side without I/O: the sessions of the robots that offered one to pool
+    ``secret.pool``, what to answer a refused session with, the worker's encoder. Used by
+    :class:`PoolLink` and by ``vlabus worker --session-pool`` (which publishes from the
+    transport's receive callback, without awaiting)."""
+
+    def __init__(self, secret: PoolSecret, *, rotation: Rotation | None = None,
+                 checkpoint_interval_s: float = 1.0, clock: Clock = time.time_ns) -> None:
+        self.secret = secret
+        self.rotation = rotation or Rotation()
+        self.table = SessionTable(self.rotation, clock=clock)
+        self.verifier = SessionVerifier(self.table, "up")
+        self.interval_s = checkpoint_interval_s
+        self._clock = clock
+        self._refused: dict[str, int] = {}  # session -> when its robot was last told
+        #: refusals sent, as (robot, session, reason)
+        self.refusals: list[tuple[str, str, str]] = []
+
+    def encoder(self, signer: Signer, **options: Any) -> SessionEncoder:
+        """A worker's encoder: replies under the robot's session when it has one, else signed."""
+        return SessionEncoder(signer, self._pick, "down", checkpoint_interval_s=self.interval_s,
+                              clock=self._clock, **options)
+
+    def _pick(self, message: Message) -> Any:
+        robot = getattr(message, "robot_id", None)
+        return None if robot is None else self.table.for_robot(robot)
+
+    def take(self, got: Received) -> bool:
+        """True when ``got`` is a session offer (now held, or not for this pool: ignored)."""
+        if not isinstance(got.message, SessionOffer):
+            return False
+        try:
+            self.table.add(accept_offer(got.message, got.header.key, self.secret,
+                                        self.rotation))
+        except SessionError as exc:
+            log.debug("offer not for this pool: %r", exc)
+        return True
+
+    def refusal(self, exc: WireError, topic: str, worker: str) -> tuple[str, SessionRefused] | None:
+        """(topic, message) to tell the robot its session was refused, or None: not a session
+        error, not a robot's topic, or that session's robot was told less than 1 s ago."""
+        robot = topics.robot_of(topic)
+        if not isinstance(exc, SessionError) or robot is None:
+            return None
+        now = self._clock()
+        last = self._refused.get(exc.session)
+        if last is not None and now - last < 1_000_000_000:
+            return None
+        self._refused[exc.session] = now
+        if len(self._refused) > 4096:
+            self._refused.pop(next(iter(self._refused)))
+        self.refusals.append((robot, exc.session, exc.reason.value))
+        return topics.action_topic(robot), SessionRefused(
+            worker_id=worker, robot_id=robot, session=exc.session, reason=exc.reason.value,
+            time_ns=now)
+
+
 class PoolLink:
     """A worker's side of the sessions of every robot that offers one to its pool."""
 
@@ -131,23 +188,13 @@ class PoolLink:
                  clock: Clock = time.time_ns, **encoder: Any) -> None:
         self.bus = bus
         self.signer = signer
-        self.secret = secret
-        self.rotation = rotation or Rotation()
-        self.table = SessionTable(self.rotation, clock=clock)
-        self.encoder = SessionEncoder(signer, self._pick, "down",
-                                      checkpoint_interval_s=checkpoint_interval_s, clock=clock,
-                                      **encoder)
+        self.pool = PoolSessions(secret, rotation=rotation,
+                                 checkpoint_interval_s=checkpoint_interval_s, clock=clock)
+        self.table = self.pool.table
+        self.encoder = self.pool.encoder(signer, **encoder)
         self.decoder = Decoder(keyring, guard=ReplayGuard(clock=clock),
-                               sessions=SessionVerifier(self.table, "up"))
+                               sessions=self.pool.verifier)
         self.rejections = Rejections()
-        self._clock = clock
-        self._refused: dict[str, int] = {}  # session -> when we last told its robot
-        #: refusals sent, as (robot, session, reason)
-        self.refusals: list[tuple[str, str, str]] = []
-
-    def _pick(self, message: Message) -> Any:
-        robot = getattr(message, "robot_id", None)
-        return None if robot is None else self.table.for_robot(robot)
 
     async def start(self) -> None:
         """Subscribe to every robot's offers (each worker needs each session key)."""
@@ -158,35 +205,13 @@ class PoolLink:
         counted. Never raises for bad input."""
         try:
             received = self.decoder.decode(message.payload)
-        except SessionError as exc:
-            self.rejections.reject(exc, message.topic)
-            await self._refuse(exc, message.topic)
-            return None
         except WireError as exc:
             self.rejections.reject(exc, message.topic)
+            refusal = self.pool.refusal(exc, message.topic, self.signer.identity)
+            if refusal is not None:
+                await self.bus.publish(refusal[0], self.encoder.encode(refusal[1]), qos=1)
             return None
-        if isinstance(received.message, SessionOffer):
-            try:
-                self.table.add(accept_offer(received.message, received.header.key, self.secret,
-                                            self.rotation))
-            except SessionError as exc:  # an offer to another pool
-                log.debug("offer not for us: %r", exc)
-            return None
-        return received
-
-    async def _refuse(self, exc: SessionError, topic: str) -> None:
-        robot = topics.robot_of(topic)
-        now = self._clock()
-        last = self._refused.get(exc.session)
-        if robot is None or (last is not None and now - last < 1_000_000_000):
-            return
-        self._refused[exc.session] = now
-        if len(self._refused) > 4096:
-            self._refused.pop(next(iter(self._refused)))
-        refusal = SessionRefused(worker_id=self.signer.identity, robot_id=robot,
-                                 session=exc.session, reason=exc.reason.value, time_ns=now)
-        self.refusals.append((robot, exc.session, exc.reason.value))
-        await self.bus.publish(topics.action_topic(robot), self.encoder.encode(refusal), qos=1)
+        return None if self.pool.take(received) else received
 
     async def reply(self, topic: str, message: Message, *, qos: int = 1, **kw: Any) -> bytes:
         """Encode (MACed under the robot's session when it has one) and publish a reply."""

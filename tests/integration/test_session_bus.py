@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from cloud_workers.runner import PolicyRunner
-from cloud_workers.sessions import WorkerSessions
 from cloud_workers.worker import WorkerConfig, open_worker
 from schemas import topics
 from schemas.messages import Action, Frame, SessionRefused
@@ -30,7 +29,7 @@ from vlabus.broker.local import LocalMosquitto
 from vlabus.bus.transport import Message, Transport, TransportOptions
 from vlabus.cli import main as vlabus_main
 from vlabus.log.record import Recorder
-from vlabus.session_link import PoolLink, RobotLink
+from vlabus.session_link import PoolLink, PoolSessions, RobotLink
 from vlabus.wire import Received
 
 pytestmark = pytest.mark.integration
@@ -219,7 +218,7 @@ def test_a_real_worker_serves_session_mode_and_refuses_an_expired_session(
     secret = PoolSecret.generate("gpu")
 
     async def body() -> None:
-        sessions = WorkerSessions(secret, rotation=Rotation(max_messages=2))
+        sessions = PoolSessions(secret, rotation=Rotation(max_messages=2))
         runner = PolicyRunner({"reference": small_policy()}, {})
         worker = await open_worker(
             real_bus.url, keydir.signers["worker-1"], keydir.ring, runner,
