@@ -205,6 +205,8 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
             loop.remove_signal_handler(sig)
     return {"exit_code": 0, "worker": worker_id, "models": runner.models, "device": device,
             "scheduler": args.scheduler, **metrics.summary.as_dict(),
+            # messages with a key not in the keyring, by the sender their header claims
+            "unknown_senders": dict(worker.rejections.unknown_senders),
             "transport": worker.transport.counters()}
 
 
