@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge_agent.store import MAX_VERSION_STEP
 from vlabus.cli.argtypes import positive_float, positive_int
 from vlabus.cli.busflags import (
     add_bus_arguments,
@@ -67,6 +68,9 @@ def register(sub: Any) -> None:
                         help="MCAP black box: frames sent, replies received, every decision")
     parser.add_argument("--models-dir", default=None, metavar="DIR", type=Path,
                         help="accept signed model updates into this store (off when absent)")
+    parser.add_argument("--max-version-step", type=int, default=MAX_VERSION_STEP, metavar="N",
+                        help="refuse a release raising the installed version by more than N "
+                             f"(default {MAX_VERSION_STEP}; recovery: docs/hardening.md)")
     parser.add_argument("--local-model", default="edge", metavar="NAME",
                         help="model name of the local policy (its update topic)")
     parser.add_argument("--local-width", type=int, default=16, metavar="W",
@@ -191,7 +195,8 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
     from vlabus.metrics import MetricsServer
 
     model = LocalModel(name=args.local_model, width=args.local_width, models_dir=args.models_dir,
-                       personal_dir=_fl_dir(args, robot_id) if args.fl else None)
+                       personal_dir=_fl_dir(args, robot_id) if args.fl else None,
+                       max_version_step=args.max_version_step)
     try:
         anonymizer = parse_anonymize(args.anonymize)
         if anonymizer is not None:

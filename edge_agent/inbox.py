@@ -112,11 +112,12 @@ class ActionInbox:
         bad input."""
         arrived = self._clock()
         try:
-            received = self._decoder.decode(message.payload)
+            # commit=False: the worker's sequence window moves only for an action that passed
+            # every check below too, so a signed action refused here (another robot's, not
+            # usable) cannot make that worker's later genuine actions look like replays
+            received = self._decoder.decode(message.payload, topic=message.topic, commit=False)
         except WireError as exc:
-            self.rejections.reject(exc, message.topic)
-            if isinstance(exc.header, Header):  # unverified: it only attributes the cause
-                self.watchdog.mark_rejected(exc.header.corr)
+            self._refuse(exc, message.topic)
             return
         decode_ns = self._clock() - arrived
         action = received.message
@@ -136,7 +137,18 @@ class ActionInbox:
             log.warning("unusable action from %r: %r", action.worker_id, exc)
             self.watchdog.mark_rejected(corr)
             return
+        try:
+            self._decoder.commit(received)
+        except WireError as exc:
+            exc.header = received.header
+            self._refuse(exc, message.topic)
+            return
         self._settle(corr, action, chunk, decode_ns)
+
+    def _refuse(self, exc: WireError, topic: str) -> None:
+        self.rejections.reject(exc, topic)
+        if isinstance(exc.header, Header):  # unverified: it only attributes the cause
+            self.watchdog.mark_rejected(exc.header.corr)
 
     def _settle(self, corr: str, action: Action, chunk: Chunk, decode_ns: int) -> None:
         reply = self.watchdog.reply(corr, action.step)

@@ -18,7 +18,7 @@ from edge_agent.blackbox import BlackBox, RecordSink
 from edge_agent.feed import ModelFeed
 from edge_agent.local import LocalPolicy
 from edge_agent.metrics import EdgeMetrics
-from edge_agent.store import ModelStore
+from edge_agent.store import MAX_VERSION_STEP, ModelStore
 from edge_agent.updates import ModelUpdater
 from schemas.status import status_message
 from schemas.topics import robot_status_topic
@@ -45,6 +45,8 @@ class LocalModel:
     cameras: tuple[str, ...] = ("front",)
     models_dir: Path | None = None
     personal_dir: Path | None = None  # federated personal tensors laid over every release
+    #: how far one release may raise the installed version (docs/hardening.md)
+    max_version_step: int = MAX_VERSION_STEP
 
 
 def build_local(model: LocalModel) -> tuple[Policy, int]:
@@ -107,8 +109,12 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
     feed = None
     if model.models_dir is not None:
         assert local.shape is not None  # set by warm_up
-        updater = ModelUpdater(ModelStore(model.models_dir), model.name, installed=version,
-                               loader=loader_for(model), probe=probe, shape=local.shape)
+        store = ModelStore(model.models_dir)
+        active = store.active(model.name)
+        updater = ModelUpdater(store, model.name, installed=version,
+                               loader=loader_for(model), probe=probe, shape=local.shape,
+                               epoch=0 if active is None else active.epoch,
+                               max_version_step=model.max_version_step)
         feed = ModelFeed(updater, local, keys, metrics=metrics, rejections=rejections)
     blackbox = None if recorder is None else BlackBox(recorder, config.robot_id)
     link = None if session_pool is None else RobotLink(transport, signer, session_pool, keys)

@@ -94,7 +94,11 @@ class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ModelManifest(msgspec.Struct, frozen=True, kw_only=True):
-    """A signed description of a model release; its chunks follow on the model topic."""
+    """A signed description of a model release; its chunks follow on the model topic.
+
+    Releases are ordered by (``epoch``, ``version``). A ``release`` key publishes within the
+    robot's epoch; only the offline ``root`` key opens a new one (the recovery from a version
+    pushed too far, docs/hardening.md)."""
 
     name: Name
     version: Count
@@ -107,6 +111,7 @@ class ModelManifest(msgspec.Struct, frozen=True, kw_only=True):
     expires_ns: Nanos
     format: Literal["safetensors"] = "safetensors"
     metadata: Annotated[dict[str, str], msgspec.Meta(max_length=64)] = {}
+    epoch: Count = 0
 
 
 class ModelChunk(msgspec.Struct, frozen=True, kw_only=True):

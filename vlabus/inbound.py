@@ -87,10 +87,11 @@ class Rejections:
 
 def accept(decoder: Decoder, message: Message, rejections: Rejections, *,
            on_error: Callable[[WireError, Message], None] | None = None) -> Received | None:
-    """Decode ``message`` or count and log why not; never raises for bad input.
-    ``on_error`` also sees each refusal (a worker answers a refused session with it)."""
+    """Decode ``message`` (bound to the topic it arrived on) or count and log why not; never
+    raises for bad input. ``on_error`` also sees each refusal (a worker answers a refused
+    session with it)."""
     try:
-        return decoder.decode(message.payload)
+        return decoder.decode(message.payload, topic=message.topic)
     except UnknownKeyError as exc:
         rejections.count(exc.reason)
         if rejections.unknown_key(exc):

@@ -73,6 +73,8 @@ class MetricsServer:
                  labels: dict[str, str] | None = None) -> None:
         self.registry = serving_registry(registry, labels)
         self.ready = threading.Event()
+        #: checked on each /readyz once ``ready`` is set (the connection, a stalled loop)
+        self.readiness: Callable[[], bool] | None = None
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -82,8 +84,9 @@ class MetricsServer:
                 elif self.path == "/healthz":
                     self._send(200, b"ok\n", "text/plain")
                 elif self.path == "/readyz":
-                    ok = server.ready.is_set()
-                    self._send(200 if ok else 503, b"ready\n" if ok else b"warming\n",
+                    check = server.readiness
+                    ok = server.ready.is_set() and (check is None or check())
+                    self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n",
                                "text/plain")
                 else:
                     self._send(404, b"not found\n", "text/plain")

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from vlabus.bus.transport import MAX_PAYLOAD
 from vlabus.cli.argtypes import non_negative_float
 
 
@@ -45,6 +46,10 @@ def register(sub: Any) -> None:
     parser.add_argument("--max-msg-size", type=int, default=32 << 20,
                         help="largest message accepted; a peer sending more is disconnected "
                              "(default 33554432)")
+    parser.add_argument("--max-payload", type=int, default=MAX_PAYLOAD, metavar="B",
+                        help="the deployment's message-size limit: a larger publish is "
+                             f"refused (NACK) and counted in too_large (default {MAX_PAYLOAD}, "
+                             "what clients accept)")
     parser.add_argument("--heartbeat-ms", type=int, default=1000,
                         help="ZMTP heartbeat interval; the peer times out after 3x (default 1000)")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
@@ -90,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             access = Access.from_keyring(args.keys, args.acl or templates_dir() / "acl.json")
         hub = Hub(HubConfig(bind=args.bind, curve_dir=args.curve, hwm=args.hwm,
-                            max_msg_size=args.max_msg_size, heartbeat_ms=args.heartbeat_ms,
+                            max_msg_size=max(args.max_msg_size, args.max_payload + (64 << 10)),
+                            max_payload=args.max_payload, heartbeat_ms=args.heartbeat_ms,
                             access=access))
         hub.start()
     except (BusError, OSError, ValueError) as exc:
