@@ -121,9 +121,8 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
     agent = EdgeAgent(transport, encoder if link is None else link.encoder, keys, local, config,
                       metrics=metrics, session=session, feed=feed, blackbox=blackbox,
                       rejections=rejections)
-    if link is not None:  # session integrity: the first offer now, refusals re-offer
-        agent.inbox.use_sessions(link.verifier, link.refused)
-        await link.ensure()
+    if link is not None:  # session integrity: the first frame's encode schedules the offer
+        agent.inbox.use_sessions(link.verifier, link.refused)  # (never waits for a bus)
     agent.cameras.prepare(probe.images)
     await agent.start()
     await agent.announce("online")
