@@ -97,6 +97,10 @@ def register(sub: Any) -> None:
                         help="before frames are encoded: 'faces' (blur faces, OpenCV Haar "
                              "cascade) or 'state:FIELD=SIGMA' (Gaussian noise on state field "
                              "FIELD: an index, A-B or all); repeatable")
+    parser.add_argument("--session-pool", default=None, metavar="NAME",
+                        help="send frames in session integrity (a keyed MAC after one signed "
+                             "key exchange) to worker pool NAME, whose public X25519 key is "
+                             "read from --keys; its workers need --session-pool NAME too")
     parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     parser.set_defaults(func=run)
 
@@ -147,6 +151,9 @@ async def edge_command(args: argparse.Namespace) -> dict[str, Any]:
     except (BusError, OSError) as exc:
         return {"error": str(exc), "exit_code": 1}
     try:
+        if args.robots > 1 and args.session_pool:
+            return {"error": "--session-pool runs one robot per process, not with --robots",
+                    "exit_code": 1}
         if args.robots > 1:
             from edge_agent.fleetcli import run_fleet_command
 
@@ -245,7 +252,7 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
             chunk=args.chunk, refill_below=args.refill_below, model=model, metrics=metrics,
             recorder=recorder, safety_every=args.safety_every, stop=stop, codec=args.codec,
             options=options, opener=open_bus, on_agent=started, transform=anonymizer,
-            attach=attach)
+            attach=attach, session_pool=args.session_pool)
     except TransportError as exc:
         return {"error": f"bus {args.bus}: {exc}", "exit_code": 2}
     except (BusError, OSError, ValueError) as exc:

@@ -26,9 +26,12 @@ from edge_agent.agent import ActionResult, AgentConfig, EdgeAgent
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.scene import TabletopScene
 from edge_agent.stack import LocalModel, load_identity, open_edge
+from schemas.topics import checkpoint_topic
+from security.keys import load_pool_key
 from vlabus.bus.transport import TransportOptions, open_transport
 from vlabus.bus.wait import Opener
 from vlabus.policy import Observation
+from vlabus.session_link import final_checkpoints
 
 COMMANDS = ("pick up the red block", "put the cup on the plate", "open the drawer")
 
@@ -112,12 +115,13 @@ async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` ca
         on_agent: Callable[[EdgeAgent], None] | None = None,
         transform: Callable[[Observation], Observation] | None = None,
         attach: Callable[[EdgeAgent], contextlib.AbstractAsyncContextManager[Any]] | None = None,
+        session_pool: str | None = None,
 ) -> dict[str, Any]:
     """Run one simulated robot against the bus and return its summary (see ``RunStats``).
     ``seconds`` None runs until ``stop`` is set; ``on_agent`` sees the agent once it exists
     (status lines); ``opener`` opens the bus (see :func:`~edge_agent.stack.open_edge`);
     ``transform`` anonymises observations; ``attach(agent)`` is entered around the run
-    (federated rounds)."""
+    (federated rounds); ``session_pool`` sends in session integrity to that worker pool."""
     model = model or LocalModel()
     keys, signer = load_identity(keys_dir, robot_id)
     robot = SimRobot(cameras=model.cameras, state_dim=model.state_dim, seed=seed)
@@ -127,7 +131,9 @@ async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` ca
                          period_ns=period_ns, codec=codec)
     agent = await open_edge(bus_url, keys=keys, signer=signer, config=config,
                             probe=robot.observe(0), model=model, metrics=metrics,
-                            recorder=recorder, options=options, opener=opener)
+                            recorder=recorder, options=options, opener=opener,
+                            session_pool=None if session_pool is None else
+                            load_pool_key(keys_dir, session_pool))
     if on_agent is not None:
         on_agent(agent)
     ticker = asyncio.create_task(_tick_recorder(recorder)) if recorder is not None else None
@@ -141,6 +147,8 @@ async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` ca
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+        await final_checkpoints(agent.transport, agent.encoder,
+                                checkpoint_topic(agent.config.robot_id))
         await agent.close()
         with contextlib.suppress(Exception):
             await agent.transport.close()

@@ -23,11 +23,13 @@ from edge_agent.updates import ModelUpdater
 from schemas.status import status_message
 from schemas.topics import robot_status_topic
 from security.keys import Keyring, Signer, load_signer
+from security.seal import PoolKey
 from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
 from vlabus.bus.wait import Opener
 from vlabus.inbound import Rejections
 from vlabus.policy import Observation, Policy
 from vlabus.policy.reference import ReferencePolicy
+from vlabus.session_link import RobotLink
 from vlabus.wire import Encoder
 
 
@@ -78,12 +80,14 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
                     transport: Transport | None = None,
                     options: TransportOptions | None = None,
                     opener: Opener = open_transport,
-                    local: LocalPolicy | None = None) -> EdgeAgent:
+                    local: LocalPolicy | None = None,
+                    session_pool: PoolKey | None = None) -> EdgeAgent:
     """A started agent for ``config.robot_id`` on ``bus_url`` (or on ``transport`` if given;
     ``options`` carry credentials; the default client id is the robot id). ``opener`` opens
     the bus (``vlabus edge`` passes one that does not wait for a bus that is down). ``local``:
     an already warmed local policy to use (simulated fleets share one) instead of building
-    one."""
+    one. ``session_pool``: send frames in session integrity to that worker pool
+    (docs/security-session.md)."""
     model = model or LocalModel()
     metrics = metrics or EdgeMetrics()
     config = dataclasses.replace(config, local_model=model.name)
@@ -113,8 +117,12 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
                                max_version_step=model.max_version_step)
         feed = ModelFeed(updater, local, keys, metrics=metrics, rejections=rejections)
     blackbox = None if recorder is None else BlackBox(recorder, config.robot_id)
-    agent = EdgeAgent(transport, encoder, keys, local, config, metrics=metrics,
-                      session=session, feed=feed, blackbox=blackbox, rejections=rejections)
+    link = None if session_pool is None else RobotLink(transport, signer, session_pool, keys)
+    agent = EdgeAgent(transport, encoder if link is None else link.encoder, keys, local, config,
+                      metrics=metrics, session=session, feed=feed, blackbox=blackbox,
+                      rejections=rejections)
+    if link is not None:  # session integrity: the first frame's encode schedules the offer
+        agent.inbox.use_sessions(link.verifier, link.refused)  # (never waits for a bus)
     agent.cameras.prepare(probe.images)
     await agent.start()
     await agent.announce("online")

@@ -4,6 +4,7 @@ schedulers end to end."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,13 @@ def test_fleet_collector_sums_counters_over_robots() -> None:
 
 @pytest.fixture
 def fleet_keys(tmp_path: Path, keydir: KeyDir) -> KeyDir:
-    """The shared keyring plus robot-1 … robot-6."""
+    """A copy of the shared keyring plus robot-1 … robot-6 (the session's keyring stays as
+    other tests expect it)."""
+    path = tmp_path / "keys"
+    shutil.copytree(keydir.path, path)
     for i in range(1, 7):
-        add_key(keydir.path, "robot", f"robot-{i}", overwrite=True)
-    return KeyDir(keydir.path, keydir.signers)
+        add_key(path, "robot", f"robot-{i}", overwrite=True)
+    return KeyDir(path, keydir.signers)
 
 
 def run_with_worker(hub: Hub, keys: KeyDir, spec: FleetSpec,

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cloud_workers.runner import PolicyRunner
 from cloud_workers.worker import WorkerConfig, open_worker
+from edge_agent.sim import run_sim_robot
+from edge_agent.stack import LocalModel
 from schemas import topics
 from schemas.messages import Action, Frame, SessionRefused
+from security.keys import Keyring, add_pool_key
 from security.seal import PoolSecret
 from security.session import Rotation
 from tests.support.aio import TIMEOUT, eventually
@@ -264,3 +269,35 @@ def test_a_real_worker_serves_session_mode_and_refuses_an_expired_session(
             await worker.transport.close()
 
     real_bus.run(body)
+
+
+def test_vlabus_edge_and_worker_run_in_session_mode(zmq_hub: Any, keydir: KeyDir,
+                                                     tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    shutil.copytree(keydir.path, keys)
+    secret = add_pool_key(keys, "gpu")
+    bus = Bus("zmq", zmq_hub.url, lambda cid, **kw: TransportOptions(client_id=cid, **kw))
+
+    async def body() -> None:
+        sessions = PoolSessions(secret)
+        runner = PolicyRunner({"reference": small_policy()}, {})
+        worker = await open_worker(
+            bus.url, keydir.signers["worker-1"], Keyring.load(keys), runner,
+            config=WorkerConfig(worker_id="worker-1", group="pool"), sessions=sessions)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        await asyncio.wait_for(worker.ready.wait(), TIMEOUT)
+        try:
+            summary = await run_sim_robot(bus.url, keys, ROBOT, fps=20, deadline_ms=500,
+                                          seconds=1.5, model=LocalModel(width=8),
+                                          session_pool="gpu")
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, TIMEOUT)
+            await worker.transport.close()
+        assert summary["actions_by_source"].get("cloud", 0) > 0, summary
+        held = sessions.table.for_robot(ROBOT)
+        assert held is not None
+        assert held.used > 0  # frames arrived MACed under the robot's session
+
+    bus.run(body)

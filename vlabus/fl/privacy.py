@@ -9,8 +9,10 @@ valid upper bound on ε.
 from __future__ import annotations
 
 import math
+import warnings
 
 ORDERS: list[float] = [float(a) for a in [*range(2, 65), 80, 96, 128, 256]]
+_SMALLEST = "Optimal order is the smallest alpha"
 History = list[tuple[float, float, int]]  # (noise multiplier, sample rate, steps)
 
 
@@ -32,7 +34,11 @@ def spent_epsilon(history: History, delta: float) -> float:
         return math.inf
     accountant = RDPAccountant()
     accountant.history = list(history)
-    return float(accountant.get_epsilon(delta, alphas=ORDERS))
+    with warnings.catch_warnings():
+        # at a very large ε the smallest order is optimal and Opacus says so; the bound is
+        # still valid (only looser), and such an ε is past any budget anyway
+        warnings.filterwarnings("ignore", message=_SMALLEST)
+        return float(accountant.get_epsilon(delta, alphas=ORDERS))
 
 
 def calibrate_noise(epsilon: float, delta: float, *, rounds: int, examples: int,
@@ -42,6 +48,8 @@ def calibrate_noise(epsilon: float, delta: float, *, rounds: int, examples: int,
     from opacus.accountants.utils import get_noise_multiplier
 
     rate, steps = steps_per_round(examples, batch_size, epochs)
-    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
-                                      sample_rate=rate, steps=steps * rounds,
-                                      accountant="rdp", alphas=ORDERS))
+    with warnings.catch_warnings():  # the search tries small noise, where ε is huge
+        warnings.filterwarnings("ignore", message=_SMALLEST)
+        return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
+                                          sample_rate=rate, steps=steps * rounds,
+                                          accountant="rdp", alphas=ORDERS))
