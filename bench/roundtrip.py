@@ -43,6 +43,11 @@ References that are not floors of the bus but of its wire format, and a peer:
 mode and in session integrity (a keyed MAC after one signed key exchange), against the bare paho
 floor, interleaved, with the breakdown per stage; ``session_faster_by_pct`` compares the two.
 
+``vlabus_session``: the same vlabus loop as ``vlabus`` through the same worker (started with
+``--session-pool gpu``), from a second robot in session integrity (``vlabus.session_link``):
+``ratio_p50_vlabus_session_vs_vlabus`` below 1 is what session integrity saves, with its own
+breakdown per stage.
+
 Rounds of each path are interleaved in blocks, so background load hits all alike. Every vlabus
 Action carries the worker's own durations, so each round trip is split into robot encode,
 transport (both ways), worker decode, queue wait, inference, worker encode and robot decode
@@ -77,6 +82,7 @@ from schemas.images import Image, decode_image, encode_image
 from schemas.messages import Action, Frame
 from security.keys import Keyring, add_key, load_signer
 from security.replay import ReplayGuard
+from vlabus.broker.render import client_options
 from vlabus.bus.transport import TransportOptions, open_transport
 from vlabus.cli.procs import free_port
 from vlabus.hub import protocol as hub_protocol
@@ -372,16 +378,26 @@ def paho_client(stack: ExitStack, port: int, username: str,
 class Robot:
     """One robot's side of the loop: encode+sign, publish, await the verified Action."""
 
-    def __init__(self, url: str, options: TransportOptions, keys: Path, robot: str) -> None:
-        self.url, self.options, self.robot = url, options, robot
-        self.encoder = Encoder(load_signer(keys, "robot", robot))
+    def __init__(self, url: str, options: TransportOptions, keys: Path, robot: str, *,
+                 session: bool = False) -> None:
+        self.url, self.options, self.robot, self.keys = url, options, robot, keys
+        self.encoder: Encoder = Encoder(load_signer(keys, "robot", robot))
         self.decoder = Decoder(Keyring.load(keys), ReplayGuard())
         self.state = np.linspace(-1, 1, 14, dtype=np.float32)
         self.step = 0
+        self.session = session
+        self.link: Any = None
 
     async def open(self) -> None:
         self.bus = await open_transport(self.url, self.options)
         await self.bus.subscribe(topics.action_topic(self.robot), qos=1)
+        if self.session:  # session integrity with the worker's pool (--session-pool gpu)
+            from security.keys import load_pool_key
+            from vlabus.session_link import RobotLink
+
+            self.link = RobotLink(self.bus, load_signer(self.keys, "robot", self.robot),
+                                  load_pool_key(self.keys, "gpu"), Keyring.load(self.keys))
+            self.encoder, self.decoder = self.link.encoder, self.link.decoder
 
     async def round_trips(self, cams: dict[str, Image], count: int) -> list[dict[str, int]]:
         """``count`` round trips back to back, as a robot's control loop runs them: inside one
@@ -391,6 +407,8 @@ class Robot:
     async def round_trip(self, cams: dict[str, Image]) -> dict[str, int]:
         self.step += 1
         corr = f"{self.robot}/{self.step}"
+        if self.link is not None:
+            await self.link.ensure()  # a handshake when none is live (first, or refused)
         t0 = time.perf_counter_ns()
         wire = self.encoder.encode_view(frame(self.robot, self.step, cams, self.state),
                                         deadline_ns=time.time_ns() + 1_000_000_000, corr=corr)
@@ -403,7 +421,12 @@ class Robot:
                 got = self.decoder.decode(message.payload)
                 if got.header.corr == corr:
                     break
+                if self.link is not None and got.header.kind == "session_refused":
+                    self.link.accept(message)
+                    raise TimeoutError(f"session refused: {got.message!r}")
         t3 = time.perf_counter_ns()
+        if self.link is not None:
+            await self.link.flush()  # a signed checkpoint once a second
         action = got.message
         assert isinstance(action, Action)
         worker = action.span_ns + action.encode_ns
@@ -433,7 +456,8 @@ def start_worker(stack: ExitStack, url: str, keys: Path, broker: Path | None) ->
     port = free_port()
     args = [sys.executable, "-m", "vlabus", "worker", "--bus", url, "--keys", str(keys),
             "--id", "worker-1", "--group", "bench", "--policy", "bench.roundtrip:chunk_policy",
-            "--max-delay-ms", "0", "--max-batch", "8", "--metrics-port", str(port)]
+            "--max-delay-ms", "0", "--max-batch", "8", "--metrics-port", str(port),
+            "--session-pool", "gpu"]
     if broker is not None:
         args += ["--broker-config", str(broker)]
     log = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 - the stack closes it
@@ -476,7 +500,8 @@ def start_hub(stack: ExitStack) -> str:
 
 def measure(stack: ExitStack, loop: asyncio.AbstractEventLoop, robot: Robot,
             floors: dict[str, Callable[[bytes], None]], case: str, rounds: int,
-            wires: dict[str, WireClient], ws_port: int | None) -> dict[str, Any]:
+            wires: dict[str, WireClient], ws_port: int | None,
+            session: Robot | None = None) -> dict[str, Any]:
     cams, jpeg_us = cameras(case)
     floors = dict(floors)
     for name, wire in wires.items():
@@ -490,6 +515,9 @@ def measure(stack: ExitStack, loop: asyncio.AbstractEventLoop, robot: Robot,
         for _ in range(20 if name in floors else 0):  # warm-up, as for vlabus
             floors[name](b"")
     loop.run_until_complete(robot.round_trips(cams, 20))  # warm-up: queues, caches, estimates
+    if session is not None:
+        loop.run_until_complete(session.round_trips(cams, 20))
+    session_parts: dict[str, list[int]] = {}
     probe = loop.run_until_complete(robot.round_trip(cams))
     request = robot.encoder.encode(frame(robot.robot, 0, cams, robot.state))
     reply_size = probe["down_bytes"]
@@ -502,6 +530,10 @@ def measure(stack: ExitStack, loop: asyncio.AbstractEventLoop, robot: Robot,
         for result in loop.run_until_complete(robot.round_trips(cams, block)):
             for key, value in result.items():
                 parts.setdefault(key, []).append(value)
+        if session is not None:
+            for result in loop.run_until_complete(session.round_trips(cams, block)):
+                for key, value in result.items():
+                    session_parts.setdefault(key, []).append(value)
         for name, call in floors.items():
             for _ in range(block):
                 start = time.perf_counter_ns()
@@ -517,10 +549,20 @@ def measure(stack: ExitStack, loop: asyncio.AbstractEventLoop, robot: Robot,
             "robot_encode", "transport", "worker_decode", "queue_wait", "inference",
             "worker_handoffs", "worker_encode", "robot_decode")},
     }
+    if session_parts:  # the same loop in session integrity, through the same worker
+        out["vlabus_session"] = stats_us(session_parts["rtt"])
+        out["vlabus_session_breakdown_p50_us"] = {
+            k: round(float(np.median(session_parts[k])) / 1e3, 1)
+            for k in out["breakdown_p50_us"]}
+        out["ratio_p50_vlabus_session_vs_vlabus"] = ratio(out["vlabus_session"]["p50_us"],
+                                                          vlabus["p50_us"])
     for name, values in samples.items():
         floor = stats_us(values)
         out[name] = floor
         out[f"ratio_p50_vs_{name}"] = ratio(vlabus["p50_us"], floor["p50_us"])
+        if session_parts:
+            out[f"ratio_p50_vlabus_session_vs_{name}"] = ratio(
+                out["vlabus_session"]["p50_us"], floor["p50_us"])
     # the references against each other: what the hub's routing alone costs against the bare
     # forwarder; what the crypto and codec alone cost, through the hop and direct (the lowest
     # ratios any bus on this wire could reach here); and the direct wire against the peer
@@ -538,6 +580,8 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         keys = root / "keys"
         add_key(keys, "robot", "robot-1")
+        add_key(keys, "robot", "robot-2")  # the same loop in session integrity
+        pool_key(keys)
         add_key(keys, "worker", "worker-1")
         add_key(keys, "robot", "bare")
         add_key(keys, "worker", "wire-worker")
@@ -568,13 +612,12 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
             spawn(stack, wire_server, str(keys), None, ready)
             wires = {WIRE: WireClient(hop, keys, b"wire"),
                      WIRE_DIRECT: WireClient(ready.get(timeout=20), keys, None)}
-            pool_key(keys)
             spawn(stack, wire_server, str(keys), None, ready, True)
             wires[WIRE_DIRECT_SESSION] = WireClient(ready.get(timeout=20), keys, None,
                                                     session=True)
         else:
             from vlabus.broker.local import LocalMosquitto
-            from vlabus.broker.render import Limits, client_options, render
+            from vlabus.broker.render import Limits, render
 
             broker_dir = root / "broker"
             render(keys, broker_dir, limits=Limits(persistence=False))
@@ -592,7 +635,12 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
         robot = Robot(url, options, keys, "robot-1")
         loop.run_until_complete(robot.open())
         stack.callback(lambda: loop.run_until_complete(robot.bus.close()))
-        return {case: measure(stack, loop, robot, floors, case, rounds, wires, ws_port)
+        session_options = (TransportOptions(client_id="robot-2") if broker_dir is None else
+                           client_options(broker_dir, "robot-2"))
+        session = Robot(url, session_options, keys, "robot-2", session=True)
+        loop.run_until_complete(session.open())
+        stack.callback(lambda: loop.run_until_complete(session.bus.close()))
+        return {case: measure(stack, loop, robot, floors, case, rounds, wires, ws_port, session)
                 for case in cases}
 
 

@@ -4,7 +4,10 @@ A bus that is down does not stop it: it waits for the hub or broker at start (a 
 what it waits for; ``--connect-timeout`` bounds it) and the adapter reconnects after any later
 loss. ``/healthz`` answers while it waits, ``/readyz`` only once it serves. Exit status 0 after a
 graceful stop (SIGTERM / Ctrl-C), 1 on a configuration error (keys, policy, device), 2 on a
-usage error or when the bus refused the worker or did not answer within ``--connect-timeout``.
+usage error or when the bus refused the worker or did not answer within ``--connect-timeout``,
+3 when a batch stalled for longer than ``--stall-exit-s`` (the process exits at once, without
+waiting for the hung inference thread: its supervisor restarts it). ``/readyz`` answers 503
+while the bus is disconnected or a batch is stalled.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Any
 
 from schemas.errors import BusError
-from vlabus.cli.argtypes import non_negative_float, positive_int
+from vlabus.cli.argtypes import non_negative_float, positive_float, positive_int
 from vlabus.cli.busflags import (
     add_bus_arguments,
     add_keys_watch_argument,
@@ -30,6 +34,7 @@ from vlabus.cli.busflags import (
 from vlabus.cli.report import report
 
 log = logging.getLogger(__name__)
+STALLED_EXIT = 3
 
 
 def register(sub: Any) -> None:
@@ -64,17 +69,35 @@ def register(sub: Any) -> None:
     parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
                         help="serve /metrics /healthz /readyz (0 picks a free port)")
     parser.add_argument("--metrics-host", default="127.0.0.1")
+    parser.add_argument("--stall-factor", type=positive_float, default=10.0, metavar="F",
+                        help="a batch running F times its estimate (and --stall-min-s) takes "
+                             "the worker out of its group until it returns (default 10)")
+    parser.add_argument("--stall-min-s", type=positive_float, default=2.0, metavar="S",
+                        help="never call a batch stalled before S seconds (default 2)")
+    parser.add_argument("--stall-exit-s", type=non_negative_float, default=60.0, metavar="S",
+                        help="exit (status 3) after S seconds stalled, for the supervisor to "
+                             "restart the process; 0: never (default 60)")
     parser.add_argument("--replay-mode", action="store_true",
                         help="also accept frames signed by replay-role keys (restamped recordings)")
     add_status_argument(parser)
     add_keys_watch_argument(parser)
+    parser.add_argument("--session-pool", default=None, metavar="NAME",
+                        help="accept session integrity (keyed MACs after a signed key "
+                             "exchange) from robots offering it to pool NAME; its X25519 secret "
+                             "is read from --keys (docs/security-session.md)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on exit")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    return report(asyncio.run(worker_command(args)), as_json=args.json,
+    code = report(asyncio.run(worker_command(args)), as_json=args.json,
                   command="vlabus worker", human=_human)
+    if code == STALLED_EXIT:
+        # the hung inference thread would keep the interpreter from exiting
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _human(summary: dict[str, Any]) -> str:
@@ -96,6 +119,7 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
     # heavy imports (torch, paho) only when the command runs
     from cloud_workers.metrics import WorkerMetrics
     from cloud_workers.runner import PolicyRunner
+    from cloud_workers.stall import StallConfig
     from cloud_workers.tasks import default_handlers
     from cloud_workers.worker import WorkerConfig, open_worker
     from schemas.topics import check_id, check_name
@@ -121,6 +145,12 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
             policy = load_policy(spec, device=device)
             policies[check_name(name or describe(policy)[0])] = policy
         options = transport_options(args, worker_id)
+        sessions = None
+        if args.session_pool:
+            from security.keys import load_pool_secret
+            from vlabus.session_link import PoolSessions
+
+            sessions = PoolSessions(load_pool_secret(args.keys, args.session_pool))
     except (BusError, ValueError, TypeError, RuntimeError, ImportError, AttributeError,
             OSError) as exc:
         return {"exit_code": 1, "error": str(exc)}
@@ -132,6 +162,9 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
                           max_delay_ns=int(args.max_delay_ms * 1e6),
                           inline_below_ns=int(args.inline_below_us * 1e3),
                           queue_capacity=args.queue_size, replay_mode=args.replay_mode,
+                          stall=StallConfig(factor=args.stall_factor,
+                                            min_ns=int(args.stall_min_s * 1e9),
+                                            exit_after_ns=int(args.stall_exit_s * 1e9)),
                           scheduler=args.scheduler,
                           detail={"device": device, "max_batch": str(args.max_batch),
                                   "scheduler": args.scheduler, "threads": str(threads)})
@@ -147,7 +180,8 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
     try:
         worker = await _interruptible(open_worker(args.bus, signer, keyring, runner,
                                                   config=config, metrics=metrics,
-                                                  options=options, opener=opener))
+                                                  options=options, opener=opener,
+                                                  sessions=sessions))
     except (BusError, OSError) as exc:
         if server is not None:
             server.close()
@@ -174,6 +208,7 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
     async def mark_ready() -> None:
         await worker.ready.wait()
         if server is not None:
+            server.readiness = worker.healthy  # disconnected or stalled: 503
             server.ready.set()
         print(json.dumps({"event": "ready", "worker": worker_id, "models": runner.models,
                           "metrics_port": server.port if server else None}),
@@ -192,8 +227,12 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
         await worker.transport.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    return {"exit_code": 0, "worker": worker_id, "models": runner.models, "device": device,
+    return {"exit_code": STALLED_EXIT if worker.exit_reason else 0,
+            "stalled": worker.exit_reason or None, "worker": worker_id,
+            "models": runner.models, "device": device,
             "scheduler": args.scheduler, **metrics.summary.as_dict(),
+            # messages with a key not in the keyring, by the sender their header claims
+            "unknown_senders": dict(worker.rejections.unknown_senders),
             "transport": worker.transport.counters()}
 
 

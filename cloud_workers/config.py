@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cloud_workers.stall import StallConfig
 from schemas.messages import Status
 from schemas.status import status_message
 
@@ -23,10 +24,14 @@ class WorkerConfig:
     #: vlabus (priority/deadline, batch size from t(batch)), fifo or serial: see schedulers
     scheduler: str = "vlabus"
     detail: dict[str, str] = field(default_factory=dict)
+    #: the serving-loop watchdog (``cloud_workers.stall``)
+    stall: StallConfig = field(default_factory=StallConfig)
 
 
 def worker_status(config: WorkerConfig, state: str, session: int,
-                  models: dict[str, int]) -> Status:
-    """The worker's retained birth/death message; ``detail`` names its group."""
+                  models: dict[str, int], *, degraded: str = "") -> Status:
+    """The worker's retained birth/death message; ``detail`` names its group, and its
+    ``health`` (``ok``, or ``degraded`` with the ``reason``, while out of the pool)."""
+    health = {"health": "degraded", "reason": degraded} if degraded else {"health": "ok"}
     return status_message(config.worker_id, "worker", state, session=session, models=models,
-                          detail={"group": config.group, **config.detail})
+                          detail={"group": config.group, **config.detail, **health})

@@ -15,7 +15,7 @@ from cloud_workers.runner import task_model
 from schemas.messages import Frame, Message, Priority, TaskRequest
 from security.keys import Keyring, Role
 from security.replay import ReplayGuard
-from vlabus.wire import SENDER_ROLES, Decoder, Header
+from vlabus.wire import SENDER_ROLES, Decoder, Header, SessionAuth
 
 DEFAULT_MODEL = "default"
 
@@ -29,14 +29,16 @@ class Refused:
     detail: str
 
 
-def frame_decoder(keyring: Keyring, *, replay_mode: bool) -> Decoder:
-    """A decoder for frames and tasks; replay mode also admits ``replay``-role senders."""
+def frame_decoder(keyring: Keyring, *, replay_mode: bool,
+                  sessions: SessionAuth | None = None) -> Decoder:
+    """A decoder for frames and tasks; replay mode also admits ``replay``-role senders;
+    ``sessions`` checks session-mode envelopes (``--session-pool``)."""
     roles = dict(SENDER_ROLES)
     if replay_mode:
         extra: frozenset[Role] = frozenset({"replay"})
         roles["frame"] = roles["frame"] | extra
         roles["task"] = roles["task"] | extra
-    return Decoder(keyring, ReplayGuard(), sender_roles=roles)
+    return Decoder(keyring, ReplayGuard(), sender_roles=roles, sessions=sessions)
 
 
 def to_request(header: Header, body: Message, meta: RequestMeta, *, models: Collection[str],

@@ -18,7 +18,7 @@ from vlabus.metrics import LATENCY_BUCKETS
 from vlabus.quantiles import quantiles
 
 #: Why a request left the queue without a reply.
-CAUSES = ("deadline", "shed", "unknown_model", "policy_error", "shutdown", "revoked")
+CAUSES = ("deadline", "shed", "unknown_model", "policy_error", "shutdown", "revoked", "stalled")
 SAMPLES = 65_536
 _LATENCY = LATENCY_BUCKETS  # resolve 1–20 ms (see vlabus.metrics)
 
@@ -41,6 +41,9 @@ class WorkerMetrics:
         self.dropped = Counter("vlabus_worker_dropped_total",
                                "Requests dropped before a reply", ["cause"], registry=r)
         self.replies = Counter("vlabus_worker_replies_total", "Replies published", registry=r)
+        self.stalled = Gauge("vlabus_worker_stalled",
+                             "1 while a batch runs far past its estimate (out of the pool)",
+                             registry=r)
         for reason in Reason:
             self.rejected.labels(reason.value)
         for cause in CAUSES:

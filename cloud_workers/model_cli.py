@@ -31,6 +31,15 @@ def register(sub: Any) -> None:
                      help="manifest lifetime in seconds (default 7 days)")
     pub.add_argument("--chunk-size", type=int, default=256 << 10, metavar="B",
                      help="bytes per chunk (default 262144)")
+    pub.add_argument("--epoch", type=int, default=0, metavar="E",
+                     help="release epoch (default 0): robots take a release key's manifests "
+                          "only within their installed epoch")
+    pub.add_argument("--root-keys", default=None, metavar="DIR",
+                     help="recovery: sign with the offline root key in DIR instead of the "
+                          "release key; robots accept it at a higher --epoch with any version "
+                          "(docs/hardening.md)")
+    pub.add_argument("--root-id", default="root", metavar="ID",
+                     help="identity of the root key (default: root)")
     pub.add_argument("--json", action="store_true", help="print a JSON summary")
     pub.set_defaults(func=run)
 
@@ -54,9 +63,12 @@ async def publish_command(args: argparse.Namespace) -> dict[str, Any]:
     try:
         release = build_release(read_weights(args.weights), name=args.name,
                                 version=args.version, chunk_size=args.chunk_size,
-                                expires_s=args.expires_s,
+                                expires_s=args.expires_s, epoch=args.epoch,
                                 metadata={"release_id": args.release_id})
-        signer = load_signer(args.keys, "release", args.release_id)
+        if args.root_keys is not None:
+            signer = load_signer(args.root_keys, "root", args.root_id)
+        else:
+            signer = load_signer(args.keys, "release", args.release_id)
         options = transport_options(args, args.release_id, f"publisher-{args.release_id}")
     except (BusError, ValueError, OSError) as exc:
         return {"exit_code": 1, "error": str(exc)}
@@ -73,6 +85,7 @@ async def publish_command(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await transport.close()
     return {"exit_code": 0, "name": manifest.name, "version": manifest.version,
+            "epoch": manifest.epoch, "signed_by": signer.role,
             "size": manifest.size, "sha256": manifest.sha256, "chunks": len(release.chunks),
             "chunk_size": manifest.chunk_size, "expires_ns": manifest.expires_ns,
             "bytes_published": sent}

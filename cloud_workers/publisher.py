@@ -53,7 +53,7 @@ def check_safetensors(data: bytes) -> dict[str, object]:
 
 def build_release(data: bytes, *, name: str, version: int, chunk_size: int = DEFAULT_CHUNK,
                   expires_s: float = 7 * 86400, metadata: dict[str, str] | None = None,
-                  now_ns: int | None = None) -> Release:
+                  now_ns: int | None = None, epoch: int = 0) -> Release:
     """Split ``data`` (a safetensors file) into chunks and describe it in a manifest."""
     check_safetensors(data)
     topics.check_name(name)
@@ -67,7 +67,7 @@ def build_release(data: bytes, *, name: str, version: int, chunk_size: int = DEF
         name=name, version=version, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
         chunk_size=chunk_size, chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
         created_ns=created, expires_ns=created + int(expires_s * 1e9),
-        metadata=metadata or {})
+        metadata=metadata or {}, epoch=epoch)
     return Release(manifest, chunks)
 
 

@@ -9,6 +9,13 @@ thread hand-offs cost more than the work. An idle worker takes a message straigh
 transport's receive callback (``Transport.consume``) and, when its batch is due at once and
 runs inline, answers it there without waking either task.
 
+A watchdog (:mod:`cloud_workers.stall`) follows the batch on the inference thread: one running
+far past its estimate (a hung policy) takes the worker out of its shared group (unsubscribed, so
+the others get its share), drops what queued behind it (``stalled``), marks it not ready and
+announces it degraded; it rejoins when the batch returns, or :meth:`Worker.run` ends after
+``StallConfig.exit_after_ns`` with :attr:`Worker.exit_reason` set, for the supervisor to restart
+the process (the hung thread cannot be stopped from Python).
+
 This module is the loop shell: :mod:`cloud_workers.intake` turns a verified message into a
 typed request, :mod:`cloud_workers.replies` builds the answers (pure), and
 :mod:`cloud_workers.sender` signs and publishes them with a bound on unacknowledged replies.
@@ -30,13 +37,17 @@ from cloud_workers.queue import Request, RequestMeta
 from cloud_workers.runner import TASK_PREFIX, BatchResult, PolicyRunner
 from cloud_workers.schedulers import Scheduler, WorkQueue, make_scheduler
 from cloud_workers.sender import ReplySender, ReplySigner
+from cloud_workers.stall import StallWatch, Verdict
 from schemas import topics
+from schemas.errors import BusError, WireError
 from schemas.messages import Frame
 from security.keys import Keyring, Signer
 from vlabus.bus.transport import Message as BusMessage
 from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
 from vlabus.bus.wait import Opener
 from vlabus.inbound import Rejections, accept
+from vlabus.session_link import PoolSessions
+from vlabus.session_wire import SessionEncoder
 from vlabus.wire import Decoder, Encoder
 
 __all__ = ["Worker", "WorkerConfig", "open_worker"]
@@ -49,8 +60,10 @@ class Worker:
 
     def __init__(self, transport: Transport, encoder: Encoder, decoder: Decoder,
                  runner: PolicyRunner, *, config: WorkerConfig, session: int,
-                 metrics: WorkerMetrics | None = None) -> None:
+                 metrics: WorkerMetrics | None = None,
+                 sessions: PoolSessions | None = None) -> None:
         self.transport = transport
+        self.sessions = sessions
         self.encoder = encoder
         self.decoder = decoder
         self.runner = runner
@@ -75,6 +88,14 @@ class Worker:
         self._measured: set[str] = set()  # models with a measured inference time
         self._status_topic = topics.worker_status_topic(config.worker_id)
         self._default_model = next(iter(runner.policies))  # frames naming "default" get it
+        self.stall = StallWatch(config.stall)
+        self._membership = asyncio.Lock()  # leaving and rejoining the group, one at a time
+        #: why :meth:`run` ended on its own (a batch stalled past the limit), else ""
+        self.exit_reason = ""
+
+    def healthy(self) -> bool:
+        """Ready to serve: started, not stalled, connected (``/readyz``)."""
+        return self.ready.is_set() and not self.stall.stalled and self.transport.connected
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then shut down gracefully (see :meth:`_shutdown`)."""
@@ -82,18 +103,67 @@ class Worker:
         warm = await loop.run_in_executor(self._pool, self.runner.warm_up)
         for model, duration_ns in warm.items():
             self._observe(model, duration_ns)
-        await self.transport.subscribe(topics.ALL_FRAMES, group=self.config.group, qos=0)
-        await self.transport.subscribe(topics.ALL_TASKS, group=self.config.group, qos=1)
-        await self._publish_status("online")
+        if self.sessions is not None:  # offers are for every worker: not the shared group
+            await self.transport.subscribe(topics.ALL_SESSION_OFFERS, qos=1)
+        await self._join()
         receive = asyncio.create_task(self._receive(), name="receive")
         serve = asyncio.create_task(self._serve(), name="serve")
+        watch = asyncio.create_task(self._watch(), name="stall-watch")
         self.transport.consume(self._arrived)
         self.ready.set()
         stopper = asyncio.create_task(stop.wait())
         try:
-            await asyncio.wait({receive, serve, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({receive, serve, stopper, watch},
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
+            watch.cancel()
             await self._shutdown(receive, serve, stopper)
+
+    async def _join(self) -> None:
+        """Subscribe to the shared group's work and announce the worker healthy."""
+        await self.transport.subscribe(topics.ALL_FRAMES, group=self.config.group, qos=0)
+        await self.transport.subscribe(topics.ALL_TASKS, group=self.config.group, qos=1)
+        await self._publish_status("online")
+
+    async def _watch(self) -> None:
+        """Check the batch in hand a few times per stall limit; returns to end :meth:`run`
+        when a stall outlasts its limit."""
+        tick = min(0.1, self.config.stall.min_ns / 4e9)
+        while True:
+            await asyncio.sleep(tick)
+            verdict = self.stall.check()
+            if verdict is Verdict.STALLED:
+                await self._leave(self.stall.reason)
+            elif verdict is Verdict.EXIT:
+                self.exit_reason = f"stalled: {self.stall.reason}"
+                log.error("worker %s: %s; exiting for the supervisor", self.config.worker_id,
+                          self.exit_reason)
+                return
+
+    async def _leave(self, reason: str) -> None:
+        """Out of the pool while the policy hangs: its share goes to the other workers."""
+        async with self._membership:
+            log.error("worker %s leaves group %r: %s", self.config.worker_id, self.config.group,
+                      reason)
+            self.metrics.stalled.set(1)
+            self.metrics.on_drop("stalled", len(self.queue.drain()))
+            self.metrics.queue_depth.set(0)
+            try:
+                for pattern in (topics.ALL_FRAMES, topics.ALL_TASKS):
+                    await self.transport.unsubscribe(pattern, group=self.config.group)
+                await self._publish_status("online", degraded=reason)
+            except BusError as exc:
+                log.warning("leaving the group: %r", exc)
+
+    async def _rejoin(self) -> None:
+        async with self._membership:
+            log.warning("worker %s: the policy returned; rejoining group %r",
+                        self.config.worker_id, self.config.group)
+            try:
+                await self._join()
+            except BusError as exc:
+                log.warning("rejoining the group: %r", exc)
+            self.metrics.stalled.set(0)
 
     def revoke(self, key_ids: set[str]) -> int:
         """Keys removed from the keyring: drop their requests still queued (counted as
@@ -110,8 +180,9 @@ class Worker:
         self._stopping = True
         self.transport.consume(None)
         self.ready.clear()
-        for task in (receive, stopper):
-            task.cancel()
+        stalled = self.stall.stalled
+        for task in (receive, stopper, *((serve,) if stalled else ())):
+            task.cancel()  # a stalled batch is never answered: do not wait for it
         self._wake_up()
         try:
             await serve  # returns after the batch in hand is answered
@@ -121,15 +192,17 @@ class Worker:
             log.exception("serving loop failed")
         self.metrics.on_drop("shutdown", len(self.queue.drain()))
         self.metrics.queue_depth.set(0)
+        self._checkpoints(final=True)
         await self.replies.settle(timeout=5.0)
         try:
             await self._publish_status("offline")
         except Exception as exc:  # noqa: BLE001 - the broker publishes the will instead
             log.warning("death status not published: %r", exc)
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=not stalled, cancel_futures=True)
 
-    async def _publish_status(self, state: str) -> None:
-        status = worker_status(self.config, state, self.session, self.runner.models)
+    async def _publish_status(self, state: str, *, degraded: str = "") -> None:
+        status = worker_status(self.config, state, self.session, self.runner.models,
+                               degraded=degraded)
         await self.transport.publish(self._status_topic, self.encoder.encode(status), qos=1,
                                      retain=True)
 
@@ -147,8 +220,8 @@ class Worker:
         self.metrics.received.inc()
         self.metrics.summary.received += 1
         start = time.perf_counter_ns()
-        got = accept(self.decoder, message, self.rejections)
-        if got is None:
+        got = accept(self.decoder, message, self.rejections, on_error=self._refused)
+        if got is None or (self.sessions is not None and self.sessions.take(got)):
             return None
         meta = RequestMeta(got.header, message.received_ns, time.perf_counter_ns() - start)
         request = to_request(got.header, got.message, meta, models=self.runner.policies,
@@ -157,6 +230,9 @@ class Worker:
             log.warning("%s", request.detail)
             if request.cause is not None:
                 self.metrics.on_drop(request.cause)
+            return None
+        if self.stall.stalled:  # arrived before the unsubscribe took effect
+            self.metrics.on_drop("stalled")
             return None
         self.metrics.on_drop("shed", len(self.queue.push(request)))
         self.metrics.queue_depth.set(len(self.queue))
@@ -186,9 +262,25 @@ class Worker:
         result = self.runner.run(batch)  # never raises for bad input
         for reply in self.signer.sign(batch, result, self.runner.models):
             self.replies.send_now(*reply)
+        self._checkpoints()
         self._observe(batch.model, result.inference_ns, len(batch.requests))
         self.metrics.on_batch(len(batch.requests), result.inference_ns)
         return True
+
+    def _refused(self, exc: WireError, message: BusMessage) -> None:
+        """Tell a robot its session is unknown or expired here (``--session-pool``)."""
+        if self.sessions is None:
+            return
+        refusal = self.sessions.refusal(exc, message.topic, self.config.worker_id)
+        if refusal is not None:
+            self.transport.publish_nowait(refusal[0], self.encoder.encode(refusal[1]), qos=1)
+
+    def _checkpoints(self, *, final: bool = False) -> None:
+        """Publish the signed checkpoints of session-mode replies that are due."""
+        if isinstance(self.encoder, SessionEncoder):
+            topic = topics.worker_checkpoint_topic(self.config.worker_id)
+            for point in self.encoder.checkpoints(final=final):
+                self.transport.publish_nowait(topic, self.encoder.encode(point), qos=1)
 
     def _wake_up(self) -> None:
         wake = self._wake
@@ -211,12 +303,15 @@ class Worker:
             # shielded: a cancelled serve task still answers the batch it holds
             result = await asyncio.shield(future)
             running = None
+            if self.stall.finished():
+                await self._rejoin()
             if not self._stopping:
                 following = self._due_batch()
                 if following is not None:
                     running = (following, self._start(loop, following))
             for reply in self.signer.sign(batch, result, self.runner.models):
                 await self.replies.send(*reply)
+            self._checkpoints()
             # bookkeeping after the replies are handed off: it is not on their critical path
             self._observe(batch.model, result.inference_ns, len(batch.requests))
             self.metrics.on_batch(len(batch.requests), result.inference_ns)
@@ -228,6 +323,7 @@ class Worker:
             done: asyncio.Future[BatchResult] = loop.create_future()
             done.set_result(self.runner.run(batch))  # run() never raises for bad input
             return done
+        self.stall.started(batch.model, self.queue.estimate.time(batch.model, len(batch.requests)))
         return loop.run_in_executor(self._pool, self.runner.run, batch)
 
     def _inline(self, model: str) -> bool:
@@ -278,10 +374,11 @@ def _decodes(request: Request) -> bool:
 async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: PolicyRunner, *,
                       config: WorkerConfig, metrics: WorkerMetrics | None = None,
                       options: TransportOptions | None = None,
-                      opener: Opener = open_transport) -> Worker:
+                      opener: Opener = open_transport,
+                      sessions: PoolSessions | None = None) -> Worker:
     """Connect with the death status as the will, and return a worker ready to :meth:`run`.
     ``opener`` opens the bus (``vlabus worker`` passes one that waits for a bus that is down)."""
-    encoder = Encoder(signer)
+    encoder = Encoder(signer) if sessions is None else sessions.encoder(signer)
     session = time.time_ns() // 1000  # grows across restarts without state on disk
     death = encoder.encode(worker_status(config, "offline", session, runner.models))
     will = Will(topics.worker_status_topic(config.worker_id), death, qos=1, retain=True)
@@ -290,6 +387,7 @@ async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: Policy
     # vanishes (known trap 1), and frames are QoS 0 anyway
     extra = {"session_expiry_s": "0", **base.extra}
     transport = await opener(url, dataclasses.replace(base, will=will, extra=extra))
-    decoder = frame_decoder(keyring, replay_mode=config.replay_mode)
+    decoder = frame_decoder(keyring, replay_mode=config.replay_mode,
+                            sessions=None if sessions is None else sessions.verifier)
     return Worker(transport, encoder, decoder, runner, config=config, session=session,
-                  metrics=metrics)
+                  metrics=metrics, sessions=sessions)

@@ -30,6 +30,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,6 +143,9 @@ class EdgeAgent:
         metrics.uplink.set_function(self.cameras.uplink_bits_per_second)
         self.inbox.on_transfer = self.cameras.reply
         self._frame_codec: dict[str, str] | None = None
+        #: called with (observation, chunk) for every step the cloud answered on time (the
+        #: federated experience buffer); must return at once
+        self.on_cloud: Callable[[Observation, Chunk], None] | None = None
 
     @property
     def step(self) -> int:
@@ -303,6 +307,8 @@ class EdgeAgent:
             if hedge is not None:
                 self.stats.hedges_wasted += 1
             self.breaker.on_time(reply.rtt_ns, probe=probe)
+            if self.on_cloud is not None:
+                self.on_cloud(observation, reply.chunk)
             return Decision(step, reply.chunk, Source.CLOUD, None, deadline_ns,
                             self._now(), reply.rtt_ns, reply.worker_id,
                             reply.tick_stride)

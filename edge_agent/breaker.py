@@ -1,13 +1,16 @@
 """The offload decision: send this step to the cloud, probe it, or stay local.
 
-Closed (offloading) → open after ``miss_limit`` consecutive misses, or when the measured round
-trip (median of recent replies, late ones included) no longer fits the deadline budget. Open →
+Closed (offloading) → open after ``miss_limit`` consecutive misses, when ``max_miss_rate`` of the
+last ``rate_window`` offloaded steps missed (misses that alternate with successes: one wedged
+worker of two taking its round-robin share), or when the measured round trip (median of
+recent replies, late ones included) no longer fits the deadline budget. Open →
 one probe every ``probe_interval_ns``; ``close_after`` consecutive on-time probes close it again
 (hysteresis: one lucky reply does not flip a robot back onto a flaky link).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -27,6 +30,8 @@ class BreakerConfig:
     close_after: int = 2
     rtt_window: int = 16
     min_rtt_samples: int = 4
+    rate_window: int = 20
+    max_miss_rate: float = 0.3
 
 
 class OffloadBreaker:
@@ -44,6 +49,8 @@ class OffloadBreaker:
         self.closed = 0
         self._next_probe_ns = 0
         self._probing = False
+        self._outcomes: deque[bool] = deque(maxlen=self.config.rate_window)  # True: a miss
+        self._window_misses = 0
 
     def route(self, budget_ns: int) -> Route:
         """The route for a step whose cloud round trip must fit in ``budget_ns``."""
@@ -62,6 +69,8 @@ class OffloadBreaker:
         """A verified reply arrived before its deadline."""
         self.rtt.add(rtt_ns)
         self.misses = 0
+        if not probe:
+            self._outcome(False)
         if probe:
             self._probing = False
             self.good_probes += 1
@@ -79,8 +88,21 @@ class OffloadBreaker:
             self.good_probes = 0
             return
         self.misses += 1
-        if not self.open and self.misses >= self.config.miss_limit:
+        self._outcome(True)
+        if self.open:
+            return
+        if self.misses >= self.config.miss_limit:
             self._trip("misses")
+        elif (len(self._outcomes) == self._outcomes.maxlen
+              and self._window_misses >= self.config.max_miss_rate * len(self._outcomes)):
+            self._trip("miss_rate")
+
+    def _outcome(self, miss: bool) -> None:
+        window = self._outcomes
+        if len(window) == window.maxlen and window[0]:
+            self._window_misses -= 1
+        window.append(miss)
+        self._window_misses += miss
 
     def late_reply(self, rtt_ns: int) -> None:
         """A reply arrived after its step was decided: still a round-trip measurement."""
@@ -96,5 +118,7 @@ class OffloadBreaker:
         self.opened += 1
         self.good_probes = 0
         self.misses = 0
+        self._outcomes.clear()  # judged afresh once it closes again
+        self._window_misses = 0
         self._probing = False
         self._next_probe_ns = self._clock() + self.config.probe_interval_ns

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge_agent.store import MAX_VERSION_STEP
 from vlabus.cli.argtypes import positive_float, positive_int
 from vlabus.cli.busflags import (
     add_bus_arguments,
@@ -67,6 +68,9 @@ def register(sub: Any) -> None:
                         help="MCAP black box: frames sent, replies received, every decision")
     parser.add_argument("--models-dir", default=None, metavar="DIR", type=Path,
                         help="accept signed model updates into this store (off when absent)")
+    parser.add_argument("--max-version-step", type=int, default=MAX_VERSION_STEP, metavar="N",
+                        help="refuse a release raising the installed version by more than N "
+                             f"(default {MAX_VERSION_STEP}; recovery: docs/hardening.md)")
     parser.add_argument("--local-model", default="edge", metavar="NAME",
                         help="model name of the local policy (its update topic)")
     parser.add_argument("--local-width", type=int, default=16, metavar="W",
@@ -76,6 +80,27 @@ def register(sub: Any) -> None:
                              "uplink seen and the deadline), raw, lz4, jpeg or jpeg:QUALITY")
     parser.add_argument("--safety-every", type=int, default=0, metavar="N",
                         help="mark every Nth frame safety-critical (kept on the robot)")
+    parser.add_argument("--fl", action="store_true",
+                        help="take part in federated rounds (vlabus fl serve): keep on-time "
+                             "cloud steps in a buffer, train locally, send private deltas; "
+                             "needs --models-dir")
+    parser.add_argument("--fl-dir", default=None, metavar="DIR", type=Path,
+                        help="buffer, privacy accountant and personal tensors (default: "
+                             "MODELS_DIR/../fl-ROBOT)")
+    parser.add_argument("--fl-epsilon", type=float, default=8.0, metavar="E",
+                        help="privacy budget of this robot over all rounds (default 8)")
+    parser.add_argument("--fl-buffer-mb", type=float, default=256.0, metavar="MB",
+                        help="size cap of the experience buffer; oldest pairs dropped")
+    parser.add_argument("--fl-cpu-share", type=float, default=0.5, metavar="F",
+                        help="share of one core local training may use (default 0.5)")
+    parser.add_argument("--anonymize", action="append", default=[], metavar="WHAT",
+                        help="before frames are encoded: 'faces' (blur faces, OpenCV Haar "
+                             "cascade) or 'state:FIELD=SIGMA' (Gaussian noise on state field "
+                             "FIELD: an index, A-B or all); repeatable")
+    parser.add_argument("--session-pool", default=None, metavar="NAME",
+                        help="send frames in session integrity (a keyed MAC after one signed "
+                             "key exchange) to worker pool NAME, whose public X25519 key is "
+                             "read from --keys; its workers need --session-pool NAME too")
     parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     parser.set_defaults(func=run)
 
@@ -99,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
     if args.robots > 1 and (args.robot_id == "auto" or args.record or args.models_dir):
         print("vlabus edge: --robots N takes a numbered --robot-id and no --record or "
               "--models-dir", file=sys.stderr)
+    if args.fl and args.models_dir is None:
+        print("vlabus edge: --fl needs --models-dir (rounds train on the installed release)",
+              file=sys.stderr)
         return 1
     summary = asyncio.run(edge_command(args))
     return report(summary, as_json=args.json, command="vlabus edge", human=_human)
@@ -123,6 +151,9 @@ async def edge_command(args: argparse.Namespace) -> dict[str, Any]:
     except (BusError, OSError) as exc:
         return {"error": str(exc), "exit_code": 1}
     try:
+        if args.robots > 1 and args.session_pool:
+            return {"error": "--session-pool runs one robot per process, not with --robots",
+                    "exit_code": 1}
         if args.robots > 1:
             from edge_agent.fleetcli import run_fleet_command
 
@@ -153,6 +184,7 @@ def claim_robot(keys_dir: str, prefix: str) -> Any:
 
 
 async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[str, Any]:
+    from edge_agent.anonymize import AnonymizeError, parse_anonymize
     from edge_agent.metrics import EdgeMetrics
     from edge_agent.sim import run_sim_robot
     from edge_agent.stack import LocalModel
@@ -162,12 +194,24 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
     from vlabus.log.record import Recorder
     from vlabus.metrics import MetricsServer
 
+    model = LocalModel(name=args.local_model, width=args.local_width, models_dir=args.models_dir,
+                       personal_dir=_fl_dir(args, robot_id) if args.fl else None,
+                       max_version_step=args.max_version_step)
+    try:
+        anonymizer = parse_anonymize(args.anonymize)
+        if anonymizer is not None:
+            anonymizer.check_state(model.state_dim)
+    except AnonymizeError as exc:
+        return {"error": str(exc), "exit_code": 1}
     metrics = EdgeMetrics()
     server = None
     if args.metrics_port is not None:
         server = MetricsServer(metrics.registry, args.metrics_host, args.metrics_port,
                                labels={"robot": robot_id}).start()
-    recorder = Recorder(args.record, metadata={"robot_id": robot_id}) if args.record else None
+    metadata = {"robot_id": robot_id}
+    if anonymizer is not None:
+        metadata["anonymized"] = anonymizer.describe()
+    recorder = Recorder(args.record, metadata=metadata) if args.record else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -175,7 +219,7 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
         # run from threads (tests, embedding), where Ctrl-C handling is the caller's.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    model = LocalModel(name=args.local_model, width=args.local_width, models_dir=args.models_dir)
+    attach, joined = _federation(args, robot_id) if args.fl else (None, [])
     status: list[asyncio.Task[None]] = []
     failure: list[BaseException] = []
 
@@ -207,7 +251,8 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
             args.bus, args.keys, robot_id, args.fps, args.deadline_ms, args.seconds,
             chunk=args.chunk, refill_below=args.refill_below, model=model, metrics=metrics,
             recorder=recorder, safety_every=args.safety_every, stop=stop, codec=args.codec,
-            options=options, opener=open_bus, on_agent=started)
+            options=options, opener=open_bus, on_agent=started, transform=anonymizer,
+            attach=attach, session_pool=args.session_pool)
     except TransportError as exc:
         return {"error": f"bus {args.bus}: {exc}", "exit_code": 2}
     except (BusError, OSError, ValueError) as exc:
@@ -227,8 +272,39 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
         summary["recording"] = {"path": str(args.record), **recorder.counters()}
     if server is not None:
         summary["metrics_port"] = server.port
+    if anonymizer is not None:
+        summary["anonymize"] = anonymizer.counters()
+    if joined:
+        summary["fl"] = joined[0].summary()
     summary["exit_code"] = 0
     return summary
+
+
+def _fl_dir(args: argparse.Namespace, robot_id: str) -> Path:
+    if args.fl_dir is not None:
+        return Path(args.fl_dir)
+    return Path(args.models_dir).parent / f"fl-{robot_id}"
+
+
+def _federation(args: argparse.Namespace, robot_id: str) -> tuple[Any, list[Any]]:
+    """The ``attach`` hook joining the agent to rounds, and a list that receives the
+    :class:`~edge_agent.fl.attach.Federated` handle (for the summary)."""
+    from edge_agent.fl.attach import federated
+    from edge_agent.fl.client import ClientConfig
+
+    joined: list[Any] = []
+    config = ClientConfig(robot_id=robot_id, model=args.local_model, models_dir=args.models_dir,
+                          state_dir=_fl_dir(args, robot_id), budget_epsilon=args.fl_epsilon,
+                          cpu_share=args.fl_cpu_share)
+
+    @contextlib.asynccontextmanager
+    async def attach(agent: Any) -> Any:
+        async with federated(agent, agent.keyring, config,
+                             buffer_bytes=int(args.fl_buffer_mb * (1 << 20))) as handle:
+            joined.append(handle)
+            yield handle
+
+    return attach, joined
 
 
 async def _status_lines(agent: Any, every_s: float) -> None:

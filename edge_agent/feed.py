@@ -50,7 +50,7 @@ class ModelFeed:
         body = received.message
         updater = self.updater
         if isinstance(body, ModelManifest):
-            self._count(updater.on_manifest(body))
+            self._count(updater.on_manifest(body, received.role))
         elif isinstance(body, ModelChunk):
             self._count(updater.on_chunk(body))
             download = updater.take()

@@ -22,13 +22,13 @@ from edge_agent.metrics import EdgeMetrics
 from edge_agent.stats import RunStats
 from edge_agent.watchdog import MONOTONIC, Clock, PendingStep, Verdict, Watchdog
 from schemas.errors import Reason, SchemaError, WireError
-from schemas.messages import Action
+from schemas.messages import Action, SessionRefused
 from schemas.topics import action_topic
 from security.keys import Keyring
 from security.replay import ReplayGuard
 from vlabus.bus.transport import Message
 from vlabus.inbound import Rejections
-from vlabus.wire import Decoder, Header
+from vlabus.wire import Decoder, Header, SessionAuth
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ class ActionInbox:
     def __init__(self, keyring: Keyring, robot_id: str, watchdog: Watchdog, *,
                  rejections: Rejections, stats: RunStats, metrics: EdgeMetrics, period_ns: int,
                  on_late: Callable[[int], None] = _ignore_late, clock: Clock = MONOTONIC,
-                 max_wait: int = 1024) -> None:
+                 max_wait: int = 1024, sessions: SessionAuth | None = None,
+                 on_refused: Callable[[SessionRefused], None] | None = None) -> None:
         self.robot_id = robot_id
         self.watchdog = watchdog
         self.rejections = rejections
@@ -67,11 +68,19 @@ class ActionInbox:
         #: (corr, transfer ns, worker span ns) of each reply whose round trip could be split
         self.on_transfer: Callable[[str, int, int], None] = lambda corr, ns, worker: None
         self.topic = action_topic(robot_id)
-        self._decoder = Decoder(keyring, strict_action_guard())
+        self._decoder = Decoder(keyring, strict_action_guard(), sessions=sessions)
+        self._on_refused = on_refused  # a worker refused our session: the next step re-offers
         self._clock = clock
         self._expected: OrderedDict[str, asyncio.Future[CloudReply]] = OrderedDict()
         self._encode_ns: OrderedDict[str, int] = OrderedDict()
         self._max_wait = max_wait
+
+    def use_sessions(self, sessions: SessionAuth,
+                     on_refused: Callable[[SessionRefused], None]) -> None:
+        """Verify session-mode actions too (``vlabus edge --session-pool``); ``on_refused``
+        sees a worker's refusal of our session."""
+        self._decoder.sessions = sessions
+        self._on_refused = on_refused
 
     def expect(self, corr: str, step: int, decide_ns: int, *,
                probe: bool = False) -> asyncio.Future[CloudReply]:
@@ -103,15 +112,19 @@ class ActionInbox:
         bad input."""
         arrived = self._clock()
         try:
-            received = self._decoder.decode(message.payload)
+            # commit=False: the worker's sequence window moves only for an action that passed
+            # every check below too, so a signed action refused here (another robot's, not
+            # usable) cannot make that worker's later genuine actions look like replays
+            received = self._decoder.decode(message.payload, topic=message.topic, commit=False)
         except WireError as exc:
-            self.rejections.reject(exc, message.topic)
-            if isinstance(exc.header, Header):  # unverified: it only attributes the cause
-                self.watchdog.mark_rejected(exc.header.corr)
+            self._refuse(exc, message.topic)
             return
         decode_ns = self._clock() - arrived
         action = received.message
         corr = received.header.corr
+        if isinstance(action, SessionRefused) and self._on_refused is not None:
+            self._on_refused(action)
+            return
         if not isinstance(action, Action) or action.robot_id != self.robot_id:
             self.rejections.count(Reason.IDENTITY_MISMATCH)
             log.warning("reply on %r is not an action for %s", message.topic, self.robot_id)
@@ -124,7 +137,18 @@ class ActionInbox:
             log.warning("unusable action from %r: %r", action.worker_id, exc)
             self.watchdog.mark_rejected(corr)
             return
+        try:
+            self._decoder.commit(received)
+        except WireError as exc:
+            exc.header = received.header
+            self._refuse(exc, message.topic)
+            return
         self._settle(corr, action, chunk, decode_ns)
+
+    def _refuse(self, exc: WireError, topic: str) -> None:
+        self.rejections.reject(exc, topic)
+        if isinstance(exc.header, Header):  # unverified: it only attributes the cause
+            self.watchdog.mark_rejected(exc.header.corr)
 
     def _settle(self, corr: str, action: Action, chunk: Chunk, decode_ns: int) -> None:
         reply = self.watchdog.reply(corr, action.step)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from edge_agent.blackbox import BlackBox
 from edge_agent.feed import ModelFeed
@@ -28,6 +29,8 @@ class Receiver:
         self.inbox = inbox
         self.feed = feed
         self.blackbox = blackbox
+        #: other topics subscribed on this connection, each to its handler (federated rounds)
+        self.routes: dict[str, Callable[[Message], None]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -59,7 +62,10 @@ class Receiver:
         if self.blackbox is not None:
             self.blackbox.received(message)
         inbox = self.inbox
-        if inbox is not None and message.topic == inbox.topic:
+        route = self.routes.get(message.topic)
+        if route is not None:
+            route(message)
+        elif inbox is not None and message.topic == inbox.topic:
             inbox.handle(message)
         elif self.feed is not None:
             self.feed.handle(message)

@@ -26,9 +26,12 @@ from edge_agent.agent import ActionResult, AgentConfig, EdgeAgent
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.scene import TabletopScene
 from edge_agent.stack import LocalModel, load_identity, open_edge
+from schemas.topics import checkpoint_topic
+from security.keys import load_pool_key
 from vlabus.bus.transport import TransportOptions, open_transport
 from vlabus.bus.wait import Opener
 from vlabus.policy import Observation
+from vlabus.session_link import final_checkpoints
 
 COMMANDS = ("pick up the red block", "put the cup on the plate", "open the drawer")
 
@@ -71,10 +74,11 @@ class SimRobot:
 
 async def drive(agent: EdgeAgent, robot: SimRobot, *, fps: float, seconds: float | None,
                 safety_every: int = 0, stop: asyncio.Event | None = None,
-                on_step: Any = None) -> int:
+                on_step: Any = None,
+                transform: Callable[[Observation], Observation] | None = None) -> int:
     """Run the control loop at ``fps`` for ``seconds`` (None: until ``stop`` is set); returns
     the number of overruns (steps that started after their tick because the previous one took
-    longer than a period)."""
+    longer than a period). ``transform`` changes each observation before the agent sees it."""
     period = 1.0 / fps
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -90,7 +94,10 @@ async def drive(agent: EdgeAgent, robot: SimRobot, *, fps: float, seconds: float
         elif delay < -period / 2:
             overruns += 1
         critical = safety_every > 0 and step % safety_every == safety_every - 1
-        result: ActionResult = await agent.act(robot.observe(step), safety_critical=critical)
+        observation = robot.observe(step)
+        if transform is not None:  # anonymisation: before the frame is encoded or kept
+            observation = transform(observation)
+        result: ActionResult = await agent.act(observation, safety_critical=critical)
         if result.action is not None:
             robot.apply(result.action)
         if on_step is not None:
@@ -105,10 +112,16 @@ async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` ca
         recorder: Any = None, safety_every: int = 0, stop: asyncio.Event | None = None,
         codec: str = "auto", seed: int = 0,
         options: TransportOptions | None = None, opener: Opener = open_transport,
-        on_agent: Callable[[EdgeAgent], None] | None = None) -> dict[str, Any]:
+        on_agent: Callable[[EdgeAgent], None] | None = None,
+        transform: Callable[[Observation], Observation] | None = None,
+        attach: Callable[[EdgeAgent], contextlib.AbstractAsyncContextManager[Any]] | None = None,
+        session_pool: str | None = None,
+) -> dict[str, Any]:
     """Run one simulated robot against the bus and return its summary (see ``RunStats``).
     ``seconds`` None runs until ``stop`` is set; ``on_agent`` sees the agent once it exists
-    (status lines); ``opener`` opens the bus (see :func:`~edge_agent.stack.open_edge`)."""
+    (status lines); ``opener`` opens the bus (see :func:`~edge_agent.stack.open_edge`);
+    ``transform`` anonymises observations; ``attach(agent)`` is entered around the run
+    (federated rounds); ``session_pool`` sends in session integrity to that worker pool."""
     model = model or LocalModel()
     keys, signer = load_identity(keys_dir, robot_id)
     robot = SimRobot(cameras=model.cameras, state_dim=model.state_dim, seed=seed)
@@ -118,19 +131,24 @@ async def run_sim_robot(  # noqa: PLR0917 - the positional form `vlabus demo` ca
                          period_ns=period_ns, codec=codec)
     agent = await open_edge(bus_url, keys=keys, signer=signer, config=config,
                             probe=robot.observe(0), model=model, metrics=metrics,
-                            recorder=recorder, options=options, opener=opener)
+                            recorder=recorder, options=options, opener=opener,
+                            session_pool=None if session_pool is None else
+                            load_pool_key(keys_dir, session_pool))
     if on_agent is not None:
         on_agent(agent)
     ticker = asyncio.create_task(_tick_recorder(recorder)) if recorder is not None else None
     started = time.monotonic()
     try:
-        overruns = await drive(agent, robot, fps=fps, seconds=seconds,
-                               safety_every=safety_every, stop=stop)
+        async with attach(agent) if attach is not None else contextlib.nullcontext():
+            overruns = await drive(agent, robot, fps=fps, seconds=seconds,
+                                   safety_every=safety_every, stop=stop, transform=transform)
     finally:
         if ticker is not None:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+        await final_checkpoints(agent.transport, agent.encoder,
+                                checkpoint_topic(agent.config.robot_id))
         await agent.close()
         with contextlib.suppress(Exception):
             await agent.transport.close()

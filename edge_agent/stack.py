@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,16 +18,18 @@ from edge_agent.blackbox import BlackBox, RecordSink
 from edge_agent.feed import ModelFeed
 from edge_agent.local import LocalPolicy
 from edge_agent.metrics import EdgeMetrics
-from edge_agent.store import ModelStore
+from edge_agent.store import MAX_VERSION_STEP, ModelStore
 from edge_agent.updates import ModelUpdater
 from schemas.status import status_message
 from schemas.topics import robot_status_topic
 from security.keys import Keyring, Signer, load_signer
+from security.seal import PoolKey
 from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
 from vlabus.bus.wait import Opener
 from vlabus.inbound import Rejections
 from vlabus.policy import Observation, Policy
 from vlabus.policy.reference import ReferencePolicy
+from vlabus.session_link import RobotLink
 from vlabus.wire import Encoder
 
 
@@ -41,6 +44,9 @@ class LocalModel:
     state_dim: int = 14
     cameras: tuple[str, ...] = ("front",)
     models_dir: Path | None = None
+    personal_dir: Path | None = None  # federated personal tensors laid over every release
+    #: how far one release may raise the installed version (docs/hardening.md)
+    max_version_step: int = MAX_VERSION_STEP
 
 
 def build_local(model: LocalModel) -> tuple[Policy, int]:
@@ -48,8 +54,7 @@ def build_local(model: LocalModel) -> tuple[Policy, int]:
     if model.models_dir is not None:
         installed = ModelStore(model.models_dir).active(model.name)
         if installed is not None:
-            return (ReferencePolicy.load_safetensors(installed.path, device="cpu"),
-                    installed.version)
+            return loader_for(model)(installed.path), installed.version
     policy = ReferencePolicy.seeded(device="cpu", width=model.width, horizon=model.horizon,
                                     action_dim=model.action_dim, state_dim=model.state_dim,
                                     cameras=model.cameras, name=model.name)
@@ -60,18 +65,29 @@ def load_reference(path: Path) -> Policy:
     return ReferencePolicy.load_safetensors(path, device="cpu")
 
 
+def loader_for(model: LocalModel) -> Callable[[Path], Policy]:
+    """How releases of ``model`` are loaded: with its personal tensors when it has any."""
+    if model.personal_dir is None:
+        return load_reference
+    from edge_agent.fl.personal import personal_loader
+
+    return personal_loader(model.personal_dir)
+
+
 async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: AgentConfig,
                     probe: Observation, model: LocalModel | None = None,
                     metrics: EdgeMetrics | None = None, recorder: RecordSink | None = None,
                     transport: Transport | None = None,
                     options: TransportOptions | None = None,
                     opener: Opener = open_transport,
-                    local: LocalPolicy | None = None) -> EdgeAgent:
+                    local: LocalPolicy | None = None,
+                    session_pool: PoolKey | None = None) -> EdgeAgent:
     """A started agent for ``config.robot_id`` on ``bus_url`` (or on ``transport`` if given;
     ``options`` carry credentials; the default client id is the robot id). ``opener`` opens
     the bus (``vlabus edge`` passes one that does not wait for a bus that is down). ``local``:
     an already warmed local policy to use (simulated fleets share one) instead of building
-    one."""
+    one. ``session_pool``: send frames in session integrity to that worker pool
+    (docs/security-session.md)."""
     model = model or LocalModel()
     metrics = metrics or EdgeMetrics()
     config = dataclasses.replace(config, local_model=model.name)
@@ -93,12 +109,20 @@ async def open_edge(bus_url: str, *, keys: Keyring, signer: Signer, config: Agen
     feed = None
     if model.models_dir is not None:
         assert local.shape is not None  # set by warm_up
-        updater = ModelUpdater(ModelStore(model.models_dir), model.name, installed=version,
-                               loader=load_reference, probe=probe, shape=local.shape)
+        store = ModelStore(model.models_dir)
+        active = store.active(model.name)
+        updater = ModelUpdater(store, model.name, installed=version,
+                               loader=loader_for(model), probe=probe, shape=local.shape,
+                               epoch=0 if active is None else active.epoch,
+                               max_version_step=model.max_version_step)
         feed = ModelFeed(updater, local, keys, metrics=metrics, rejections=rejections)
     blackbox = None if recorder is None else BlackBox(recorder, config.robot_id)
-    agent = EdgeAgent(transport, encoder, keys, local, config, metrics=metrics,
-                      session=session, feed=feed, blackbox=blackbox, rejections=rejections)
+    link = None if session_pool is None else RobotLink(transport, signer, session_pool, keys)
+    agent = EdgeAgent(transport, encoder if link is None else link.encoder, keys, local, config,
+                      metrics=metrics, session=session, feed=feed, blackbox=blackbox,
+                      rejections=rejections)
+    if link is not None:  # session integrity: the first frame's encode schedules the offer
+        agent.inbox.use_sessions(link.verifier, link.refused)  # (never waits for a bus)
     agent.cameras.prepare(probe.images)
     await agent.start()
     await agent.announce("online")

@@ -4,7 +4,8 @@ Layout under ``root/NAME/``::
 
     v7.safetensors          a complete, hash-checked release (never written in place)
     .v8.part                a download in progress (deleted on restart)
-    active.json             {"version": 7, "file": "v7.safetensors", "sha256": ..., "previous": 6}
+    active.json             {"version": 7, "file": "v7.safetensors", "sha256": ..., "previous": 6,
+                             "epoch": 0}
 
 Every file that becomes visible is written to a temporary name, fsynced, renamed, and its
 directory fsynced, so a kill at any instant leaves ``active.json`` naming either the old or the
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 POINTER = "active.json"
+#: How far one release may raise the installed version (``vlabus edge --max-version-step``).
+MAX_VERSION_STEP = 1000
 Checkpoint = Callable[[str], None]
 
 
@@ -36,6 +39,7 @@ class Installed:
     path: Path
     sha256: str
     previous: int | None = None
+    epoch: int = 0
 
 
 class ModelStore:
@@ -72,12 +76,13 @@ class ModelStore:
             path = folder / str(meta["file"])
             version, digest = int(meta["version"]), str(meta["sha256"])
             previous = meta.get("previous")
+            epoch = int(meta.get("epoch", 0))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         if not path.is_file() or sha256_file(path) != digest:
             return None
         return Installed(name, version, path, digest,
-                         None if previous is None else int(previous))
+                         None if previous is None else int(previous), epoch)
 
     def commit_part(self, name: str, version: int, sha256: str) -> Path:
         """Make a fully written ``.part`` file durable under its final name."""
@@ -95,12 +100,12 @@ class ModelStore:
         return final
 
     def point(self, name: str, version: int, path: Path, sha256: str,
-              previous: int | None) -> Installed:
+              previous: int | None, *, epoch: int = 0) -> Installed:
         """Atomically make ``path`` the active model (write, fsync, rename, fsync dir)."""
         folder = self.folder(name)
         tmp = folder / f".{POINTER}.tmp"
         body = json.dumps({"version": version, "file": path.name, "sha256": sha256,
-                           "previous": previous}).encode()
+                           "previous": previous, "epoch": epoch}).encode()
         with open(tmp, "wb") as handle:
             handle.write(body)
             self._checkpoint("pointer_written")
@@ -110,7 +115,7 @@ class ModelStore:
         os.replace(tmp, folder / POINTER)
         self._checkpoint("pointer_renamed")
         _fsync_dir(folder)
-        return Installed(name, version, path, sha256, previous)
+        return Installed(name, version, path, sha256, previous, epoch)
 
     def path_of(self, name: str, version: int) -> Path:
         return self.folder(name) / f"v{version}.safetensors"

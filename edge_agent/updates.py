@@ -2,7 +2,10 @@
 
 The envelope layer already guarantees that manifests and chunks were signed by a ``release``
 key (``SENDER_ROLES``); this module checks what they say. A manifest is accepted only for the
-robot's model, newer than the installed version, unexpired and under the size cap. Chunks are
+robot's model, newer than the installed version but not by more than ``max_version_step``,
+unexpired and under the size cap. Releases are ordered by (epoch, version): a ``release`` key
+publishes within the installed epoch; only the offline ``root`` key opens a higher one, with any
+version (the recovery from a release that pushed the version too far, docs/hardening.md). Chunks are
 written at their offset into a ``.part`` file, each hash-checked against the manifest, and none
 may carry more bytes than the manifest declared. When every chunk is in, :meth:`finish` (run off
 the event loop: it touches disk and torch) hashes the file, renames it into place, loads it,
@@ -25,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.store import Installed, ModelStore
+from edge_agent.store import MAX_VERSION_STEP, Installed, ModelStore
 from schemas.messages import ModelChunk, ModelManifest
+from security.keys import Role
 from vlabus.policy import Observation, Policy
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,9 @@ class UpdateResult(StrEnum):
     INSTALLED = "installed"
     OTHER_MODEL = "other_model"
     STALE_VERSION = "stale_version"
+    VERSION_JUMP = "version_jump"
+    NEEDS_ROOT = "needs_root"
+    STALE_EPOCH = "stale_epoch"
     EXPIRED = "expired"
     TOO_LARGE = "too_large"
     BAD_MANIFEST = "bad_manifest"
@@ -93,17 +100,21 @@ class ModelUpdater:
 
     def __init__(self, store: ModelStore, name: str, *, installed: int, loader: Loader,
                  probe: Observation, shape: tuple[int, int], max_bytes: int = 256 << 20,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns, epoch: int = 0,
+                 max_version_step: int = MAX_VERSION_STEP) -> None:
         self.store = store
         self.name = name
         self.installed = installed
+        self.epoch = epoch
+        self.max_version_step = max_version_step
         self.loader = loader
         self.probe = probe
         self.shape = shape
         self.max_bytes = max_bytes
         self._clock = clock
         self._download: Download | None = None
-        self._failed: set[int] = set()  # versions that failed to load or in service: never again
+        # (epoch, version) of releases that failed to load or in service: never again
+        self._failed: set[tuple[int, int]] = set()
         self.results: Counter[str] = Counter()
         store.clean_partials(name)
 
@@ -124,18 +135,20 @@ class ModelUpdater:
                     f"{len(download.manifest.chunk_sha256)} chunks)")
         return True
 
-    def on_manifest(self, manifest: ModelManifest) -> UpdateResult:
-        """Check a verified manifest and start its download when it qualifies."""
+    def on_manifest(self, manifest: ModelManifest, role: Role = "release") -> UpdateResult:
+        """Check a verified manifest (signed by a ``role`` key) and start its download when it
+        qualifies."""
         self._outlived()
         if manifest.name != self.name:
             return self._count(UpdateResult.OTHER_MODEL, repr(manifest.name))
-        if manifest.version <= self.installed:
-            return self._count(UpdateResult.STALE_VERSION,
-                               f"v{manifest.version} <= installed v{self.installed}")
-        if manifest.version in self._failed:
+        refused = self._order(manifest, role)
+        if refused is not None:
+            return refused
+        if (manifest.epoch, manifest.version) in self._failed:
             return self._count(UpdateResult.FAILED_BEFORE, f"v{manifest.version}")
         current = self._download
-        if current is not None and manifest.version <= current.manifest.version:
+        if current is not None and (manifest.epoch, manifest.version) <= (
+                current.manifest.epoch, current.manifest.version):
             return self._count(UpdateResult.STALE_VERSION,
                                f"v{manifest.version} <= downloading v{current.manifest.version}")
         if manifest.expires_ns <= self._clock():
@@ -152,6 +165,31 @@ class ModelUpdater:
             handle.truncate(manifest.size)
         self._download = Download(manifest, path, last_ns=self._clock())
         return self._count(UpdateResult.ACCEPTED, "")
+
+    def _order(self, manifest: ModelManifest, role: Role) -> UpdateResult | None:
+        """Refuse a manifest out of order for its signer (counted), else None."""
+        epoch, version = manifest.epoch, manifest.version
+        if role == "root":
+            # the recovery: a new epoch, any version; a recovery seen before is stale
+            if epoch <= self.epoch:
+                return self._count(UpdateResult.STALE_EPOCH,
+                                   f"recovery epoch {epoch} <= installed epoch {self.epoch}")
+            return None
+        if epoch < self.epoch:
+            return self._count(UpdateResult.STALE_EPOCH,
+                               f"epoch {epoch} < installed epoch {self.epoch}")
+        if epoch > self.epoch:
+            return self._count(UpdateResult.NEEDS_ROOT,
+                               f"epoch {epoch} > installed epoch {self.epoch}: only the offline "
+                               "root key opens an epoch")
+        if version <= self.installed:
+            return self._count(UpdateResult.STALE_VERSION,
+                               f"v{version} <= installed v{self.installed}")
+        if self.installed and version - self.installed > self.max_version_step:
+            return self._count(UpdateResult.VERSION_JUMP,
+                               f"v{version} is more than {self.max_version_step} above "
+                               f"installed v{self.installed}")
+        return None
 
     def on_chunk(self, chunk: ModelChunk) -> UpdateResult:
         """Write a verified chunk if it belongs to the download and hashes right."""
@@ -209,30 +247,33 @@ class ModelUpdater:
         try:
             path = self.store.commit_part(self.name, manifest.version, manifest.sha256)
         except ValueError as exc:
-            self._failed.add(manifest.version)
+            self._failed.add((manifest.epoch, manifest.version))
             return self._count(UpdateResult.BAD_FILE_HASH, str(exc)), None
         try:
             policy = self.loader(path)
         except Exception as exc:  # noqa: BLE001 - foreign file: any loader failure is a reject
             path.unlink(missing_ok=True)
-            self._failed.add(manifest.version)
+            self._failed.add((manifest.epoch, manifest.version))
             return self._count(UpdateResult.LOAD_FAILED, repr(exc)), None
         problem = health_check(policy, self.probe, self.shape)
         if problem is not None:
             path.unlink(missing_ok=True)
-            self._failed.add(manifest.version)
+            self._failed.add((manifest.epoch, manifest.version))
             return self._count(UpdateResult.UNHEALTHY, problem), None
         installed = self.store.point(self.name, manifest.version, path, manifest.sha256,
-                                     previous=self.installed or None)
+                                     previous=self.installed or None, epoch=manifest.epoch)
         self.store.prune(self.name, {manifest.version, self.installed})
         self.installed = manifest.version
+        self.epoch = manifest.epoch
         return self._count(UpdateResult.INSTALLED, ""), Ready(policy, installed)
 
     def rolled_back(self, to: Installed | None, failed_version: int) -> None:
         """Record a rollback to ``to`` after the new model failed in service."""
-        self._failed.add(failed_version)
+        self._failed.add((self.epoch, failed_version))
         if to is not None:
-            self.store.point(self.name, to.version, to.path, to.sha256, previous=None)
+            # the epoch stays: a recovery still stands when its release fails in service
+            self.store.point(self.name, to.version, to.path, to.sha256, previous=None,
+                             epoch=self.epoch)
             self.installed = to.version
         self._count(UpdateResult.ROLLED_BACK, f"v{failed_version} failed in service")
 

@@ -9,6 +9,7 @@ Every error the bus raises on purpose derives from :class:`BusError`::
     │   ├── UnknownKeyError(key_id)      reason "unknown_key"
     │   ├── SignatureError(sender)       reason "bad_signature"
     │   ├── IdentityMismatchError        reason "identity_mismatch"
+    │   ├── TopicMismatchError           reason "topic_mismatch"
     │   ├── ReplayError                  reasons "duplicate", "replay", "stale", "future"
     │   ├── DecompressLimitError         reason "decompress_limit"
     │   ├── UnsupportedError             reason "unsupported"
@@ -38,6 +39,7 @@ class Reason(StrEnum):
     UNKNOWN_KEY = "unknown_key"
     BAD_SIGNATURE = "bad_signature"
     IDENTITY_MISMATCH = "identity_mismatch"
+    TOPIC_MISMATCH = "topic_mismatch"
     DUPLICATE = "duplicate"
     REPLAY = "replay"
     STALE = "stale"
@@ -108,6 +110,13 @@ class SignatureError(WireError):
 
 class IdentityMismatchError(WireError):
     reason = Reason.IDENTITY_MISMATCH
+
+
+class TopicMismatchError(WireError):
+    """A message names another robot than the topic it arrived on (robot A's frame on robot
+    B's topic): the topic would lie about who sent it."""
+
+    reason = Reason.TOPIC_MISMATCH
 
 
 class ReplayError(WireError):

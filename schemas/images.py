@@ -86,6 +86,35 @@ def decode_image(image: Image, *, path: str = "image") -> Pixels:
     return pixels if image.scale == 1 else upscale(pixels, image.scale)
 
 
+def check_image(image: Image, *, path: str = "image") -> None:
+    """Raise ``SchemaError`` naming ``path`` unless ``image``'s bytes can be what it says,
+    without decoding a pixel: a raw image holds exactly HxWxC bytes; an lz4 one no more than
+    lz4's bound for that size; a JPEG has 1 or 3 channels and a header whose dimensions are the
+    image's; the captured size (times ``scale``) is at most ``MAX_SIDE`` a side."""
+    if max(image.height, image.width) * image.scale > MAX_SIDE:
+        raise SchemaError(f"image of {image.height}x{image.width} at scale {image.scale} is "
+                          f"larger than {MAX_SIDE} pixels a side", f"{path}.scale")
+    expected = image.height * image.width * image.channels
+    size = len(image.data)
+    if image.codec == "raw" and size != expected:
+        raise SchemaError(f"raw {image.height}x{image.width}x{image.channels} needs {expected} "
+                          f"bytes, got {size}", f"{path}.data")
+    if image.codec == "lz4" and not 0 < size <= expected + expected // 255 + 16:
+        raise SchemaError(f"lz4 image of {size} bytes cannot hold {expected}", f"{path}.data")
+    if image.codec != "jpeg":
+        return
+    if image.channels not in (1, 3):
+        raise SchemaError(f"JPEG images have 1 or 3 channels, not {image.channels}",
+                          f"{path}.channels")
+    try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(image.data)
+    except (ValueError, TypeError) as exc:
+        raise SchemaError(f"not a JPEG stream: {exc}", f"{path}.data") from exc
+    if (height, width) != (image.height, image.width):
+        raise SchemaError(
+            f"JPEG is {height}x{width}, header says {image.height}x{image.width}", f"{path}.data")
+
+
 def downscale(pixels: Pixels, scale: int) -> Pixels:
     """The mean of each ``scale`` x ``scale`` block (area downsampling) of HxWxC uint8 pixels."""
     height, width, channels = pixels.shape

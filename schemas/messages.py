@@ -94,7 +94,11 @@ class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ModelManifest(msgspec.Struct, frozen=True, kw_only=True):
-    """A signed description of a model release; its chunks follow on the model topic."""
+    """A signed description of a model release; its chunks follow on the model topic.
+
+    Releases are ordered by (``epoch``, ``version``). A ``release`` key publishes within the
+    robot's epoch; only the offline ``root`` key opens a new one (the recovery from a version
+    pushed too far, docs/hardening.md)."""
 
     name: Name
     version: Count
@@ -107,6 +111,7 @@ class ModelManifest(msgspec.Struct, frozen=True, kw_only=True):
     expires_ns: Nanos
     format: Literal["safetensors"] = "safetensors"
     metadata: Annotated[dict[str, str], msgspec.Meta(max_length=64)] = {}
+    epoch: Count = 0
 
 
 class ModelChunk(msgspec.Struct, frozen=True, kw_only=True):
@@ -172,8 +177,84 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
     final: bool = False
 
 
+
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+Precision = Literal["fp16", "int8"]
+Prefixes = Annotated[list[Annotated[str, msgspec.Meta(max_length=128)]],
+                     msgspec.Meta(max_length=64)]
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class RoundAnnouncement(msgspec.Struct, frozen=True, kw_only=True):
+    """A federated round: train on top of release ``base_version`` and answer by ``deadline_ns``
+    (wall clock). ``trainable`` names the tensor prefixes that are trained and averaged,
+    ``personal`` those trained but kept on each robot; the rest stays frozen."""
+
+    coordinator: Id
+    model: Name
+    round: Count
+    base_version: Count
+    base_sha256: Sha256
+    deadline_ns: Nanos
+    epochs: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
+    examples: Annotated[int, msgspec.Meta(ge=1, le=1 << 20)] = 256
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1 << 16)] = 32
+    lr: Positive = 0.05
+    example_clip: Positive = 1.0
+    noise_multiplier: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    delta: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 1e-5
+    update_clip: Positive = 1.0
+    precision: Precision = "fp16"
+    trainable: Prefixes = []
+    personal: Prefixes = []
+
+
+class UpdateManifest(msgspec.Struct, frozen=True, kw_only=True):
+    """A robot's answer to a round: its weight delta against the base, described (size, hashes,
+    chunks) by ``file`` exactly as a model release is; chunks follow as :class:`UpdateChunk`.
+    ``epsilon`` is the robot's privacy spent so far, this round included."""
+
+    robot_id: Id
+    model: Name
+    round: Count
+    base_version: Count
+    base_sha256: Sha256
+    examples: Count
+    epsilon: Annotated[float, msgspec.Meta(ge=0)]
+    delta: Annotated[float, msgspec.Meta(ge=0, lt=1)]
+    precision: Precision
+    file: ModelManifest
+
+
+class UpdateChunk(msgspec.Struct, frozen=True, kw_only=True):
+    """One piece of a robot's update file."""
+
+    robot_id: Id
+    round: Count
+    index: Count
+    data: memoryview
+
+
+class RoundResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a round came to: who took part, what was refused and why, the candidate's error on
+    the held-out recording against the current model's, and whether it was released."""
+
+    coordinator: Id
+    model: Name
+    round: Count
+    participants: Annotated[list[Id], msgspec.Meta(max_length=4096)] = []
+    refused: Annotated[dict[str, Count], msgspec.Meta(max_length=64)] = {}
+    epsilon: Annotated[dict[Id, float], msgspec.Meta(max_length=4096)] = {}
+    base_error: float | None = None
+    candidate_error: float | None = None
+    released: bool = False
+    version: Count = 0
+    detail: Annotated[str, msgspec.Meta(max_length=1024)] = ""
+
+
 Message = (Frame | TaskRequest | Action | TaskResult | ModelManifest | ModelChunk | Status
-           | SessionOffer | SessionRefused | Checkpoint)
+           | SessionOffer | SessionRefused | Checkpoint
+           | RoundAnnouncement | UpdateManifest | UpdateChunk | RoundResult)
 
 #: Envelope kind -> body type. The kind is the only type information on the wire.
 KINDS: dict[str, type[Message]] = {
@@ -187,5 +268,9 @@ KINDS: dict[str, type[Message]] = {
     "session_offer": SessionOffer,
     "session_refused": SessionRefused,
     "checkpoint": Checkpoint,
+    "fl_round": RoundAnnouncement,
+    "fl_update": UpdateManifest,
+    "fl_chunk": UpdateChunk,
+    "fl_result": RoundResult,
 }
 KIND_OF: dict[type[Message], str] = {cls: kind for kind, cls in KINDS.items()}

@@ -10,6 +10,9 @@
     vla/v1/workers/{worker_id}/checkpoint  a worker's signed checkpoints
     vla/v1/models/{model}/manifest      signed release manifest, retained
     vla/v1/models/{model}/chunk         release chunks
+    vla/v1/models/{model}/fl-round      federated round announcement, retained
+    vla/v1/models/{model}/fl-result     what a federated round came to, retained
+    vla/v1/{robot_id}/fl-update         robot -> coordinator: update manifest and chunks
 
 Workers read frames and tasks through ``$share/{group}/...``.
 """
@@ -31,6 +34,7 @@ ALL_MODELS = f"{PREFIX}/models/#"
 ALL_WORKER_STATUS = f"{PREFIX}/workers/+/status"
 #: Session offers: every worker of a pool reads them (not shared: each needs the key).
 ALL_SESSION_OFFERS = f"{PREFIX}/+/session"
+ALL_FL_UPDATES = f"{PREFIX}/+/fl-update"
 
 
 def check_id(value: str) -> str:
@@ -144,6 +148,18 @@ def model_manifest_topic(model: str) -> str:
 
 def model_chunk_topic(model: str) -> str:
     return f"{PREFIX}/models/{check_name(model)}/chunk"
+
+
+def fl_round_topic(model: str) -> str:
+    return f"{PREFIX}/models/{check_name(model)}/fl-round"
+
+
+def fl_result_topic(model: str) -> str:
+    return f"{PREFIX}/models/{check_name(model)}/fl-result"
+
+
+def fl_update_topic(robot_id: str) -> str:
+    return f"{PREFIX}/{check_id(robot_id)}/fl-update"
 
 
 def shared(group: str, pattern: str) -> str:

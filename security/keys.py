@@ -8,6 +8,8 @@ Layout of a keyring directory (one folder per role, one PEM pair per identity)::
     DIR/release/release.pub.pem
     DIR/replay/replay.pub.pem
     DIR/recorder/recorder.pub.pem a fleet recorder: reads the bus, may send nothing
+    DIR/root/root.pub.pem         the offline recovery key of model releases (its private key
+                                  stays off every fleet machine; docs/hardening.md)
     DIR/pool/gpu.pub.pem          X25519 public key of worker pool "gpu" (optional sealing)
     DIR/pool/gpu.key.pem          X25519 private key (0600), only on that pool's workers
 
@@ -36,8 +38,8 @@ from schemas.errors import KeyringError
 from schemas.topics import check_id
 from security.seal import PoolKey, PoolSecret
 
-Role = Literal["robot", "worker", "release", "replay", "recorder"]
-ROLES: tuple[Role, ...] = ("robot", "worker", "release", "replay", "recorder")
+Role = Literal["robot", "worker", "release", "replay", "recorder", "root"]
+ROLES: tuple[Role, ...] = ("robot", "worker", "release", "replay", "recorder", "root")
 #: The folder of X25519 pool keys used to seal bodies; not a signing role.
 POOL = "pool"
 #: Every folder of a keyring directory (``vlabus keys add`` accepts each).

@@ -57,8 +57,31 @@ class ReplayGuard:
         self, sender_key: str, seq: int, signature: bytes, *, sent_ns: int | None = None
     ) -> None:
         """Record a verified message or raise :class:`ReplayError` with its reason."""
+        self.check(sender_key, seq, signature, sent_ns=sent_ns)
+        self.record(sender_key, seq, signature)
+
+    def check(
+        self, sender_key: str, seq: int, signature: bytes, *, sent_ns: int | None = None
+    ) -> None:
+        """Raise :class:`ReplayError` when :meth:`admit` would; records nothing (a receiver
+        with checks after the guard's records with :meth:`record` once they all passed)."""
         if sent_ns is not None:
             self.check_time(sent_ns)
+        win = self._senders.get(sender_key)
+        if win is None or seq > win.highest:
+            return
+        if seq <= win.highest - self.window:
+            raise ReplayError(f"sequence {seq} is behind the window (highest {win.highest})",
+                              reason=Reason.REPLAY)
+        previous = win.seen.get(seq)
+        if previous is None:
+            return
+        if previous == signature:
+            raise ReplayError(f"sequence {seq} already received", reason=Reason.DUPLICATE)
+        raise ReplayError(f"sequence {seq} reused with other bytes", reason=Reason.REPLAY)
+
+    def record(self, sender_key: str, seq: int, signature: bytes) -> None:
+        """Move ``sender_key``'s window past a message that :meth:`check` admitted."""
         win = self._senders.get(sender_key)
         if win is None:
             win = _Window()
@@ -74,13 +97,4 @@ class ReplayGuard:
                 floor = seq - self.window
                 win.seen = {s: sig for s, sig in win.seen.items() if s > floor}
             return
-        if seq <= win.highest - self.window:
-            raise ReplayError(f"sequence {seq} is behind the window (highest {win.highest})",
-                              reason=Reason.REPLAY)
-        previous = win.seen.get(seq)
-        if previous is None:
-            win.seen[seq] = signature
-            return
-        if previous == signature:
-            raise ReplayError(f"sequence {seq} already received", reason=Reason.DUPLICATE)
-        raise ReplayError(f"sequence {seq} reused with other bytes", reason=Reason.REPLAY)
+        win.seen.setdefault(seq, signature)

@@ -4,7 +4,11 @@ Every certificate is ECDSA P-256, signed by one CA made here. A client certifica
 identity (robot or worker id): the broker uses it as the username its access control sees.
 Private keys are written 0600. Layout under ``DIR``::
 
-    ca.crt  ca.key  broker.crt  broker.key  clients/ID.crt  clients/ID.key
+    ca.crt  broker.crt  broker.key  clients/ID.crt  clients/ID.key
+
+and under ``CA_DIR`` (kept off the broker: whoever holds ``ca.key`` can mint any identity)::
+
+    ca.crt  ca.key
 """
 
 from __future__ import annotations
@@ -26,19 +30,32 @@ VALIDITY = datetime.timedelta(days=825)
 
 
 def write_tls(directory: str | Path, identities: Iterable[str], hostnames: Iterable[str] = (),
-              address: str = "127.0.0.1") -> Path:
+              address: str = "127.0.0.1", *, ca_dir: str | Path | None = None) -> Path:
     """Create (or reuse) the CA and write broker and client certificates under ``directory``.
 
-    The broker certificate names ``hostnames`` and the IP ``address`` (when it is one).
+    The broker certificate names ``hostnames`` and the IP ``address`` (when it is one). With
+    ``ca_dir`` the CA's key lives there (0700) and ``directory`` gets only ``ca.crt``; a
+    ``ca.key`` left in ``directory`` by an earlier render is moved to ``ca_dir``. Without it
+    the CA is written into ``directory`` (a throwaway deployment).
     """
     root = Path(directory)
     (root / "clients").mkdir(parents=True, exist_ok=True)
-    if (root / "ca.crt").exists() and (root / "ca.key").exists():
-        ca_key = _load_key(root / "ca.key")
-        ca_cert = x509.load_pem_x509_certificate((root / "ca.crt").read_bytes())
+    home = root if ca_dir is None else Path(ca_dir)
+    if home != root:
+        home.mkdir(parents=True, exist_ok=True)
+        os.chmod(home, 0o700)
+        if (root / "ca.key").exists() and not (home / "ca.key").exists():
+            os.replace(root / "ca.key", home / "ca.key")
+            os.replace(root / "ca.crt", home / "ca.crt")
+        (root / "ca.key").unlink(missing_ok=True)
+    if (home / "ca.crt").exists() and (home / "ca.key").exists():
+        ca_key = _load_key(home / "ca.key")
+        ca_cert = x509.load_pem_x509_certificate((home / "ca.crt").read_bytes())
     else:
         ca_key, ca_cert = make_ca("vlabus broker CA")
-        write_pair(root / "ca", ca_key, ca_cert)
+        write_pair(home / "ca", ca_key, ca_cert)
+    if home != root:
+        (root / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
     try:
         names.append(x509.IPAddress(ipaddress.ip_address(address)))

@@ -85,10 +85,13 @@ class Rejections:
         return sum(self.by_reason.values())
 
 
-def accept(decoder: Decoder, message: Message, rejections: Rejections) -> Received | None:
-    """Decode ``message`` or count and log why not; never raises for bad input."""
+def accept(decoder: Decoder, message: Message, rejections: Rejections, *,
+           on_error: Callable[[WireError, Message], None] | None = None) -> Received | None:
+    """Decode ``message`` (bound to the topic it arrived on) or count and log why not; never
+    raises for bad input. ``on_error`` also sees each refusal (a worker answers a refused
+    session with it)."""
     try:
-        return decoder.decode(message.payload)
+        return decoder.decode(message.payload, topic=message.topic)
     except UnknownKeyError as exc:
         rejections.count(exc.reason)
         if rejections.unknown_key(exc):
@@ -101,4 +104,6 @@ def accept(decoder: Decoder, message: Message, rejections: Rejections) -> Receiv
         return None
     except WireError as exc:
         rejections.reject(exc, message.topic)
+        if on_error is not None:
+            on_error(exc, message)
         return None

@@ -73,6 +73,8 @@ class MetricsServer:
                  labels: dict[str, str] | None = None) -> None:
         self.registry = serving_registry(registry, labels)
         self.ready = threading.Event()
+        #: checked on each /readyz once ``ready`` is set (the connection, a stalled loop)
+        self.readiness: Callable[[], bool] | None = None
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -82,8 +84,9 @@ class MetricsServer:
                 elif self.path == "/healthz":
                     self._send(200, b"ok\n", "text/plain")
                 elif self.path == "/readyz":
-                    ok = server.ready.is_set()
-                    self._send(200 if ok else 503, b"ready\n" if ok else b"warming\n",
+                    check = server.readiness
+                    ok = server.ready.is_set() and (check is None or check())
+                    self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n",
                                "text/plain")
                 else:
                     self._send(404, b"not found\n", "text/plain")
@@ -132,7 +135,9 @@ class HubCollector(Collector):
                 ("wills", "wills", "Wills published for clients that vanished"),
                 ("disconnects", "disconnects", "Client connections lost"),
                 ("reloads", "reloads", "Keys and access rules read again (SIGHUP)"),
-                ("revoked", "revoked", "Subscriptions cancelled by a reload's rules")):
+                ("revoked", "revoked", "Subscriptions cancelled by a reload's rules"),
+                ("too_large", "too_large", "Publishes and wills refused for a payload over "
+                 "the deployment's limit")):
             yield CounterMetricFamily(f"vlabus_hub_{name}", text, value=c[key])
         dropped = CounterMetricFamily("vlabus_hub_dropped", "Messages not delivered",
                                       labels=["cause"])

@@ -13,12 +13,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
 from schemas import topics
-from schemas.errors import SessionError, WireError
+from schemas.errors import SessionError, TransportError, WireError
 from schemas.messages import Message, SessionOffer, SessionRefused
 from security.keys import Keyring, Signer
 from security.replay import ReplayGuard
@@ -26,6 +27,7 @@ from security.seal import PoolKey, PoolSecret
 from security.session import (
     Clock,
     Rotation,
+    Session,
     SessionSender,
     SessionTable,
     accept_offer,
@@ -35,7 +37,7 @@ from vlabus.bus.transport import Message as BusMessage
 from vlabus.bus.transport import Transport
 from vlabus.inbound import Rejections
 from vlabus.session_wire import SessionEncoder, SessionVerifier
-from vlabus.wire import Decoder, Received
+from vlabus.wire import Decoder, Encoder, Received
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +54,41 @@ class RobotLink:
         self.rotation = rotation or Rotation()
         self.sender = SessionSender(self.rotation, clock)
         self.table = SessionTable(self.rotation, clock=clock)
-        self.encoder = SessionEncoder(signer, lambda _m: self.sender.current(), "up",
+        self.encoder = SessionEncoder(signer, self._pick, "up",
                                       checkpoint_interval_s=checkpoint_interval_s, clock=clock,
                                       **encoder)
-        self.decoder = Decoder(keyring, guard=ReplayGuard(clock=clock),
-                               sessions=SessionVerifier(self.table, "down"))
+        self._interval_ns = int(checkpoint_interval_s * 1e9)
+        self._flushed_ns = clock()
+        self._offering: asyncio.Task[None] | None = None
+        self.verifier = SessionVerifier(self.table, "down")
+        self.decoder = Decoder(keyring, guard=ReplayGuard(clock=clock), sessions=self.verifier)
         self.rejections = Rejections()
         self._clock = clock
         #: handshakes sent, and why the session before each ended ("" for the first)
         self.handshakes: list[str] = []
         self._reconnects = bus.counters().get("reconnects", 0)
 
+    def _pick(self, _message: Message) -> Session | None:
+        """The encoder's session for the next message. Used alone (an agent that only calls
+        ``encoder.encode``), it schedules what :meth:`send` would do: an offer when none is
+        live (this message is signed meanwhile) and the checkpoints that are due."""
+        session = self.sender.current()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return session
+        if session is None and (self._offering is None or self._offering.done()):
+            self._offering = loop.create_task(self.ensure())
+        if self._clock() - self._flushed_ns >= self._interval_ns:
+            self._flushed_ns = self._clock()
+            loop.call_soon(self.flush_nowait)  # not here: the encoder holds its lock
+        return session
+
     async def ensure(self) -> None:
         """Send an offer now if no live session remains (by time, count, refusal, or because
-        the transport reconnected since the last message: the pool may have restarted)."""
+        the transport reconnected since the last message: the pool may have restarted); and
+        hand the checkpoints that are due to the transport."""
+        self.flush_nowait()
         reconnects = self.bus.counters().get("reconnects", 0)
         if reconnects != self._reconnects:
             self._reconnects = reconnects
@@ -102,11 +125,14 @@ class RobotLink:
             self.rejections.reject(exc, message.topic)
             return None
         if isinstance(received.message, SessionRefused):
-            refusal = received.message
-            log.info("worker %r refused session %s (%s): a new handshake follows",
-                     refusal.worker_id, refusal.session, refusal.reason)
-            self.sender.end(refusal.reason, refusal.session)
+            self.refused(received.message)
         return received
+
+    def refused(self, refusal: SessionRefused) -> None:
+        """A worker refused ``refusal.session``: end it; the next message offers a new one."""
+        log.info("worker %r refused session %s (%s): a new handshake follows",
+                 refusal.worker_id, refusal.session, refusal.reason)
+        self.sender.end(refusal.reason, refusal.session)
 
     def reconnected(self) -> None:
         """The bus connection was re-established: rotate (the pool may have restarted)."""
@@ -118,9 +144,87 @@ class RobotLink:
             await self.bus.publish(topics.checkpoint_topic(self.signer.identity),
                                    self.encoder.encode(point), qos=1)
 
+    def flush_nowait(self) -> None:
+        """:meth:`flush` without waiting for the broker's acknowledgements."""
+        for point in self.encoder.checkpoints():
+            self.bus.publish_nowait(topics.checkpoint_topic(self.signer.identity),
+                                    self.encoder.encode(point), qos=1)
+
     async def close(self) -> None:
-        """Publish the final checkpoints; the bus stays open (the caller owns it)."""
-        await self.flush(final=True)
+        """Publish the final checkpoints (a failure is logged); the bus stays open."""
+        try:
+            await self.flush(final=True)
+        except TransportError as exc:
+            log.warning("final checkpoints not published: %r", exc)
+
+
+async def final_checkpoints(bus: Transport, encoder: Encoder, topic: str) -> None:
+    """Publish the closing checkpoints of ``encoder`` if it is a session encoder (what a
+    robot whose agent only holds its encoder does before it leaves); failures are logged."""
+    if not isinstance(encoder, SessionEncoder):
+        return
+    try:
+        for point in encoder.checkpoints(final=True):
+            await bus.publish(topic, encoder.encode(point), qos=1)
+    except TransportError as exc:
+        log.warning("final checkpoints not published: %r", exc)
+
+
+class PoolSessions:
+    """The pool's side without I/O: the sessions of the robots that offered one to pool
+    ``secret.pool``, what to answer a refused session with, the worker's encoder. Used by
+    :class:`PoolLink` and by ``vlabus worker --session-pool`` (which publishes from the
+    transport's receive callback, without awaiting)."""
+
+    def __init__(self, secret: PoolSecret, *, rotation: Rotation | None = None,
+                 checkpoint_interval_s: float = 1.0, clock: Clock = time.time_ns) -> None:
+        self.secret = secret
+        self.rotation = rotation or Rotation()
+        self.table = SessionTable(self.rotation, clock=clock)
+        self.verifier = SessionVerifier(self.table, "up")
+        self.interval_s = checkpoint_interval_s
+        self._clock = clock
+        self._refused: dict[str, int] = {}  # session -> when its robot was last told
+        #: refusals sent, as (robot, session, reason)
+        self.refusals: list[tuple[str, str, str]] = []
+
+    def encoder(self, signer: Signer, **options: Any) -> SessionEncoder:
+        """A worker's encoder: replies under the robot's session when it has one, else signed."""
+        return SessionEncoder(signer, self._pick, "down", checkpoint_interval_s=self.interval_s,
+                              clock=self._clock, **options)
+
+    def _pick(self, message: Message) -> Any:
+        robot = getattr(message, "robot_id", None)
+        return None if robot is None else self.table.for_robot(robot)
+
+    def take(self, got: Received) -> bool:
+        """True when ``got`` is a session offer (now held, or not for this pool: ignored)."""
+        if not isinstance(got.message, SessionOffer):
+            return False
+        try:
+            self.table.add(accept_offer(got.message, got.header.key, self.secret,
+                                        self.rotation))
+        except SessionError as exc:
+            log.debug("offer not for this pool: %r", exc)
+        return True
+
+    def refusal(self, exc: WireError, topic: str, worker: str) -> tuple[str, SessionRefused] | None:
+        """(topic, message) to tell the robot its session was refused, or None: not a session
+        error, not a robot's topic, or that session's robot was told less than 1 s ago."""
+        robot = topics.robot_of(topic)
+        if not isinstance(exc, SessionError) or robot is None:
+            return None
+        now = self._clock()
+        last = self._refused.get(exc.session)
+        if last is not None and now - last < 1_000_000_000:
+            return None
+        self._refused[exc.session] = now
+        if len(self._refused) > 4096:
+            self._refused.pop(next(iter(self._refused)))
+        self.refusals.append((robot, exc.session, exc.reason.value))
+        return topics.action_topic(robot), SessionRefused(
+            worker_id=worker, robot_id=robot, session=exc.session, reason=exc.reason.value,
+            time_ns=now)
 
 
 class PoolLink:
@@ -131,23 +235,13 @@ class PoolLink:
                  clock: Clock = time.time_ns, **encoder: Any) -> None:
         self.bus = bus
         self.signer = signer
-        self.secret = secret
-        self.rotation = rotation or Rotation()
-        self.table = SessionTable(self.rotation, clock=clock)
-        self.encoder = SessionEncoder(signer, self._pick, "down",
-                                      checkpoint_interval_s=checkpoint_interval_s, clock=clock,
-                                      **encoder)
+        self.pool = PoolSessions(secret, rotation=rotation,
+                                 checkpoint_interval_s=checkpoint_interval_s, clock=clock)
+        self.table = self.pool.table
+        self.encoder = self.pool.encoder(signer, **encoder)
         self.decoder = Decoder(keyring, guard=ReplayGuard(clock=clock),
-                               sessions=SessionVerifier(self.table, "up"))
+                               sessions=self.pool.verifier)
         self.rejections = Rejections()
-        self._clock = clock
-        self._refused: dict[str, int] = {}  # session -> when we last told its robot
-        #: refusals sent, as (robot, session, reason)
-        self.refusals: list[tuple[str, str, str]] = []
-
-    def _pick(self, message: Message) -> Any:
-        robot = getattr(message, "robot_id", None)
-        return None if robot is None else self.table.for_robot(robot)
 
     async def start(self) -> None:
         """Subscribe to every robot's offers (each worker needs each session key)."""
@@ -158,35 +252,13 @@ class PoolLink:
         counted. Never raises for bad input."""
         try:
             received = self.decoder.decode(message.payload)
-        except SessionError as exc:
-            self.rejections.reject(exc, message.topic)
-            await self._refuse(exc, message.topic)
-            return None
         except WireError as exc:
             self.rejections.reject(exc, message.topic)
+            refusal = self.pool.refusal(exc, message.topic, self.signer.identity)
+            if refusal is not None:
+                await self.bus.publish(refusal[0], self.encoder.encode(refusal[1]), qos=1)
             return None
-        if isinstance(received.message, SessionOffer):
-            try:
-                self.table.add(accept_offer(received.message, received.header.key, self.secret,
-                                            self.rotation))
-            except SessionError as exc:  # an offer to another pool
-                log.debug("offer not for us: %r", exc)
-            return None
-        return received
-
-    async def _refuse(self, exc: SessionError, topic: str) -> None:
-        robot = topics.robot_of(topic)
-        now = self._clock()
-        last = self._refused.get(exc.session)
-        if robot is None or (last is not None and now - last < 1_000_000_000):
-            return
-        self._refused[exc.session] = now
-        if len(self._refused) > 4096:
-            self._refused.pop(next(iter(self._refused)))
-        refusal = SessionRefused(worker_id=self.signer.identity, robot_id=robot,
-                                 session=exc.session, reason=exc.reason.value, time_ns=now)
-        self.refusals.append((robot, exc.session, exc.reason.value))
-        await self.bus.publish(topics.action_topic(robot), self.encoder.encode(refusal), qos=1)
+        return None if self.pool.take(received) else received
 
     async def reply(self, topic: str, message: Message, *, qos: int = 1, **kw: Any) -> bytes:
         """Encode (MACed under the robot's session when it has one) and publish a reply."""

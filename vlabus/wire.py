@@ -18,8 +18,10 @@ Wire layout (all integers big-endian)::
 
 :class:`Encoder` and :class:`Decoder` are the only entry points. Decoding runs the cheap steps
 first: size cap → header with strict limits → key lookup → identity → signature → replay guard
-→ unseal → bounded decompression → typed decode. Every failure is a
-:class:`~schemas.errors.WireError` carrying its reason.
+(checked) → unseal → bounded decompression → typed decode → content (array lengths, image
+sizes, JPEG headers) → topic binding → replay guard (recorded). The replay window moves only
+for a message that passed every check. Every failure is a :class:`~schemas.errors.WireError`
+carrying its reason.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Annotated, Any, Literal, Protocol
 import lz4.frame
 import msgspec
 
+from schemas.content import check_content
 from schemas.errors import (
     DecompressLimitError,
     IdentityMismatchError,
@@ -41,11 +44,13 @@ from schemas.errors import (
     SchemaError,
     SignatureError,
     TooLargeError,
+    TopicMismatchError,
     UnknownKeyError,
     UnsupportedError,
     WireError,
 )
 from schemas.messages import KIND_OF, KINDS, Message, Priority
+from schemas.topics import robot_of
 from security.keys import Keyring, Role, Signer
 from security.replay import ReplayGuard
 from security.seal import OVERHEAD as SEAL_OVERHEAD
@@ -106,12 +111,16 @@ SENDER_ROLES: dict[str, frozenset[Role]] = {
     "task": frozenset({"robot"}),
     "action": frozenset({"worker"}),
     "task_result": frozenset({"worker"}),
-    "model_manifest": frozenset({"release"}),
-    "model_chunk": frozenset({"release"}),
+    "model_manifest": frozenset({"release", "root"}),
+    "model_chunk": frozenset({"release", "root"}),
     "status": frozenset({"robot", "worker", "release", "replay"}),
     "session_offer": frozenset({"robot"}),
     "session_refused": frozenset({"worker"}),
     "checkpoint": frozenset({"robot", "worker"}),
+    "fl_round": frozenset({"release"}),
+    "fl_result": frozenset({"release"}),
+    "fl_update": frozenset({"robot"}),
+    "fl_chunk": frozenset({"robot"}),
 }
 IDENTITY_FIELD: dict[str, str] = {
     "frame": "robot_id",
@@ -122,9 +131,21 @@ IDENTITY_FIELD: dict[str, str] = {
     "session_offer": "robot_id",
     "session_refused": "worker_id",
     "checkpoint": "sender",
+    "fl_round": "coordinator",
+    "fl_result": "coordinator",
+    "fl_update": "robot_id",
+    "fl_chunk": "robot_id",
+}
+#: The body field that must equal the robot id of the per-robot topic a message arrived on.
+TOPIC_FIELD: dict[str, str] = {
+    "frame": "robot_id",
+    "task": "robot_id",
+    "action": "robot_id",
+    "task_result": "robot_id",
+    "status": "client_id",
 }
 #: Kinds that are retained or long-lived: no clock-skew check (manifests carry an expiry).
-UNTIMED_KINDS = frozenset({"status", "model_manifest", "model_chunk"})
+UNTIMED_KINDS = frozenset({"status", "model_manifest", "model_chunk", "fl_round", "fl_result"})
 
 
 class SessionAuth(Protocol):
@@ -148,6 +169,9 @@ class Received:
     message: Message
     wire: bytes | memoryview
     role: Role
+    #: what the replay guard records it under (a key id or a session) and its tag
+    guard_key: str = ""
+    tag: bytes = b""
 
 
 class Encoder:
@@ -317,16 +341,32 @@ class Decoder:
         self._decoders = {kind: msgspec.msgpack.Decoder(cls) for kind, cls in KINDS.items()}
         self._header = msgspec.msgpack.Decoder(Header)
 
-    def decode(self, data: bytes | memoryview) -> Received:
+    def decode(self, data: bytes | memoryview, *, topic: str | None = None,
+               commit: bool = True) -> Received:
         """Return the verified message in ``data`` or raise a ``WireError``; one raised after
-        the header was parsed carries it as ``header`` (so nobody parses it twice)."""
+        the header was parsed carries it as ``header`` (so nobody parses it twice).
+
+        ``topic``: the topic it arrived on; a message naming another robot than a per-robot
+        topic's is refused (``topic_mismatch``). ``commit=False`` leaves the replay window
+        alone: the caller runs its own checks, then :meth:`commit`."""
         view = memoryview(data)
         header = self.read_header(view)
         try:
-            return self._verify(view, header, data)
+            received = self._verify(view, header, data)
+            if topic is not None:
+                check_topic(topic, header.kind, received.message)
+            if commit:
+                self.commit(received)
         except WireError as exc:
             exc.header = header
             raise
+        return received
+
+    def commit(self, received: Received) -> None:
+        """Record ``received`` in the replay window (raises ``ReplayError`` when another
+        message took its sequence meanwhile)."""
+        if self.guard is not None:
+            self.guard.admit(received.guard_key, received.header.seq, received.tag)
 
     def _verify(self, view: memoryview, header: Header, data: bytes | memoryview) -> Received:
         size = len(view)
@@ -339,8 +379,8 @@ class Decoder:
                 raise IdentityMismatchError(f"a {role} session may not send {header.kind!r}")
         else:
             role, identity, guard_key, tag = self._check_signature(header, view)
-        if self.guard is not None:
-            self.guard.admit(guard_key, header.seq, tag,
+        if self.guard is not None:  # checked here, cheap; recorded once every check passed
+            self.guard.check(guard_key, header.seq, tag,
                              sent_ns=None if header.kind in UNTIMED_KINDS else header.sent_ns)
         body_at = PREFIX_SIZE + _header_len(view)
         body = self._open_body(header, view[body_at: size - trailer], view[:body_at])
@@ -349,7 +389,8 @@ class Decoder:
         if ident is not None and role != "replay" and getattr(message, ident) != identity:
             raise IdentityMismatchError(
                 f"{ident}={getattr(message, ident)!r} but signed by {identity!r}")
-        return Received(header, message, data, role)
+        check_content(message)
+        return Received(header, message, data, role, guard_key, tag)
 
     def _check_signature(self, header: Header, view: memoryview) -> tuple[Role, str, str, bytes]:
         size = len(view)
@@ -446,6 +487,18 @@ class Decoder:
             raise DecompressLimitError(
                 f"lz4 body yields more or less than the declared {header.raw_len} bytes")
         return out
+
+
+def check_topic(topic: str, kind: str, message: Message) -> None:
+    """Raise ``TopicMismatchError`` when ``topic`` is a per-robot topic and ``message`` names
+    another robot (``TOPIC_FIELD``)."""
+    field_name = TOPIC_FIELD.get(kind)
+    robot = robot_of(topic)
+    if field_name is None or robot is None:
+        return
+    named = getattr(message, field_name)
+    if named != robot:
+        raise TopicMismatchError(f"{field_name}={named!r} arrived on {topic!r}")
 
 
 def _header_len(view: memoryview) -> int:

@@ -135,6 +135,9 @@ def _release_weights(path: Path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.slow
+# builds and installs the wheel (first use) and starts nine processes importing torch on a
+# machine that may be loaded: more than the default 120 s is honest here
+@pytest.mark.timeout(360)
 @pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
 def test_services_run_from_the_installed_wheel(compose: dict[str, Any], tmp_path: Path,
                                                 installed_vlabus: Installed) -> None:

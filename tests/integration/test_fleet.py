@@ -4,6 +4,7 @@ schedulers end to end."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from edge_agent.breaker import BreakerConfig
 from edge_agent.fleet import FleetCollector, FleetSpec, robot_ids, run_fleet
 from edge_agent.stack import LocalModel
 from security.keys import Keyring, add_key
-from tests.support.keys import KeyDir, make_keydir
+from tests.support.keys import KeyDir
 from tests.support.worker import serving
 from vlabus.hub.server import Hub
 from vlabus.policy.profile import Profile, ProfilePolicy
@@ -43,13 +44,14 @@ def test_fleet_collector_sums_counters_over_robots() -> None:
 
 
 @pytest.fixture
-def fleet_keys(tmp_path: Path) -> KeyDir:
-    """A keyring of its own (the shared one stays as other tests expect it), with robot-1 …
-    robot-6 besides the usual identities."""
-    keys = make_keydir(tmp_path / "keys")
+def fleet_keys(tmp_path: Path, keydir: KeyDir) -> KeyDir:
+    """A copy of the shared keyring plus robot-1 … robot-6 (the session's keyring stays as
+    other tests expect it)."""
+    path = tmp_path / "keys"
+    shutil.copytree(keydir.path, path)
     for i in range(1, 7):
-        add_key(keys.path, "robot", f"robot-{i}")
-    return keys
+        add_key(path, "robot", f"robot-{i}", overwrite=True)
+    return KeyDir(path, keydir.signers)
 
 
 def run_with_worker(hub: Hub, keys: KeyDir, spec: FleetSpec,

@@ -176,7 +176,10 @@ def test_sighup_reloads_keys_and_rules_and_a_bad_keyring_keeps_the_old_ones(
         tmp_path: Path) -> None:
     curve, keyring = tmp_path / "curve", tmp_path / "keys"
     add_key(keyring, "robot", "robot-a")
-    hub = HubProcess("tcp://127.0.0.1:0", "--curve", str(curve), "--keys", str(keyring))
+    # SIGHUP only: polling (--keys-poll, tests/integration/test_key_reload.py) would reload
+    # on its own between the steps below
+    hub = HubProcess("tcp://127.0.0.1:0", "--curve", str(curve), "--keys", str(keyring),
+                     "--keys-poll", "0")
     url = hub.start()
 
     def opts(name: str) -> TransportOptions:
@@ -217,3 +220,31 @@ def test_sighup_reloads_keys_and_rules_and_a_bad_keyring_keeps_the_old_ones(
         summary = hub.stop()
     assert summary["reloads"] == 1
     assert summary["denied"] == 0
+
+
+def test_the_hub_follows_its_keyring_without_sighup(tmp_path: Path) -> None:
+    curve, keyring = tmp_path / "curve", tmp_path / "keys"
+    add_key(keyring, "robot", "robot-a")
+    hub = HubProcess("tcp://127.0.0.1:0", "--curve", str(curve), "--keys", str(keyring),
+                     "--keys-poll", "0.5")
+    url = hub.start()
+    try:
+        add_key(keyring, "robot", "robot-c")
+        subprocess.run([sys.executable, "-m", "vlabus", "hub", "--curve", str(curve),
+                        "--add-client", "robot-c"], capture_output=True, check=True)
+        deadline = time.monotonic() + 5  # the bound for a key added to a fleet
+        while not any("hub reloaded: 1 clients admitted" in line for line in hub.log_tail):
+            assert time.monotonic() < deadline, list(hub.log_tail)
+            time.sleep(0.05)
+
+        async def admitted() -> None:
+            options = TransportOptions(client_id="robot-c", curve=CurveKeys(
+                *load_client_keys(curve, "robot-c")), extra={"connect_timeout_s": "3"})
+            t = await open_zmq(url, options)
+            await t.publish("vla/v1/robot-c/frame", b"mine", qos=1)
+            await t.close()
+
+        asyncio.run(admitted())
+    finally:
+        summary = hub.stop()
+    assert summary["reloads"] >= 1

@@ -13,7 +13,8 @@ import pytest
 
 from tests.support.install import Installed
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# the first test to use the session's installed wheel builds and installs it
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
 TEMPLATES = ("dev.conf", "fleet.conf", "acl.json")
 

@@ -74,7 +74,7 @@ def test_added_key_served_and_removed_key_refused_within_5_s(
     worker_port, robot_port = free_port(), free_port()
     worker = Child("worker", ["worker", *bus, "--keys", str(worker_keys), "--id", "worker-1",
                               "--policy", "noop", "--keys-poll", "0.5",
-                              "--metrics-port", str(worker_port)],
+                              "--metrics-port", str(worker_port), "--json"],
                    tmp_path, metrics_port=worker_port).start()
     robot = Child("robot", ["edge", "--sim", *bus, "--keys", str(fleet_keys), "--robot-id",
                             "robot-new", "--fps", "20", "--deadline-ms", "150",
@@ -109,6 +109,9 @@ def test_added_key_served_and_removed_key_refused_within_5_s(
         assert robot.scrape().get(CLOUD, 0) <= cloud + 1  # at most a reply already in flight
         assert robot.terminate() == 0, robot.stderr_tail()
         assert worker.terminate() == 0, worker.stderr_tail()
+        served = worker.stdout_json()
+        assert served is not None
+        assert served["unknown_senders"]["robot-new"] > 0  # counted with the sender named
     finally:
         for child in children:
             child.terminate(timeout=5)

@@ -45,6 +45,9 @@ def pods(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return found
 
 
+# builds and installs the wheel (first use) and starts nine processes importing torch on a
+# machine that may be loaded: more than the default 120 s is honest here
+@pytest.mark.timeout(360)
 @pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
 def test_kubernetes_containers_run_from_the_installed_wheel(
         installed_vlabus: Installed, tmp_path: Path) -> None:

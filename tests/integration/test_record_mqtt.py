@@ -91,7 +91,7 @@ def test_restamped_replay_cli_over_mqtt(mosquitto: LocalMosquitto, keydir: KeyDi
             sys.executable, "-m", "vlabus", "replay", str(path), "--bus", mosquitto.url,
             "--broker-config", str(mosquitto.config_dir), "--rate", "2", "--topics",
             "vla/v1/+/frame", "--restamp", str(keydir.path), "--keys", str(keydir.path),
-            "--json", "--quiet", cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+            "--onto-live", "--json", "--quiet", cwd=ROOT, stdout=asyncio.subprocess.PIPE)
         got = [bytes((await asyncio.wait_for(sink.receive(), 20)).payload) for _ in frames]
         out, _ = await asyncio.wait_for(child.communicate(), 20)
         await sink.close()

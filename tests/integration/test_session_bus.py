@@ -6,25 +6,35 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cloud_workers.runner import PolicyRunner
+from cloud_workers.worker import WorkerConfig, open_worker
+from edge_agent.sim import run_sim_robot
+from edge_agent.stack import LocalModel
 from schemas import topics
-from schemas.messages import Frame, SessionRefused
+from schemas.messages import Action, Frame, SessionRefused
+from security.keys import Keyring, add_pool_key
 from security.seal import PoolSecret
 from security.session import Rotation
 from tests.support.aio import TIMEOUT, eventually
 from tests.support.buses import Bus, settle
+from tests.support.frames import make_frame
 from tests.support.keys import KeyDir
 from tests.support.logs import make_action
 from tests.support.wire import frame
+from tests.support.worker import small_policy
 from vlabus.broker.local import LocalMosquitto
 from vlabus.bus.transport import Message, Transport, TransportOptions
 from vlabus.cli import main as vlabus_main
 from vlabus.log.record import Recorder
-from vlabus.session_link import PoolLink, RobotLink
+from vlabus.session_link import PoolLink, PoolSessions, RobotLink
 from vlabus.wire import Received
 
 pytestmark = pytest.mark.integration
@@ -204,5 +214,90 @@ def test_a_reconnect_rotates_the_session(mosquitto: LocalMosquitto, keydir: KeyD
         await robot.send(topics.frame_topic(ROBOT), frame(2))
         assert robot.handshakes == ["", "reconnect"]
         assert robot.sender.session is not first
+
+    bus.run(body)
+
+
+def test_a_real_worker_serves_session_mode_and_refuses_an_expired_session(
+        real_bus: Bus, keydir: KeyDir) -> None:
+    secret = PoolSecret.generate("gpu")
+
+    async def body() -> None:
+        sessions = PoolSessions(secret, rotation=Rotation(max_messages=2))
+        runner = PolicyRunner({"reference": small_policy()}, {})
+        worker = await open_worker(
+            real_bus.url, keydir.signers["worker-1"], keydir.ring, runner,
+            config=WorkerConfig(worker_id="worker-1", group="pool"),
+            options=real_bus.options(real_bus.name("worker-1")), sessions=sessions)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        await asyncio.wait_for(worker.ready.wait(), TIMEOUT)
+        try:
+            robot_bus = await real_bus.connect("robot-a")
+            await robot_bus.subscribe(topics.action_topic(ROBOT), qos=1)
+            robot = RobotLink(robot_bus, keydir.signers[ROBOT], secret.public, keydir.ring)
+
+            async def answer(step: int) -> Received:
+                await robot.send(topics.frame_topic(ROBOT), make_frame(ROBOT, step, size=8),
+                                 deadline_ns=time.time_ns() + 5_000_000_000)
+                while True:
+                    message = await asyncio.wait_for(robot_bus.receive(), TIMEOUT)
+                    got = robot.accept(message)
+                    if got is not None:
+                        return got
+
+            async def offer_again() -> None:  # until the worker's subscription is live
+                robot.reconnected()
+                await robot.ensure()
+
+            await eventually(lambda: len(sessions.table) > 0, nudge=offer_again)
+            for step in (1, 2):
+                got = await answer(step)
+                assert got.wire[2] == 2  # the action came back MACed under the session
+                assert isinstance(got.message, Action)
+                assert got.message.step == step
+            refusal = await answer(3)
+            assert isinstance(refusal.message, SessionRefused)
+            assert refusal.message.reason == "expired_session"
+            assert worker.rejections.by_reason["expired_session"] == 1
+            got = await answer(4)
+            assert isinstance(got.message, Action)
+            assert robot.handshakes[-1] == "expired_session"
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, TIMEOUT)
+            await worker.transport.close()
+
+    real_bus.run(body)
+
+
+def test_vlabus_edge_and_worker_run_in_session_mode(zmq_hub: Any, keydir: KeyDir,
+                                                     tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    shutil.copytree(keydir.path, keys)
+    secret = add_pool_key(keys, "gpu")
+    bus = Bus("zmq", zmq_hub.url, lambda cid, **kw: TransportOptions(client_id=cid, **kw))
+
+    async def body() -> None:
+        sessions = PoolSessions(secret)
+        runner = PolicyRunner({"reference": small_policy()}, {})
+        worker = await open_worker(
+            bus.url, keydir.signers["worker-1"], Keyring.load(keys), runner,
+            config=WorkerConfig(worker_id="worker-1", group="pool"), sessions=sessions)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        await asyncio.wait_for(worker.ready.wait(), TIMEOUT)
+        try:
+            summary = await run_sim_robot(bus.url, keys, ROBOT, fps=20, deadline_ms=500,
+                                          seconds=1.5, model=LocalModel(width=8),
+                                          session_pool="gpu")
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, TIMEOUT)
+            await worker.transport.close()
+        assert summary["actions_by_source"].get("cloud", 0) > 0, summary
+        held = sessions.table.for_robot(ROBOT)
+        assert held is not None
+        assert held.used > 0  # frames arrived MACed under the robot's session
 
     bus.run(body)

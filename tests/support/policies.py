@@ -45,3 +45,26 @@ class StuckPolicy:
 
 def stuck() -> StuckPolicy:
     return StuckPolicy()
+
+
+class HangingPolicy:
+    """A model of ``seconds`` per batch (on the inference thread, like a real one) that hangs
+    inside ``infer`` while ``hang`` is set, until ``release`` is set."""
+
+    name = "noop"
+    version = 1
+
+    def __init__(self, seconds: float = 0.002, horizon: int = 8, dim: int = 7) -> None:
+        self.seconds = seconds
+        self.horizon = horizon
+        self.dim = dim
+        self.hang = threading.Event()
+        self.release = threading.Event()
+        self.hung = threading.Event()  # set once a batch is hanging
+
+    def infer(self, batch: Sequence[Observation]) -> np.ndarray:
+        if self.hang.is_set():
+            self.hung.set()
+            self.release.wait(60)
+        threading.Event().wait(self.seconds)
+        return np.zeros((len(batch), self.horizon, self.dim), np.float32)

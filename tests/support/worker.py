@@ -15,6 +15,7 @@ from tests.support.aio import run
 from tests.support.clock import MS
 from tests.support.keys import KeyDir
 from vlabus.bus.memory import reset_memory
+from vlabus.bus.transport import TransportOptions
 from vlabus.policy import Policy
 from vlabus.policy.reference import ReferencePolicy
 
@@ -26,15 +27,17 @@ def small_policy() -> ReferencePolicy:
 
 @asynccontextmanager
 async def serving(url: str, keydir: KeyDir, policies: dict[str, Policy] | None = None,
-                  worker_id: str = "worker-1", **cfg: object) -> AsyncIterator[Worker]:
-    """A worker of the ``pool`` group on ``url``, ready when entered, stopped on exit."""
+                  worker_id: str = "worker-1", options: TransportOptions | None = None,
+                  **cfg: object) -> AsyncIterator[Worker]:
+    """A worker of the ``pool`` group on ``url``, ready when entered, stopped on exit;
+    ``options`` (credentials on an authenticating broker) go to the transport."""
     policies = policies or {"reference": small_policy()}
     runner = PolicyRunner(policies, default_handlers({}))
     runner.handlers = default_handlers(runner.models)
     config = WorkerConfig(worker_id=worker_id, group="pool",
                           **{"max_delay_ns": 1 * MS, **cfg})  # type: ignore[arg-type]
     worker = await open_worker(url, keydir.signers[worker_id], keydir.ring, runner,
-                               config=config, metrics=WorkerMetrics())
+                               config=config, metrics=WorkerMetrics(), options=options)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     await asyncio.wait_for(worker.ready.wait(), 30)
@@ -42,7 +45,10 @@ async def serving(url: str, keydir: KeyDir, policies: dict[str, Policy] | None =
         yield worker
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        try:
+            await asyncio.wait_for(task, 30)
+        finally:
+            await worker.transport.close()
 
 
 def run_on_memory(body: Callable[[str], Coroutine[object, object, None]],

@@ -67,12 +67,14 @@ def test_the_readme_gives_the_two_newcomer_commands_ci_runs() -> None:
     demo = ("python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && "
             "pip install -e . && vlabus demo")
     tests = ("python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && "
-             "pip install -e '.[dev]' && python -m pytest")
+             "pip install -e '.[dev]' && pip install --no-deps -r tests/peers.txt && "
+             "python -m pytest")
     assert demo in readme
     assert tests in readme
     # .ci/run performs the test command's steps, in order
     steps = ["python3 -m venv .venv", ". .venv/bin/activate", "pip install --quiet torch==2.13.0",
-             "pip install --quiet -e '.[dev]'", "python -m pytest"]
+             "pip install --quiet -e '.[dev]'", "pip install --quiet --no-deps -r tests/peers.txt",
+             "python -m pytest"]
     positions = [ci.find(step) for step in steps]
     assert -1 not in positions, dict(zip(steps, positions, strict=True))
     assert positions == sorted(positions)

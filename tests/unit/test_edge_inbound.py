@@ -12,7 +12,7 @@ from edge_agent.inbox import ActionInbox
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.stats import RunStats
 from edge_agent.watchdog import Watchdog
-from schemas.arrays import pack_array
+from schemas.arrays import NDArray, pack_array
 from schemas.messages import Action
 from schemas.topics import action_topic
 from security.keys import Signer
@@ -89,8 +89,8 @@ def test_foreign_senders_and_targets_are_refused_and_attributed(keydir: KeyDir) 
         deliver(receiver, stranger.encode(action(1), corr="s-1"))
         deliver(receiver, b"\x00garbage")
         assert not pending.done()
-        assert receiver.rejections.by_reason == {"identity_mismatch": 2, "unknown_key": 1,
-                                                 "malformed": 1}
+        assert receiver.rejections.by_reason == {"identity_mismatch": 1, "topic_mismatch": 1,
+                                                 "unknown_key": 1, "malformed": 1}
         step = receiver.expire("s-1")
         assert step is not None
         assert step.rejected
@@ -121,4 +121,26 @@ def test_reply_for_an_unknown_step_is_counted_not_used(keydir: KeyDir) -> None:
         deliver(receiver, worker.encode(action(1), corr="other"))
         assert not pending.done()
         assert receiver.stats.unmatched_replies == 2
+    with_inbox(keydir, body)
+
+
+def test_a_refused_action_does_not_move_its_workers_window(keydir: KeyDir) -> None:
+    """Signed by the worker but refused (not finite, another robot's, data not fitting its
+    shape): the genuine actions it signed earlier, still on their way, are served."""
+    async def body(receiver: ActionInbox) -> None:
+        worker = Encoder(keydir.signers["worker-1"])
+        genuine = [worker.encode(action(step), corr=f"s-{step}") for step in (1, 2, 3)]
+        broken = Action(robot_id="robot-a", step=9, model="default", model_version=1,
+                        worker_id="worker-1", actions=NDArray(dtype="float32", shape=[4, 7],
+                                                              data=memoryview(b"\0" * 4)))
+        refused = [worker.encode(action(9, values=float("nan")), corr="x-1"),
+                   worker.encode(action(9, robot="robot-b"), corr="x-2"),
+                   worker.encode(broken, corr="x-3")]
+        waits = [expect(receiver, f"s-{step}", step) for step in (1, 2, 3)]
+        for wire in refused:  # sequence numbers above every genuine one
+            deliver(receiver, wire)
+        for wire in genuine:
+            deliver(receiver, wire)
+        assert receiver.rejections.by_reason == {"schema": 2, "topic_mismatch": 1}
+        assert all(wait.done() and not wait.cancelled() for wait in waits)
     with_inbox(keydir, body)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import blake3
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas.errors import Reason, WireError
-from security.keys import Keyring, Signer
+from security.keys import Keyring, Signer, key_id_of
 from security.replay import ReplayGuard
 from security.seal import PoolSecret
-from security.session import Rotation, SessionSender, SessionTable, accept_offer, offer_session
+from security.session import (
+    Rotation,
+    Session,
+    SessionSender,
+    SessionTable,
+    accept_offer,
+    offer_session,
+)
 from tests.support.clock import FakeClock
 from tests.support.logs import make_action
 from tests.support.wire import NOW, frame
@@ -168,3 +177,24 @@ def test_a_session_binds_the_robot_identity() -> None:
     sneaky = SessionEncoder(impostor, lambda _m: pair.sender.session, "up", clock=pair.clock)
     error = refused(pair.decoder, sneaky.encode(frame(1, robot_id="robot-b")))
     assert error.reason is Reason.IDENTITY_MISMATCH
+
+
+def test_golden_session_envelope_is_stable_and_verifies() -> None:
+    """Fixed keys, clock and sequence: the version-2 bytes and their MAC do not drift."""
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    signer = Signer(key_id_of(key.public_key()), "robot", "robot-a", key)
+    session = Session("0123456789abcdef", "robot-a", signer.key_id, "gpu", bytes(range(32)),
+                      bytes(range(32, 64)), NOW + 10**12, 100)
+    encoder = SessionEncoder(signer, lambda _m: session, "up", clock=lambda: NOW, start_seq=1,
+                             compress="never")
+    wire = encoder.encode(frame(1))
+    assert wire[:3] == b"VB\x02"
+    assert wire[-32:].hex() == ("d6e15513dc105f90dee382329b49b2d3"
+                                "666963639f81ece6e5c04a8f45d0c609")
+    assert blake3.blake3(wire).hexdigest() == ("9db5e379062be1f4d6f92d32200b31ab"
+                                               "8032664c60b754625d41eee584457279")
+    table = SessionTable(clock=lambda: NOW)
+    table.add(Session(session.sid, "robot-a", signer.key_id, "gpu", session.up, session.down,
+                      session.expires_ns, 100))
+    decoder = Decoder(Keyring([signer.public]), sessions=SessionVerifier(table, "up"))
+    assert decoder.decode(wire).message == frame(1)

@@ -93,4 +93,7 @@ def test_worker_status_names_its_group_and_detail() -> None:
     status = worker_status(config, "online", 5, {"vla": 1})
     assert (status.client_id, status.role, status.state, status.session) == (
         "worker-1", "worker", "online", 5)
-    assert status.detail == {"group": "gpu", "device": "cpu"}
+    assert status.detail == {"group": "gpu", "device": "cpu", "health": "ok"}
+    degraded = worker_status(config, "online", 5, {"vla": 1}, degraded="a batch hangs")
+    assert degraded.detail == {"group": "gpu", "device": "cpu", "health": "degraded",
+                               "reason": "a batch hangs"}

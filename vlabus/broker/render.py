@@ -6,7 +6,9 @@ wheel as ``vlabus.broker.templates``) for the identities in a keyring and writes
     mosquitto.conf              the broker configuration (absolute paths)
     passwd, clients/ID.password dev: hashed passwords for the broker, plain ones for clients (0600)
     dynamic-security.json       fleet: access control, subscribe denied by default
-    tls/ca.crt, tls/broker.*    fleet: CA and broker certificate (see :mod:`security.tls`)
+    tls/ca.crt, tls/broker.*    fleet: CA certificate and broker certificate and key (the CA's
+                                private key stays in ``ca_dir``, default ``KEYS/ca/``: never
+                                with the broker; see :mod:`security.tls`)
     tls/clients/ID.crt, ID.key  fleet: one client certificate per identity, CN = identity
     data/                       persistence
 
@@ -31,7 +33,7 @@ from typing import Any
 from schemas.errors import BusError
 from security.keys import Keyring
 from security.tls import write_tls
-from vlabus.bus.transport import TlsFiles, TransportOptions
+from vlabus.bus.transport import MAX_PAYLOAD, TlsFiles, TransportOptions
 
 #: Where distributions put Mosquitto's dynamic-security plugin: Debian/Ubuntu (multiarch),
 #: then the eclipse-mosquitto image (Alpine).
@@ -44,8 +46,8 @@ DYNSEC_PLUGIN = next((p for p in DYNSEC_CANDIDATES if Path(p).is_file()), DYNSEC
 #: configuration, never on a robot.
 ADMIN = "broker-admin"
 CONTROL = "$CONTROL/dynamic-security/v1"
-#: The largest MQTT packet the broker takes: the transport's 16 MiB payload cap plus headers.
-MAX_PACKET_SIZE = (16 << 20) + (64 << 10)
+#: The largest MQTT packet the broker takes: the clients' payload limit plus headers.
+MAX_PACKET_SIZE = MAX_PAYLOAD + (64 << 10)
 
 
 class BrokerError(BusError):
@@ -104,6 +106,7 @@ def render(
     log_stdout: bool = False,
     only: Collection[str] | None = None,
     config_dir: str | None = None,
+    ca_dir: str | Path | None = None,
 ) -> Path:
     """Write a Mosquitto configuration for the identities in keyring ``keys`` into ``out``.
 
@@ -112,7 +115,8 @@ def render(
     log to stdout (a container) instead of ``out/mosquitto.log``. ``config_dir`` is where the
     broker will find these files when that is not ``out`` (a Kubernetes volume; the paths in
     mosquitto.conf use it). ``only``: just these identities of the keyring (a site broker's
-    robots). Returns the path of mosquitto.conf.
+    robots). ``ca_dir`` holds the fleet CA's private key (default ``keys/ca``), out of the
+    broker's directory. Returns the path of mosquitto.conf.
     """
     templates = templates or templates_dir()
     ring = Keyring.load(keys)
@@ -125,7 +129,8 @@ def render(
     if tls:
         if any(ident == ADMIN for _, ident in identities):
             raise BrokerError(f"{ADMIN!r} is the broker's own administrator; rename that key")
-        write_tls(root / "tls", [ident for _, ident in identities] + [ADMIN], hostnames, bind)
+        write_tls(root / "tls", [ident for _, ident in identities] + [ADMIN], hostnames, bind,
+                  ca_dir=Path(keys) / "ca" if ca_dir is None else ca_dir)
         _write_private(root / "dynamic-security.json", json.dumps(
             dynsec_config(identities, json.loads((templates / "acl.json").read_text())), indent=1))
     else:

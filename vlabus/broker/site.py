@@ -114,22 +114,31 @@ def render_site(keys: str | Path, out: str | Path, *, site: str, uplink: str,
                 cloud: str | Path, robots: Sequence[str] | None = None,
                 bind: str = "127.0.0.1", port: int | None = None,
                 hostnames: tuple[str, ...] = ("localhost",), keepalive_s: int = 10,
-                restart_max_s: int = 10, dynsec_plugin: str = DYNSEC_PLUGIN) -> Path:
+                restart_max_s: int = 10, dynsec_plugin: str = DYNSEC_PLUGIN,
+                ca_dir: str | Path | None = None) -> Path:
     """Write the site broker's configuration (see the module docstring); its mosquitto.conf.
 
-    ``robots`` default to every robot identity in the keyring; each must be one.
+    ``robots`` default to every robot identity in the keyring; each must be one. The fleet
+    CA's private key is read from ``ca_dir`` (default ``keys/ca``, where ``render --tls``
+    keeps it), or from a cloud directory rendered before the key moved out of it.
     """
     identity = site_identity(site)
     host, remote_port = uplink_address(uplink)
     chosen = site_robots(keys, robots)
     cloud_dir = Path(cloud).resolve()
-    ca_key_path, ca_path = cloud_dir / "tls" / "ca.key", cloud_dir / "tls" / "ca.crt"
+    ca_home = Path(keys) / "ca" if ca_dir is None else Path(ca_dir)
+    ca_key_path, ca_path = ca_home / "ca.key", cloud_dir / "tls" / "ca.crt"
+    if not ca_key_path.exists():
+        ca_key_path = cloud_dir / "tls" / "ca.key"
     dynsec = cloud_dir / "dynamic-security.json"
-    if not (ca_key_path.exists() and dynsec.exists()):
+    if not (ca_path.exists() and dynsec.exists()):
         raise BrokerError(f"{cloud_dir} is not a fleet broker configuration "
                           "(run `vlabus broker render --tls` for the cloud first)")
+    if not ca_key_path.exists():
+        raise BrokerError(f"the fleet CA's private key is not in {ca_home} (pass --ca-dir "
+                          "where `vlabus broker render --tls` kept it)")
     conf = render(keys, out, tls=True, bind=bind, port=port, hostnames=hostnames,
-                  only=set(chosen), dynsec_plugin=dynsec_plugin)
+                  only=set(chosen), dynsec_plugin=dynsec_plugin, ca_dir=ca_dir)
     root = conf.parent
     _issue_bridge_cert(root / "bridge", identity, ca_key_path, ca_path)
     up, down = bridge_topics(chosen)

@@ -39,6 +39,11 @@ from urllib.parse import urlsplit
 
 from schemas.errors import TransportError
 
+#: The deployment's one message-size limit: what a client publishes and accepts at most. The
+#: hub refuses (NACK, counted) a larger payload at entry, and the Mosquitto configuration's
+#: ``max_packet_size`` is this plus room for MQTT headers (``vlabus.broker.render``).
+MAX_PAYLOAD = 16 << 20
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -79,7 +84,7 @@ class CurveKeys:
 class TransportOptions:
     client_id: str
     inbox_size: int = 4096
-    max_payload: int = 16 << 20
+    max_payload: int = MAX_PAYLOAD
     will: Will | None = None
     username: str | None = None
     password: str | None = None

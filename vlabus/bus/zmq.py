@@ -8,11 +8,13 @@ every send is followed by an ``EVENTS`` check that reschedules the drain. Frames
 read with :mod:`vlabus.hub.protocol`; subscriptions, retained messages, QoS 1 in flight, the
 outbox and the publish checks are the shared :class:`~vlabus.bus.session.Session`.
 
-Reconnects are ZeroMQ's own; on every completed handshake (socket monitor) the client re-sends
-HELLO (its will and heartbeat), its subscriptions, its retained messages and unacknowledged QoS 1
-publishes, so a restarted hub relearns everything. ``IMMEDIATE`` keeps libzmq from queueing into
-a dead connection; while disconnected, publishes wait in our bounded outbox instead (oldest
-dropped and counted; expired ones dropped at flush and counted).
+Reconnects are ZeroMQ's own (a socket a protocol error ended for good is rebuilt:
+:mod:`vlabus.bus.zmqsocket`, counted in ``rebuilt``); on every completed handshake (socket
+monitor) the client re-sends HELLO (its will and heartbeat), its subscriptions, its retained
+messages and unacknowledged QoS 1 publishes, so a restarted hub relearns everything.
+``IMMEDIATE`` keeps libzmq from queueing into a dead connection; while disconnected, publishes
+wait in our bounded outbox instead (oldest dropped and counted; expired ones dropped at flush
+and counted).
 
 A subscription made while connected waits for the hub's answer, as MQTT's SUBACK: ACK, or NACK
 from its access rules (:class:`SubscribeRejected`). Those re-sent after a handshake are not
@@ -25,7 +27,6 @@ import asyncio
 import itertools
 import logging
 import time
-import uuid
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -37,15 +38,13 @@ from vlabus.bus.inbox import Inbox, Receiving
 from vlabus.bus.inflight import Inflight, complete, fail_quietly
 from vlabus.bus.session import Session
 from vlabus.bus.transport import Message, TransportOptions, done_future, now_ns
+from vlabus.bus.zmqsocket import MONITOR, Rebuilder, make_dealer, readable
 from vlabus.hub import protocol as proto
 
 log = logging.getLogger(__name__)
 
 _ZERO_COPY = 64 << 10  # below this, copying beats pinning a buffer (pyzmq's own threshold)
 _NB, _MORE_NB = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
-_MONITOR = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
-            | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 
 
 class ZmqTransport(Receiving):
@@ -59,43 +58,38 @@ class ZmqTransport(Receiving):
         self._session: Session[bytes] = Session("zmq", options)
         self._heartbeat_ms = heartbeat_ms
         self._ctx: zmq.Context[Any] = zmq.Context.instance()
-        self._sock = self._make_socket()
-        self._monitor = self._sock.get_monitor_socket(_MONITOR)
+        self._rebuilder = Rebuilder(self._loop, options,  # nothing to rebuild when closed or up
+                                    lambda: self._session.closed or self._connected,
+                                    self._rebuild_socket)
         self._sub_waits: dict[bytes, tuple[asyncio.Future[None], str]] = {}  # mid -> (, filter)
         self._mids = itertools.count(1)
         self._welcome: asyncio.Future[None] = self._loop.create_future()
         self._connected = False
         self._stats = dict.fromkeys(("published", "reconnects", "outbox_dropped",
-                                     "expired_dropped", "hwm_dropped", "malformed", "denied"), 0)
+                                     "expired_dropped", "hwm_dropped", "malformed", "denied",
+                                     "rebuilt"), 0)
         self._handshakes = 0
-        self._loop.add_reader(self._sock.FD, self._drain)
-        self._loop.add_reader(self._monitor.FD, self._on_monitor)
+        self._sock, self._monitor = self._open_socket()
         self._ping = self._loop.call_later(heartbeat_ms / 1000, self._send_ping)
-        self._sock.connect(proto.tcp_endpoint(url))
+
+    def _open_socket(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+        """A connecting DEALER and its monitor, read from the loop."""
+        sock = make_dealer(self._ctx, self.options, self._heartbeat_ms)
+        monitor = sock.get_monitor_socket(MONITOR)
+        self._loop.add_reader(sock.FD, self._drain)
+        self._loop.add_reader(monitor.FD, self._on_monitor)
+        sock.connect(proto.tcp_endpoint(self.url))
         # The FDs are edge-triggered: reading EVENTS once arms them.
         self._loop.call_soon(self._on_monitor)
         self._loop.call_soon(self._drain)
+        return sock, monitor
 
-    def _make_socket(self) -> zmq.Socket[Any]:
-        opts = self.options
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.ROUTING_ID, f"{opts.client_id}/{uuid.uuid4().hex[:8]}".encode())
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.setsockopt(zmq.SNDHWM, max(opts.outbox_size, 1000))
-        sock.setsockopt(zmq.RCVHWM, max(opts.inbox_size, 1000))
-        sock.setsockopt(zmq.MAXMSGSIZE, opts.max_payload + (64 << 10))
-        # libzmq waits the interval plus up to as much again at random, doubling up to the max.
-        extra = opts.extra
-        sock.setsockopt(zmq.RECONNECT_IVL, int(1000 * float(extra.get("reconnect_min_s", 0.1))))
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(1000 * float(extra.get("reconnect_max_s", 2))))
-        sock.setsockopt(zmq.HEARTBEAT_IVL, self._heartbeat_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * self._heartbeat_ms)
-        if opts.curve is not None:
-            sock.curve_serverkey = opts.curve.server_public
-            sock.curve_publickey = opts.curve.public
-            sock.curve_secretkey = opts.curve.secret
-        return cast("zmq.Socket[Any]", sock)
+    def _close_socket(self) -> None:
+        self._loop.remove_reader(self._sock.FD)
+        self._loop.remove_reader(self._monitor.FD)
+        self._sock.disable_monitor()
+        self._monitor.close(0)
+        self._sock.close()
 
     @property
     def connected(self) -> bool:
@@ -222,11 +216,8 @@ class ZmqTransport(Receiving):
             return
         self._session.closed = True
         self._ping.cancel()
-        self._loop.remove_reader(self._sock.FD)
-        self._loop.remove_reader(self._monitor.FD)
-        self._sock.disable_monitor()
-        self._monitor.close(0)
-        self._sock.close()
+        self._rebuilder.cancel()
+        self._close_socket()
         self._inbox.close()
         for entry in self._session.inflight.clear():
             fail_quietly(entry.future, TransportError("zmq transport closed"))
@@ -252,7 +243,7 @@ class ZmqTransport(Receiving):
             return False
         finally:
             # Sending may consume the edge of the FD: look for input ourselves.
-            if not self._session.closed and _readable(sock):
+            if not self._session.closed and readable(sock):
                 self._loop.call_soon(self._drain)
         return True
 
@@ -269,7 +260,7 @@ class ZmqTransport(Receiving):
         sock, inbox = self._sock, self._inbox
         for _ in range(256):
             # Checking EVENTS (~1 us) is cheaper than the zmq.Again raised by an empty recv.
-            if not _readable(sock):
+            if not readable(sock):
                 return
             # The head frame as bytes; the payload as a zero-copy Frame, kept only when large.
             # Frame.more is read from the message itself: getsockopt(RCVMORE) costs ~0.5 us.
@@ -324,15 +315,21 @@ class ZmqTransport(Receiving):
         log.warning("zmq: malformed message from the hub (%s): %r", why, shown)
 
     def _on_monitor(self) -> None:
-        while not self._session.closed and _readable(self._monitor):
+        while not self._session.closed and readable(self._monitor):
             event = parse_monitor_message(self._monitor.recv_multipart())["event"]
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if event in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CONNECT_DELAYED):
+                self._rebuilder.attempt()
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._rebuilder.connected()
                 self._connected = True
                 self._handshakes += 1
                 if self._handshakes > 1:
                     self._stats["reconnects"] += 1
                 self._resync()
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and self._handshakes:
+                self._rebuilder.lost()  # after a connection we had: rebuild, not give up
             elif event == zmq.EVENT_DISCONNECTED:
+                self._rebuilder.lost()
                 self._connected = False
                 for entry in self._session.inflight.values():  # kept: re-sent after handshake
                     if entry.timer is not None:
@@ -345,6 +342,12 @@ class ZmqTransport(Receiving):
             else:
                 fail_quietly(self._welcome, TransportError(
                     f"hub {self.url} refused the CURVE handshake (event {event})"))
+
+    def _rebuild_socket(self) -> None:
+        """A new DEALER for one that a protocol error ended for good."""
+        self._close_socket()
+        self._stats["rebuilt"] += 1
+        self._sock, self._monitor = self._open_socket()
 
     def _resync(self) -> None:
         """After a (re)connect: tell the hub who we are and everything it must know again."""
@@ -394,7 +397,3 @@ async def open_zmq(url: str, options: TransportOptions) -> ZmqTransport:
         raise TransportError(f"no answer from the hub at {url}: {exc or 'timeout'}") from exc
     return transport
 
-
-def _readable(sock: zmq.Socket[Any]) -> bool:
-    """Whether a message waits; also re-arms the edge-triggered FD."""
-    return bool(cast(int, sock.getsockopt(_EVENTS)) & _POLLIN)

@@ -49,6 +49,9 @@ def register(sub: Any) -> None:
                            "site's certificate, its access rules get the site's role")
     site.add_argument("--robot", action="append", default=None, metavar="ID",
                       help="a robot of this site (repeatable; default: every robot in --keys)")
+    render.add_argument("--ca-dir", default=None, metavar="DIR",
+                        help="--tls: where the fleet CA's private key lives (default KEYS/ca; "
+                             "never in --out, which goes to the broker)")
     render.add_argument("--json", action="store_true", help="print a JSON summary")
     render.set_defaults(func=_render)
 
@@ -91,12 +94,12 @@ def _render(args: argparse.Namespace) -> int:
         if args.site is not None:
             conf = render_site(args.keys, args.out, site=args.site, uplink=args.uplink,
                                cloud=args.cloud_config, robots=args.robot, bind=args.bind,
-                               port=args.port, hostnames=hostnames,
+                               port=args.port, hostnames=hostnames, ca_dir=args.ca_dir,
                                dynsec_plugin=args.dynsec_plugin or DYNSEC_PLUGIN)
         else:
             conf = render(args.keys, args.out, tls=args.tls, bind=args.bind, port=args.port,
                           hostnames=hostnames, log_stdout=args.log_stdout,
-                          config_dir=args.config_dir,
+                          config_dir=args.config_dir, ca_dir=args.ca_dir,
                           dynsec_plugin=args.dynsec_plugin or DYNSEC_PLUGIN)
     except (BusError, OSError) as exc:
         print(f"vlabus broker render: {exc}")

@@ -33,6 +33,10 @@ def register(sub: Any) -> None:
                         help="also serve the fleet to Foxglove on ws://127.0.0.1:PORT "
                              "(vlabus view; needs the foxglove extra)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--fl", action="store_true",
+                        help="federated rounds: robots learn from the cloud, privately "
+                             "(vlabus fl serve; the run lasts as long as the rounds need)")
+    parser.add_argument("--fl-rounds", type=int, default=3, metavar="R")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)
 
@@ -40,10 +44,16 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from vlabus.cli.fleet import DemoConfig, run_demo
 
+    seconds = args.seconds
+    if args.fl:
+        from vlabus.cli.flfleet import robot_seconds
+
+        seconds = robot_seconds(seconds, args.fl_rounds)
     config = DemoConfig(
-        bus=args.bus, robots=args.robots, workers=args.workers, seconds=args.seconds,
+        bus=args.bus, robots=args.robots, workers=args.workers, seconds=seconds,
         fps=args.fps, deadline_ms=args.deadline_ms, chunk=args.chunk, chaos=args.chaos,
-        record=args.record, policy=args.policy, keep=args.keep, foxglove=args.foxglove)
+        record=args.record, policy=args.policy, keep=args.keep, foxglove=args.foxglove,
+        fl_rounds=args.fl_rounds if args.fl else 0)
     summary = run_demo(config, view=sys.stderr)
     if args.json:
         print(json.dumps(summary))
@@ -58,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
               f"p99 {lat['rtt_p99_worst_robot']} ms (worst robot)")
         if summary["rejected_by_reason"]:
             print(f"rejected: {summary['rejected_by_reason']}")
+        for line in summary.get("fl", {}).get("rounds", []):
+            from vlabus.cli.flfleet import describe
+
+            print(describe(line))
         for failure in summary["failures"]:
             print(f"FAILED: {failure}", file=sys.stderr)
         if "workdir" in summary:

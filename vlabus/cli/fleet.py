@@ -40,6 +40,7 @@ class DemoConfig:
     policy: str | None = None
     keep: bool = False
     foxglove: int | None = None  # port of a `vlabus view` Foxglove server, when asked for
+    fl_rounds: int = 0  # federated rounds (vlabus demo --fl); 0: none
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Fleet:
     events: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     timeline: list[dict[str, float]] = field(default_factory=list)
+    fl: Any = None  # vlabus.cli.flfleet.FlDemo with --fl
 
     @property
     def keys(self) -> Path:
@@ -88,6 +90,9 @@ class Fleet:
         for i in range(1, self.config.workers + 1):
             add_key(self.keys, "worker", f"worker-{i}")
         add_key(self.keys, "release", "release")
+        if self.config.fl_rounds:
+            add_key(self.keys, "robot", "robot-eval")
+            add_key(self.keys, "recorder", "recorder")
 
     def start_bus(self) -> None:
         bus = self.config.bus
@@ -149,7 +154,7 @@ class Fleet:
         """One process per robot for small fleets; past ``ROBOTS_PER_PROCESS`` robots, processes
         of up to that many simulated robots each (``vlabus edge --sim --robots N``)."""
         cfg = self.config
-        per = 1 if cfg.robots <= ROBOTS_PER_PROCESS else ROBOTS_PER_PROCESS
+        per = 1 if cfg.robots <= ROBOTS_PER_PROCESS or self.fl is not None else ROBOTS_PER_PROCESS
         for first in range(1, cfg.robots + 1, per):
             count = min(per, cfg.robots - first + 1)
             args = ["edge", "--robot-id", f"robot-{first}", "--bus", self.bus_url,
@@ -158,6 +163,10 @@ class Fleet:
                     "--json"]
             if cfg.chunk:
                 args += ["--chunk", str(cfg.chunk)]
+            if self.fl is not None:  # one process per robot: each has its own model store
+                from vlabus.cli.flfleet import robot_args
+
+                args += robot_args(self, f"robot-{first}")
             name = f"robot-{first}"
             if count > 1:
                 args += ["--robots", str(count)]
@@ -195,6 +204,8 @@ class Fleet:
     # -- tear-down ------------------------------------------------------------------------------
 
     def stop(self) -> None:
+        if self.fl is not None:
+            self.fl.stop()
         for child in [*self.robots, *self.workers]:
             if child.running:
                 child.terminate()
@@ -217,7 +228,13 @@ def run_demo(config: DemoConfig, view: TextIO | None = sys.stderr) -> dict[str, 
         fleet.start_workers()
         fleet.start_recorder()
         fleet.start_view()
+        if config.fl_rounds:
+            from vlabus.cli.flfleet import FlDemo
+
+            fleet.fl = FlDemo(fleet, config.fl_rounds)
         fleet.start_robots()
+        if fleet.fl is not None:
+            fleet.fl.start()
         _watch(fleet, view)
         for robot in fleet.robots:
             code = robot.wait(timeout=config.seconds + 60.0)
@@ -251,6 +268,8 @@ def _watch(fleet: Fleet, view: TextIO | None) -> None:
     while any(r.running for r in fleet.robots):
         time.sleep(1.0)  # the view's refresh period
         now = time.monotonic()
+        if fleet.fl is not None:
+            fleet.fl.tick(now - start)
         for event in events:
             if not event.done and now - start >= event.at:
                 event.action()
@@ -334,6 +353,10 @@ def summarize(fleet: Fleet, elapsed: float) -> dict[str, Any]:
         "failures": fleet.failures,
     }
     summary["ok"] = not fleet.failures and without == 0 and by_source.get("cloud", 0) > 0
+    if fleet.fl is not None:
+        summary["fl"] = fleet.fl.summary(robots)
+        summary["ok"] = summary["ok"] and summary["fl"]["coordinator_exit"] == 0 and any(
+            r["participants"] for r in summary["fl"]["rounds"])
     return summary
 
 

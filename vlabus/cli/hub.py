@@ -16,10 +16,12 @@ import json
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from vlabus.bus.transport import MAX_PAYLOAD
 from vlabus.cli.argtypes import non_negative_float
 
 
@@ -44,6 +46,10 @@ def register(sub: Any) -> None:
     parser.add_argument("--max-msg-size", type=int, default=32 << 20,
                         help="largest message accepted; a peer sending more is disconnected "
                              "(default 33554432)")
+    parser.add_argument("--max-payload", type=int, default=MAX_PAYLOAD, metavar="B",
+                        help="the deployment's message-size limit: a larger publish is "
+                             f"refused (NACK) and counted in too_large (default {MAX_PAYLOAD}, "
+                             "what clients accept)")
     parser.add_argument("--heartbeat-ms", type=int, default=1000,
                         help="ZMTP heartbeat interval; the peer times out after 3x (default 1000)")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
@@ -52,6 +58,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--keys-poll", type=non_negative_float, default=2.0, metavar="S",
                         help="with --keys: look for changed keys and CURVE clients every S "
                              "seconds and reload like SIGHUP (default 2; 0 = only on SIGHUP)")
+    parser.add_argument("--status-every", type=non_negative_float, default=10.0, metavar="S",
+                        help="a status line on stderr every S seconds when not in --json mode "
+                             "(default 10; 0 = off)")
     parser.add_argument("--json", action="store_true", help="print the final counters as JSON")
     parser.set_defaults(func=run)
 
@@ -86,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             access = Access.from_keyring(args.keys, args.acl or templates_dir() / "acl.json")
         hub = Hub(HubConfig(bind=args.bind, curve_dir=args.curve, hwm=args.hwm,
-                            max_msg_size=args.max_msg_size, heartbeat_ms=args.heartbeat_ms,
+                            max_msg_size=max(args.max_msg_size, args.max_payload + (64 << 10)),
+                            max_payload=args.max_payload, heartbeat_ms=args.heartbeat_ms,
                             access=access))
         hub.start()
     except (BusError, OSError, ValueError) as exc:
@@ -119,11 +129,20 @@ def run(args: argparse.Namespace) -> int:
               flush=True)
     watched = _watched(args)
     seen = watched()
+    every = args.status_every if args.status_every > 0 and not args.json else 0.0
+    next_status = time.monotonic() + every
     while not stop.is_set():
         # polling the key folders costs a few stat calls; SIGHUP reloads at once
-        if not wake.wait(timeout=args.keys_poll or None) and watched() != seen:
+        timeout = min(t for t in (args.keys_poll, every) if t > 0) \
+            if args.keys_poll or every else None
+        if not wake.wait(timeout=timeout) and args.keys_poll and watched() != seen:
             hup.set()
         wake.clear()
+        if every and time.monotonic() >= next_status:
+            next_status = time.monotonic() + every
+            c = hub.counters()
+            print(f"hub: {c['clients']} clients, received {c['received']}, delivered "
+                  f"{c['delivered']}, denied {c['denied']}", file=sys.stderr, flush=True)
         if hup.is_set() and not stop.is_set():
             hup.clear()
             seen = watched()

@@ -24,8 +24,8 @@ def register(sub: Any) -> None:
     init.set_defaults(func=_init)
 
     add = keys.add_parser("add", help="generate a key pair for an identity or a worker pool")
-    add.add_argument("role", help="robot, worker, release or replay (Ed25519 signing "
-                     "identities), or pool (a worker pool's X25519 sealing key)")
+    add.add_argument("role", help="robot, worker, release, replay, recorder or root (Ed25519 "
+                     "signing identities), or pool (a worker pool's X25519 sealing key)")
     add.add_argument("id")
     add.add_argument("--dir", required=True)
     add.add_argument("--force", action="store_true", help="replace an existing key")

@@ -56,6 +56,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--pool", default=None, metavar="NAME",
                         help="open sealed frames with this pool's secret (from --keys DIR) "
                         "to restamp them")
+    parser.add_argument("--onto-live", action="store_true",
+                        help="publish on the recorded topics themselves (needs --restamp); "
+                             "default: under replay/ (replay/vla/v1/...)")
+    parser.add_argument("--with-status", action="store_true",
+                        help="also replay status messages (retained births and deaths; "
+                             "skipped by default)")
     parser.add_argument("--client-id", default=None, help="bus client id (default replay-PID)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     add_status_argument(parser, default=1.0)
@@ -90,8 +96,11 @@ def _signer(args: argparse.Namespace) -> Signer | None:
 async def replay_command(args: argparse.Namespace) -> dict[str, Any]:
     """Open the bus, play the file, return the JSON summary."""
     from vlabus.log.reader import time_range
-    from vlabus.log.replay import Replayer, Restamper
+    from vlabus.log.replay import REPLAY_PREFIX, Replayer, Restamper
 
+    if args.onto_live and args.restamp is None:
+        return {"exit_code": 1, "error": "--onto-live needs --restamp KEYDIR: live receivers "
+                "take a replay only re-signed by a replay identity (docs/hardening.md)"}
     try:
         first_ns, last_ns, _ = time_range(args.file)
         span_s = (last_ns - first_ns) / 1e9
@@ -116,7 +125,9 @@ async def replay_command(args: argparse.Namespace) -> dict[str, Any]:
     except (BusError, OSError) as exc:
         return {"exit_code": 2, "error": f"cannot reach {args.bus}: {exc}"}
     replayer = Replayer(transport, args.file, rate=args.rate, loop=args.loop, topics=args.topics,
-                        start_offset_s=args.start_offset, restamper=restamper)
+                        start_offset_s=args.start_offset, restamper=restamper,
+                        prefix="" if args.onto_live else REPLAY_PREFIX,
+                        with_status=args.with_status)
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(replayer.run())
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -143,6 +154,7 @@ async def replay_command(args: argparse.Namespace) -> dict[str, Any]:
     return {"exit_code": 1 if error else 0, "error": error, "file": str(args.file),
             "bus": args.bus, "rate": args.rate, "loop": args.loop,
             "start_offset_s": args.start_offset, "restamped": restamper is not None,
+            "onto_live": args.onto_live,
             "duration_s": round(elapsed, 3), **replayer.stats.as_dict()}
 
 

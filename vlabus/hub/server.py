@@ -7,7 +7,10 @@ re-sends the same ``zmq.Frame``, which libzmq shares by reference. The routing t
 
 Protection: send/receive high-water marks (a full subscriber's messages are dropped and counted,
 never blocking the hub: ``ROUTER_MANDATORY`` turns the silent drop into ``EAGAIN``), ZMTP
-heartbeats, ``MAXMSGSIZE`` (a peer sending more is disconnected by libzmq). With ``curve_dir``,
+heartbeats, ``MAXMSGSIZE`` (a peer sending more is disconnected by libzmq), and the deployment's
+payload limit at entry: a publish or will over ``max_payload`` (what every client accepts) is
+refused with NACK and counted in ``too_large``, so it never reaches a subscriber whose socket
+would take it for a protocol error. With ``curve_dir``,
 CurveZMQ with a ZAP handler and ``ZAP_ENFORCE_DOMAIN``: without the handler clients are refused,
 not admitted (known trap 6). With ``access`` as well, each publish, subscription and will is
 checked against the sender's CURVE identity (:mod:`vlabus.hub.access`); a refusal is counted in
@@ -32,6 +35,7 @@ from schemas.topics import group_problem, topic_filter_problem
 from vlabus.hub import protocol as proto
 from vlabus.hub.access import Access
 from vlabus.hub.config import HubConfig
+from vlabus.hub.refusals import Refusals
 from vlabus.hub.routes import Routes
 from vlabus.hub.zap import frame_user as _user
 from vlabus.hub.zap import serve_curve
@@ -57,7 +61,8 @@ class Hub:
         self.routes = Routes()
         self.stats: dict[str, int] = dict.fromkeys(
             ("received", "delivered", "dropped_hwm", "dropped_unroutable", "expired",
-             "malformed", "denied", "wills", "disconnects", "reloads", "revoked"), 0)
+             "malformed", "denied", "wills", "disconnects", "reloads", "revoked",
+             "too_large"), 0)
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -65,7 +70,7 @@ class Hub:
         self._ctrl = f"inproc://hub-ctrl-{id(self)}"
         self._auth: Any = None
         self._access = config.access
-        self._denials_logged: set[tuple[str, str]] = set()
+        self._refusals = Refusals(self.stats, config.max_payload)
         self._next_access: Access | None = None
         self._reloaded = threading.Event()
         self._reload_lock = threading.Lock()
@@ -199,7 +204,7 @@ class Hub:
         access = self._next_access
         if access is not None:
             self._access = access
-            self._denials_logged.clear()
+            self._refusals.forget_denials()
             for rid, pattern, group in self.routes.subscriptions():
                 peer = self.routes.peers.get(rid)
                 user = peer.user if peer is not None else ""
@@ -236,8 +241,12 @@ class Hub:
                 topic, meta = proto.split_pub_head(parts[1])
                 access = self._access
                 if access is not None and not access.may_publish(_user(parts[2]), topic):
-                    self._deny(router, parts[0], _user(parts[2]), f"publish to {topic!r}",
-                               proto.meta_mid(meta))
+                    self._send(router, parts[0], self._refusals.denied(
+                        _user(parts[2]), f"publish to {topic!r}", proto.meta_mid(meta)))
+                    continue
+                if len(parts[2]) > self.config.max_payload:
+                    self._send(router, parts[0], self._refusals.too_large(
+                        parts[0], topic, len(parts[2]), proto.meta_mid(meta)))
                     continue
                 try:
                     self._publish(router, parts[0], topic, meta, parts[2])
@@ -267,7 +276,8 @@ class Hub:
                 if self._access is not None and not self._access.may_subscribe(user, pattern,
                                                                                group):
                     where = f" in group {group!r}" if group else ""
-                    self._deny(router, rid, user, f"subscribe to {pattern!r}{where}", mid)
+                    self._send(router, rid, self._refusals.denied(
+                        user, f"subscribe to {pattern!r}{where}", mid))
                     return
                 if mid:  # before the retained messages, as MQTT's SUBACK
                     self._send(router, rid, proto.ack(mid))
@@ -290,18 +300,6 @@ class Hub:
         self.stats["malformed"] += 1
         log.warning("hub: malformed message from %r: %r", rid, why)
 
-    def _deny(self, router: zmq.Socket[Any], rid: bytes, user: str, what: str,
-              mid: bytes) -> None:
-        """Refuse what ``user`` asked for: count it, log it once, and answer with NACK."""
-        self.stats["denied"] += 1
-        key = (user, what)
-        if key not in self._denials_logged:
-            if len(self._denials_logged) >= 1024:
-                self._denials_logged.clear()
-            self._denials_logged.add(key)
-            log.warning("hub: %r may not %s", user, what)
-        self._send(router, rid, proto.nack(mid, f"{user!r} may not {what}"))
-
     def _hello(self, router: zmq.Socket[Any], rid: bytes, parts: list[Any]) -> None:
         hello = proto.decode_hello(parts[1:])
         peer = self.routes.seen(rid, time.monotonic_ns())
@@ -309,11 +307,16 @@ class Hub:
         peer.heartbeat_ns = hello.heartbeat_ms * 1_000_000
         will_topic = hello.will_topic
         peer.will = (will_topic, hello.will_payload, hello.will_retain) if will_topic else None
+        if peer.will is not None and len(hello.will_payload) > self.config.max_payload:
+            peer.will = None
+            self._send(router, rid, self._refusals.too_large(rid, will_topic,
+                                                             len(hello.will_payload), b""))
         user = _user(parts[4])
         if (peer.will is not None and self._access is not None
                 and not self._access.may_publish(user, will_topic)):
             peer.will = None  # the hub publishes a will on the client's behalf: same rules
-            self._deny(router, rid, user, f"leave a will on {will_topic!r}", b"")
+            self._send(router, rid, self._refusals.denied(
+                user, f"leave a will on {will_topic!r}", b""))
         peer.fd = parts[4].get(zmq.SRCFD)  # matched against the monitor's DISCONNECTED fd
         self._send(router, rid, proto.welcome())
 

@@ -10,6 +10,11 @@ Messages are sent verbatim by default: live receivers reject them through their 
 (``duplicate`` within the sequence window, ``stale`` by sender time). A :class:`Restamper`
 re-signs each message as a ``replay`` identity with a fresh sequence number and times, after
 checking the recorded signature when it holds the keyring.
+
+``prefix`` puts every topic under another root (``vlabus replay`` uses ``replay/`` unless
+``--onto-live``), so a replay is never mistaken for live traffic by a process that did not ask
+for it. Status messages (``…/status``: retained births and deaths, which no clock check
+refuses) are skipped unless ``with_status``.
 """
 
 from __future__ import annotations
@@ -110,6 +115,15 @@ class ReplayStats:
                 "recorded_span_s": round(self.span_s, 3), "offset_ms": self.offsets.summary()}
 
 
+#: Where ``vlabus replay`` publishes unless ``--onto-live``: ``replay/vla/v1/...``.
+REPLAY_PREFIX = "replay/"
+
+
+def is_status(topic: str) -> bool:
+    """A robot's or worker's retained birth/death topic."""
+    return topic.endswith("/status")
+
+
 class Replayer:
     """Plays ``path`` onto ``transport``; :attr:`stats` stays valid if :meth:`run` is cancelled."""
 
@@ -123,6 +137,8 @@ class Replayer:
         topics: Iterable[str] | None = None,
         start_offset_s: float = 0.0,
         restamper: Restamper | None = None,
+        prefix: str = "",
+        with_status: bool = False,
         monotonic: Monotonic = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -135,6 +151,8 @@ class Replayer:
         self.topics = topic_filter(topics)
         self.start_offset_s = start_offset_s
         self.restamper = restamper
+        self.prefix = prefix
+        self.with_status = with_status
         self._monotonic = monotonic
         self._sleep = sleep  # with ``monotonic``, a test's virtual clock
         self.stats = ReplayStats()
@@ -158,6 +176,9 @@ class Replayer:
             if record.format == "decision":  # the black box's notes, never bus traffic
                 self.stats.skipped["not_bus_traffic"] += 1
                 continue
+            if not self.with_status and is_status(record.topic):
+                self.stats.skipped["status"] += 1
+                continue
             due = t0 + (record.log_ns - origin_ns) / 1e9 / self.rate
             delay = due - self._monotonic()
             if delay > 0:
@@ -171,8 +192,8 @@ class Replayer:
                     log.warning("not replaying a message on %r: %r", record.topic, exc)
                     continue
             sent = self._monotonic()
-            await self.transport.publish(record.topic, payload)
+            await self.transport.publish(self.prefix + record.topic, payload)
             self.stats.offsets.add((sent - due) * 1000)
             self.stats.published += 1
             self.stats.bytes += len(payload)
-            self.stats.topics[record.topic] += 1
+            self.stats.topics[self.prefix + record.topic] += 1
