@@ -34,7 +34,8 @@ from schemas.images import Codec, decode_image, encode_image
 from schemas.messages import Frame
 from security.keys import SIGNING_CONTEXT, Keyring, Signer
 from security.replay import ReplayGuard
-from vlabus.wire import ENC_LZ4, Decoder, Encoder
+from vlabus.envelope import ENC_LZ4
+from vlabus.wire import Decoder, Encoder
 
 CASES: dict[str, list[tuple[int, int]]] = {
     "two_cams_224": [(224, 224), (224, 224)],

@@ -45,8 +45,9 @@ from security.keys import (
 )
 from security.replay import ReplayGuard
 from security.session import Rotation, SessionSender, SessionTable, accept_offer, offer_session
+from vlabus.envelope import Received
 from vlabus.session_wire import SessionEncoder, SessionVerifier
-from vlabus.wire import Decoder, Encoder, Received
+from vlabus.wire import Decoder, Encoder
 
 SIGNED, SESSION, BARE = "mqtt_wire_signed", "mqtt_wire_session", "mqtt_bare"
 STAGES = ("robot_encode", "worker_decode", "worker_encode", "robot_decode", "transport_rest")

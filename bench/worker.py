@@ -59,9 +59,10 @@ from vlabus.broker.local import LocalMosquitto
 from vlabus.broker.render import Limits, render
 from vlabus.bus.memory import reset_memory
 from vlabus.bus.transport import Transport, TransportOptions, open_transport
+from vlabus.envelope import PREFIX_SIZE, SIGNATURE_SIZE
 from vlabus.policy import Observation
 from vlabus.policy.reference import ReferencePolicy, set_threads
-from vlabus.wire import PREFIX_SIZE, SIGNATURE_SIZE, Decoder, Encoder
+from vlabus.wire import Decoder, Encoder
 
 BATCHES = (1, 4, 16, 32)
 WINDOW = 64

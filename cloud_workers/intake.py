@@ -15,7 +15,8 @@ from cloud_workers.runner import task_model
 from schemas.messages import Frame, Message, Priority, TaskRequest
 from security.keys import Keyring, Role
 from security.replay import ReplayGuard
-from vlabus.wire import SENDER_ROLES, Decoder, Header, SessionAuth
+from vlabus.envelope import SENDER_ROLES, Header, SessionAuth
+from vlabus.wire import Decoder
 
 DEFAULT_MODEL = "default"
 

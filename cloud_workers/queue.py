@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vlabus.wire import Header
+from vlabus.envelope import Header
 
 Clock = Callable[[], int]
 NO_DEADLINE = (1 << 63) - 1

@@ -27,8 +27,9 @@ from schemas.topics import action_topic
 from security.keys import Keyring
 from security.replay import ReplayGuard
 from vlabus.bus.transport import Message
+from vlabus.envelope import Header, SessionAuth
 from vlabus.inbound import Rejections
-from vlabus.wire import Decoder, Header, SessionAuth
+from vlabus.wire import Decoder
 
 log = logging.getLogger(__name__)
 

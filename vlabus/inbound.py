@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from schemas.errors import Reason, UnknownKeyError, WireError
 from vlabus.bus.transport import Message
-from vlabus.wire import Decoder, Received
+from vlabus.envelope import Received
+from vlabus.wire import Decoder
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,10 @@ from security.session import (
 )
 from vlabus.bus.transport import Message as BusMessage
 from vlabus.bus.transport import Transport
+from vlabus.envelope import Received
 from vlabus.inbound import Rejections
 from vlabus.session_wire import SessionEncoder, SessionVerifier
-from vlabus.wire import Decoder, Encoder, Received
+from vlabus.wire import Decoder, Encoder
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from schemas.messages import Checkpoint, Message
 from security.checkpoint import Chain
 from security.keys import Role, Signer
 from security.session import TAG_SIZE, Direction, Session, SessionTable, digest_of
-from vlabus.wire import SESSION_VERSION, VERSION, Encoder, Header
+from vlabus.envelope import SESSION_VERSION, VERSION, Header
+from vlabus.wire import Encoder
 
 SESSION_KINDS = frozenset({"frame", "task", "action", "task_result"})
 #: Picks the session for a message (None: sign it instead).

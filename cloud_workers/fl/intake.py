@@ -31,8 +31,9 @@ from pathlib import Path
 from schemas.errors import Reason, WireError
 from schemas.messages import RoundAnnouncement, UpdateChunk, UpdateManifest
 from vlabus.bus.transport import Message
+from vlabus.envelope import Header
 from vlabus.fl.delta import Delta, DeltaError, Shapes, clip, decode_delta
-from vlabus.wire import Decoder, Header
+from vlabus.wire import Decoder
 
 log = logging.getLogger(__name__)
 

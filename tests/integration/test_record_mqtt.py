@@ -20,8 +20,9 @@ from tests.support.keys import KeyDir
 from tests.support.logs import write_log
 from vlabus.broker.local import LocalMosquitto
 from vlabus.bus.transport import open_transport
+from vlabus.envelope import SENDER_ROLES
 from vlabus.log.reader import recover
-from vlabus.wire import SENDER_ROLES, Decoder, Encoder
+from vlabus.wire import Decoder, Encoder
 
 pytestmark = pytest.mark.integration
 

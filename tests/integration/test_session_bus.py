@@ -33,9 +33,9 @@ from tests.support.worker import small_policy
 from vlabus.broker.local import LocalMosquitto
 from vlabus.bus.transport import Message, Transport, TransportOptions
 from vlabus.cli import main as vlabus_main
+from vlabus.envelope import Received
 from vlabus.log.record import Recorder
 from vlabus.session_link import PoolLink, PoolSessions, RobotLink
-from vlabus.wire import Received
 
 pytestmark = pytest.mark.integration
 ROBOT = "robot-a"

@@ -14,7 +14,8 @@ from security.keys import Keyring, Signer
 from security.replay import ReplayGuard
 from tests.support.clock import FakeClock
 from tests.support.frames import make_frame
-from vlabus.wire import Decoder, Encoder, Limits
+from vlabus.envelope import Limits
+from vlabus.wire import Decoder, Encoder
 
 NOW = 1_700_000_000_000_000_000
 

@@ -21,9 +21,10 @@ from schemas.topics import action_topic, decision_topic
 from tests.support.clock import MS, FakeClock
 from tests.support.keys import KeyDir
 from vlabus.bus.transport import Message
+from vlabus.envelope import Header
 from vlabus.inbound import Rejections
 from vlabus.log.formats import DECISION, ChannelFormat
-from vlabus.wire import Decoder, Encoder, Header
+from vlabus.wire import Decoder, Encoder
 
 TOPIC = action_topic("robot-a")
 

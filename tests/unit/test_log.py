@@ -15,12 +15,13 @@ from tests.support.frames import make_frame
 from tests.support.keys import KeyDir
 from tests.support.logs import write_log
 from vlabus.cli import main
+from vlabus.envelope import SENDER_ROLES
 from vlabus.log.formats import DECISION
 from vlabus.log.reader import LogError, iter_log, recover
 from vlabus.log.record import Recorder
 from vlabus.log.replay import Restamper
 from vlabus.log.view import cat, kind_schema
-from vlabus.wire import SENDER_ROLES, Decoder, Encoder
+from vlabus.wire import Decoder, Encoder
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

@@ -17,10 +17,11 @@ from tests.support.logs import write_log
 from vlabus.bus.memory import reset_memory
 from vlabus.bus.transport import Message, TransportOptions, open_transport
 from vlabus.cli import main
+from vlabus.envelope import SENDER_ROLES
 from vlabus.log.reader import iter_log
 from vlabus.log.record import Recorder
 from vlabus.log.replay import Replayer, ReplayStats, Restamper
-from vlabus.wire import SENDER_ROLES, Decoder
+from vlabus.wire import Decoder
 
 
 async def play(path: Path, name: str,

@@ -13,7 +13,8 @@ from schemas.errors import MalformedError, Reason, UnknownKeyError, WireError
 from security.keys import add_pool_key, load_pool_key, load_pool_secret
 from security.seal import OVERHEAD, Opener, PoolSecret, Sealer
 from tests.support.wire import Fleet, craft, frame, header_map
-from vlabus.wire import ENC_LZ4, ENC_SEAL, Encoder
+from vlabus.envelope import ENC_LZ4, ENC_SEAL
+from vlabus.wire import Encoder
 
 
 @pytest.fixture

@@ -21,8 +21,9 @@ from security.session import (
 from tests.support.clock import FakeClock
 from tests.support.logs import make_action
 from tests.support.wire import NOW, frame
+from vlabus.envelope import SESSION_VERSION, VERSION
 from vlabus.session_wire import SessionEncoder, SessionVerifier
-from vlabus.wire import SESSION_VERSION, VERSION, Decoder, Encoder
+from vlabus.wire import Decoder, Encoder
 
 
 class Pair:

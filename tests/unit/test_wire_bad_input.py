@@ -14,7 +14,8 @@ import pytest
 from schemas.errors import Reason, WireError
 from security.keys import Signer
 from tests.support.wire import NOW, Fleet, body_of, craft, frame, header_map
-from vlabus.wire import Encoder, Limits
+from vlabus.envelope import Limits
+from vlabus.wire import Encoder
 
 
 def reason_of(call: Callable[..., object], *args: object) -> Reason:

@@ -13,7 +13,8 @@ from security.keys import Keyring, Role, Signer
 from security.replay import ReplayGuard
 from tests.support.clock import FakeClock
 from tests.support.wire import NOW, Fleet, frame
-from vlabus.wire import ENC_LZ4, SENDER_ROLES, Decoder, Encoder
+from vlabus.envelope import ENC_LZ4, SENDER_ROLES
+from vlabus.wire import Decoder, Encoder
 
 
 def test_sequence_starts_at_the_clock_or_where_told() -> None:

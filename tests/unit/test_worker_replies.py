@@ -12,7 +12,7 @@ from cloud_workers.runner import Outcome, task_model
 from schemas.arrays import unpack_array
 from schemas.messages import Action, Priority, Status, TaskRequest, TaskResult
 from tests.support.frames import make_frame
-from vlabus.wire import Header
+from vlabus.envelope import Header
 
 KEY = "0123456789abcdef"
 

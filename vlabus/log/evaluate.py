@@ -22,9 +22,10 @@ from schemas.errors import SchemaError, WireError
 from schemas.messages import Action, Frame
 from security.keys import Keyring
 from security.seal import Opener
+from vlabus.envelope import Header
 from vlabus.log.reader import iter_log
 from vlabus.policy import Observation, Policy, PolicyInputError
-from vlabus.wire import Decoder, Header
+from vlabus.wire import Decoder
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from schemas.messages import KINDS
-from vlabus.wire import MAGIC, PREFIX_SIZE, SIGNATURE_SIZE, VERSION, Header
+from vlabus.envelope import MAGIC, PREFIX_SIZE, SIGNATURE_SIZE, VERSION, Header
 
 FORMAT_KEY = "vlabus.format"
 ENVELOPE_ENCODING = "vlabus-envelope-v1"

@@ -19,9 +19,10 @@ import msgspec
 from schemas.errors import WireError
 from security.keys import Keyring
 from security.seal import Opener
+from vlabus.envelope import MAGIC
 from vlabus.log.foxglove_msgs import FoxgloveSink, Out, Translator
 from vlabus.log.reader import LogError, LogRecord, iter_log, time_range
-from vlabus.wire import MAGIC, Decoder
+from vlabus.wire import Decoder
 
 MAX_DECISION = 1 << 20
 

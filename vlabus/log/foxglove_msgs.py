@@ -27,9 +27,9 @@ from schemas.arrays import unpack_array
 from schemas.errors import SchemaError
 from schemas.images import Image
 from schemas.messages import Action, Frame, Message
+from vlabus.envelope import Header
 from vlabus.log.formats import DECISION_SCHEMA
 from vlabus.log.view import to_plain
-from vlabus.wire import Header
 
 Kind = Literal["compressed_image", "raw_image", "json"]
 REJECTED_TOPIC = "vlabus/rejected"

@@ -25,8 +25,9 @@ from schemas.messages import Checkpoint
 from security.checkpoint import ZERO, chain_over
 from security.keys import Keyring
 from security.session import TAG_SIZE, digest_of
+from vlabus.envelope import SESSION_VERSION
 from vlabus.log.reader import LogRecord
-from vlabus.wire import SESSION_VERSION, Decoder
+from vlabus.wire import Decoder
 
 _Key = tuple[str, str]  # (sender, session)
 _MAX_TRIES = 256

@@ -22,9 +22,10 @@ from schemas.errors import SchemaError, WireError
 from schemas.messages import KINDS
 from security.keys import Keyring
 from security.seal import Opener
+from vlabus.envelope import MAGIC, Header
 from vlabus.log.formats import DECISION_SCHEMA
 from vlabus.log.reader import LogRecord, iter_log
-from vlabus.wire import MAGIC, Decoder, Header
+from vlabus.wire import Decoder
 
 #: Arrays up to this many elements carry their values in an export.
 MAX_EXPORT_VALUES = 4096
