@@ -14,17 +14,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from schemas.errors import WireError
 from security.keys import Keyring
 from security.seal import Opener
 from vlabus.envelope import MAGIC
 from vlabus.log.foxglove_msgs import FoxgloveSink, Out, Translator
 from vlabus.log.reader import LogError, LogRecord, iter_log, time_range
+from vlabus.log.view import plain_msgpack
 from vlabus.wire import Decoder
-
-MAX_DECISION = 1 << 20
 
 
 def export_foxglove(source: str | Path, target: str | Path, *,
@@ -70,7 +67,7 @@ def _translate(record: LogRecord, decoder: Decoder, translator: Translator, *,
                verify: bool) -> list[Out]:
     legacy_plain = record.format == "legacy" and not record.data.startswith(MAGIC)
     if record.format == "decision" or legacy_plain:
-        plain = _plain_map(record.data)
+        plain = plain_msgpack(record.data)
         if plain is None:
             return translator.rejected(record.topic, "malformed", "not a MessagePack map",
                                        len(record.data))
@@ -87,12 +84,3 @@ def _translate(record: LogRecord, decoder: Decoder, translator: Translator, *,
     return translator.envelope(record.topic, record.log_ns, header, message,
                                True if verify else None)
 
-
-def _plain_map(data: bytes) -> dict[str, Any] | None:
-    if len(data) > MAX_DECISION:
-        return None
-    try:
-        value = msgspec.msgpack.decode(data)
-    except msgspec.DecodeError:
-        return None
-    return value if isinstance(value, dict) else None

@@ -36,7 +36,7 @@ DECISION_KIND = "decision"
 MAX_PLAIN = 1 << 20
 
 
-def _plain_msgpack(data: bytes) -> Any:
+def plain_msgpack(data: bytes) -> dict[str, Any] | None:
     """A plain MessagePack map (not an envelope), or None; msgspec never executes input."""
     if len(data) > MAX_PLAIN:
         return None
@@ -89,7 +89,7 @@ class Viewer:
         doc: dict[str, Any] = {"topic": record.topic, "log_ns": record.log_ns,
                                "publish_ns": record.publish_ns, "bytes": len(record.data)}
         if record.format == "decision":  # the black box's own records: unsigned MessagePack
-            plain = _plain_msgpack(record.data)
+            plain = plain_msgpack(record.data)
             if plain is None:
                 doc["verified"] = False if self._verify else None
                 doc["error"] = {"reason": "malformed", "detail": "not a MessagePack map"}
@@ -108,7 +108,7 @@ class Viewer:
                 doc["verified"] = None
         except WireError as exc:
             legacy = record.format == "legacy" and not record.data.startswith(MAGIC)
-            plain = _plain_msgpack(record.data) if legacy else None
+            plain = plain_msgpack(record.data) if legacy else None
             if plain is not None:  # an older recording's decision records, labelled envelopes
                 doc["verified"] = None
                 doc["kind"] = PLAIN_KIND
