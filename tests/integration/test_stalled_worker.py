@@ -6,12 +6,10 @@ worker; it rejoins when the policy returns, or ends after its limit for the supe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 
-from cloud_workers.metrics import WorkerMetrics
 from cloud_workers.runner import PolicyRunner
 from cloud_workers.stall import StallConfig
 from cloud_workers.worker import Worker, WorkerConfig, open_worker
@@ -26,6 +24,7 @@ from tests.support.frames import make_frame
 from tests.support.keys import KeyDir
 from tests.support.policies import HangingPolicy
 from tests.support.robot import Robot
+from tests.support.worker import serving as support_serving
 from vlabus.broker.local import LocalMosquitto
 from vlabus.bus.transport import TransportOptions, open_transport
 from vlabus.hub.server import Hub
@@ -52,25 +51,12 @@ def options(broker: LocalMosquitto | None, identity: str,
             else TransportOptions(client_id=client_id))
 
 
-@asynccontextmanager
-async def serving(url: str, broker: LocalMosquitto | None, keydir: KeyDir, worker_id: str,
-                  policy: HangingPolicy, stall: StallConfig = STALL) -> AsyncIterator[Worker]:
-    runner = PolicyRunner({"noop": policy}, {})
-    worker = await open_worker(url, keydir.signers[worker_id], keydir.ring, runner,
-                               config=WorkerConfig(worker_id=worker_id, group="pool",
-                                                   max_delay_ns=MS, stall=stall),
-                               metrics=WorkerMetrics(), options=options(broker, worker_id))
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    await asyncio.wait_for(worker.ready.wait(), 30)
-    try:
-        yield worker
-    finally:
-        stop.set()
-        try:
-            await asyncio.wait_for(task, 30)
-        finally:
-            await worker.transport.close()
+def serving(url: str, broker: LocalMosquitto | None, keydir: KeyDir, worker_id: str,
+            policy: HangingPolicy,
+            stall: StallConfig = STALL) -> AbstractAsyncContextManager[Worker]:
+    """A pool worker serving ``policy`` as ``noop``, watched by ``stall``."""
+    return support_serving(url, keydir, {"noop": policy}, worker_id=worker_id,
+                           options=options(broker, worker_id), stall=stall)
 
 
 def test_a_hung_worker_leaves_the_pool_and_the_robot_keeps_its_cloud_actions(
