@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
 import zmq
@@ -51,8 +52,11 @@ class DirectTransport(Overlay):
     """A robot's transport with a direct data plane; see the module docstring."""
 
     def __init__(self, inner: Transport, robot_id: str, keyring: Keyring, *,
-                 directory: Directory | None = None) -> None:
+                 directory: Directory | None = None,
+                 workers: Collection[str] | None = None) -> None:
+        """``workers``: only ever send directly to these (None: any that advertises)."""
         super().__init__(inner)
+        self.workers = None if workers is None else frozenset(workers)
         self.robot_id = robot_id
         self.frame_topic = topics.frame_topic(robot_id)
         self.session_topic = topics.session_topic(robot_id)
@@ -84,7 +88,8 @@ class DirectTransport(Overlay):
             self.stats["status_refused"] += 1
             log.debug("worker status refused on %r: %r", message.topic, exc)
             return
-        if not isinstance(status, Status) or status.role != "worker":
+        if not isinstance(status, Status) or status.role != "worker" or (
+                self.workers is not None and status.client_id not in self.workers):
             return
         advert = direct_advert(status)
         if advert is None:
