@@ -37,7 +37,7 @@ References that are not floors of the bus but of its wire format, and a peer:
 * ``zmq_wire_direct_session``: ``zmq_wire_direct`` in session integrity (one signed offer, then a
   keyed MAC per message): ``ratio_p50_zmq_wire_direct_session_vs_ws_msgpack_peer`` is what a
   direct data plane with session integrity could reach on this wire (there is no direct data
-  plane in vlabus yet: the worker and robot still go through the hub).
+  plane in this reference: its server is the wire alone, not a worker).
 
 ``session`` (:mod:`bench.roundtrip_session`): the wire alone over one Mosquitto in today's signed
 mode and in session integrity (a keyed MAC after one signed key exchange), against the bare paho
@@ -47,6 +47,15 @@ floor, interleaved, with the breakdown per stage; ``session_faster_by_pct`` comp
 ``--session-pool gpu``), from a second robot in session integrity (``vlabus.session_link``):
 ``ratio_p50_vlabus_session_vs_vlabus`` below 1 is what session integrity saves, with its own
 breakdown per stage.
+
+``vlabus_direct_session``: the same loop on the direct data plane (``vlabus.direct``): a third
+robot in session integrity learns the worker's direct socket from its status and sends each
+frame straight to it (``vlabus worker --direct``); the Action returns on the same connection.
+Its ratios to ``ws_msgpack_peer`` and ``zmq_bare_direct`` say how close the whole secure loop
+comes to the unsigned peer and to bare pyzmq; ``vlabus_direct_session_breakdown_p50_us`` splits
+it per stage. ``vlabus_direct_session_curve`` (not with ``--quick``): the same with CurveZMQ on
+the direct socket (a second worker, ``--direct-curve``), and
+``ratio_p50_vlabus_direct_session_curve_vs_vlabus_direct_session`` what the encryption costs.
 
 Rounds of each path are interleaved in blocks, so background load hits all alike. Every vlabus
 Action carries the worker's own durations, so each round trip is split into robot encode,
@@ -590,7 +599,7 @@ def measure(stack: ExitStack, loop: asyncio.AbstractEventLoop, robot: Robot,
     return out
 
 
-def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
+def run_bus(bus: str, cases: list[str], rounds: int, *, curve: bool = True) -> dict[str, Any]:
     with ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         keys = root / "keys"
@@ -650,14 +659,14 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
             floors["mqtt_bare"] = paho_client(stack, mosquitto.port, bare.username,
                                               bare.password)
         start_worker(stack, url, keys, broker_dir)
-        # the CurveZMQ worker takes no hub frames of the others (a group of its own)
-        start_worker(stack, url, keys, broker_dir, "worker-2", "--direct-curve",
-                     "--group", "bench-curve")
+        extras = {"vlabus_session": ("robot-2", None), DIRECT: ("robot-3", "worker-1")}
+        if curve:  # its worker takes no hub frames of the others (a group of its own)
+            start_worker(stack, url, keys, broker_dir, "worker-2", "--direct-curve",
+                         "--group", "bench-curve")
+            extras[DIRECT_CURVE] = ("robot-4", "worker-2")
         robot = Robot(url, options, keys, "robot-1")
         loop.run_until_complete(robot.open())
         stack.callback(lambda: loop.run_until_complete(robot.bus.close()))
-        extras = {"vlabus_session": ("robot-2", None), DIRECT: ("robot-3", "worker-1"),
-                  DIRECT_CURVE: ("robot-4", "worker-2")}
         robots: dict[str, Robot] = {}
         for name, (robot_id, direct) in extras.items():
             extra_options = (TransportOptions(client_id=robot_id) if broker_dir is None else
@@ -715,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
                               "rounds": rounds, "chunk": [HORIZON, ACTION_DIM],
                               "target": "vlabus p50 <= 2.5x the bare round trip of the same bytes"}
     for bus in buses:
-        report[bus] = run_bus(bus, cases, rounds)
+        report[bus] = run_bus(bus, cases, rounds, curve=not args.quick)
     report["seconds"] = round(time.monotonic() - started, 1)
     emit(report, compact=args.json)
     return 0
