@@ -7,7 +7,10 @@ share a robot's frames."""
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +93,19 @@ def test_two_direct_workers_share_a_robots_frames(
                 assert set(senders) == {"worker-1", "worker-2"}
 
         run(body, 90)
+
+
+def test_vlabus_edge_direct_acts_on_actions_that_came_straight_from_a_worker(
+        zmq_hub: Hub, keydir: KeyDir, tmp_path: Path) -> None:
+    keys = pool_keys(keydir, tmp_path)
+    with direct_worker(zmq_hub.url, keys, "worker-1"):
+        edge = subprocess.run(
+            [sys.executable, "-m", "vlabus", "edge", "--robot-id", "robot-a", "--bus",
+             zmq_hub.url, "--keys", str(keys), "--sim", "--fps", "20", "--deadline-ms", "200",
+             "--seconds", "6", "--session-pool", "gpu", "--direct", "--json"],
+            capture_output=True, timeout=120, check=False)
+    assert edge.returncode == 0, edge.stderr.decode()[-2000:]
+    summary = json.loads(edge.stdout.decode())
+    assert summary["transport"]["frames_direct"] >= 10
+    assert summary["transport"]["direct_replies"] >= 10
+    assert summary["actions_by_source"].get("cloud", 0) >= 10
