@@ -215,3 +215,33 @@ def test_garbage_on_the_direct_socket_is_counted_and_the_worker_keeps_serving(
                 sock.close()
 
     run(body, 90)
+
+
+def test_unverified_bytes_never_take_a_robots_replies(
+        real_bus: Bus, keydir: KeyDir, tmp_path: Path) -> None:
+    keys = pool_keys(keydir, tmp_path)
+
+    async def body() -> None:
+        async with direct_worker(real_bus, keys) as (worker, endpoint):
+            robot = HandRobot(keys, endpoint)
+            await robot.offer()
+            await robot.round_trip(1)
+            thief = robot.socket(endpoint)
+            forged = bytearray(robot.encode(2))  # the robot's own next frame, one byte off
+            forged[len(forged) // 2] ^= 1
+            await thief.send_multipart([FRAME, bytes(forged)])
+            await refused(worker, "bad_mac", 0)
+            # a frame over the bus: its reply takes the route of the last *verified* message
+            bus = await open_transport(real_bus.url, real_bus.options(ROBOT))
+            try:
+                await bus.publish(topics.frame_topic(ROBOT), robot.encode(3))
+                action = await robot.reply()
+            finally:
+                await bus.close()
+            assert isinstance(action, Action)
+            assert action.step == 3
+            assert not await thief.poll(0)
+            for sock in (thief, robot.dealer):
+                sock.close()
+
+    run(body, 90)
