@@ -51,6 +51,13 @@ class Routes:
         peer.last_seen_ns = now_ns
         return peer
 
+    def holder(self, client_id: str, other_than: bytes) -> bytes | None:
+        """The routing id of another connection that said HELLO as ``client_id``, if any."""
+        for rid, peer in self.peers.items():
+            if rid != other_than and peer.client_id == client_id:
+                return rid
+        return None
+
     def subscribe(self, rid: bytes, pattern: str, group: str) -> list[tuple[str, bytes]]:
         """Add a subscription (idempotent); returns the retained messages it should get now."""
         self._cache.clear()

@@ -10,14 +10,13 @@ never blocking the hub: ``ROUTER_MANDATORY`` turns the silent drop into ``EAGAIN
 heartbeats, ``MAXMSGSIZE`` (a peer sending more is disconnected by libzmq), and the deployment's
 payload limit at entry: a publish or will over ``max_payload`` (what every client accepts) is
 refused with NACK and counted in ``too_large``, so it never reaches a subscriber whose socket
-would take it for a protocol error. With ``curve_dir``,
-CurveZMQ with a ZAP handler and ``ZAP_ENFORCE_DOMAIN``: without the handler clients are refused,
-not admitted (known trap 6). With ``access`` as well, each publish, subscription and will is
-checked against the sender's CURVE identity (:mod:`vlabus.hub.access`); a refusal is counted in
-``denied`` and answered with NACK.
-
-Wills are published when a client's TCP connection drops without a BYE (socket monitor event,
-matched by file descriptor) or when it is silent for three heartbeat intervals.
+would take it for a protocol error. With ``curve_dir``, CurveZMQ with a ZAP handler and
+``ZAP_ENFORCE_DOMAIN``: without the handler clients are refused, not admitted (known trap 6).
+With ``access`` as well, each publish, subscription and will is checked against the sender's
+CURVE identity (:mod:`vlabus.hub.access`); a refusal is counted in ``denied`` and answered with
+NACK. Wills are published when a client's TCP connection drops without a BYE (socket monitor
+event, matched by file descriptor) or when it is silent for three heartbeat intervals; not when
+a newer connection took its client id over (as MQTT: counted in ``taken_over``).
 """
 
 from __future__ import annotations
@@ -62,7 +61,7 @@ class Hub:
         self.stats: dict[str, int] = dict.fromkeys(
             ("received", "delivered", "dropped_hwm", "dropped_unroutable", "expired",
              "malformed", "denied", "wills", "disconnects", "reloads", "revoked",
-             "too_large"), 0)
+             "too_large", "taken_over"), 0)
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -85,8 +84,7 @@ class Hub:
         return self
 
     def stop(self) -> None:
-        """Stop serving and release the port (idempotent). Clients are not told: they keep
-        reconnecting, as they would to a crashed hub."""
+        """Stop serving, release the port (idempotent); clients reconnect as to a crashed hub."""
         if self._ctx.closed:
             return
         if self._thread is not None and self._thread.is_alive():
@@ -303,6 +301,10 @@ class Hub:
     def _hello(self, router: zmq.Socket[Any], rid: bytes, parts: list[Any]) -> None:
         hello = proto.decode_hello(parts[1:])
         peer = self.routes.seen(rid, time.monotonic_ns())
+        old = self.routes.holder(hello.client_id, rid)
+        if old is not None:  # like MQTT: the newer connection takes the id over, with no will
+            self.routes.forget(old)
+            self._send(router, old, self._refusals.taken_over(hello.client_id, old, rid))
         peer.client_id = hello.client_id
         peer.heartbeat_ns = hello.heartbeat_ms * 1_000_000
         will_topic = hello.will_topic
@@ -347,9 +349,8 @@ class Hub:
                     self.stats["delivered"] += 1
 
     def _send(self, router: zmq.Socket[Any], rid: bytes, frames: list[Any]) -> bool:
-        """Send to one client without ever blocking the hub. Frame by frame with plain-int flags
-        (``send_multipart`` costs ~2 us more); only the first frame can fail: a multipart
-        message is atomic."""
+        """Send to one client, never blocking the hub. Frame by frame with plain-int flags
+        (``send_multipart`` costs ~2 us more); a multipart message is atomic."""
         try:
             router.send(rid, _MORE_NB)
         except zmq.Again:
