@@ -8,11 +8,10 @@ retained messages, QoS 1 in flight, outbox, publish checks: :class:`~vlabus.bus.
 
 Reconnects are ZeroMQ's own (a socket a protocol error ended for good is rebuilt:
 :mod:`vlabus.bus.zmqsocket`, counted in ``rebuilt``); on every completed handshake (socket
-monitor) the client re-sends HELLO (its will and heartbeat), its subscriptions, its retained
-messages and unacknowledged QoS 1 publishes, so a restarted hub relearns everything.
-``IMMEDIATE`` keeps libzmq from queueing into a dead connection; while disconnected, publishes
-wait in our bounded outbox instead (oldest dropped and counted; expired ones dropped at flush
-and counted).
+monitor), and when the hub says it forgot us (``rejoined``), the client re-sends HELLO, its
+subscriptions, retained messages and unacknowledged QoS 1 publishes. ``IMMEDIATE`` keeps libzmq
+from queueing into a dead connection; while disconnected, publishes wait in our bounded outbox
+(oldest dropped and counted; expired ones dropped at flush and counted).
 
 A subscription made while connected waits for the hub's answer, as MQTT's SUBACK: ACK, or NACK
 from its access rules (:class:`SubscribeRejected`). Those re-sent after a handshake are not
@@ -67,7 +66,7 @@ class ZmqTransport(Receiving):
         self._connected = False
         self._stats = dict.fromkeys(("published", "reconnects", "outbox_dropped",
                                      "expired_dropped", "hwm_dropped", "malformed", "denied",
-                                     "rebuilt"), 0)
+                                     "rebuilt", "rejoined"), 0)
         self._handshakes = 0
         self._flaps = Flaps(Backoff(), options.extra, options.client_id)
         self._stats.update(self._flaps.counts)
@@ -101,8 +100,7 @@ class ZmqTransport(Receiving):
 
     async def publish(self, topic: str, payload: bytes | bytearray | memoryview, *, qos: int = 0,
                       retain: bool = False, expiry_s: float | None = None) -> None:
-        """See :class:`Transport`. Payloads of 64 KiB or more are sent without copying: do not
-        change the buffer behind a ``memoryview`` after publishing it."""
+        """See :class:`Transport`; 64 KiB or more is sent without copying (keep the buffer)."""
         # shielded: a caller that gives up waiting leaves the publish to be acknowledged (or
         # re-sent after a reconnect) like any other
         await asyncio.shield(self.publish_nowait(topic, payload, qos=qos, retain=retain,
@@ -111,9 +109,8 @@ class ZmqTransport(Receiving):
     def publish_nowait(self, topic: str, payload: bytes | bytearray | memoryview, *,
                        qos: int = 0, retain: bool = False,
                        expiry_s: float | None = None) -> asyncio.Future[None]:
-        """See :class:`Transport`. QoS 1: the future fails with ``TransportError`` when the hub
-        has not acknowledged within two keepalive intervals; a connection lost meanwhile
-        completes it and keeps the publish, to be re-sent after the next handshake."""
+        """QoS 1: fails with ``TransportError`` unacknowledged after two keepalive intervals; a
+        connection lost meanwhile completes it and keeps the publish, to be re-sent."""
         session = self._session
         session.check_publish(topic, payload, qos)
         expires_ns = time.time_ns() + int(expiry_s * 1e9) if expiry_s is not None else 0
@@ -157,9 +154,8 @@ class ZmqTransport(Receiving):
             fail_quietly(entry.future, exc)
 
     async def subscribe(self, pattern: str, *, group: str | None = None, qos: int = 1) -> None:
-        """See :class:`Transport`. Connected, it waits for the hub's answer, like MQTT's SUBACK:
-        a subscription the hub's access rules refuse raises :class:`SubscribeRejected` and is
-        not kept. Disconnected, it is kept and sent after the next handshake, unconfirmed."""
+        """Connected: waits for the hub's answer (as SUBACK), :class:`SubscribeRejected` if refused.
+        Disconnected: kept and sent after the next handshake, unconfirmed."""
         self._session.check_subscribe(pattern, group)
         self._session.subscribed(pattern, group, qos)
         if not self._connected:
@@ -199,7 +195,7 @@ class ZmqTransport(Receiving):
         self._shutdown()
 
     def abort(self) -> None:
-        """Vanish without BYE: the hub publishes the will (tests of liveness)."""
+        """Vanish without BYE: the hub publishes the will."""
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -286,13 +282,16 @@ class ZmqTransport(Receiving):
         self._loop.call_soon(self._drain)  # more may be waiting; let other tasks run first
 
     def _refused(self, mid: bytes, reason: str) -> None:
-        """The hub's access rules refused a publish, subscription or will: a QoS 1 publish
-        fails with the reason; anything else is logged. Both are counted in ``denied``."""
+        """A NACK: the hub forgot us or gave our id to a newer connection; or its access rules
+        refused a publish, subscription or will (counted in ``denied``, QoS 1 fails)."""
+        if not mid and reason.startswith(proto.FORGOTTEN):  # silent too long: HELLO again
+            self._stats["rejoined"] += 1
+            return self._resync()
         if not mid and reason.startswith(proto.TAKEN_OVER):
             self._connected = False
             self._stats.update(self._flaps.down(self._loop.time(), taken_over=True))
             self._rejoin = self._loop.call_later(self._flaps.backoff.next_delay(), self._take_back)
-            return
+            return None
         self._stats["denied"] += 1
         entry = self._session.inflight.pop(mid) if mid else None
         wait = self._sub_waits.pop(mid, None) if mid else None
@@ -302,6 +301,7 @@ class ZmqTransport(Receiving):
             fail_quietly(wait[0], SubscribeRejected(wait[1], 0x87, f"Not authorized ({reason})"))
         else:
             log.warning("zmq: hub refused: %s", reason)
+        return None
 
     def _take_back(self) -> None:  # the takeover hold is over: say HELLO again
         self._rejoin = None
