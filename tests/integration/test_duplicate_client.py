@@ -15,13 +15,20 @@ import time
 
 import pytest
 
+from edge_agent.agent import AgentConfig, Source
+from edge_agent.breaker import BreakerConfig
+from edge_agent.sim import SimRobot
+from edge_agent.stack import LocalModel, open_edge
 from tests.support.aio import eventually, run
+from tests.support.keys import KeyDir
+from tests.support.worker import serving
 from vlabus.broker.local import LocalMosquitto
 from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
 from vlabus.hub.server import Hub
 
 pytestmark = pytest.mark.integration
 HOLD_S = 2.0
+MS = 1_000_000
 EXTRA = {"reconnect_min_s": "0.05", "reconnect_max_s": "0.5", "takeover_hold_s": str(HOLD_S)}
 STATUS = "vla/v1/workers/worker-1/status"
 
@@ -101,3 +108,56 @@ def test_the_taken_over_hub_client_takes_the_id_back_after_its_hold(zmq_hub: Hub
         await second.close()
 
     run(body, timeout=60)
+
+
+@pytest.fixture(params=["zmq", "mqtt"])
+def bus(request: pytest.FixtureRequest) -> tuple[str, LocalMosquitto | None]:
+    if request.param == "zmq":
+        hub: Hub = request.getfixturevalue("zmq_hub")
+        return hub.url, None
+    broker: LocalMosquitto = request.getfixturevalue("mosquitto")
+    return broker.url, broker
+
+
+def test_two_workers_started_with_one_id_keep_a_robot_served(
+        keydir: KeyDir, bus: tuple[str, LocalMosquitto | None]) -> None:
+    """A copied configuration starts a second ``worker-1``: the robot keeps its cloud actions
+    and, once the two have settled, one of them serves and the other says it is not ready."""
+    url, broker = bus
+
+    def options(identity: str) -> TransportOptions:
+        extra = {"takeover_hold_s": "30"}
+        return (broker.options(identity, identity, extra=extra) if broker
+                else TransportOptions(client_id=identity, extra=extra))
+
+    async def body() -> None:
+        async with serving(url, keydir, worker_id="worker-1", options=options("worker-1")) \
+                as first, serving(url, keydir, worker_id="worker-1",
+                                  options=options("worker-1")) as second:
+            def settled() -> bool:  # one holds the id for 30 s: taken over, or three flaps
+                counts = [w.transport.counters() for w in (first, second)]
+                held = any(c["taken_over"] >= 1 or c["flaps"] >= 3 for c in counts)
+                return held and [first.transport.connected,
+                                 second.transport.connected].count(True) == 1
+
+            await eventually(settled, timeout=20)
+            robot = SimRobot(size=32)
+            config = AgentConfig(robot_id="robot-a", deadline_ns=100 * MS, period_ns=20 * MS,
+                                 breaker=BreakerConfig(probe_interval_ns=50 * MS))
+            agent = await open_edge(url, keys=keydir.ring, signer=keydir.signers["robot-a"],
+                                    config=config, probe=robot.observe(0),
+                                    model=LocalModel(width=8, horizon=8),
+                                    options=options("robot-a"))
+            try:
+                sources = []
+                for step in range(150):
+                    sources.append((await agent.act(robot.observe(step))).source)
+                    await asyncio.sleep(0.01)
+            finally:
+                await agent.close()
+                await agent.transport.close()
+            cloud = sources.count(Source.CLOUD) / len(sources)
+            assert cloud >= 0.9, f"{cloud:.0%} cloud actions"
+            assert [first.transport.connected, second.transport.connected].count(True) == 1
+
+    run(body, timeout=90)
