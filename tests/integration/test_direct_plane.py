@@ -35,18 +35,18 @@ def test_a_round_trip_over_the_direct_plane_is_maced_both_ways(
                 assert all(isinstance(r.message, Action) for r in replies)
                 assert all(r.header.sender == "worker-1" for r in replies)
                 session = [r for r in replies if r.wire[2] == 2]
-                assert len(session) >= 15  # MACed under the session once the offer is in
+                assert len(session) >= 10  # MACed under the session once the offer is in
                 counters = robot.bus.counters()
-                assert counters["frames_direct"] >= 15
-                assert counters["direct_replies"] >= 15
-                assert robot.link.encoder.sent["session"] >= 15
+                assert counters["frames_direct"] >= 10
+                assert counters["direct_replies"] >= 10
+                assert robot.link.encoder.sent["session"] >= 10
 
         run(body, 60)
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
         summary = summary_of(proc)
-    assert summary["transport"]["direct_received"] >= 15
-    assert summary["transport"]["direct_replies"] >= 15
+    assert summary["transport"]["direct_received"] >= 10
+    assert summary["transport"]["direct_replies"] >= 10
     assert summary["rejected_total"] == summary["rejected"].get("duplicate", 0)
 
 

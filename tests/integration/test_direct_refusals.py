@@ -220,8 +220,10 @@ def test_garbage_on_the_direct_socket_is_counted_and_the_worker_keeps_serving(
             big = robot.socket(endpoint)
             await big.send_multipart([FRAME, b"\0" * (17 << 20)])  # over the size cap
             counters = worker.transport.counters
-            await eventually(lambda: counters().get("direct_refused_malformed", 0) >= 3
-                             and counters().get("direct_refused_topic", 0) >= 3)
+            # at least what was sent above (the raw bytes may add more: libzmq reads some
+            # garbage as messages of a ZMTP 1.0 peer)
+            await eventually(lambda: counters().get("direct_refused_malformed", 0) >= 2
+                             and counters().get("direct_refused_topic", 0) >= 4)
             await eventually(lambda: worker.rejections.by_reason["malformed"] >= 2
                              and worker.rejections.by_reason["too_large"] >= 1)
 
