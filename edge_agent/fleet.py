@@ -70,6 +70,9 @@ class FleetSpec:
     #: ``None`` keeps the agent's circuit breaker; benches that measure a worker at a fixed
     #: offered load turn it off so no robot withdraws its requests
     breaker: BreakerConfig | None = None
+    #: requests sent in the first ``warmup_s`` of ``seconds`` are not counted (the fleet's
+    #: start, when every robot's first request comes at once, is not its steady state)
+    warmup_s: float = 0.0
     seed: int = 0
     model: LocalModel = field(default_factory=LocalModel)
 
@@ -120,10 +123,12 @@ async def run_fleet(bus_url: str, keys_dir: str | Path, spec: FleetSpec, *,
         rng = random.Random(spec.seed)
         period = spec.request_period_s()
         started = time.monotonic()
+        baseline = asyncio.create_task(_baseline(agents, spec.warmup_s))
         results = await asyncio.gather(*(
             _run_one(agent, robot, spec, rng.uniform(0.0, period), stop)
             for agent, robot, _ in agents))
-        elapsed = time.monotonic() - started
+        elapsed = time.monotonic() - started - spec.warmup_s
+        before = await baseline
     finally:
         for agent, _, _ in agents:
             await agent.close()
@@ -131,10 +136,13 @@ async def run_fleet(bus_url: str, keys_dir: str | Path, spec: FleetSpec, *,
                 await agent.transport.close()
         local.close_shared()
     robots = []
-    for (agent, _, metrics), overruns in zip(agents, results, strict=True):
-        robots.append({**summarize(agent, overruns=overruns), **_requests(agent, metrics),
+    for (agent, _, metrics), overruns, base in zip(agents, results, before, strict=True):
+        counts = _requests(agent, metrics)
+        counts = {key: max(0, value - base.get(key, 0)) for key, value in counts.items()}
+        counts["on_time"] = min(counts["on_time"], counts["requests"])
+        robots.append({**summarize(agent, overruns=overruns), **counts,
                        "priority": int(agent.config.priority),
-                       "_rtt_ns": list(agent.stats.rtt_ns)})
+                       "_rtt_ns": list(agent.stats.rtt_ns)[base.get("answered", 0):]})
     return fleet_summary(robots, elapsed)
 
 
@@ -165,6 +173,15 @@ async def _run_one(agent: EdgeAgent, robot: SimRobot, spec: FleetSpec, offset_s:
                    stop: asyncio.Event | None) -> int:
     await asyncio.sleep(offset_s)  # spread over one request period
     return await drive(agent, robot, fps=spec.fps, seconds=spec.seconds, stop=stop)
+
+
+async def _baseline(agents: list[tuple[EdgeAgent, SimRobot, EdgeMetrics]],
+                    warmup_s: float) -> list[dict[str, int]]:
+    """Each robot's request counts once ``warmup_s`` have passed (none: zeros)."""
+    if warmup_s <= 0:
+        return [{} for _ in agents]
+    await asyncio.sleep(warmup_s)
+    return [_requests(agent, metrics) for agent, _, metrics in agents]
 
 
 def _requests(agent: EdgeAgent, metrics: EdgeMetrics) -> dict[str, int]:

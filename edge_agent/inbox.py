@@ -40,6 +40,8 @@ class CloudReply:
     rtt_ns: int
     worker_id: str
     tick_stride: float
+    #: the worker's suggested send time for the next frame (wall ns; 0: none)
+    slot_ns: int = 0
 
 
 def strict_action_guard() -> ReplayGuard:
@@ -167,7 +169,8 @@ class ActionInbox:
         if expected is None or expected.done():
             return
         stride = action.period_ns / self.period_ns if action.period_ns else 1.0
-        expected.set_result(CloudReply(chunk, reply.rtt_ns, action.worker_id, stride))
+        expected.set_result(CloudReply(chunk, reply.rtt_ns, action.worker_id, stride,
+                                       action.slot_ns or 0))
 
     def _measure(self, corr: str, rtt_ns: int, decode_ns: int, action: Action) -> None:
         self.stats.rtt_ns.append(rtt_ns)
