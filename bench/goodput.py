@@ -13,7 +13,9 @@ SmolVLA-class profile; ``chunked`` — a 50-step chunk requested every 0.5 s (st
 refilled when 40 actions are left), 300 ms deadline, the pi0-class profile on an RTX 4090
 (``chunked_h200``: the same model on an H200, an extrapolated profile); each also ``_mixed``:
 30% of robots at high priority with half the deadline. ``--quick`` runs ``chunked`` alone with
-2.5 s points and a coarser search (about 80 s: the issue's scenarios do not fit 20 s).
+2 s points and a coarser search (about 80-100 s: the issue's scenarios do not fit 20 s). Every
+point runs ``WARMUP_S`` first, not counted. When ``vlabus`` and ``fifo`` end apart, the lower
+is run again at the other's maximum (``recheck``).
 Schedulers: ``vlabus``, ``fifo`` (max batch 16, max delay 2 ms: Triton's dynamic batcher),
 ``serial`` (openpi / LeRobot's one request at a time).
 

@@ -32,6 +32,8 @@ from cloud_workers.batchtime import BatchTimes
 
 #: a robot that has not sent for this many intervals leaves the plan
 FORGET_AFTER = 2
+#: how much a robot's budget may rise per frame
+RISE_NS = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +103,14 @@ class SlotPlanner:
             cycle.layout = None
         else:
             member.seen_ns = now_ns
-            member.budget_ns = budget_ns
+            # budgets vary from frame to frame (the robot's timer slack, the uplink): take a
+            # fall at once, a rise slowly, and lay out afresh only when the robot's batch no
+            # longer fits it, as every new layout moves other robots
+            member.budget_ns = min(budget_ns, member.budget_ns + RISE_NS)
             held = cycle.slot_of.get(robot)
             if member.priority != priority or (held is not None and self.times.time(
-                    model, len(held.robots)) > budget_ns - self.margin_ns - self.guard_ns):
-                # lay out afresh only when its batch no longer fits it: budgets vary a little
-                # from frame to frame, and every new layout moves other robots
+                    model, len(held.robots)) > member.budget_ns - self.margin_ns
+                    - self.guard_ns):
                 member.priority = priority
                 cycle.layout = None
         slot = self._layout(model, cycle).get(robot)

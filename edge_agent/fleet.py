@@ -172,7 +172,13 @@ async def _connect(bus_url: str, keys_dir: str | Path, spec: FleetSpec, *, index
 async def _run_one(agent: EdgeAgent, robot: SimRobot, spec: FleetSpec, offset_s: float,
                    stop: asyncio.Event | None) -> int:
     await asyncio.sleep(offset_s)  # spread over one request period
-    return await drive(agent, robot, fps=spec.fps, seconds=spec.seconds, stop=stop)
+    overruns = await drive(agent, robot, fps=spec.fps, seconds=spec.seconds, stop=stop)
+    # a request still in flight is answered or decided within its deadline: count it as such,
+    # not as sent and never answered
+    settle = time.monotonic() + spec.deadline_ms / 1000 + 0.1
+    while agent.inbox.waiting and time.monotonic() < settle:
+        await asyncio.sleep(0.01)  # polling the robot's own pending replies, bounded
+    return overruns
 
 
 async def _baseline(agents: list[tuple[EdgeAgent, SimRobot, EdgeMetrics]],

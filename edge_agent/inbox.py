@@ -97,6 +97,11 @@ class ActionInbox:
             old.cancel()
         return future
 
+    @property
+    def waiting(self) -> int:
+        """Frames sent whose reply has not come and whose step is not decided yet."""
+        return sum(1 for future in self._expected.values() if not future.done())
+
     def sent(self, corr: str, encode_ns: int) -> None:
         """The frame of ``corr`` went out: keep its encode time for the latency breakdown."""
         self._encode_ns[corr] = encode_ns
