@@ -13,7 +13,8 @@ Pure logic with an injected clock. Each :meth:`DeadlineScheduler.poll`:
    if the batch, one larger, still meets the earliest deadline in it. So no answer computed is
    expected to arrive late; a request that does not fit waits for a later, smaller batch or is
    dropped by rule 1. Under a backlog (more waiting than that batch holds) a larger batch that
-   leaves the most urgent requests out is taken instead when it loses fewer requests — a
+   leaves the most urgent requests out is taken instead when it loses fewer requests (when
+   more than a full batch waits: when it serves at least as many more as it loses) — a
    request is lost when it is left out and would miss its deadline in one batch of the rest
    run next; high priority weighs ``LOST_WEIGHT_HIGH``. That keeps batches efficient when the
    device falls behind, rather than shrinking them while the backlog grows.
@@ -194,21 +195,25 @@ class DeadlineScheduler:
 
     def _wider(self, members: list[Request], now: int) -> list[Request]:
         """Under a backlog, a larger batch that leaves the most urgent requests out, when that
-        loses fewer requests (see :meth:`_lost`); ties go to the larger batch. ``members``
-        otherwise."""
+        loses fewer requests (see :meth:`_lost`); ties go to the larger batch. When the device
+        is behind (more than a full batch waiting), when what it serves less what it loses is at
+        least as much: there a full batch that lets one request go serves more than a smaller
+        one that keeps it, and smaller batches lose more later. ``members`` otherwise."""
         model = members[0].model
         candidates = list(itertools.islice(self.queue.ordered(model), 4 * self.max_batch))
         if len(candidates) <= len(members):
             return members
-        best, best_lost = members, self._lost(candidates, members, now)
+        behind = len(candidates) > self.max_batch
+        best = members
+        best_net = (len(members) if behind else 0) - self._lost(candidates, members, now)
         for size in range(len(members) + 1, self.max_batch + 1):
             cut = now + self.times.time(model, size) + self.margin_ns
             chosen = [r for r in candidates if not r.deadline_ns or r.deadline_ns >= cut][:size]
             if len(chosen) < size:  # not enough can wait that long: larger is no better
                 break
-            lost = self._lost(candidates, chosen, now)
-            if lost <= best_lost:
-                best, best_lost = chosen, lost
+            net = (size if behind else 0) - self._lost(candidates, chosen, now)
+            if net >= best_net:
+                best, best_net = chosen, net
         return best
 
     def _lost(self, candidates: list[Request], chosen: list[Request], now: int) -> int:
@@ -249,12 +254,15 @@ class DeadlineScheduler:
         assert self.planner is not None
         if request.interval_ns <= 0 or request.sent_ns <= 0 or not request.deadline_ns:
             return
+        uplink = request.arrived_ns - request.sent_ns
+        early = self.planner.early_ns
+        # the robot's own budget (deadline less send, both its clock) from the planned start,
+        # when it sends as suggested: less the uplink and the early margin
+        budget = request.deadline_ns - request.sent_ns - max(0, uplink) - early
         start = self.planner.reserve(
             request.model, request.source,
-            earliest_ns=(request.arrived_ns + request.interval_ns - request.interval_ns // 2
-                         + self.planner.early_ns),
-            interval_ns=request.interval_ns, budget_ns=request.deadline_ns - request.arrived_ns,
-            priority=request.priority, now_ns=now)
+            earliest_ns=request.arrived_ns + request.interval_ns - request.interval_ns // 2 + early,
+            interval_ns=request.interval_ns, budget_ns=budget, priority=request.priority,
+            now_ns=now)
         if start is not None:
-            uplink = request.arrived_ns - request.sent_ns
-            request.hint_ns = max(1, start - uplink - self.planner.early_ns)
+            request.hint_ns = max(1, start - uplink - early)

@@ -11,13 +11,15 @@ margin: larger batches, more robots per device.
 frames on its own, stated in its frame), the robots that sent such frames and lays them out on
 a cycle of length ``P`` (phases of the wall clock): robots in order of priority, then of
 joining, fill back-to-back slots from phase 0, each slot a batch that takes another robot while
-its estimated time t(b + 1) stays within every member's budget (deadline less arrival, less the
-scheduler's margin and ``guard``) and, with ``gap`` after it, within the cycle. So high-priority
-robots (short budgets) get their own small batches at the start of the cycle, the rest the
-largest batches their budget allows, and what does not fit in one cycle gets no slot (and no
-hint). Every robot keeps sending once per ``P``, at its slot's phase: its period is kept, only
-its phase moves. A robot joining, or growing a slot, only moves later slots later, which a
-robot can always follow (it may delay, never advance, its request).
+its estimated time t(b + 1) stays within every member's budget (from the batch's start to its
+deadline, when the robot sends as suggested; less the scheduler's margin and ``guard``) and,
+with ``gap`` after it, within the cycle. So high-priority robots (short budgets) get their own
+small batches at the start of the cycle, the rest the largest batches their budget allows, and
+what does not fit in one cycle gets no slot (and no hint). A robot whose largest batch
+(t(``max_batch``)) fits in half its budget gets none either: batching alone serves it. Every
+robot keeps sending once per ``P``, at its slot's phase: its period is kept, only its phase
+moves (the hint is at least half an interval after its last frame went out, and less than one
+interval after that).
 
 The worker returns the next start of the robot's slot as a hint (``Action.slot_ns``, less the
 frame's own uplink time so clock offsets cancel). A robot not heard from for two intervals
@@ -74,7 +76,7 @@ class SlotPlanner:
     hints ask robots to send ``early_ns`` before the start (the batch waits for its start)."""
 
     def __init__(self, times: BatchTimes, *, max_batch: int, margin_ns: int,
-                 guard_ns: int = 40_000_000, gap_ns: int = 5_000_000,
+                 guard_ns: int = 15_000_000, gap_ns: int = 5_000_000,
                  early_ns: int = 25_000_000) -> None:
         if max_batch < 1 or min(margin_ns, guard_ns, gap_ns, early_ns) < 0:
             raise ValueError("max_batch >= 1; margin, guard, gap and early >= 0")
@@ -89,10 +91,10 @@ class SlotPlanner:
     def reserve(self, model: str, robot: str, *, earliest_ns: int, interval_ns: int,
                 budget_ns: int, priority: int, now_ns: int) -> int | None:
         """The start, at or after ``earliest_ns`` and before one ``interval_ns`` more, of the
-        batch planned for ``robot``'s next frame (``budget_ns`` from its arrival to its
+        batch planned for ``robot``'s next frame (``budget_ns`` from that start to its
         deadline); None when the cycle has no room for it (no hint)."""
         if interval_ns <= 0 or not robot or self.times.time(
-                model, self.max_batch) + self.margin_ns <= budget_ns // 2:
+                model, self.max_batch) + self.margin_ns <= (budget_ns + self.early_ns) // 2:
             return None  # its largest batch fits in half its budget: nothing to gain
         cycle = self._cycles.setdefault((model, interval_ns), Cycle(interval_ns))
         self._forget(cycle, now_ns)
