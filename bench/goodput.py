@@ -35,7 +35,6 @@ import asyncio
 import math
 import shutil
 import sys
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass, replace
@@ -166,15 +165,8 @@ def run_point(bench: Bench, worker: Child, scenario: Scenario, robots: int,
         marks["before"] = worker.scrape()
         marks["t0"] = time.monotonic()
 
-    def start() -> None:
-        timer = threading.Timer(WARMUP_S, mark)
-        timer.daemon = True
-        marks["timer"] = timer
-        timer.start()
-
     fleet = asyncio.run(run_fleet(bench.bus, bench.keys, scenario.spec(robots, seconds),
-                                  on_ready=start))
-    marks["timer"].join()
+                                  on_warm=mark))
     wall = time.monotonic() - marks["t0"]
     after = worker.scrape()
     before = marks["before"]

@@ -2,16 +2,17 @@
 
 ``act(observation)`` publishes the signed frame (QoS 0, expiring with the deadline, the absolute
 time the robot will decide — its deadline less its timer slack — and a per-step correlation id
-in the header) and returns the first verified cloud
-action for that correlation id and step if it arrives before the deadline; otherwise the local
+in the header) and returns the first verified cloud action for that correlation id and step if
+it arrives before the deadline; otherwise the local
 policy's action, marked ``fallback`` with its cause. Local inference is hedged: it starts at the
 deadline minus its measured p99 latency, so a fallback is ready at the deadline, and its result
 is dropped when the cloud answers first. A cloud action arriving after its step was decided is
 discarded and counted, never executed.
 
 With ``chunk > 1`` the agent executes action chunks from an :class:`ActionQueue` at the control
-rate, sends a new frame when fewer than ``refill_below`` actions are left, and lets the local
-policy fill the gap when the cloud would answer after the queue runs dry.
+rate, sends a new frame when fewer than ``refill_below`` actions are left (or at a worker's
+hint, :mod:`edge_agent.refill`), and lets the local policy fill the gap when the cloud would
+answer after the queue runs dry.
 
 The agent owns its deadline logic, built on its injected clocks: the
 :class:`~edge_agent.watchdog.Watchdog` and the :class:`~edge_agent.breaker.OffloadBreaker` (plain
@@ -380,6 +381,11 @@ class EdgeAgent:
                                          retain=True)
         except TransportError as exc:
             log.warning("%s status not published: %r", state, exc)
+
+    def stop_refill(self) -> None:
+        """Drop a refill planned for later and not sent yet (the robot is stopping)."""
+        if self._inflight is not None and self.refill.waiting:
+            self._inflight.cancel()
 
     async def close(self) -> None:
         if self.transport.connected:

@@ -101,10 +101,12 @@ async def run_fleet(bus_url: str, keys_dir: str | Path, spec: FleetSpec, *,
                     stop: asyncio.Event | None = None,
                     options_for: Callable[[str], TransportOptions] | None = None,
                     on_ready: Callable[[], None] | None = None,
-                    collector: FleetCollector | None = None) -> dict[str, Any]:
+                    collector: FleetCollector | None = None,
+                    on_warm: Callable[[], None] | None = None) -> dict[str, Any]:
     """Connect the whole fleet, run it for ``spec.seconds`` and return its summary: fleet
-    totals, and per robot its agent summary plus ``requests`` and ``on_time``. Each robot's
-    metrics join ``collector`` when given (one ``/metrics`` for the process)."""
+    totals, and per robot its agent summary plus ``requests`` and ``on_time`` (those sent after
+    ``spec.warmup_s``, when ``on_warm`` is called). Each robot's metrics join ``collector``
+    when given (one ``/metrics`` for the process)."""
     ids = robot_ids(spec.first_id, spec.robots)
     first = SimRobot(cameras=spec.model.cameras, state_dim=spec.model.state_dim, seed=spec.seed)
     policy, version = build_local(spec.model)
@@ -123,7 +125,7 @@ async def run_fleet(bus_url: str, keys_dir: str | Path, spec: FleetSpec, *,
         rng = random.Random(spec.seed)
         period = spec.request_period_s()
         started = time.monotonic()
-        baseline = asyncio.create_task(_baseline(agents, spec.warmup_s))
+        baseline = asyncio.create_task(_baseline(agents, spec.warmup_s, on_warm))
         results = await asyncio.gather(*(
             _run_one(agent, robot, spec, rng.uniform(0.0, period), stop)
             for agent, robot, _ in agents))
@@ -173,6 +175,7 @@ async def _run_one(agent: EdgeAgent, robot: SimRobot, spec: FleetSpec, offset_s:
                    stop: asyncio.Event | None) -> int:
     await asyncio.sleep(offset_s)  # spread over one request period
     overruns = await drive(agent, robot, fps=spec.fps, seconds=spec.seconds, stop=stop)
+    agent.stop_refill()  # a refill planned for after the end would not be counted
     # a request still in flight is answered or decided within its deadline: count it as such,
     # not as sent and never answered
     settle = time.monotonic() + spec.deadline_ms / 1000 + 0.1
@@ -182,12 +185,21 @@ async def _run_one(agent: EdgeAgent, robot: SimRobot, spec: FleetSpec, offset_s:
 
 
 async def _baseline(agents: list[tuple[EdgeAgent, SimRobot, EdgeMetrics]],
-                    warmup_s: float) -> list[dict[str, int]]:
-    """Each robot's request counts once ``warmup_s`` have passed (none: zeros)."""
-    if warmup_s <= 0:
-        return [{} for _ in agents]
-    await asyncio.sleep(warmup_s)
-    return [_requests(agent, metrics) for agent, _, metrics in agents]
+                    warmup_s: float, on_warm: Callable[[], None] | None
+                    ) -> list[dict[str, int]]:
+    """Each robot's request counts once ``warmup_s`` have passed (none: zeros); ``on_warm``
+    is called at that moment."""
+    if warmup_s > 0:
+        await asyncio.sleep(warmup_s)
+    counts: list[dict[str, int]] = []
+    for agent, _, metrics in agents:
+        count = _requests(agent, metrics) if warmup_s > 0 else {}
+        if count:  # a request in flight now is answered (or missed) after: count it after
+            count["requests"] -= agent.inbox.waiting
+        counts.append(count)
+    if on_warm is not None:
+        on_warm()
+    return counts
 
 
 def _requests(agent: EdgeAgent, metrics: EdgeMetrics) -> dict[str, int]:

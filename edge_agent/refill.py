@@ -42,6 +42,7 @@ class RefillTimer:
         self.interval_ns = interval_ns
         self._rng = random.Random(seed)
         self._missed = False
+        self.waiting = False  # a send planned for later has not gone out yet
         self._hint: int | None = None  # monotonic
         self.lead_ns = 0.0
         self.followed = 0
@@ -65,6 +66,7 @@ class RefillTimer:
         missed, self._missed = self._missed, False
         if hint is None:
             if missed:
+                self.waiting = True
                 return min(latest_ns, now_ns + round(self._rng.uniform(0, self.interval_ns / 2)))
             return now_ns
         at = hint - round(self.lead_ns)
@@ -74,6 +76,7 @@ class RefillTimer:
             self.ignored += 1
             return now_ns
         self.followed += 1
+        self.waiting = True
         return at
 
     def missed(self) -> None:
@@ -82,4 +85,5 @@ class RefillTimer:
 
     def sending_took(self, duration_ns: int) -> None:
         """Deciding to send until the frame was handed to the transport took ``duration_ns``."""
+        self.waiting = False
         self.lead_ns += ALPHA * (max(0, duration_ns) - self.lead_ns)
