@@ -255,10 +255,12 @@ class DeadlineScheduler:
         if request.interval_ns <= 0 or request.sent_ns <= 0 or not request.deadline_ns:
             return
         uplink = request.arrived_ns - request.sent_ns
-        early = self.planner.early_ns
         # the robot's own budget (deadline less send, both its clock) from the planned start,
-        # when it sends as suggested: less the uplink and the early margin
-        budget = request.deadline_ns - request.sent_ns - max(0, uplink) - early
+        # when it sends as suggested: less the uplink and the early margin, which shrinks for a
+        # short budget (high priority) so that a batch of one still fits
+        own = request.deadline_ns - request.sent_ns - max(0, uplink)
+        early = max(0, min(self.planner.early_ns, own - self.planner.smallest(request.model)))
+        budget = own - early
         start = self.planner.reserve(
             request.model, request.source,
             earliest_ns=request.arrived_ns + request.interval_ns - request.interval_ns // 2 + early,

@@ -118,6 +118,10 @@ class SlotPlanner:
         slot = self._layout(model, cycle).get(robot)
         return None if slot is None else cycle.next_at(slot, earliest_ns)
 
+    def smallest(self, model: str) -> int:
+        """The least budget a robot of ``model`` needs for a slot: t(1), margin and guard."""
+        return self.times.time(model, 1) + self.margin_ns + self.guard_ns
+
     def slots(self, model: str, interval_ns: int) -> list[Slot]:
         """The current layout of ``model``'s robots with ``interval_ns``."""
         cycle = self._cycles.get((model, interval_ns))
