@@ -37,7 +37,7 @@ References that are not floors of the bus but of its wire format, and a peer:
 * ``zmq_wire_direct_session``: ``zmq_wire_direct`` in session integrity (one signed offer, then a
   keyed MAC per message): ``ratio_p50_zmq_wire_direct_session_vs_ws_msgpack_peer`` is what a
   direct data plane with session integrity could reach on this wire (there is no direct data
-  plane in vlabus yet: the worker and robot still go through the hub).
+  plane in this reference: its server is the wire alone, not a worker).
 
 ``session`` (:mod:`bench.roundtrip_session`): the wire alone over one Mosquitto in today's signed
 mode and in session integrity (a keyed MAC after one signed key exchange), against the bare paho
@@ -47,6 +47,15 @@ floor, interleaved, with the breakdown per stage; ``session_faster_by_pct`` comp
 ``--session-pool gpu``), from a second robot in session integrity (``vlabus.session_link``):
 ``ratio_p50_vlabus_session_vs_vlabus`` below 1 is what session integrity saves, with its own
 breakdown per stage.
+
+``vlabus_direct_session``: the same loop on the direct data plane (``vlabus.direct``): a third
+robot in session integrity learns the worker's direct socket from its status and sends each
+frame straight to it (``vlabus worker --direct``); the Action returns on the same connection.
+Its ratios to ``ws_msgpack_peer`` and ``zmq_bare_direct`` say how close the whole secure loop
+comes to the unsigned peer and to bare pyzmq; ``vlabus_direct_session_breakdown_p50_us`` splits
+it per stage. ``vlabus_direct_session_curve`` (not with ``--quick``): the same with CurveZMQ on
+the direct socket (a second worker, ``--direct-curve``), and
+``ratio_p50_vlabus_direct_session_curve_vs_vlabus_direct_session`` what the encryption costs.
 
 Rounds of each path are interleaved in blocks, so background load hits all alike. Every vlabus
 Action carries the worker's own durations, so each round trip is split into robot encode,
@@ -94,6 +103,7 @@ WIRE = "zmq_wire_hop"
 WIRE_DIRECT = "zmq_wire_direct"
 WIRE_DIRECT_SESSION = "zmq_wire_direct_session"
 PEER = "ws_msgpack_peer"
+DIRECT, DIRECT_CURVE = "vlabus_direct_session", "vlabus_direct_session_curve"
 BLOCK = 25
 CTX = multiprocessing.get_context("spawn")
 
@@ -379,8 +389,9 @@ class Robot:
     """One robot's side of the loop: encode+sign, publish, await the verified Action."""
 
     def __init__(self, url: str, options: TransportOptions, keys: Path, robot: str, *,
-                 session: bool = False) -> None:
+                 session: bool = False, direct: str | None = None) -> None:
         self.url, self.options, self.robot, self.keys = url, options, robot, keys
+        self.direct = direct  # the worker to send frames to on its direct socket
         self.encoder: Encoder = Encoder(load_signer(keys, "robot", robot))
         self.decoder = Decoder(Keyring.load(keys), ReplayGuard())
         self.state = np.linspace(-1, 1, 14, dtype=np.float32)
@@ -390,6 +401,16 @@ class Robot:
 
     async def open(self) -> None:
         self.bus = await open_transport(self.url, self.options)
+        if self.direct is not None:  # frames straight to the worker's ROUTER (--direct)
+            from vlabus.direct.robot import DirectTransport
+
+            direct = DirectTransport(self.bus, self.robot, Keyring.load(self.keys),
+                                     workers={self.direct})
+            await direct.start()
+            self.bus = direct
+            async with asyncio.timeout(30):
+                while not direct.directory.usable():
+                    await asyncio.sleep(0.01)  # until the worker's status names its socket
         await self.bus.subscribe(topics.action_topic(self.robot), qos=1)
         if self.session:  # session integrity with the worker's pool (--session-pool gpu)
             from security.keys import load_pool_key
@@ -452,12 +473,14 @@ def start_peer(stack: ExitStack, ready: Any) -> int | None:
     return int(ready.get(timeout=20))
 
 
-def start_worker(stack: ExitStack, url: str, keys: Path, broker: Path | None) -> None:
+def start_worker(stack: ExitStack, url: str, keys: Path, broker: Path | None,
+                 worker: str = "worker-1", *extra: str) -> None:
+    """A real ``vlabus worker`` (session pool ``gpu``, a direct socket on a free port)."""
     port = free_port()
     args = [sys.executable, "-m", "vlabus", "worker", "--bus", url, "--keys", str(keys),
-            "--id", "worker-1", "--group", "bench", "--policy", "bench.roundtrip:chunk_policy",
+            "--id", worker, "--group", "bench", "--policy", "bench.roundtrip:chunk_policy",
             "--max-delay-ms", "0", "--max-batch", "8", "--metrics-port", str(port),
-            "--session-pool", "gpu"]
+            "--session-pool", "gpu", "--direct", "tcp://127.0.0.1:0", *extra]
     if broker is not None:
         args += ["--broker-config", str(broker)]
     log = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 - the stack closes it
@@ -501,7 +524,10 @@ def start_hub(stack: ExitStack) -> str:
 def measure(stack: ExitStack, loop: asyncio.AbstractEventLoop, robot: Robot,
             floors: dict[str, Callable[[bytes], None]], case: str, rounds: int,
             wires: dict[str, WireClient], ws_port: int | None,
-            session: Robot | None = None) -> dict[str, Any]:
+            extras: dict[str, Robot] | None = None) -> dict[str, Any]:
+    """Every path interleaved in blocks; ``extras``: more vlabus robots by result key
+    (``vlabus_session``, ``vlabus_direct_session``, ...), reported like ``vlabus``."""
+    extras = extras or {}
     cams, jpeg_us = cameras(case)
     floors = dict(floors)
     for name, wire in wires.items():
@@ -515,9 +541,9 @@ def measure(stack: ExitStack, loop: asyncio.AbstractEventLoop, robot: Robot,
         for _ in range(20 if name in floors else 0):  # warm-up, as for vlabus
             floors[name](b"")
     loop.run_until_complete(robot.round_trips(cams, 20))  # warm-up: queues, caches, estimates
-    if session is not None:
-        loop.run_until_complete(session.round_trips(cams, 20))
-    session_parts: dict[str, list[int]] = {}
+    for extra in extras.values():
+        loop.run_until_complete(extra.round_trips(cams, 20))
+    extra_parts: dict[str, dict[str, list[int]]] = {name: {} for name in extras}
     probe = loop.run_until_complete(robot.round_trip(cams))
     request = robot.encoder.encode(frame(robot.robot, 0, cams, robot.state))
     reply_size = probe["down_bytes"]
@@ -530,10 +556,10 @@ def measure(stack: ExitStack, loop: asyncio.AbstractEventLoop, robot: Robot,
         for result in loop.run_until_complete(robot.round_trips(cams, block)):
             for key, value in result.items():
                 parts.setdefault(key, []).append(value)
-        if session is not None:
-            for result in loop.run_until_complete(session.round_trips(cams, block)):
+        for name, extra in extras.items():
+            for result in loop.run_until_complete(extra.round_trips(cams, block)):
                 for key, value in result.items():
-                    session_parts.setdefault(key, []).append(value)
+                    extra_parts[name].setdefault(key, []).append(value)
         for name, call in floors.items():
             for _ in range(block):
                 start = time.perf_counter_ns()
@@ -549,38 +575,39 @@ def measure(stack: ExitStack, loop: asyncio.AbstractEventLoop, robot: Robot,
             "robot_encode", "transport", "worker_decode", "queue_wait", "inference",
             "worker_handoffs", "worker_encode", "robot_decode")},
     }
-    if session_parts:  # the same loop in session integrity, through the same worker
-        out["vlabus_session"] = stats_us(session_parts["rtt"])
-        out["vlabus_session_breakdown_p50_us"] = {
-            k: round(float(np.median(session_parts[k])) / 1e3, 1)
-            for k in out["breakdown_p50_us"]}
-        out["ratio_p50_vlabus_session_vs_vlabus"] = ratio(out["vlabus_session"]["p50_us"],
-                                                          vlabus["p50_us"])
+    for key, got in extra_parts.items():  # the same loop, another mode or path
+        out[key] = stats_us(got["rtt"])
+        out[f"{key}_breakdown_p50_us"] = {
+            k: round(float(np.median(got[k])) / 1e3, 1) for k in out["breakdown_p50_us"]}
+        out[f"ratio_p50_{key}_vs_vlabus"] = ratio(out[key]["p50_us"], vlabus["p50_us"])
     for name, values in samples.items():
         floor = stats_us(values)
         out[name] = floor
         out[f"ratio_p50_vs_{name}"] = ratio(vlabus["p50_us"], floor["p50_us"])
-        if session_parts:
-            out[f"ratio_p50_vlabus_session_vs_{name}"] = ratio(
-                out["vlabus_session"]["p50_us"], floor["p50_us"])
+        for key in extra_parts:
+            out[f"ratio_p50_{key}_vs_{name}"] = ratio(out[key]["p50_us"], floor["p50_us"])
     # the references against each other: what the hub's routing alone costs against the bare
     # forwarder; what the crypto and codec alone cost, through the hop and direct (the lowest
     # ratios any bus on this wire could reach here); and the direct wire against the peer
     for name, base in (("zmq_bare_via_hub", "zmq_bare_hop"), (WIRE, "zmq_bare_hop"),
                        (WIRE_DIRECT, "zmq_bare_direct"), (WIRE_DIRECT, PEER),
                        (WIRE_DIRECT_SESSION, "zmq_bare_direct"), (WIRE_DIRECT_SESSION, PEER),
-                       (WIRE_DIRECT_SESSION, WIRE_DIRECT)):
+                       (WIRE_DIRECT_SESSION, WIRE_DIRECT),
+                       (DIRECT_CURVE, DIRECT), (DIRECT, "vlabus_session")):
         if name in out and base in out:
             out[f"ratio_p50_{name}_vs_{base}"] = ratio(out[name]["p50_us"], out[base]["p50_us"])
     return out
 
 
-def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
+def run_bus(bus: str, cases: list[str], rounds: int, *, curve: bool = True) -> dict[str, Any]:
     with ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         keys = root / "keys"
         add_key(keys, "robot", "robot-1")
         add_key(keys, "robot", "robot-2")  # the same loop in session integrity
+        add_key(keys, "robot", "robot-3")  # ... on the direct data plane
+        add_key(keys, "robot", "robot-4")  # ... with CurveZMQ on the direct socket
+        add_key(keys, "worker", "worker-2")
         pool_key(keys)
         add_key(keys, "worker", "worker-1")
         add_key(keys, "robot", "bare")
@@ -632,15 +659,23 @@ def run_bus(bus: str, cases: list[str], rounds: int) -> dict[str, Any]:
             floors["mqtt_bare"] = paho_client(stack, mosquitto.port, bare.username,
                                               bare.password)
         start_worker(stack, url, keys, broker_dir)
+        extras = {"vlabus_session": ("robot-2", None), DIRECT: ("robot-3", "worker-1")}
+        if curve:  # its worker takes no hub frames of the others (a group of its own)
+            start_worker(stack, url, keys, broker_dir, "worker-2", "--direct-curve",
+                         "--group", "bench-curve")
+            extras[DIRECT_CURVE] = ("robot-4", "worker-2")
         robot = Robot(url, options, keys, "robot-1")
         loop.run_until_complete(robot.open())
         stack.callback(lambda: loop.run_until_complete(robot.bus.close()))
-        session_options = (TransportOptions(client_id="robot-2") if broker_dir is None else
-                           client_options(broker_dir, "robot-2"))
-        session = Robot(url, session_options, keys, "robot-2", session=True)
-        loop.run_until_complete(session.open())
-        stack.callback(lambda: loop.run_until_complete(session.bus.close()))
-        return {case: measure(stack, loop, robot, floors, case, rounds, wires, ws_port, session)
+        robots: dict[str, Robot] = {}
+        for name, (robot_id, direct) in extras.items():
+            extra_options = (TransportOptions(client_id=robot_id) if broker_dir is None else
+                             client_options(broker_dir, robot_id))
+            robots[name] = Robot(url, extra_options, keys, robot_id, session=True,
+                                 direct=direct)
+            loop.run_until_complete(robots[name].open())
+            stack.callback(loop.run_until_complete, robots[name].bus.close())
+        return {case: measure(stack, loop, robot, floors, case, rounds, wires, ws_port, robots)
                 for case in cases}
 
 
@@ -689,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
                               "rounds": rounds, "chunk": [HORIZON, ACTION_DIM],
                               "target": "vlabus p50 <= 2.5x the bare round trip of the same bytes"}
     for bus in buses:
-        report[bus] = run_bus(bus, cases, rounds)
+        report[bus] = run_bus(bus, cases, rounds, curve=not args.quick)
     report["seconds"] = round(time.monotonic() - started, 1)
     emit(report, compact=args.json)
     return 0

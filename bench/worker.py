@@ -15,6 +15,11 @@ Sections (one JSON object on stdout):
   64 robots (frames encoded and signed ahead of time by this process), closed loop with
   ``WINDOW_MQTT`` in flight; frames/s and the worker's own ``--json`` summary. Its floor is the
   single-thread rate of the receive pipeline alone (``Decoder.decode`` of the same frames).
+* ``ceiling_session`` — the same worker process and load in session integrity
+  (``--session-pool``): each robot offers a session first, then every frame carries a keyed
+  BLAKE3 MAC instead of an Ed25519 signature, and the worker answers under the session.
+  ``ceiling_session_vs_signed`` is its frames/s over the signed ceiling's, measured in the same
+  run: what the crypto saved. Its floor is the session receive pipeline alone.
 * ``served_cuda`` (only when torch sees a GPU) — the same real worker process and load as the
   ceiling, serving the reference policy with ``--device cuda``; ``served_cuda_xN`` the same
   with N worker processes in one group sharing the GPU (``--gpu-workers``), and
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -53,15 +59,32 @@ from edge_agent.scene import TabletopScene
 from schemas import topics
 from schemas.arrays import pack_array
 from schemas.images import encode_image
-from schemas.messages import Action, Frame
-from security.keys import Keyring, Signer, add_key
+from schemas.messages import Action, Frame, SessionOffer
+from security.keys import (
+    Keyring,
+    Signer,
+    add_key,
+    add_pool_key,
+    load_pool_key,
+    load_pool_secret,
+)
+from security.seal import PoolKey, PoolSecret
+from security.session import (
+    TAG_SIZE,
+    Rotation,
+    Session,
+    SessionTable,
+    accept_offer,
+    offer_session,
+)
 from vlabus.broker.local import LocalMosquitto
 from vlabus.broker.render import Limits, render
 from vlabus.bus.memory import reset_memory
 from vlabus.bus.transport import Transport, TransportOptions, open_transport
-from vlabus.envelope import PREFIX_SIZE, SIGNATURE_SIZE
+from vlabus.envelope import PREFIX_SIZE, SESSION_VERSION, SIGNATURE_SIZE
 from vlabus.policy import Observation
 from vlabus.policy.reference import ReferencePolicy, set_threads
+from vlabus.session_wire import SessionEncoder, SessionVerifier
 from vlabus.wire import Decoder, Encoder
 
 BATCHES = (1, 4, 16, 32)
@@ -80,9 +103,11 @@ def observation(image: np.ndarray) -> Observation:
     return Observation({"front": image}, "pick up the red cube", np.zeros(14, np.float32))
 
 
-def encode_frames(signers: list[Signer], images: list[np.ndarray], count: int) -> list[bytes]:
-    """``count`` signed frame envelopes, round-robin over the robots; deadlines 60 s out."""
-    encoders = [Encoder(s) for s in signers]
+def encode_frames(signers: list[Signer], images: list[np.ndarray], count: int,
+                  encoders: list[Encoder] | None = None) -> list[bytes]:
+    """``count`` frame envelopes, round-robin over the robots (signed, or by ``encoders``,
+    one per robot); deadlines 60 s out."""
+    encoders = encoders or [Encoder(s) for s in signers]
     deadline = time.time_ns() + 60_000_000_000
     out = []
     for i in range(count):
@@ -95,11 +120,29 @@ def encode_frames(signers: list[Signer], images: list[np.ndarray], count: int) -
     return out
 
 
+def encode_session_frames(signers: list[Signer], images: list[np.ndarray], count: int,
+                          pool: PoolKey) -> tuple[list[tuple[str, bytes]], list[bytes]]:
+    """Each robot's signed session offer to ``pool`` (topic, envelope), then ``count`` frame
+    envelopes MACed under those sessions, round-robin over the robots."""
+    offers: list[tuple[str, bytes]] = []
+    encoders: list[Encoder] = []
+    for signer in signers:
+        offer, session = offer_session(signer.identity, signer.key_id, pool, Rotation())
+        offers.append((topics.session_topic(signer.identity), Encoder(signer).encode(offer)))
+        encoders.append(SessionEncoder(signer, functools.partial(_same, session), "up"))
+    return offers, encode_frames(signers, images, count, encoders)
+
+
+def _same(session: Session, _message: object) -> Session:
+    return session
+
+
 def peek_action(payload: bytes | memoryview) -> Action:
-    """Bench-only: read an Action body without verifying its signature."""
+    """Bench-only: read an Action body without verifying its signature or MAC."""
     view = memoryview(payload)
     header_len = int.from_bytes(view[3:5], "big")
-    body = view[PREFIX_SIZE + header_len: len(view) - SIGNATURE_SIZE]
+    trailer = TAG_SIZE if view[2] == SESSION_VERSION else SIGNATURE_SIZE
+    body = view[PREFIX_SIZE + header_len: len(view) - trailer]
     header = msgspec.msgpack.decode(view[PREFIX_SIZE: PREFIX_SIZE + header_len])
     if header.get("enc", 0) & 1:
         body = memoryview(lz4.frame.decompress(body))
@@ -207,8 +250,10 @@ def batching(device: str, count: int, images: list[np.ndarray],
     return out
 
 
-def decode_floor(frames: list[bytes], ring: Keyring) -> float:
-    decoder = Decoder(ring)  # no replay guard: the same frames may be decoded by the worker
+def decode_floor(frames: list[bytes], ring: Keyring,
+                 sessions: SessionVerifier | None = None) -> float:
+    # no replay guard: the same frames may be decoded by the worker
+    decoder = Decoder(ring, sessions=sessions)
     start = time.perf_counter()
     for payload in frames:
         decoder.decode(payload)
@@ -217,10 +262,14 @@ def decode_floor(frames: list[bytes], ring: Keyring) -> float:
 
 async def ceiling_run(count: int, images: list[np.ndarray], workdir: Path, *,
                       policy: str = "noop", device: str = "cpu",
-                      workers: int = 1) -> dict[str, Any]:
-    """``workers`` real worker processes in one group, fed over Mosquitto by 64 robots."""
+                      workers: int = 1, session: bool = False) -> dict[str, Any]:
+    """``workers`` real worker processes in one group, fed over Mosquitto by 64 robots
+    (``session``: in session integrity with pool ``gpu``)."""
     keys = workdir / "keys"
     robots = [add_key(keys, "robot", f"robot-{i:03d}") for i in range(64)]
+    extra = ["--session-pool", "gpu"] if session else []
+    if session:
+        add_pool_key(keys, "gpu")
     names = ["bench-worker"] if workers == 1 else [f"bench-worker-{i}" for i in range(workers)]
     for name in names:
         add_key(keys, "worker", name)
@@ -231,14 +280,21 @@ async def ceiling_run(count: int, images: list[np.ndarray], workdir: Path, *,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     try:
-        frames = encode_frames(robots, images, count)
-        floor = decode_floor(frames[: min(len(frames), 1000)], Keyring.load(keys))
+        offers: list[tuple[str, bytes]] = []
+        verifier = None
+        if session:
+            offers, frames = encode_session_frames(robots, images, count,
+                                                   load_pool_key(keys, "gpu"))
+            verifier = pool_verifier(offers, Keyring.load(keys), load_pool_secret(keys, "gpu"))
+        else:
+            frames = encode_frames(robots, images, count)
+        floor = decode_floor(frames[: min(len(frames), 1000)], Keyring.load(keys), verifier)
         for name in names:  # all start at once; each is waited for below
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "vlabus", "worker", "--bus", broker.url, "--keys",
                  str(keys), "--id", name, "--group", "bench", "--policy", policy, "--device",
                  device, "--max-batch", "32", "--max-delay-ms", "2", "--queue-size", "2048",
-                 "--broker-config", str(workdir / "broker"), "--json"],
+                 "--broker-config", str(workdir / "broker"), "--json", *extra],
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env))
         for proc in procs:
             assert proc.stderr is not None
@@ -253,6 +309,8 @@ async def ceiling_run(count: int, images: list[np.ndarray], workdir: Path, *,
         receiver = await open_transport(broker.url, broker.options(
             "robot-001", "bench-recv", inbox_size=1 << 16))
         await receiver.subscribe(f"{topics.PREFIX}/+/action", qos=0)
+        for topic, offer in offers:  # acknowledged by the broker, delivered before the frames
+            await sender.publish(topic, offer, qos=1)
         elapsed, got = await closed_loop(sender, receiver, frames, [r.identity for r in robots],
                                          WINDOW_MQTT, None)
         await sender.close()
@@ -283,6 +341,18 @@ async def ceiling_run(count: int, images: list[np.ndarray], workdir: Path, *,
     return out
 
 
+def pool_verifier(offers: list[tuple[str, bytes]], ring: Keyring,
+                  secret: PoolSecret) -> SessionVerifier:
+    """The pool's side of ``offers``: what checks the session frames (the decode floor)."""
+    table = SessionTable(Rotation())
+    decoder = Decoder(ring)
+    for _topic, wire in offers:
+        got = decoder.decode(wire)
+        assert isinstance(got.message, SessionOffer)
+        table.add(accept_offer(got.message, got.header.key, secret, Rotation()))
+    return SessionVerifier(table, "up")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object (default)")
@@ -311,6 +381,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             result["ceiling"] = asyncio.run(ceiling_run(frames, images, Path(tmp)))
         result["ceiling"]["target_frames_per_s"] = 1500
+        with tempfile.TemporaryDirectory() as tmp:  # the same, in session integrity
+            result["ceiling_session"] = asyncio.run(ceiling_run(frames, images, Path(tmp),
+                                                                session=True))
+        result["ceiling_session_vs_signed"] = round(
+            result["ceiling_session"]["frames_per_s"] / result["ceiling"]["frames_per_s"], 3)
         if "cuda" in devices:
             # the same process and load, serving the reference policy on the GPU; then
             # several such processes sharing the one GPU

@@ -88,6 +88,20 @@ def register(sub: Any) -> None:
                         help="accept session integrity (keyed MACs after a signed key "
                              "exchange) from robots offering it to pool NAME; its X25519 secret "
                              "is read from --keys (docs/security-session.md)")
+    parser.add_argument("--direct", default=None, metavar="tcp://HOST:PORT",
+                        help="also serve robots' frames on this ZeroMQ socket (port 0: any "
+                             "free one), advertised in the worker's status with its queue "
+                             "depth; replies return on the same connection "
+                             "(docs/security-session.md)")
+    parser.add_argument("--direct-advertise", default=None, metavar="tcp://HOST:PORT",
+                        help="the endpoint robots are told to connect to (default: the bound "
+                             "one; needed when --direct binds every interface)")
+    parser.add_argument("--direct-curve", action="store_true",
+                        help="encrypt the direct socket with CurveZMQ (a key pair made at "
+                             "start, its public key advertised in the signed status)")
+    parser.add_argument("--direct-status-s", type=positive_float, default=1.0, metavar="S",
+                        help="with --direct, repeat the status with the queue depth every S "
+                             "seconds (default 1)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on exit")
     parser.set_defaults(func=run)
 
@@ -154,6 +168,11 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
             from vlabus.session_link import PoolSessions
 
             sessions = PoolSessions(load_pool_secret(args.keys, args.session_pool))
+        direct = None
+        if args.direct:
+            from cloud_workers.direct import open_direct
+
+            direct = open_direct(args.direct, args.direct_advertise, curve=args.direct_curve)
     except (BusError, ValueError, TypeError, RuntimeError, ImportError, AttributeError,
             OSError) as exc:
         return {"exit_code": 1, "error": str(exc)}
@@ -170,7 +189,8 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
                                             exit_after_ns=int(args.stall_exit_s * 1e9)),
                           scheduler=args.scheduler, slot_hints=args.slot_hints,
                           detail={"device": device, "max_batch": str(args.max_batch),
-                                  "scheduler": args.scheduler, "threads": str(threads)})
+                                  "scheduler": args.scheduler, "threads": str(threads),
+                                  **(direct.detail() if direct else {})})
     # /healthz answers while the bus is waited for, so an orchestrator does not restart a
     # worker for its bus being down; /readyz follows once it serves
     server = None
@@ -178,8 +198,11 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
         server = MetricsServer(metrics.registry, args.metrics_host, args.metrics_port,
                                labels={"worker": worker_id}).start()
         log.warning("metrics on http://%s:%d/metrics", args.metrics_host, server.port)
-    opener = functools.partial(open_when_up, what=f"worker {worker_id}",
-                               timeout_s=args.connect_timeout)
+    opener: Any = functools.partial(open_when_up, what=f"worker {worker_id}",
+                                    timeout_s=args.connect_timeout)
+    if direct is not None:
+        log.warning("direct data plane on %s", direct.endpoint)
+        opener = direct.opener(opener)
     try:
         worker = await _interruptible(open_worker(args.bus, signer, keyring, runner,
                                                   config=config, metrics=metrics,
@@ -188,10 +211,14 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
     except (BusError, OSError) as exc:
         if server is not None:
             server.close()
+        if direct is not None:
+            direct.close()
         return {"exit_code": 2, "error": f"cannot reach {args.bus}: {exc}"}
     if worker is None:  # SIGINT/SIGTERM while waiting for the bus
         if server is not None:
             server.close()
+        if direct is not None:
+            direct.close()
         return {"exit_code": 0, "worker": worker_id, "models": runner.models, "device": device,
                 **metrics.summary.as_dict(), "transport": {}}
 
@@ -207,6 +234,11 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
     ]
     if args.status_every > 0 and not args.json:
         background.append(asyncio.create_task(_status_lines(worker, args.status_every)))
+    if direct is not None:
+        from cloud_workers.direct import advertise
+
+        direct.attach(worker)
+        background.append(asyncio.create_task(advertise(worker, args.direct_status_s)))
 
     async def mark_ready() -> None:
         await worker.ready.wait()

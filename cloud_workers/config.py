@@ -31,9 +31,12 @@ class WorkerConfig:
 
 
 def worker_status(config: WorkerConfig, state: str, session: int,
-                  models: dict[str, int], *, degraded: str = "") -> Status:
+                  models: dict[str, int], *, degraded: str = "",
+                  queue_depth: int | None = None) -> Status:
     """The worker's retained birth/death message; ``detail`` names its group, and its
-    ``health`` (``ok``, or ``degraded`` with the ``reason``, while out of the pool)."""
+    ``health`` (``ok``, or ``degraded`` with the ``reason``, while out of the pool); with a
+    direct data plane, ``config.detail`` holds its endpoint and ``queue_depth`` its load."""
     health = {"health": "degraded", "reason": degraded} if degraded else {"health": "ok"}
     return status_message(config.worker_id, "worker", state, session=session, models=models,
-                          detail={"group": config.group, **config.detail, **health})
+                          detail={"group": config.group, **config.detail, **health},
+                          queue_depth=queue_depth)

@@ -45,6 +45,7 @@ from security.keys import Keyring, Signer
 from vlabus.bus.transport import Message as BusMessage
 from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
 from vlabus.bus.wait import Opener
+from vlabus.direct.server import Routed
 from vlabus.inbound import Rejections, accept
 from vlabus.session_link import PoolSessions
 from vlabus.session_wire import SessionEncoder
@@ -223,6 +224,8 @@ class Worker:
         got = accept(self.decoder, message, self.rejections, on_error=self._refused)
         if got is None or (self.sessions is not None and self.sessions.take(got)):
             return None
+        if isinstance(message, Routed):  # direct plane: answer on the connection it came on
+            message.verified(got.header.sender)
         meta = RequestMeta(got.header, message.received_ns, time.perf_counter_ns() - start)
         request = to_request(got.header, got.message, meta, models=self.runner.policies,
                              default_model=self._default_model, now_ns=time.time_ns())

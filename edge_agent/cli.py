@@ -101,6 +101,11 @@ def register(sub: Any) -> None:
                         help="send frames in session integrity (a keyed MAC after one signed "
                              "key exchange) to worker pool NAME, whose public X25519 key is "
                              "read from --keys; its workers need --session-pool NAME too")
+    parser.add_argument("--direct", action="store_true",
+                        help="send frames straight to a worker's direct socket (workers "
+                             "started with --direct), chosen by the queue depth they advertise; "
+                             "the bus carries everything else, and a frame no direct worker "
+                             "can take")
     parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     parser.set_defaults(func=run)
 
@@ -151,9 +156,9 @@ async def edge_command(args: argparse.Namespace) -> dict[str, Any]:
     except (BusError, OSError) as exc:
         return {"error": str(exc), "exit_code": 1}
     try:
-        if args.robots > 1 and args.session_pool:
-            return {"error": "--session-pool runs one robot per process, not with --robots",
-                    "exit_code": 1}
+        if args.robots > 1 and (args.session_pool or args.direct):
+            return {"error": "--session-pool and --direct run one robot per process, not "
+                             "with --robots", "exit_code": 1}
         if args.robots > 1:
             from edge_agent.fleetcli import run_fleet_command
 
@@ -234,6 +239,14 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
                 stop.set()
 
         transport.connecting.add_done_callback(gave_up)
+        if args.direct:  # frames straight to a worker's socket; the rest on the bus
+            from security.keys import Keyring
+            from vlabus.direct.robot import DirectTransport
+
+            direct = DirectTransport(transport, robot_id, Keyring.load(args.keys))
+            await direct.start()
+            status.append(asyncio.create_task(watch_connection(direct, f"robot {robot_id}")))
+            return direct
         status.append(asyncio.create_task(watch_connection(transport, f"robot {robot_id}")))
         return transport
 

@@ -7,21 +7,34 @@ known, so each reply is a point (bytes, transfer time) of the line
 
     transfer = base + bytes x ns_per_byte
 
-``base`` is what any frame pays (propagation, broker hops, the small action coming back),
-``ns_per_byte`` the uplink's rate. With frames of different sizes in the window (the codec moves
-between rungs, cameras differ) the line is fitted robustly (Theil-Sen: the median slope of pairs
-of points whose sizes differ by ``spread`` x and ``min_delta`` bytes or more). With one size
-only the two cannot be told apart: the fastest transfer is taken as the base and the rest is
-charged per byte, which lets the chooser try the next rung up, and so get a second size.
+``base`` is what any frame pays whatever its size (propagation, broker hops, a bridge that holds
+small packets back, the small action coming back), ``ns_per_byte`` the uplink's rate. The two are
+told apart so that a fixed delay shrinks the time left for the bytes but is never read as a slow
+link:
+
+* **rate** — with frames of different sizes in the window (the codec moves between rungs,
+  cameras differ) the slope is fitted robustly (Theil-Sen: the median slope of pairs of points
+  whose sizes differ by ``spread`` x and ``min_delta`` bytes or more, weighted by how far apart
+  they are). A size-independent delay, even one that comes and goes, moves both points of a
+  pair alike and so leaves the median slope alone. On a link the robots share and step up or
+  down together, the slope is the robot's share of the link, not the line rate: that is the
+  rate its frames see. With one size only, or too few pairs, the last fit stands for
+  ``slope_memory_ns``; without one, the fastest frame is the estimate (a frame of n bytes that
+  arrived in t ns shows the link moves n / t bytes per ns or more, whatever delay came with
+  it): cautious, never absurd, and it lets the chooser try the next rung up, and so get a
+  second size. The fit never claims a link faster than ``rate_headroom`` x that.
+* **base** — the median of what is left once the bytes are paid for (the residuals
+  transfer - bytes x ``ns_per_byte``): what a typical frame pays on top of its bytes. A delay
+  that comes and goes (Nagle's algorithm, a scheduler) raises it; it does not steepen the line.
 
 A robot alone cannot see its share of a link other robots use too: a frame sent while the link
 is idle moves at the full rate. It can see the queue building when the robots together send
-more than the link carries: ``queue_ns`` is how much longer *each* of the latest transfers took
-than the fastest point of the window predicts for its size (the delay gradient congestion
-controllers use). A standing queue delays every frame; a scheduling stall, or Nagle holding one
-small packet back, delays some, so the least delayed of the latest replies is the signal. A
-step that ends without any reply (the frame expired in a queue) is counted in ``misses``
-(within ``miss_window_ns``).
+more than the link carries: ``queue_ns`` is how far the residuals of *all* the latest
+``recent`` replies rose above the least delayed reply of the last ``horizon_ns`` (the
+min-filtered round trip of BBR). A queue delays every later frame; a delay that comes and goes
+(a scheduling stall, Nagle holding one small packet back) spares some of them, so the least
+delayed of the latest replies stays near the floor. A step that ends without any reply (the
+frame expired in a queue) is counted in ``misses`` (within ``miss_window_ns``).
 
 Plain logic with an injected clock: samples older than ``horizon_ns`` are forgotten, so a link
 that recovers is seen as such.
@@ -89,7 +102,8 @@ class UplinkEstimator:
     def __init__(self, clock: Clock = time.monotonic_ns, *, window: int = 32,
                  horizon_ns: int = 10_000_000_000, worker_quantile: float = 0.9,
                  spread: float = 1.15, min_delta: int = 2000, recent: int = 4,
-                 miss_window_ns: int = 300_000_000) -> None:
+                 miss_window_ns: int = 300_000_000, rate_headroom: float = 4.0,
+                 slope_memory_ns: int = 30_000_000_000, history: int = 256) -> None:
         self._clock = clock
         self._samples: deque[_Sample] = deque(maxlen=window)
         self._worker: deque[tuple[int, int]] = deque(maxlen=window)
@@ -100,13 +114,19 @@ class UplinkEstimator:
         self._min_delta = min_delta
         self._recent = recent
         self._miss_window = miss_window_ns
+        self._headroom = rate_headroom
+        self._history: deque[_Sample] = deque(maxlen=history)  # every sample of the horizon
+        self._slope_memory = slope_memory_ns
+        self._slope: tuple[int, float] | None = None  # (when, ns per byte) of the last fit
 
     def reply(self, nbytes: int, transfer_ns: int, worker_ns: int) -> None:
         """A cloud action came back for a frame of ``nbytes``: ``transfer_ns`` is its round trip
         less robot encode/decode and the worker's span ``worker_ns``."""
         now = self._clock()
         if nbytes > 0:
-            self._samples.append(_Sample(now, nbytes, max(1, transfer_ns)))
+            sample = _Sample(now, nbytes, max(1, transfer_ns))
+            self._samples.append(sample)
+            self._history.append(sample)
         self._worker.append((now, max(0, worker_ns)))
 
     def missed(self, nbytes: int, budget_ns: int) -> None:
@@ -120,6 +140,8 @@ class UplinkEstimator:
         now = self._clock()
         while self._samples and self._samples[0].at_ns < now - self._horizon:
             self._samples.popleft()
+        while self._history and self._history[0].at_ns < now - self._horizon:
+            self._history.popleft()
         while self._worker and self._worker[0][0] < now - self._horizon:
             self._worker.popleft()
         samples = list(self._samples)
@@ -128,26 +150,27 @@ class UplinkEstimator:
         misses = sum(1 for at in self._misses if at >= now - self._miss_window)
         worker = [float(w) for _, w in self._worker]
         worker_ns = int(_quantile(worker, self._worker_q)) if worker else 0
+        # the link moved n bytes in t ns or less: the cost of a byte when nothing else is known
+        proven = min(s.transfer_ns / s.nbytes for s in samples)
         fit = self._fit(samples)
-        if fit is None:  # one size only: the fastest is the base, the rest per byte
-            base = float(min(s.transfer_ns for s in samples))
-            per_byte = max(1e-3, _quantile([(s.transfer_ns - base) / s.nbytes
-                                            for s in samples], 0.75))
-            slope = 0.0
-        else:
-            base, slope = fit
-            per_byte = slope
-        # queueing: the latest transfers against the fastest point, along the fitted slope
-        floor = min(s.transfer_ns - slope * s.nbytes for s in samples)
-        queue = [s.transfer_ns - slope * s.nbytes - floor for s in samples[-self._recent:]]
-        return UplinkEstimate(per_byte, worker_ns, len(samples), int(min(queue)),
-                              int(base), misses)
+        if fit is not None:
+            self._slope = (now, fit)
+        elif self._slope is not None and now - self._slope[0] <= self._slope_memory:
+            fit = self._slope[1]
+        per_byte = proven if fit is None else max(fit, proven / self._headroom)
+        residuals = [s.transfer_ns - per_byte * s.nbytes for s in samples]
+        typical = statistics.median(residuals)
+        # queueing: how far all the latest replies rose above the least delayed of the horizon
+        floor = min(s.transfer_ns - per_byte * s.nbytes for s in self._history)
+        queue = min(residuals[-self._recent:]) - floor
+        return UplinkEstimate(max(per_byte, 1e-3), worker_ns, len(samples),
+                              int(max(0.0, queue)), int(max(0.0, typical)), misses)
 
-    def _fit(self, samples: list[_Sample]) -> tuple[float, float] | None:
-        """(base ns, ns per byte) by Theil-Sen over pairs of different sizes; None without
-        enough of them. The slope is the median of the pair slopes weighted by how far apart
-        the pair's sizes are (a jitter of a few ms turns a pair 2 kB apart into a wild slope,
-        not a pair 20 kB apart), the base the median intercept below it."""
+    def _fit(self, samples: list[_Sample]) -> float | None:
+        """ns per byte by Theil-Sen over pairs of different sizes; None without enough of
+        them. The median of the pair slopes weighted by how far apart the pair's sizes are (a
+        jitter of a few ms turns a pair 2 kB apart into a wild slope, not a pair 20 kB
+        apart)."""
         slopes = []
         for i, a in enumerate(samples):
             for b in samples[i + 1:]:
@@ -158,11 +181,11 @@ class UplinkEstimator:
                     slopes.append(((large.transfer_ns - small.transfer_ns) / delta, delta))
         if len(slopes) < 8:
             return None
-        slope = max(_weighted_median(slopes), 1e-3)
-        base = statistics.median(s.transfer_ns - slope * s.nbytes for s in samples)
-        return max(0.0, base), slope
+        return _weighted_median(slopes)
 
     def clear(self) -> None:
         self._samples.clear()
         self._worker.clear()
         self._misses.clear()
+        self._history.clear()
+        self._slope = None
