@@ -309,7 +309,8 @@ class EdgeAgent:
         cause = Cause.REJECTED_REPLY if pending is not None and pending.rejected else Cause.TIMEOUT
         if cause is Cause.TIMEOUT:
             self.cameras.missed(corr)  # no reply in time: the uplink may be what is slow
-            self.refill.missed()
+            if self.config.slot_hints:
+                self.refill.missed()
         self.breaker.missed(probe=probe)
         if hedge is None:  # its timer did not get to run (a stalled loop): start it now
             hedge = submit()
