@@ -6,7 +6,9 @@ two ``vlabus worker --policy noop``, two ``vlabus edge --sim``) for M minutes. E
 seconds the hub is stopped and started on the same port. Each process's RSS and open files are
 sampled every ``--sample-every`` seconds from /proc, and their slopes over the run (MB/min,
 files/min, least squares, the first minute or fifth left out as warm-up) are reported per
-process. The accounting: each robot's summary must show one action per step (cloud + fallback
+process. A process that was restarted is fitted with one slope and an intercept per run of it
+(the first ``SETTLE_S`` of each run left out), so the restarts' own start-up does not count as
+growth. The accounting: each robot's summary must show one action per step (cloud + fallback
 = steps, none without an action), and each worker's frames received = served + rejected +
 counted drops (the sum of its ``dropped`` causes), for the last run of each worker process.
 """
@@ -30,6 +32,7 @@ from typing import Any
 from bench.common import environment
 
 ROBOTS = ("robot-a", "robot-b")
+SETTLE_S = 15.0  # of each run of a restarted process, start-up rather than steady state
 WORKERS = ("worker-1", "worker-2")
 
 
@@ -38,7 +41,7 @@ class Proc:
     name: str
     argv: list[str]
     popen: subprocess.Popen[bytes] | None = None
-    samples: list[tuple[float, float, int]] = field(default_factory=list)  # (t, MB, fds)
+    samples: list[tuple[float, float, int, int]] = field(default_factory=list)  # t, MB, fds, run
     summaries: list[dict[str, Any]] = field(default_factory=list)
     restarts: int = 0
 
@@ -57,7 +60,7 @@ class Proc:
             return
         rss_kb = next(int(line.split()[1]) for line in status.splitlines()
                       if line.startswith("VmRSS:"))
-        self.samples.append((t, rss_kb / 1024, fds))
+        self.samples.append((t, rss_kb / 1024, fds, self.restarts))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
         popen = self.popen
@@ -76,17 +79,21 @@ class Proc:
         self.popen = None
 
 
-def slope(points: list[tuple[float, float]]) -> float | None:
-    """Least-squares slope of ``points`` per minute (None with fewer than 3)."""
+def slope(points: list[tuple[float, float]], runs: list[int] | None = None) -> float | None:
+    """Least-squares slope of ``points`` per minute (None with fewer than 3); with ``runs``
+    (which run of the process each point is from), one common slope with an intercept per run."""
     if len(points) < 3:
         return None
-    n = len(points)
-    mean_t = sum(t for t, _ in points) / n
-    mean_v = sum(v for _, v in points) / n
-    var = sum((t - mean_t) ** 2 for t, _ in points)
-    if var == 0:
-        return None
-    return 60 * sum((t - mean_t) * (v - mean_v) for t, v in points) / var
+    groups: dict[int, list[tuple[float, float]]] = {}
+    for i, point in enumerate(points):
+        groups.setdefault(runs[i] if runs is not None else 0, []).append(point)
+    cov = var = 0.0
+    for group in groups.values():
+        mean_t = sum(t for t, _ in group) / len(group)
+        mean_v = sum(v for _, v in group) / len(group)
+        var += sum((t - mean_t) ** 2 for t, _ in group)
+        cov += sum((t - mean_t) * (v - mean_v) for t, v in group)
+    return None if var == 0 else 60 * cov / var
 
 
 def free_port() -> int:
@@ -152,13 +159,18 @@ def report(everyone: list[Proc], robots: list[Proc], workers: list[Proc],
     warm = min(60.0, seconds / 5)
     processes = {}
     for proc in everyone:
-        kept = [s for s in proc.samples if s[0] >= warm]
+        started: dict[int, float] = {}
+        for t, _, _, run in proc.samples:
+            started.setdefault(run, t)
+        kept = [s for s in proc.samples if s[0] >= warm
+                and (s[3] == 0 or s[0] >= started[s[3]] + SETTLE_S)]
+        runs = [run for *_, run in kept]
         processes[proc.name] = {
             "restarts": proc.restarts, "samples": len(kept),
             "rss_mb_last": round(kept[-1][1], 1) if kept else None,
-            "rss_mb_per_min": _round(slope([(t, mb) for t, mb, _ in kept])),
+            "rss_mb_per_min": _round(slope([(t, mb) for t, mb, _, _ in kept], runs)),
             "open_files_last": kept[-1][2] if kept else None,
-            "open_files_per_min": _round(slope([(t, float(fds)) for t, _, fds in kept])),
+            "open_files_per_min": _round(slope([(t, float(fds)) for t, _, fds, _ in kept], runs)),
         }
     accounting = {}
     for proc in robots:

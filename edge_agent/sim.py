@@ -170,7 +170,7 @@ def summarize(agent: EdgeAgent, **extra: Any) -> dict[str, Any]:
         local_inference_ms={"p50": round(agent.local.latency.quantile(0.5) / 1e6, 4),
                             "p99": round(agent.local.latency.quantile(0.99) / 1e6, 4)},
         codec=agent.cameras.summary(),
-        transport=agent.transport.counters(),
+        transport=agent.transport.counters(),  # outbox, drops, reconnects, takeovers
         **extra,
     )
 

@@ -87,12 +87,13 @@ class Rejections:
 
 
 def accept(decoder: Decoder, message: Message, rejections: Rejections, *,
-           on_error: Callable[[WireError, Message], None] | None = None) -> Received | None:
+           on_error: Callable[[WireError, Message], None] | None = None,
+           commit: bool = True) -> Received | None:
     """Decode ``message`` (bound to the topic it arrived on) or count and log why not; never
     raises for bad input. ``on_error`` also sees each refusal (a worker answers a refused
-    session with it)."""
+    session with it). ``commit=False``: the caller checks more, then ``decoder.commit``."""
     try:
-        return decoder.decode(message.payload, topic=message.topic)
+        return decoder.decode(message.payload, topic=message.topic, commit=commit)
     except UnknownKeyError as exc:
         rejections.count(exc.reason)
         if rejections.unknown_key(exc):

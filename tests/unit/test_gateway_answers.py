@@ -3,6 +3,7 @@ a verified chunk, a forged reply refused (late), a bus that is down, a local fal
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -109,3 +110,53 @@ async def bus_down(keydir: KeyDir) -> None:
     finally:
         await plain.remote.close()
         await local.remote.close()
+
+
+def test_an_unusable_signed_reply_does_not_move_the_workers_window(keydir: KeyDir) -> None:
+    """A worker-signed action whose chunk is unusable (NaN), arriving before that worker's
+    earlier, genuine answer, is refused without moving the worker's sequence window: the
+    genuine one is still accepted (it would be refused as a replay otherwise)."""
+    run(unusable_first(keydir))
+
+
+async def unusable_first(keydir: KeyDir) -> None:
+    from schemas.arrays import pack_array
+    from schemas.messages import Action, Frame
+    from schemas.topics import action_topic, frame_topic
+    from security.replay import ReplayGuard
+    from vlabus.inbound import Rejections, accept
+    from vlabus.wire import Decoder
+
+    reset_memory("gw-window")
+    cloud_bus = await open_transport("memory://gw-window", TransportOptions(client_id="worker-1"))
+    await cloud_bus.subscribe(frame_topic("robot-a"))
+    encoder = Encoder(keydir.signers["worker-1"])
+    decoder = Decoder(keydir.ring, ReplayGuard())
+
+    async def respond() -> None:
+        message = await cloud_bus.receive()
+        received = accept(decoder, message, Rejections())
+        assert received is not None
+        frame = received.message
+        assert isinstance(frame, Frame)
+
+        def action(values: np.ndarray) -> bytes:
+            return encoder.encode(Action(
+                robot_id="robot-a", step=frame.step, actions=pack_array(values), model="m",
+                model_version=1, worker_id="worker-1"), corr=received.header.corr)
+
+        genuine = action(np.zeros((4, 14), np.float32))  # sequence n
+        unusable = action(np.full((4, 14), np.nan, np.float32))  # sequence n + 1
+        for wire in (unusable, genuine):
+            await cloud_bus.publish(action_topic("robot-a"), wire, qos=1)
+
+    gw = await gateway("memory://gw-window", keydir)
+    try:
+        responder = asyncio.create_task(respond())
+        answer = unpackb(await gw.answer(request()))  # type: ignore[arg-type]
+        await responder
+        assert answer["actions"].shape == (4, 14)
+        assert gw.remote.rejections.by_reason == {"schema": 1}
+    finally:
+        await close(gw)
+        await cloud_bus.close()

@@ -126,7 +126,9 @@ def test_rate_1_follows_recorded_timing_and_order(keydir: KeyDir, tmp_path: Path
     first_recv, first_log = got[0].received_ns, expected[0][2]
     lateness_ms = sorted(((m.received_ns - first_recv) - (log_ns - first_log)) / 1e6
                          for m, (_t, _w, log_ns) in zip(got, expected, strict=True))
-    assert lateness_ms[0] > -2.0  # never early
+    # Received times carry delivery jitter both ways, the first message's included, so
+    # "never early" is checked on the replayer's own clock: no publish before it was due.
+    assert min(stats.offsets.samples) >= 0.0
     assert lateness_ms[len(lateness_ms) // 2] < 20.0  # the median on time; a stall is allowed
     offsets = stats.as_dict()["offset_ms"]
     assert offsets["count"] == len(written) == stats.published

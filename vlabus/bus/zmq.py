@@ -1,24 +1,22 @@
 """``zmq://HOST:PORT``: the Transport over the vlabus hub (:mod:`vlabus.hub.server`), with pyzmq.
 
-One DEALER socket carries publish, subscribe and delivery. It is driven from the event loop's
-thread: ``loop.add_reader`` on the socket's edge-triggered FD drains it straight into the
-:class:`Inbox` (the one bridge into asyncio; measured faster for round trips than zmq.asyncio's
-per-recv futures or an I/O thread, see docs/performance.md). Because the FD is edge-triggered,
-every send is followed by an ``EVENTS`` check that reschedules the drain. Frames are built and
-read with :mod:`vlabus.hub.protocol`; subscriptions, retained messages, QoS 1 in flight, the
-outbox and the publish checks are the shared :class:`~vlabus.bus.session.Session`.
+One DEALER socket carries publish, subscribe and delivery, driven from the event loop's thread:
+``loop.add_reader`` on its edge-triggered FD drains it into the :class:`Inbox` (faster for round
+trips than zmq.asyncio or an I/O thread, see docs/performance.md); every send is followed by an
+``EVENTS`` check that reschedules the drain. Frames: :mod:`vlabus.hub.protocol`; subscriptions,
+retained messages, QoS 1 in flight, outbox, publish checks: :class:`~vlabus.bus.session.Session`.
 
 Reconnects are ZeroMQ's own (a socket a protocol error ended for good is rebuilt:
 :mod:`vlabus.bus.zmqsocket`, counted in ``rebuilt``); on every completed handshake (socket
-monitor) the client re-sends HELLO (its will and heartbeat), its subscriptions, its retained
-messages and unacknowledged QoS 1 publishes, so a restarted hub relearns everything.
-``IMMEDIATE`` keeps libzmq from queueing into a dead connection; while disconnected, publishes
-wait in our bounded outbox instead (oldest dropped and counted; expired ones dropped at flush
-and counted).
+monitor), and when the hub says it forgot us (``rejoined``), the client re-sends HELLO, its
+subscriptions, retained messages and unacknowledged QoS 1 publishes. ``IMMEDIATE`` keeps libzmq
+from queueing into a dead connection; while disconnected, publishes wait in our bounded outbox
+(oldest dropped and counted; expired ones dropped at flush and counted).
 
 A subscription made while connected waits for the hub's answer, as MQTT's SUBACK: ACK, or NACK
 from its access rules (:class:`SubscribeRejected`). Those re-sent after a handshake are not
-confirmed; a refusal then is logged and counted in ``denied``.
+confirmed; a refusal then is logged and counted in ``denied``. A client whose id a newer
+connection took over is disconnected for ``takeover_hold_s`` (:class:`~vlabus.bus.backoff.Flaps`).
 """
 
 from __future__ import annotations
@@ -34,6 +32,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from schemas.errors import SubscribeRejected, TransportError
+from vlabus.bus.backoff import Backoff, Flaps
 from vlabus.bus.inbox import Inbox, Receiving
 from vlabus.bus.inflight import Inflight, complete, fail_quietly
 from vlabus.bus.session import Session
@@ -67,8 +66,12 @@ class ZmqTransport(Receiving):
         self._connected = False
         self._stats = dict.fromkeys(("published", "reconnects", "outbox_dropped",
                                      "expired_dropped", "hwm_dropped", "malformed", "denied",
-                                     "rebuilt"), 0)
+                                     "rebuilt", "rejoined"), 0)
         self._handshakes = 0
+        self._flaps = Flaps(Backoff(), options.extra, options.client_id)
+        self._stats.update(self._flaps.counts)
+        self._linked = False  # the socket's connection is up (we may still be taken over)
+        self._rejoin: asyncio.TimerHandle | None = None
         self._sock, self._monitor = self._open_socket()
         self._ping = self._loop.call_later(heartbeat_ms / 1000, self._send_ping)
 
@@ -95,34 +98,19 @@ class ZmqTransport(Receiving):
     def connected(self) -> bool:
         return not self._session.closed and self._connected
 
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes | bytearray | memoryview,
-        *,
-        qos: int = 0,
-        retain: bool = False,
-        expiry_s: float | None = None,
-    ) -> None:
-        """See :class:`Transport`. Payloads of 64 KiB or more are sent without copying: do not
-        change the buffer behind a ``memoryview`` after publishing it."""
+    async def publish(self, topic: str, payload: bytes | bytearray | memoryview, *, qos: int = 0,
+                      retain: bool = False, expiry_s: float | None = None) -> None:
+        """See :class:`Transport`; 64 KiB or more is sent without copying (keep the buffer)."""
         # shielded: a caller that gives up waiting leaves the publish to be acknowledged (or
         # re-sent after a reconnect) like any other
         await asyncio.shield(self.publish_nowait(topic, payload, qos=qos, retain=retain,
                                                  expiry_s=expiry_s))
 
-    def publish_nowait(
-        self,
-        topic: str,
-        payload: bytes | bytearray | memoryview,
-        *,
-        qos: int = 0,
-        retain: bool = False,
-        expiry_s: float | None = None,
-    ) -> asyncio.Future[None]:
-        """See :class:`Transport`. QoS 1: the future fails with ``TransportError`` when the hub
-        has not acknowledged within two keepalive intervals; a connection lost meanwhile
-        completes it and keeps the publish, to be re-sent after the next handshake."""
+    def publish_nowait(self, topic: str, payload: bytes | bytearray | memoryview, *,
+                       qos: int = 0, retain: bool = False,
+                       expiry_s: float | None = None) -> asyncio.Future[None]:
+        """QoS 1: fails with ``TransportError`` unacknowledged after two keepalive intervals; a
+        connection lost meanwhile completes it and keeps the publish, to be re-sent."""
         session = self._session
         session.check_publish(topic, payload, qos)
         expires_ns = time.time_ns() + int(expiry_s * 1e9) if expiry_s is not None else 0
@@ -166,9 +154,8 @@ class ZmqTransport(Receiving):
             fail_quietly(entry.future, exc)
 
     async def subscribe(self, pattern: str, *, group: str | None = None, qos: int = 1) -> None:
-        """See :class:`Transport`. Connected, it waits for the hub's answer, like MQTT's SUBACK:
-        a subscription the hub's access rules refuse raises :class:`SubscribeRejected` and is
-        not kept. Disconnected, it is kept and sent after the next handshake, unconfirmed."""
+        """Connected: waits for the hub's answer (as SUBACK), :class:`SubscribeRejected` if refused.
+        Disconnected: kept and sent after the next handshake, unconfirmed."""
         self._session.check_subscribe(pattern, group)
         self._session.subscribed(pattern, group, qos)
         if not self._connected:
@@ -208,7 +195,7 @@ class ZmqTransport(Receiving):
         self._shutdown()
 
     def abort(self) -> None:
-        """Vanish without BYE: the hub publishes the will (tests of liveness)."""
+        """Vanish without BYE: the hub publishes the will."""
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -217,6 +204,8 @@ class ZmqTransport(Receiving):
         self._session.closed = True
         self._ping.cancel()
         self._rebuilder.cancel()
+        if self._rejoin is not None:
+            self._rejoin.cancel()
         self._close_socket()
         self._inbox.close()
         for entry in self._session.inflight.clear():
@@ -226,14 +215,10 @@ class ZmqTransport(Receiving):
             fail_quietly(future, TransportError("zmq transport closed"))
         fail_quietly(self._welcome, TransportError("zmq transport closed"))
 
-    # -- socket I/O, all on the loop thread --------------------------------------------------
-
     def _send(self, frames: list[Any]) -> bool:
-        """Send without blocking; False when there is no connection or the HWM is reached.
-
-        Frame by frame with plain-int flags: ``send_multipart`` costs ~2 us more per message
-        (enum arithmetic). Small frames are copied (cheaper than pinning), large ones are not.
-        A multipart message is atomic, so only the first frame can raise ``Again``."""
+        """Send without blocking; False with no connection or at the HWM. Frame by frame with
+        plain-int flags (``send_multipart`` costs ~2 us more); small frames copied, large ones
+        not; a multipart message is atomic, so only the first frame can raise ``Again``."""
         sock = self._sock
         last = len(frames) - 1
         try:
@@ -297,8 +282,16 @@ class ZmqTransport(Receiving):
         self._loop.call_soon(self._drain)  # more may be waiting; let other tasks run first
 
     def _refused(self, mid: bytes, reason: str) -> None:
-        """The hub's access rules refused a publish, subscription or will: a QoS 1 publish
-        fails with the reason; anything else is logged. Both are counted in ``denied``."""
+        """A NACK: the hub forgot us or gave our id to a newer connection; or its access rules
+        refused a publish, subscription or will (counted in ``denied``, QoS 1 fails)."""
+        if not mid and reason.startswith(proto.FORGOTTEN):  # silent too long: HELLO again
+            self._stats["rejoined"] += 1
+            return self._resync()
+        if not mid and reason.startswith(proto.TAKEN_OVER):
+            self._connected = False
+            self._stats.update(self._flaps.down(self._loop.time(), taken_over=True))
+            self._rejoin = self._loop.call_later(self._flaps.backoff.next_delay(), self._take_back)
+            return None
         self._stats["denied"] += 1
         entry = self._session.inflight.pop(mid) if mid else None
         wait = self._sub_waits.pop(mid, None) if mid else None
@@ -308,6 +301,13 @@ class ZmqTransport(Receiving):
             fail_quietly(wait[0], SubscribeRejected(wait[1], 0x87, f"Not authorized ({reason})"))
         else:
             log.warning("zmq: hub refused: %s", reason)
+        return None
+
+    def _take_back(self) -> None:  # the takeover hold is over: say HELLO again
+        self._rejoin = None
+        if self._linked and not self._session.closed:
+            self._connected = True
+            self._resync()
 
     def _malformed(self, parts: list[Any], why: object) -> None:
         self._stats["malformed"] += 1
@@ -321,16 +321,17 @@ class ZmqTransport(Receiving):
                 self._rebuilder.attempt()
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._rebuilder.connected()
-                self._connected = True
+                self._linked, self._connected = True, self._rejoin is None  # not while held
                 self._handshakes += 1
                 if self._handshakes > 1:
                     self._stats["reconnects"] += 1
-                self._resync()
+                if self._connected:
+                    self._resync()
             elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and self._handshakes:
                 self._rebuilder.lost()  # after a connection we had: rebuild, not give up
             elif event == zmq.EVENT_DISCONNECTED:
                 self._rebuilder.lost()
-                self._connected = False
+                self._linked = self._connected = False
                 for entry in self._session.inflight.values():  # kept: re-sent after handshake
                     if entry.timer is not None:
                         entry.timer.cancel()

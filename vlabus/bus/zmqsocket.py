@@ -47,13 +47,27 @@ def make_dealer(ctx: zmq.Context[Any], opts: TransportOptions,
     extra = opts.extra
     sock.setsockopt(zmq.RECONNECT_IVL, int(1000 * float(extra.get("reconnect_min_s", 0.1))))
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(1000 * float(extra.get("reconnect_max_s", 2))))
-    sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * heartbeat_ms)
+    tcp_liveness(sock, heartbeat_ms)
     if opts.curve is not None:
         sock.curve_serverkey = opts.curve.server_public
         sock.curve_publickey = opts.curve.public
         sock.curve_secretkey = opts.curve.secret
     return cast("zmq.Socket[Any]", sock)
+
+
+def tcp_liveness(sock: zmq.Socket[Any], heartbeat_ms: int) -> None:
+    """Find a dead peer within about three ``heartbeat_ms`` with the kernel's TCP keepalive
+    (probes after ``heartbeat_ms`` of silence, one a second, three unanswered) and
+    ``TCP_MAXRT`` (data unacknowledged for 3 × ``heartbeat_ms``), not ZMTP heartbeats: libzmq
+    4.3 aborts the whole process (``Assertion failed: !_io_error``, libzmq issues 3937, 4767)
+    when a heartbeat times out while a socket's input is stopped by a full receive queue, which
+    is what a stalled reader's socket is. Liveness of the application itself is the hub's PING.
+    """
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, max(1, round(heartbeat_ms / 1000)))
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+    sock.setsockopt(zmq.TCP_MAXRT, 3 * heartbeat_ms)
 
 
 class Rebuilder:

@@ -51,7 +51,8 @@ def register(sub: Any) -> None:
                              f"refused (NACK) and counted in too_large (default {MAX_PAYLOAD}, "
                              "what clients accept)")
     parser.add_argument("--heartbeat-ms", type=int, default=1000,
-                        help="ZMTP heartbeat interval; the peer times out after 3x (default 1000)")
+                        help="a client silent for 3x this is gone (its will published); TCP "
+                             "keepalive probes a silent connection after this (default 1000)")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
                         help="serve /metrics /healthz /readyz (0 picks a free port)")
     parser.add_argument("--metrics-host", default="127.0.0.1")

@@ -25,7 +25,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from vlabus.bus.transport import MAX_PAYLOAD
-from vlabus.bus.zmqsocket import readable
+from vlabus.bus.zmqsocket import readable, tcp_liveness
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ class Peer:
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.MAXMSGSIZE, max_payload + 1024)
         sock.setsockopt(zmq.RCVHWM, 1000)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * heartbeat_ms)
+        tcp_liveness(sock, heartbeat_ms)  # not ZMTP heartbeats: known trap 12
         if curve is not None:
             sock.curve_serverkey = curve.server_public
             sock.curve_publickey = curve.public

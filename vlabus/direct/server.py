@@ -34,7 +34,7 @@ import zmq
 
 from schemas.topics import action_topic
 from vlabus.bus.transport import MAX_PAYLOAD, Message, Transport, done_future, now_ns
-from vlabus.bus.zmqsocket import readable
+from vlabus.bus.zmqsocket import readable, tcp_liveness
 from vlabus.direct.overlay import Overlay
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,7 @@ def bind_router(endpoint: str, *, curve_secret: bytes | None = None,
     sock.setsockopt(zmq.MAXMSGSIZE, max_payload + 1024)
     sock.setsockopt(zmq.RCVHWM, 1000)
     sock.setsockopt(zmq.SNDHWM, 1000)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * heartbeat_ms)
+    tcp_liveness(sock, heartbeat_ms)  # not ZMTP heartbeats: known trap 12
     if curve_secret is not None:
         sock.curve_server = True
         sock.curve_secretkey = curve_secret

@@ -28,13 +28,14 @@ import numpy as np
 import numpy.typing as npt
 
 from schemas.arrays import pack_array, unpack_array
-from schemas.errors import BusError, SchemaError, TransportError
+from schemas.errors import BusError, SchemaError, TransportError, WireError
 from schemas.images import Codec, encode_image
 from schemas.messages import Action, Frame
 from schemas.topics import action_topic, frame_topic
 from security.keys import Keyring
 from security.replay import ReplayGuard
 from vlabus.bus.transport import Transport
+from vlabus.envelope import Received
 from vlabus.inbound import Rejections, accept
 from vlabus.log.formats import DECISION
 from vlabus.log.record import Recorder
@@ -158,20 +159,26 @@ class RemotePolicy:
     async def _receive(self) -> None:
         async for message in self.transport:
             self._record(message.topic, message.payload)
-            received = accept(self._decoder, message, self.rejections)
+            # commit=False: a worker's sequence window moves only for an action that passed
+            # every check, so a signed but unusable one cannot get its later ones refused
+            received = accept(self._decoder, message, self.rejections, commit=False)
             if received is None or not isinstance(received.message, Action):
+                if received is not None:
+                    self._commit(received, message.topic)
                 continue
             action = received.message
             pending = self._pending.get(received.header.corr)
-            if (pending is None or action.robot_id != self.config.robot_id
-                    or action.step != pending[0]):
-                self.counts["unexpected_replies"] += 1
-                continue
             try:
                 chunk = _chunk_of(action)
             except SchemaError as exc:
                 self.rejections.count(exc.reason)
                 log.warning("unusable action from %s: %r", action.worker_id, exc)
+                continue
+            if not self._commit(received, message.topic):
+                continue
+            if (pending is None or action.robot_id != self.config.robot_id
+                    or action.step != pending[0]):
+                self.counts["unexpected_replies"] += 1
                 continue
             _step, sent, future = pending
             if not future.done():
@@ -179,6 +186,16 @@ class RemotePolicy:
                 future.set_result(Reply(chunk, action.worker_id, action.model,
                                         action.model_version, time.perf_counter_ns() - sent,
                                         action.queue_wait_ns, action.inference_ns))
+
+    def _commit(self, received: Received, topic: str) -> bool:
+        """Move the sender's sequence window; False (counted) when another message took the
+        sequence meanwhile."""
+        try:
+            self._decoder.commit(received)
+        except WireError as exc:
+            self.rejections.reject(exc, topic)
+            return False
+        return True
 
     def _record(self, topic: str, payload: bytes | memoryview, *, decision: bool = False) -> None:
         if self.recorder is None:

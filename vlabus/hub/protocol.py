@@ -15,7 +15,12 @@ Frames on the single DEALER<->ROUTER pair (the hub's ROUTER adds/strips the rout
                     WELCOME [b"W"]                            answer to HELLO
                     NACK    [b"N", mid, reason]               refused by the hub's access
                                                               rules (mid b"" unless QoS 1
-                                                              or a SUB with mid)
+                                                              or a SUB with mid); mid b"" and
+                                                              reason TAKEN_OVER...: a newer
+                                                              HELLO took this client id;
+                                                              FORGOTTEN...: a PING from a
+                                                              client the hub does not know
+                                                              (silent too long): HELLO again
 
 PUB and MSG carry verb, topic and flags in one frame: every frame costs a send and a receive
 call at each end, and these two verbs are the whole hot path. Topics cannot contain NUL (MQTT
@@ -35,6 +40,10 @@ from schemas.errors import TransportError
 
 HELLO, SUB, UNSUB, PUB, PING, BYE = b"H", b"S", b"U", b"P", b"I", b"B"
 MSG, ACK, WELCOME, NACK = b"M", b"A", b"W", b"N"
+#: The start of the NACK reason sent to a client whose id a newer connection took over.
+TAKEN_OVER = "taken over"
+#: The start of the NACK reason answering a PING from a client the hub has forgotten.
+FORGOTTEN = "unknown client"
 
 
 @dataclass(frozen=True, slots=True)

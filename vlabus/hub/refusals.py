@@ -1,6 +1,6 @@
 """What the hub refuses, counted and logged without flooding its log, with the NACK to send.
 
-Two refusals: an access rule (``denied``: logged once per identity and request until the
+Three refusals: an access rule (``denied``: logged once per identity and request until the
 rules reload) and a payload over the deployment's limit (``too_large``: logged at the 1st,
 2nd, 4th, 8th... so a flood costs a few lines).
 """
@@ -46,3 +46,10 @@ class Refusals:
             log.warning("hub: refused a payload of %d bytes on %r from %r: over the %d-byte "
                         "limit (%d so far)", size, topic[:64], rid, limit, count)
         return proto.nack(mid, f"payload of {size} bytes is over the {limit}-byte limit")
+
+    def taken_over(self, client_id: str, old: bytes, new: bytes) -> list[Any]:
+        """A newer connection said HELLO as ``client_id``: the older one is told to step aside."""
+        self.stats["taken_over"] += 1
+        log.warning("hub: client id %r taken over by %r; connection %r forgotten, no will",
+                    client_id, new, old)
+        return proto.nack(b"", f"{proto.TAKEN_OVER}: client id {client_id!r} connected again")

@@ -51,6 +51,22 @@ class Routes:
         peer.last_seen_ns = now_ns
         return peer
 
+    def take_over(self, client_id: str, new: bytes) -> bytes | None:
+        """Forget another connection that said HELLO as ``client_id`` (``new`` takes the id
+        over, as MQTT's session takeover); returns its routing id, or None."""
+        for rid, peer in self.peers.items():
+            if rid != new and peer.client_id == client_id:
+                self.forget(rid)
+                return rid
+        return None
+
+    def ping(self, rid: bytes, now_ns: int) -> bool:
+        """A client's PING; False when the client is not known (forgotten: silent too long)."""
+        peer = self.peers.get(rid)
+        if peer is not None:
+            peer.last_seen_ns = now_ns
+        return peer is not None
+
     def subscribe(self, rid: bytes, pattern: str, group: str) -> list[tuple[str, bytes]]:
         """Add a subscription (idempotent); returns the retained messages it should get now."""
         self._cache.clear()

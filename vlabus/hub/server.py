@@ -6,18 +6,18 @@ re-sends the same ``zmq.Frame``, which libzmq shares by reference. The routing t
 :mod:`vlabus.hub.routes`.
 
 Protection: send/receive high-water marks (a full subscriber's messages are dropped and counted,
-never blocking the hub: ``ROUTER_MANDATORY`` turns the silent drop into ``EAGAIN``), ZMTP
-heartbeats, ``MAXMSGSIZE`` (a peer sending more is disconnected by libzmq), and the deployment's
-payload limit at entry: a publish or will over ``max_payload`` (what every client accepts) is
-refused with NACK and counted in ``too_large``, so it never reaches a subscriber whose socket
-would take it for a protocol error. With ``curve_dir``,
-CurveZMQ with a ZAP handler and ``ZAP_ENFORCE_DOMAIN``: without the handler clients are refused,
-not admitted (known trap 6). With ``access`` as well, each publish, subscription and will is
-checked against the sender's CURVE identity (:mod:`vlabus.hub.access`); a refusal is counted in
-``denied`` and answered with NACK.
-
-Wills are published when a client's TCP connection drops without a BYE (socket monitor event,
-matched by file descriptor) or when it is silent for three heartbeat intervals.
+never blocking the hub: ``ROUTER_MANDATORY`` turns the silent drop into ``EAGAIN``), TCP
+keepalive (:func:`~vlabus.bus.zmqsocket.tcp_liveness`), ``MAXMSGSIZE`` (a peer sending more
+is disconnected by libzmq), and the deployment's payload limit at entry: a publish or will over
+``max_payload`` (what every client accepts) is refused with NACK and counted in ``too_large``,
+so it never reaches a subscriber whose socket would take it for a protocol error. With
+``curve_dir``, CurveZMQ with a ZAP handler and ``ZAP_ENFORCE_DOMAIN``: without the handler
+clients are refused, not admitted (known trap 6).
+With ``access`` as well, each publish, subscription and will is checked against the sender's
+CURVE identity (:mod:`vlabus.hub.access`); a refusal is counted in ``denied`` and answered with
+NACK. Wills are published when a client's TCP connection drops without a BYE (socket monitor
+event, matched by file descriptor) or when it is silent for three heartbeat intervals; not when
+a newer connection took its client id over (as MQTT: counted in ``taken_over``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from schemas.errors import BusError, TransportError
 from schemas.topics import group_problem, topic_filter_problem
+from vlabus.bus.zmqsocket import tcp_liveness
 from vlabus.hub import protocol as proto
 from vlabus.hub.access import Access
 from vlabus.hub.config import HubConfig
@@ -62,7 +63,7 @@ class Hub:
         self.stats: dict[str, int] = dict.fromkeys(
             ("received", "delivered", "dropped_hwm", "dropped_unroutable", "expired",
              "malformed", "denied", "wills", "disconnects", "reloads", "revoked",
-             "too_large"), 0)
+             "too_large", "taken_over"), 0)
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -85,8 +86,7 @@ class Hub:
         return self
 
     def stop(self) -> None:
-        """Stop serving and release the port (idempotent). Clients are not told: they keep
-        reconnecting, as they would to a crashed hub."""
+        """Stop serving, release the port (idempotent); clients reconnect as to a crashed hub."""
         if self._ctx.closed:
             return
         if self._thread is not None and self._thread.is_alive():
@@ -147,10 +147,9 @@ class Hub:
         # A reconnecting client may take over its routing id from a half-dead connection. With
         # access rules, no: the subscriptions under that id were granted to the identity that
         # made them, and a takeover by another identity would inherit its deliveries. A client
-        # then reconnects once libzmq has dropped the old connection (3 heartbeats at most).
+        # then reconnects once TCP has dropped the old connection (about 3 heartbeats).
         router.setsockopt(zmq.ROUTER_HANDOVER, 0 if cfg.access is not None else 1)
-        router.setsockopt(zmq.HEARTBEAT_IVL, cfg.heartbeat_ms)
-        router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * cfg.heartbeat_ms)
+        tcp_liveness(router, cfg.heartbeat_ms)
         if cfg.curve_dir is not None:
             self._auth = serve_curve(router, cfg.curve_dir, self._ctx)
         router.bind(cfg.bind)
@@ -218,8 +217,7 @@ class Hub:
         self._reloaded.set()
 
     def _drain(self, router: zmq.Socket[Any]) -> None:
-        """Handle up to ``_DRAIN`` waiting messages. Routing id, verb, topic and meta are read as
-        bytes (cheaper when small); later frames, i.e. payloads, as zero-copy ``zmq.Frame``."""
+        """Handle up to ``_DRAIN`` waiting messages (payloads as zero-copy ``zmq.Frame``)."""
         stats, recv = self.stats, router.recv
         for i in range(_DRAIN):
             # The poller has just seen input, so the first check is skipped; after that,
@@ -287,8 +285,9 @@ class Hub:
                 self.routes.unsubscribe(rid, *proto.decode_unsub(parts[1:]))
             elif verb == proto.HELLO and n == 7:
                 self._hello(router, rid, parts)
-            elif verb == proto.PING and n == 2:
-                self.routes.seen(rid, time.monotonic_ns())
+            elif verb == proto.PING and n == 2:  # a forgotten peer is told to say HELLO again
+                if not self.routes.ping(rid, time.monotonic_ns()):
+                    self._send(router, rid, proto.nack(b"", f"{proto.FORGOTTEN}: say HELLO"))
             elif verb == proto.BYE and n == 2:
                 self.routes.forget(rid)
             else:
@@ -303,6 +302,9 @@ class Hub:
     def _hello(self, router: zmq.Socket[Any], rid: bytes, parts: list[Any]) -> None:
         hello = proto.decode_hello(parts[1:])
         peer = self.routes.seen(rid, time.monotonic_ns())
+        old = self.routes.take_over(hello.client_id, rid)  # forgotten with no will, as MQTT
+        if old is not None:
+            self._send(router, old, self._refusals.taken_over(hello.client_id, old, rid))
         peer.client_id = hello.client_id
         peer.heartbeat_ns = hello.heartbeat_ms * 1_000_000
         will_topic = hello.will_topic
@@ -347,9 +349,8 @@ class Hub:
                     self.stats["delivered"] += 1
 
     def _send(self, router: zmq.Socket[Any], rid: bytes, frames: list[Any]) -> bool:
-        """Send to one client without ever blocking the hub. Frame by frame with plain-int flags
-        (``send_multipart`` costs ~2 us more); only the first frame can fail: a multipart
-        message is atomic."""
+        """Send to one client, never blocking the hub. Frame by frame with plain-int flags
+        (``send_multipart`` costs ~2 us more); a multipart message is atomic."""
         try:
             router.send(rid, _MORE_NB)
         except zmq.Again:

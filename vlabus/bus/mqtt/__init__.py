@@ -31,7 +31,8 @@ Behaviour:
 ``TransportOptions.extra`` keys: ``session_expiry_s`` (0), ``receive_maximum`` (64, QoS 1
 in flight from the broker), ``send_maximum`` (20, to the broker), ``reconnect_min_s`` (0.1),
 ``reconnect_max_s`` (15), ``connect_timeout_s`` (10), ``clean_start`` ("false"; "true" drops
-a previous session of this client id at the first connection).
+a previous session of this client id at the first connection), ``stable_s`` (3) and
+``takeover_hold_s`` (30): see :class:`~vlabus.bus.backoff.Flaps`.
 """
 
 from vlabus.bus.mqtt.transport import MqttTransport, open_mqtt

@@ -16,7 +16,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from schemas.errors import ConnectRefused, PublishRejected, SubscribeRejected, TransportError
-from vlabus.bus.backoff import Backoff
+from vlabus.bus.backoff import Backoff, Flaps
 from vlabus.bus.inbox import Inbox, Receiving
 from vlabus.bus.inflight import Inflight, Verdict, retry_delay
 from vlabus.bus.mqtt.acks import AckGate
@@ -46,6 +46,7 @@ class MqttTransport(Receiving):
         self._connect_timeout = float(extra.get("connect_timeout_s", "10"))
         self._backoff = Backoff(float(extra.get("reconnect_min_s", "0.1")),
                                 float(extra.get("reconnect_max_s", "15")))
+        self._flaps = Flaps(self._backoff, extra, options.client_id)
         self._loop = asyncio.get_running_loop()
         self._inbox = Inbox(self._loop, options.inbox_size)
         self._session: Session[int] = Session("mqtt", options, clock=self._loop.time)
@@ -59,6 +60,7 @@ class MqttTransport(Receiving):
         self._counts = dict.fromkeys(
             ("published", "rejected", "reconnects", "disconnects", "expired_unsent",
              "unrouted_retries", "unrouted"), 0)
+        self._counts.update(self._flaps.counts)
         self._client = self._make_client(parts.scheme == "mqtts")
         self._pump = SocketPump(self._client, self._loop, self._inbox,
                                 tick_s=min(1.0, max(0.05, options.keepalive_s / 4)),
@@ -105,6 +107,7 @@ class MqttTransport(Receiving):
         if code >= 0x80 or self._session.closed:
             return
         self._connected = True
+        self._flaps.up(self._loop.time())
         self._max_packet = int(getattr(props, "MaximumPacketSize", 0)) or None
         broker_max = getattr(props, "ReceiveMaximum", None)
         if broker_max and int(broker_max) < self._send_max:
@@ -131,6 +134,7 @@ class MqttTransport(Receiving):
             self._counts["disconnects"] += 1
             log.warning("%s: connection to %s lost (0x%02x)",
                         self.options.client_id, self.url, code)
+            self._counts.update(self._flaps.down(self._loop.time(), taken_over=code == 0x8E))
             self._lost.set()
 
     async def _connect(self, *, clean_start: bool) -> None:
@@ -173,7 +177,6 @@ class MqttTransport(Receiving):
                 except Exception:  # the supervisor must outlive any paho surprise
                     log.exception("%s: reconnect attempt crashed", self.options.client_id)
                     continue
-                self._backoff.reset()
                 self._counts["reconnects"] += 1
 
     # -- the loop: publish and subscribe --------------------------------------------------
