@@ -12,7 +12,8 @@ Sections (one JSON object on stdout):
   32 robots. frames/s, p50/p99 of queue wait + inference (from each Action's own fields), the
   mean batch size, the ratio to max-batch 1 and to the raw policy floor.
 * ``ceiling`` — one real ``vlabus worker --policy noop`` process fed over a real Mosquitto by
-  64 robots (frames encoded and signed ahead of time by this process), closed loop with
+  64 robots (frames encoded and signed ahead of time by this process, once the worker is
+  ready), closed loop with
   ``WINDOW_MQTT`` in flight; frames/s and the worker's own ``--json`` summary. Its floor is the
   single-thread rate of the receive pipeline alone (``Decoder.decode`` of the same frames).
 * ``ceiling_session`` — the same worker process and load in session integrity
@@ -280,15 +281,6 @@ async def ceiling_run(count: int, images: list[np.ndarray], workdir: Path, *,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     try:
-        offers: list[tuple[str, bytes]] = []
-        verifier = None
-        if session:
-            offers, frames = encode_session_frames(robots, images, count,
-                                                   load_pool_key(keys, "gpu"))
-            verifier = pool_verifier(offers, Keyring.load(keys), load_pool_secret(keys, "gpu"))
-        else:
-            frames = encode_frames(robots, images, count)
-        floor = decode_floor(frames[: min(len(frames), 1000)], Keyring.load(keys), verifier)
         for name in names:  # all start at once; each is waited for below
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "vlabus", "worker", "--bus", broker.url, "--keys",
@@ -305,6 +297,17 @@ async def ceiling_run(count: int, images: list[np.ndarray], workdir: Path, *,
                 raise RuntimeError("worker exited before it was ready")
             # keep draining its log so a full pipe can never stall the worker
             threading.Thread(target=proc.stderr.read, daemon=True).start()
+        # encoded once the workers are up: a frame sent more than the replay guard's 10 s
+        # after it was made is refused as stale, and a loaded machine starts workers slowly
+        offers: list[tuple[str, bytes]] = []
+        verifier = None
+        if session:
+            offers, frames = encode_session_frames(robots, images, count,
+                                                   load_pool_key(keys, "gpu"))
+            verifier = pool_verifier(offers, Keyring.load(keys), load_pool_secret(keys, "gpu"))
+        else:
+            frames = encode_frames(robots, images, count)
+        floor = decode_floor(frames[: min(len(frames), 1000)], Keyring.load(keys), verifier)
         sender = await open_transport(broker.url, broker.options("robot-000", "bench-send"))
         receiver = await open_transport(broker.url, broker.options(
             "robot-001", "bench-recv", inbox_size=1 << 16))
@@ -329,7 +332,8 @@ async def ceiling_run(count: int, images: list[np.ndarray], workdir: Path, *,
         broker.stop()
     fps = round(got / elapsed, 1)
     shown = [{k: summary.get(k) for k in (
-        "received", "served", "rejected_total", "dropped", "batches", "mean_batch_size",
+        "received", "served", "rejected", "rejected_total", "dropped", "batches",
+        "mean_batch_size",
         "queue_wait_ms", "inference_ms")} for summary in summaries]
     out: dict[str, Any] = {
         "frames_per_s": fps, "frames": got, "decode_floor_frames_per_s": floor,

@@ -101,7 +101,7 @@ def register(sub: Any) -> None:
                              "start, its public key advertised in the signed status)")
     parser.add_argument("--direct-status-s", type=positive_float, default=1.0, metavar="S",
                         help="with --direct, repeat the status with the queue depth every S "
-                             "seconds (default 1)")
+                             "seconds (default 1; robots skip a worker silent for 10 s)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on exit")
     parser.set_defaults(func=run)
 

@@ -254,6 +254,8 @@ async def _run(args: argparse.Namespace, robot_id: str, options: Any) -> dict[st
         # workers and releases added, removed or rotated in --keys apply without a restart
         status.append(watch_keyring(args.keys, agent.keyring,
                                     every_s=args.keys_poll, name=f"robot {robot_id}"))
+        if args.direct:  # worker statuses are checked with the same, followed keyring
+            agent.transport.decoder.keyring = agent.keyring
         if args.status_every > 0 and not args.json:
             status.append(asyncio.create_task(_status_lines(agent, args.status_every)))
         if server is not None:

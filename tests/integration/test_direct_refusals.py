@@ -56,6 +56,17 @@ def real_bus(request: pytest.FixtureRequest) -> Iterator[Bus]:
 
 
 @asynccontextmanager
+async def scene(bus: Bus, keys: Path) -> AsyncIterator[tuple[Worker, HandRobot]]:
+    """A direct worker and a hand robot connected to it; every socket closed on exit."""
+    async with direct_worker(bus, keys) as (worker, endpoint):
+        robot = HandRobot(keys, endpoint)
+        try:
+            yield worker, robot
+        finally:
+            robot.close()
+
+
+@asynccontextmanager
 async def direct_worker(bus: Bus, keys: Path) -> AsyncIterator[tuple[Worker, str]]:
     """An in-process worker of pool ``gpu`` (sessions end after 40 messages) with a direct
     socket; yields it and its endpoint."""
@@ -84,6 +95,7 @@ class HandRobot:
     """Robot ``robot-a`` speaking the direct protocol by hand, in session integrity."""
 
     def __init__(self, keys: Path, endpoint: str) -> None:
+        self.endpoint = endpoint
         self.signer = load_signer(keys, "robot", ROBOT)
         self.pool = load_pool_key(keys, "gpu")
         self.sender = SessionSender(Rotation())
@@ -92,13 +104,20 @@ class HandRobot:
         self.decoder = Decoder(Keyring.load(keys), ReplayGuard(),
                                sessions=SessionVerifier(self.table, "down"))
         self.ctx = zmq.asyncio.Context.instance()
+        self.sockets: list[Any] = []
         self.dealer = self.socket(endpoint)
 
     def socket(self, endpoint: str) -> Any:
+        """A DEALER to ``endpoint``, closed by :meth:`close`."""
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(endpoint)
+        self.sockets.append(sock)
         return sock
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
 
     async def offer(self) -> str:
         """A fresh session, offered on the direct socket; its id."""
@@ -135,8 +154,7 @@ def test_bad_messages_on_the_direct_socket_are_refused_with_their_reason(
     keys = pool_keys(keydir, tmp_path)
 
     async def body() -> None:
-        async with direct_worker(real_bus, keys) as (worker, endpoint):
-            robot = HandRobot(keys, endpoint)
+        async with scene(real_bus, keys) as (worker, robot):
             first = await robot.offer()
             assert (await robot.round_trip(1)).worker_id == "worker-1"
             by = worker.rejections.by_reason
@@ -178,7 +196,6 @@ def test_bad_messages_on_the_direct_socket_are_refused_with_their_reason(
                 await robot.dealer.send_multipart([FRAME, robot.encode(n)])
             await refused(worker, "expired_session", 0)
             assert worker.healthy()
-            robot.dealer.close()
 
     run(body, 90)
 
@@ -188,8 +205,8 @@ def test_garbage_on_the_direct_socket_is_counted_and_the_worker_keeps_serving(
     keys = pool_keys(keydir, tmp_path)
 
     async def body() -> None:
-        async with direct_worker(real_bus, keys) as (worker, endpoint):
-            robot = HandRobot(keys, endpoint)
+        async with scene(real_bus, keys) as (worker, robot):
+            endpoint = robot.endpoint
             junk = robot.socket(endpoint)
             for parts in ([b"only one part"], [FRAME, b"x", b"three"], [b"", b""],
                           [b"vla/v1/robot-a/action", b"x"], [b"\xff" * 300, b"x"],
@@ -211,7 +228,33 @@ def test_garbage_on_the_direct_socket_is_counted_and_the_worker_keeps_serving(
             await robot.offer()
             assert (await robot.round_trip(1)).step == 1  # still serving, directly
             assert worker.healthy()
-            for sock in (junk, big, robot.dealer):
-                sock.close()
+
+    run(body, 90)
+
+
+def test_unverified_bytes_never_take_a_robots_replies(
+        real_bus: Bus, keydir: KeyDir, tmp_path: Path) -> None:
+    keys = pool_keys(keydir, tmp_path)
+
+    async def body() -> None:
+        async with scene(real_bus, keys) as (worker, robot):
+            endpoint = robot.endpoint
+            await robot.offer()
+            await robot.round_trip(1)
+            thief = robot.socket(endpoint)
+            forged = bytearray(robot.encode(2))  # the robot's own next frame, one byte off
+            forged[len(forged) // 2] ^= 1
+            await thief.send_multipart([FRAME, bytes(forged)])
+            await refused(worker, "bad_mac", 0)
+            # a frame over the bus: its reply takes the route of the last *verified* message
+            bus = await open_transport(real_bus.url, real_bus.options(ROBOT))
+            try:
+                await bus.publish(topics.frame_topic(ROBOT), robot.encode(3))
+                action = await robot.reply()
+            finally:
+                await bus.close()
+            assert isinstance(action, Action)
+            assert action.step == 3
+            assert not await thief.poll(0)
 
     run(body, 90)
