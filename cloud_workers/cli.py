@@ -64,6 +64,9 @@ def register(sub: Any) -> None:
                         help="vlabus: priority/deadline order, batch size from t(batch), "
                              "hopeless requests dropped; fifo: dynamic batching in arrival "
                              "order (max batch, max delay); serial: one at a time, in order")
+    parser.add_argument("--no-slot-hints", dest="slot_hints", action="store_false",
+                        help="vlabus: do not plan periodic robots' next frames nor suggest "
+                             "when to send them (docs/goodput.md, send-time hints)")
     parser.add_argument("--queue-size", type=positive_int, default=1024, metavar="N",
                         help="bounded queue; beyond it the lowest priority is shed")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="P",
@@ -184,7 +187,7 @@ async def worker_command(args: argparse.Namespace) -> dict[str, Any]:
                           stall=StallConfig(factor=args.stall_factor,
                                             min_ns=int(args.stall_min_s * 1e9),
                                             exit_after_ns=int(args.stall_exit_s * 1e9)),
-                          scheduler=args.scheduler,
+                          scheduler=args.scheduler, slot_hints=args.slot_hints,
                           detail={"device": device, "max_batch": str(args.max_batch),
                                   "scheduler": args.scheduler, "threads": str(threads),
                                   **(direct.detail() if direct else {})})

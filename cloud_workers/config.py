@@ -23,6 +23,8 @@ class WorkerConfig:
     inline_below_ns: int = 200_000
     #: vlabus (priority/deadline, batch size from t(batch)), fifo or serial: see schedulers
     scheduler: str = "vlabus"
+    #: vlabus: plan periodic robots' next frames and suggest when to send them
+    slot_hints: bool = True
     detail: dict[str, str] = field(default_factory=dict)
     #: the serving-loop watchdog (``cloud_workers.stall``)
     stall: StallConfig = field(default_factory=StallConfig)

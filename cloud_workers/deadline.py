@@ -13,13 +13,20 @@ Pure logic with an injected clock. Each :meth:`DeadlineScheduler.poll`:
    if the batch, one larger, still meets the earliest deadline in it. So no answer computed is
    expected to arrive late; a request that does not fit waits for a later, smaller batch or is
    dropped by rule 1. Under a backlog (more waiting than that batch holds) a larger batch that
-   leaves the most urgent requests out is taken instead when it loses fewer requests — a
+   leaves the most urgent requests out is taken instead when it loses fewer requests (when
+   more than a full batch waits: when it serves at least as many more as it loses) — a
    request is lost when it is left out and would miss its deadline in one batch of the rest
    run next; high priority weighs ``LOST_WEIGHT_HIGH``. That keeps batches efficient when the
    device falls behind, rather than shrinking them while the backlog grows.
 4. **Release.** Now, when the batch cannot grow (size limit reached), or its head is
    ``CRITICAL``; otherwise at the earlier of the oldest request's arrival + ``max_delay`` and
    the last moment one more member could still join in time.
+5. **Slots** (with a :class:`~cloud_workers.slots.SlotPlanner`). A batch that would still be
+   running when a planned batch is due to start waits for that start instead, when its head
+   can; a planned batch whose frames are still arriving waits up to ``slot_grace`` past its
+   start for them, while the batch they make still meets the deadlines of those present.
+   Each released frame that states its robot's interval gets the planned start for its
+   robot's next frame (``Request.hint_ns``, on the robot's clock).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from collections.abc import Callable, Iterator
 from cloud_workers.batcher import Batch, Decision
 from cloud_workers.batchtime import BatchTimes
 from cloud_workers.queue import NO_DEADLINE, Clock, DeadlineQueue, Request
+from cloud_workers.slots import SlotPlanner
 from schemas.messages import Priority
 
 #: observer(model, size, predicted_ns, slacks_ns): a batch was formed
@@ -74,7 +82,8 @@ class DeadlineScheduler:
 
     def __init__(self, queue: ServiceQueue, *, max_batch: int, max_delay_ns: int,
                  margin_ns: int = 3_000_000, starve_after: int = 4,
-                 clock: Clock = time.time_ns, observer: BatchObserver | None = None) -> None:
+                 clock: Clock = time.time_ns, observer: BatchObserver | None = None,
+                 planner: SlotPlanner | None = None, slot_grace_ns: int = 30_000_000) -> None:
         if max_batch < 1 or max_delay_ns < 0 or margin_ns < 0 or starve_after < 1:
             raise ValueError("max_batch and starve_after >= 1; max_delay, margin >= 0")
         self.queue = queue
@@ -84,6 +93,8 @@ class DeadlineScheduler:
         self.margin_ns = margin_ns
         self.starve_after = starve_after
         self.observer = observer
+        self.planner = planner
+        self.slot_grace_ns = slot_grace_ns
         self._clock = clock
         self._streak = 0  # batches in a row led by a higher class while a lower one waited
         self._idle_drops: dict[str, int] = {}
@@ -101,6 +112,10 @@ class DeadlineScheduler:
             if wider is not members:  # a backlog: release the larger batch at once
                 members, head, limit = wider, wider[0], len(wider)
         count = len(members)
+        if self.planner is not None and head.priority != Priority.CRITICAL:
+            hold = self._slot_hold(head.model, count, earliest, now)
+            if hold is not None:
+                return Decision(wake_at_ns=hold, expired=expired)
         if head.priority == Priority.CRITICAL or count >= limit:
             return self._release(head, members, now, expired, yielded)
         oldest = min(req.arrived_ns for req in members)
@@ -110,6 +125,26 @@ class DeadlineScheduler:
         if now >= due:
             return self._release(head, members, now, expired, yielded)
         return Decision(wake_at_ns=due, expired=expired)
+
+    def _slot_hold(self, model: str, count: int, earliest: int, now: int) -> int | None:
+        """When to look again instead of releasing now, for a planned batch (rule 5)."""
+        assert self.planner is not None
+        arriving = self.planner.due(model, now, self.slot_grace_ns)
+        if arriving is not None and count < arriving[1]:
+            # wait for the rest of its robots, while the batch they make still meets the
+            # earliest deadline of those already here
+            until = min(arriving[0] + self.slot_grace_ns,
+                        earliest - self.times.time(model, arriving[1]) - self.margin_ns)
+            if now < until:
+                return until
+        following = self.planner.next_start(model, now)
+        if following is None or now + self.times.time(model, count) + self.margin_ns \
+                <= following[0]:
+            return None
+        joined = max(count + 1, following[1])
+        if following[0] + self.times.time(model, joined) + self.margin_ns <= earliest:
+            return following[0]
+        return None
 
     def hopeless(self, request: Request, now: int) -> bool:
         """The drop rule: not answerable in time even alone, started at ``now``."""
@@ -160,21 +195,25 @@ class DeadlineScheduler:
 
     def _wider(self, members: list[Request], now: int) -> list[Request]:
         """Under a backlog, a larger batch that leaves the most urgent requests out, when that
-        loses fewer requests (see :meth:`_lost`); ties go to the larger batch. ``members``
-        otherwise."""
+        loses fewer requests (see :meth:`_lost`); ties go to the larger batch. When the device
+        is behind (more than a full batch waiting), when what it serves less what it loses is at
+        least as much: there a full batch that lets one request go serves more than a smaller
+        one that keeps it, and smaller batches lose more later. ``members`` otherwise."""
         model = members[0].model
         candidates = list(itertools.islice(self.queue.ordered(model), 4 * self.max_batch))
         if len(candidates) <= len(members):
             return members
-        best, best_lost = members, self._lost(candidates, members, now)
+        behind = len(candidates) > self.max_batch
+        best = members
+        best_net = (len(members) if behind else 0) - self._lost(candidates, members, now)
         for size in range(len(members) + 1, self.max_batch + 1):
             cut = now + self.times.time(model, size) + self.margin_ns
             chosen = [r for r in candidates if not r.deadline_ns or r.deadline_ns >= cut][:size]
             if len(chosen) < size:  # not enough can wait that long: larger is no better
                 break
-            lost = self._lost(candidates, chosen, now)
-            if lost <= best_lost:
-                best, best_lost = chosen, lost
+            net = (size if behind else 0) - self._lost(candidates, chosen, now)
+            if net >= best_net:
+                best, best_net = chosen, net
         return best
 
     def _lost(self, candidates: list[Request], chosen: list[Request], now: int) -> int:
@@ -198,7 +237,34 @@ class DeadlineScheduler:
         self._streak = 0 if yielded or not lower_waits else self._streak + 1
         self._idle_drops.pop(head.model, None)
         predicted = self.times.time(head.model, len(members))
+        if self.planner is not None:
+            for req in members:
+                self._hint(req, now)
         if self.observer is not None:
             slacks = [req.deadline_ns - now - predicted for req in members if req.deadline_ns]
             self.observer(head.model, len(members), predicted, slacks)
         return Decision(batch=Batch(head.model, members, now), expired=expired)
+
+    def _hint(self, request: Request, now: int) -> None:
+        """Plan the next frame of ``request``'s robot and suggest when to send it (rule 5): the
+        start of its slot in the interval from half an interval after this frame was sent
+        (a robot may send up to half an interval early), less the uplink time this frame took
+        (robot clock to worker clock, so a clock offset cancels) and less the planner's
+        ``early``, so a little jitter still lands before the start."""
+        assert self.planner is not None
+        if request.interval_ns <= 0 or request.sent_ns <= 0 or not request.deadline_ns:
+            return
+        uplink = request.arrived_ns - request.sent_ns
+        # the robot's own budget (deadline less send, both its clock) from the planned start,
+        # when it sends as suggested: less the uplink and the early margin, which shrinks for a
+        # short budget (high priority) so that a batch of one still fits
+        own = request.deadline_ns - request.sent_ns - max(0, uplink)
+        early = max(0, min(self.planner.early_ns, own - self.planner.smallest(request.model)))
+        budget = own - early
+        start = self.planner.reserve(
+            request.model, request.source,
+            earliest_ns=request.arrived_ns + request.interval_ns - request.interval_ns // 2 + early,
+            interval_ns=request.interval_ns, budget_ns=budget, priority=request.priority,
+            now_ns=now)
+        if start is not None:
+            request.hint_ns = max(1, start - uplink - early)

@@ -55,7 +55,9 @@ def to_request(header: Header, body: Message, meta: RequestMeta, *, models: Coll
             return Refused("unknown_model", f"frame from {header.sender!r} asks for unknown "
                                             f"model {model!r}")
         priority = Priority.CRITICAL if body.safety_critical else header.priority
-        return Request(model, priority, header.deadline_ns, now_ns, body, meta=meta)
+        return Request(model, priority, header.deadline_ns, now_ns, body, meta=meta,
+                       source=header.sender, interval_ns=body.interval_ns or 0,
+                       sent_ns=body.capture_ns)
     if isinstance(body, TaskRequest):
         return Request(task_model(body.task), body.priority, header.deadline_ns, now_ns, body,
                        meta=meta)

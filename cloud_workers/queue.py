@@ -45,6 +45,14 @@ class Request:
     payload: Any = None
     seq: int = 0
     meta: RequestMeta | None = None
+    #: who sent it (the envelope's authenticated sender; "" when unknown)
+    source: str = ""
+    #: a periodic robot's frame: how long until it would send the next one (0: not stated)
+    interval_ns: int = 0
+    #: when the robot sent it (its wall clock; 0: unknown)
+    sent_ns: int = 0
+    #: the scheduler's send-time suggestion for the robot's next frame (0: none)
+    hint_ns: int = 0
 
     @property
     def sort_key(self) -> tuple[int, int, int]:

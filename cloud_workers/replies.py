@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import msgspec
+
 from cloud_workers.queue import Request
 from cloud_workers.runner import Outcome
 from schemas import topics
@@ -72,6 +74,7 @@ def build_reply(request: Request, outcome: Outcome, timing: BatchTiming, *, work
             robot_id=frame.robot_id, step=frame.step, actions=pack_array(outcome.chunk),
             model=timing.model, model_version=versions[timing.model], worker_id=worker_id,
             decode_ns=meta.decode_ns, queue_wait_ns=wait_ns, inference_ns=timing.inference_ns,
-            encode_ns=timing.encode_ns, span_ns=max(0, now_ns - meta.received_ns))
+            encode_ns=timing.encode_ns, span_ns=max(0, now_ns - meta.received_ns),
+            slot_ns=request.hint_ns or msgspec.UNSET)
     return Reply(topics.action_topic(header.sender), body, header.deadline_ns, header.priority,
                  header.corr)

@@ -25,6 +25,7 @@ from cloud_workers.batcher import Batch, Decision
 from cloud_workers.batchtime import BatchTimes
 from cloud_workers.deadline import BatchObserver, DeadlineScheduler, ServiceQueue
 from cloud_workers.queue import Clock, Request
+from cloud_workers.slots import SlotPlanner
 
 SCHEDULERS = ("vlabus", "fifo", "serial")
 _SLACK = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -152,9 +153,12 @@ class SchedulerMetrics:
 
 def make_scheduler(kind: str, policies: Mapping[str, Any], *, max_batch: int,
                    max_delay_ns: int, capacity: int, registry: CollectorRegistry | None = None,
-                   clock: Clock = time.time_ns) -> tuple[WorkQueue, Scheduler]:
+                   clock: Clock = time.time_ns, slots: bool = True,
+                   ) -> tuple[WorkQueue, Scheduler]:
     """The queue and batcher for ``kind`` (one of :data:`SCHEDULERS`). Policies with a
-    ``profile`` seed the t(batch) estimate; others are learnt from the batches they run."""
+    ``profile`` seed the t(batch) estimate; others are learnt from the batches they run.
+    ``slots``: ``vlabus`` plans periodic robots' next frames and suggests when to send them
+    (:mod:`cloud_workers.slots`); ``fifo`` and ``serial`` never do."""
     if kind not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {kind!r}; choose one of {', '.join(SCHEDULERS)}")
     times = BatchTimes()
@@ -165,8 +169,12 @@ def make_scheduler(kind: str, policies: Mapping[str, Any], *, max_batch: int,
     observer = SchedulerMetrics(registry, kind).observe if registry is not None else None
     if kind == "vlabus":
         queue = ServiceQueue(capacity, clock=clock, estimate=times)
-        return queue, DeadlineScheduler(queue, max_batch=max_batch, max_delay_ns=max_delay_ns,
-                                        clock=clock, observer=observer)
+        scheduler = DeadlineScheduler(queue, max_batch=max_batch, max_delay_ns=max_delay_ns,
+                                      clock=clock, observer=observer)
+        if slots:
+            scheduler.planner = SlotPlanner(times, max_batch=max_batch,
+                                            margin_ns=scheduler.margin_ns)
+        return queue, scheduler
     fifo = ArrivalQueue(capacity, times)
     if kind == "serial":
         max_batch, max_delay_ns = 1, 0

@@ -77,7 +77,7 @@ class Worker:
         self.queue, self.batcher = make_scheduler(
             config.scheduler, runner.policies, max_batch=config.max_batch,
             max_delay_ns=config.max_delay_ns, capacity=config.queue_capacity,
-            registry=self.metrics.registry)
+            registry=self.metrics.registry, slots=config.slot_hints)
         self.ready = asyncio.Event()
         # The serving loop sleeps on this future; arrivals and shutdown complete it. A bare
         # future costs one loop iteration to wake, an Event under wait_for three and a task.

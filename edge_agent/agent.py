@@ -2,16 +2,17 @@
 
 ``act(observation)`` publishes the signed frame (QoS 0, expiring with the deadline, the absolute
 time the robot will decide — its deadline less its timer slack — and a per-step correlation id
-in the header) and returns the first verified cloud
-action for that correlation id and step if it arrives before the deadline; otherwise the local
+in the header) and returns the first verified cloud action for that correlation id and step if
+it arrives before the deadline; otherwise the local
 policy's action, marked ``fallback`` with its cause. Local inference is hedged: it starts at the
 deadline minus its measured p99 latency, so a fallback is ready at the deadline, and its result
 is dropped when the cloud answers first. A cloud action arriving after its step was decided is
 discarded and counted, never executed.
 
 With ``chunk > 1`` the agent executes action chunks from an :class:`ActionQueue` at the control
-rate, sends a new frame when fewer than ``refill_below`` actions are left, and lets the local
-policy fill the gap when the cloud would answer after the queue runs dry.
+rate, sends a new frame when fewer than ``refill_below`` actions are left (or at a worker's
+hint, :mod:`edge_agent.refill`), and lets the local policy fill the gap when the cloud would
+answer after the queue runs dry.
 
 The agent owns its deadline logic, built on its injected clocks: the
 :class:`~edge_agent.watchdog.Watchdog` and the :class:`~edge_agent.breaker.OffloadBreaker` (plain
@@ -31,16 +32,15 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.agentconfig import AgentConfig
 from edge_agent.blackbox import BlackBox
-from edge_agent.breaker import BreakerConfig, OffloadBreaker, Route
+from edge_agent.breaker import OffloadBreaker, Route
 from edge_agent.cameras import CameraEncoder
 from edge_agent.chunks import ActionQueue
-from edge_agent.codec import parse_codec
 from edge_agent.decisions import ActionResult, Cause, Decision, Source
 from edge_agent.feed import ModelFeed
 from edge_agent.frames import frame_of
@@ -48,14 +48,15 @@ from edge_agent.inbox import ActionInbox, CloudReply
 from edge_agent.local import Chunk, LocalPolicy, LocalPolicyError
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.receiver import Receiver
+from edge_agent.refill import RefillTimer
 from edge_agent.stats import RunStats
 from edge_agent.updates import UpdateResult
 from edge_agent.watchdog import HedgeTiming, TimerSlack, Watchdog, plan_hedge
 from schemas.deadline import SYSTEM_CLOCKS, Clocks, Deadline
 from schemas.errors import TransportError
-from schemas.messages import Priority, Status
+from schemas.messages import Status
 from schemas.status import status_message
-from schemas.topics import check_id, frame_topic, robot_status_topic
+from schemas.topics import frame_topic, robot_status_topic
 from security.keys import Keyring
 from vlabus.bus.transport import Transport
 from vlabus.inbound import Rejections
@@ -65,33 +66,6 @@ from vlabus.wire import Encoder
 __all__ = ["ActionResult", "AgentConfig", "Cause", "Decision", "EdgeAgent", "Source"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    robot_id: str
-    deadline_ns: int = 50_000_000
-    chunk: int = 1
-    refill_below: int = 0
-    period_ns: int = 33_333_333
-    model: str = "default"
-    local_model: str = "edge"
-    priority: int = Priority.NORMAL
-    codec: str = "auto"  # auto | raw | lz4 | jpeg[:QUALITY], see edge_agent.codec
-    timer_slack_ns: int = 1_000_000
-    hedge_slack_ns: int = 500_000
-    breaker: BreakerConfig = field(default_factory=BreakerConfig)
-
-    def __post_init__(self) -> None:
-        check_id(self.robot_id)
-        if self.deadline_ns <= 0 or self.period_ns <= 0 or self.chunk < 1:
-            raise ValueError("deadline, period and chunk must be positive")
-        parse_codec(self.codec)  # ValueError with the reason
-
-    @property
-    def frame_interval_ns(self) -> int:
-        """How often a frame goes out: every step, or every refill of a chunk queue."""
-        return self.period_ns * max(1, self.chunk - self.refill_below)
 
 
 def _retrieve(future: asyncio.Future[Chunk]) -> None:
@@ -135,6 +109,8 @@ class EdgeAgent:
         self.session = clocks.wall() // 1000 if session is None else session
         self._step = 0
         self._inflight: asyncio.Task[Decision] | None = None
+        self.refill = RefillTimer(clocks, config.frame_interval_ns)
+        self._latest: tuple[int, Observation] | None = None  # the last tick's observation
         self._topic = frame_topic(config.robot_id)
         self.metrics.model_version.set(local.version)
         self.cameras = CameraEncoder(config.codec, interval_ns=config.frame_interval_ns,
@@ -192,11 +168,14 @@ class EdgeAgent:
             decision = await self._request(tick, observation, now + self.config.deadline_ns)
         item = self.queue.pop(tick)
         ahead = self.queue.ahead()
-        if ahead < self.config.refill_below and self._inflight is None:
+        self._latest = (tick, observation)
+        early = self.refill.due(now + self.config.period_ns) and ahead < (
+            self.config.refill_below + (self.config.chunk - self.config.refill_below) // 2)
+        if (ahead < self.config.refill_below or early) and self._inflight is None:
             # The reply must land before the queue runs dry; if not, the local policy fills in.
             dry_ns = now + (ahead + 1) * self.config.period_ns
-            deadline = min(now + self.config.deadline_ns, dry_ns)
-            self._inflight = asyncio.create_task(self._request(tick, observation, deadline))
+            send_at = self.refill.send_at(now, dry_ns - self.config.deadline_ns)
+            self._inflight = asyncio.create_task(self._refill(send_at, dry_ns))
         lateness = 0 if decision is None else decision.lateness_ns
         rtt = None if decision is None else decision.rtt_ns
         worker = None if decision is None else decision.worker_id
@@ -207,6 +186,16 @@ class EdgeAgent:
         cause = None if item.cause is None else Cause(item.cause)
         return ActionResult(tick, item.action, Source(item.source), cause, lateness, rtt,
                             worker, self.local.version, item.blended)
+
+    async def _refill(self, send_at: int, dry_ns: int) -> Decision:
+        """Ask for the next chunk at ``send_at`` (a worker's hint), with the latest tick's
+        observation; its answer is due by the robot's deadline and before ``dry_ns``."""
+        if send_at > self._now():
+            await asyncio.sleep((send_at - self._now()) / 1e9)
+        assert self._latest is not None
+        tick, observation = self._latest
+        return await self._request(tick, observation,
+                                   min(self._now() + self.config.deadline_ns, dry_ns))
 
     async def _request(self, tick: int, observation: Observation, deadline_ns: int, *,
                        safety_critical: bool = False) -> Decision:
@@ -257,9 +246,12 @@ class EdgeAgent:
         budget = deadline_ns - self._now()
         started = time.perf_counter_ns()
         encoded = self.cameras.encode(observation.images, budget_ns=budget)
+        self.refill.sending_took(time.perf_counter_ns() - started)
+        hints = self.config.slot_hints and self.config.chunk > 1
         frame = frame_of(observation, robot_id=self.config.robot_id, step=step,
                          capture_ns=self.clocks.wall(), model=self.config.model,
-                         cameras=encoded.cameras)
+                         cameras=encoded.cameras,
+                         interval_ns=self.config.frame_interval_ns if hints else 0)
         wire = self.encoder.encode_view(frame, deadline_ns=wall_deadline,
                                         priority=self.config.priority, corr=corr)
         self.inbox.sent(corr, time.perf_counter_ns() - started)
@@ -307,6 +299,7 @@ class EdgeAgent:
             if hedge is not None:
                 self.stats.hedges_wasted += 1
             self.breaker.on_time(reply.rtt_ns, probe=probe)
+            self.refill.hinted(reply.slot_ns)
             if self.on_cloud is not None:
                 self.on_cloud(observation, reply.chunk)
             return Decision(step, reply.chunk, Source.CLOUD, None, deadline_ns,
@@ -316,6 +309,8 @@ class EdgeAgent:
         cause = Cause.REJECTED_REPLY if pending is not None and pending.rejected else Cause.TIMEOUT
         if cause is Cause.TIMEOUT:
             self.cameras.missed(corr)  # no reply in time: the uplink may be what is slow
+            if self.config.slot_hints:
+                self.refill.missed()
         self.breaker.missed(probe=probe)
         if hedge is None:  # its timer did not get to run (a stalled loop): start it now
             hedge = submit()
@@ -387,6 +382,11 @@ class EdgeAgent:
                                          retain=True)
         except TransportError as exc:
             log.warning("%s status not published: %r", state, exc)
+
+    def stop_refill(self) -> None:
+        """Drop a refill planned for later and not sent yet (the robot is stopping)."""
+        if self._inflight is not None and self.refill.waiting:
+            self._inflight.cancel()
 
     async def close(self) -> None:
         if self.transport.connected:

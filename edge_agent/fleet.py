@@ -70,6 +70,9 @@ class FleetSpec:
     #: ``None`` keeps the agent's circuit breaker; benches that measure a worker at a fixed
     #: offered load turn it off so no robot withdraws its requests
     breaker: BreakerConfig | None = None
+    #: requests sent in the first ``warmup_s`` of ``seconds`` are not counted (the fleet's
+    #: start, when every robot's first request comes at once, is not its steady state)
+    warmup_s: float = 0.0
     seed: int = 0
     model: LocalModel = field(default_factory=LocalModel)
 
@@ -98,10 +101,12 @@ async def run_fleet(bus_url: str, keys_dir: str | Path, spec: FleetSpec, *,
                     stop: asyncio.Event | None = None,
                     options_for: Callable[[str], TransportOptions] | None = None,
                     on_ready: Callable[[], None] | None = None,
-                    collector: FleetCollector | None = None) -> dict[str, Any]:
+                    collector: FleetCollector | None = None,
+                    on_warm: Callable[[], None] | None = None) -> dict[str, Any]:
     """Connect the whole fleet, run it for ``spec.seconds`` and return its summary: fleet
-    totals, and per robot its agent summary plus ``requests`` and ``on_time``. Each robot's
-    metrics join ``collector`` when given (one ``/metrics`` for the process)."""
+    totals, and per robot its agent summary plus ``requests`` and ``on_time`` (those sent after
+    ``spec.warmup_s``, when ``on_warm`` is called). Each robot's metrics join ``collector``
+    when given (one ``/metrics`` for the process)."""
     ids = robot_ids(spec.first_id, spec.robots)
     first = SimRobot(cameras=spec.model.cameras, state_dim=spec.model.state_dim, seed=spec.seed)
     policy, version = build_local(spec.model)
@@ -120,10 +125,12 @@ async def run_fleet(bus_url: str, keys_dir: str | Path, spec: FleetSpec, *,
         rng = random.Random(spec.seed)
         period = spec.request_period_s()
         started = time.monotonic()
+        baseline = asyncio.create_task(_baseline(agents, spec.warmup_s, on_warm))
         results = await asyncio.gather(*(
             _run_one(agent, robot, spec, rng.uniform(0.0, period), stop)
             for agent, robot, _ in agents))
-        elapsed = time.monotonic() - started
+        elapsed = time.monotonic() - started - spec.warmup_s
+        before = await baseline
     finally:
         for agent, _, _ in agents:
             await agent.close()
@@ -131,10 +138,13 @@ async def run_fleet(bus_url: str, keys_dir: str | Path, spec: FleetSpec, *,
                 await agent.transport.close()
         local.close_shared()
     robots = []
-    for (agent, _, metrics), overruns in zip(agents, results, strict=True):
-        robots.append({**summarize(agent, overruns=overruns), **_requests(agent, metrics),
+    for (agent, _, metrics), overruns, base in zip(agents, results, before, strict=True):
+        counts = _requests(agent, metrics)
+        counts = {key: max(0, value - base.get(key, 0)) for key, value in counts.items()}
+        counts["on_time"] = min(counts["on_time"], counts["requests"])
+        robots.append({**summarize(agent, overruns=overruns), **counts,
                        "priority": int(agent.config.priority),
-                       "_rtt_ns": list(agent.stats.rtt_ns)})
+                       "_rtt_ns": list(agent.stats.rtt_ns)[base.get("answered", 0):]})
     return fleet_summary(robots, elapsed)
 
 
@@ -164,7 +174,32 @@ async def _connect(bus_url: str, keys_dir: str | Path, spec: FleetSpec, *, index
 async def _run_one(agent: EdgeAgent, robot: SimRobot, spec: FleetSpec, offset_s: float,
                    stop: asyncio.Event | None) -> int:
     await asyncio.sleep(offset_s)  # spread over one request period
-    return await drive(agent, robot, fps=spec.fps, seconds=spec.seconds, stop=stop)
+    overruns = await drive(agent, robot, fps=spec.fps, seconds=spec.seconds, stop=stop)
+    agent.stop_refill()  # a refill planned for after the end would not be counted
+    # a request still in flight is answered or decided within its deadline: count it as such,
+    # not as sent and never answered
+    settle = time.monotonic() + spec.deadline_ms / 1000 + 0.1
+    while agent.inbox.waiting and time.monotonic() < settle:
+        await asyncio.sleep(0.01)  # polling the robot's own pending replies, bounded
+    return overruns
+
+
+async def _baseline(agents: list[tuple[EdgeAgent, SimRobot, EdgeMetrics]],
+                    warmup_s: float, on_warm: Callable[[], None] | None
+                    ) -> list[dict[str, int]]:
+    """Each robot's request counts once ``warmup_s`` have passed (none: zeros); ``on_warm``
+    is called at that moment."""
+    if warmup_s > 0:
+        await asyncio.sleep(warmup_s)
+    counts: list[dict[str, int]] = []
+    for agent, _, metrics in agents:
+        count = _requests(agent, metrics) if warmup_s > 0 else {}
+        if count:  # a request in flight now is answered (or missed) after: count it after
+            count["requests"] -= agent.inbox.waiting
+        counts.append(count)
+    if on_warm is not None:
+        on_warm()
+    return counts
 
 
 def _requests(agent: EdgeAgent, metrics: EdgeMetrics) -> dict[str, int]:

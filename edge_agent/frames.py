@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -17,15 +18,18 @@ MAX_ACTION_DIM = 256
 
 def frame_of(observation: Observation, *, robot_id: str, step: int, capture_ns: int,
              model: str, safety_critical: bool = False, codec: Codec = "raw",
-             quality: int = 85, cameras: dict[str, Image] | None = None) -> Frame:
+             quality: int = 85, cameras: dict[str, Image] | None = None,
+             interval_ns: int = 0) -> Frame:
     """The wire frame for one observation (raw images are not copied); ``cameras``, when
-    given, are its images already encoded (see :mod:`edge_agent.cameras`)."""
+    given, are its images already encoded (see :mod:`edge_agent.cameras`); ``interval_ns``:
+    how long until the robot would send its next frame on its own (0: not stated)."""
     if cameras is None:
         cameras = {name: encode_image(np.asarray(pixels, dtype=np.uint8), codec, quality)
                    for name, pixels in observation.images.items()}
     return Frame(robot_id=robot_id, step=step, cameras=cameras, command=observation.command,
                  state=pack_array(np.asarray(observation.state, dtype=np.float32)),
-                 capture_ns=capture_ns, safety_critical=safety_critical, model=model)
+                 capture_ns=capture_ns, safety_critical=safety_critical, model=model,
+                 interval_ns=interval_ns or msgspec.UNSET)
 
 
 def chunk_of(action: Action) -> npt.NDArray[np.float32]:

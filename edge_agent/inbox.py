@@ -40,6 +40,8 @@ class CloudReply:
     rtt_ns: int
     worker_id: str
     tick_stride: float
+    #: the worker's suggested send time for the next frame (wall ns; 0: none)
+    slot_ns: int = 0
 
 
 def strict_action_guard() -> ReplayGuard:
@@ -94,6 +96,11 @@ class ActionInbox:
             _, old = self._expected.popitem(last=False)
             old.cancel()
         return future
+
+    @property
+    def waiting(self) -> int:
+        """Frames sent whose reply has not come and whose step is not decided yet."""
+        return sum(1 for future in self._expected.values() if not future.done())
 
     def sent(self, corr: str, encode_ns: int) -> None:
         """The frame of ``corr`` went out: keep its encode time for the latency breakdown."""
@@ -167,7 +174,8 @@ class ActionInbox:
         if expected is None or expected.done():
             return
         stride = action.period_ns / self.period_ns if action.period_ns else 1.0
-        expected.set_result(CloudReply(chunk, reply.rtt_ns, action.worker_id, stride))
+        expected.set_result(CloudReply(chunk, reply.rtt_ns, action.worker_id, stride,
+                                       action.slot_ns or 0))
 
     def _measure(self, corr: str, rtt_ns: int, decode_ns: int, action: Action) -> None:
         self.stats.rtt_ns.append(rtt_ns)

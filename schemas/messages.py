@@ -48,6 +48,10 @@ class Frame(msgspec.Struct, frozen=True, kw_only=True):
     capture_ns: Nanos
     safety_critical: bool = False
     model: Name = "default"
+    #: a periodic robot (refilling an action chunk): how long until it would send its next
+    #: frame on its own; a worker may then suggest when to send it (``Action.slot_ns``).
+    #: absent: not stated, no suggestion wanted (absent, not 0, so older frames' bytes stay)
+    interval_ns: Nanos | msgspec.UnsetType = msgspec.UNSET
 
 
 class TaskRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,6 +82,11 @@ class Action(msgspec.Struct, frozen=True, kw_only=True):
     inference_ns: Nanos = 0
     encode_ns: Nanos = 0
     span_ns: Nanos = 0
+    #: a suggestion (wall clock, the robot's own): send the next frame at this time, so it
+    #: arrives just before a batch planned for it starts. Absent: none. Only for frames that
+    #: state ``interval_ns``; a robot may ignore it and must not wait past its own refill
+    #: deadline
+    slot_ns: Nanos | msgspec.UnsetType = msgspec.UNSET
 
 
 class TaskResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -18,6 +18,7 @@ from security.keys import add_key
 from tests.support.mosquitto import running_broker
 from vlabus.broker.local import LocalMosquitto
 from vlabus.broker.render import ADMIN, render, templates_dir
+from vlabus.broker.site import render_site
 from vlabus.bus.transport import Transport, open_transport
 from vlabus.cli import main
 
@@ -176,3 +177,17 @@ def test_a_dev_broker_admits_a_new_identity_after_render_and_sighup(tmp_path: Pa
         asyncio.run(attempt("robot-a"))  # still admitted with its old password
     finally:
         running.close()
+
+
+def test_sync_leaves_a_site_bridge_alone(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``site-NAME`` (added by ``render --site``) is not in the keyring: sync keeps it."""
+    keys = tmp_path / "keys"
+    add_key(keys, "robot", "robot-a")
+    add_key(keys, "worker", "worker-1")
+    render(keys, tmp_path / "broker", tls=True)
+    render_site(keys, tmp_path / "site", site="berlin", uplink="mqtts://127.0.0.1:8883",
+                cloud=tmp_path / "broker")
+    for broker in running_broker(tmp_path / "broker"):
+        assert sync(tmp_path, broker, capsys) == {"exit_code": 0, "added": [], "removed": [],
+                                                  "changed": []}

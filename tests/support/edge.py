@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from schemas.arrays import pack_array
@@ -75,6 +76,9 @@ class FakeCloud:
     dim: int = 7
     alive: bool = True
     forge: bool = False
+    #: with a value, replies suggest sending the next frame this long after the reply
+    slot_in_s: float | None = None
+    intervals: list[int] = field(default_factory=list)
     frames: int = 0
     replies: int = 0
     rejections: Rejections = field(default_factory=Rejections)
@@ -94,6 +98,7 @@ class FakeCloud:
             if received is None or not isinstance(received.message, Frame):
                 continue
             self.frames += 1
+            self.intervals.append(received.message.interval_ns or 0)
             if not self.alive:
                 continue
             task = asyncio.create_task(self._reply(received.message, received.header.corr))
@@ -107,7 +112,9 @@ class FakeCloud:
         action = Action(robot_id=frame.robot_id, step=frame.step, actions=pack_array(chunk),
                         model="default", model_version=1, worker_id=self.signer.identity,
                         decode_ns=10_000, queue_wait_ns=20_000, inference_ns=30_000,
-                        encode_ns=5_000, span_ns=70_000)
+                        encode_ns=5_000, span_ns=70_000,
+                        slot_ns=(time.time_ns() + round(self.slot_in_s * 1e9))
+                        if self.slot_in_s is not None else msgspec.UNSET)
         wire = self._encoder.encode(action, corr=corr)
         if self.forge:
             wire = wire[:-1] + bytes([wire[-1] ^ 1])

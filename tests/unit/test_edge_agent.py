@@ -40,13 +40,13 @@ class Rig:
 async def make_rig(keydir: KeyDir, *, deadline_ms: float = 200, chunk: int = 1,
                    refill_below: int = 0, period_ms: float = 10, delay_s: float = 0.0,
                    breaker: BreakerConfig | None = None,
-                   policy: TinyPolicy | None = None) -> Rig:
+                   policy: TinyPolicy | None = None, slot_in_s: float | None = None) -> Rig:
     url = f"memory://edge-{next(_names)}"
     reset_memory(url.removeprefix("memory://"))
     robot_bus = await open_transport(url, TransportOptions(client_id="robot-a"))
     cloud_bus = await open_transport(url, TransportOptions(client_id="worker-1"))
     cloud = await FakeCloud(cloud_bus, keydir.signers["worker-1"], keydir.ring,
-                            delay_s=delay_s).start()
+                            delay_s=delay_s, slot_in_s=slot_in_s).start()
     policy = policy or TinyPolicy()
     local = LocalPolicy(policy)
     local.warm_up(observation())
@@ -228,6 +228,49 @@ def test_chunks_execute_from_the_queue_and_refill_before_running_dry(keydir: Key
             # 12 ticks from chunks of 4 need far fewer than 12 frames
             assert rig.cloud.frames < 12
             assert rig.agent.queue.blended > 0  # refills overlapped the old chunk
+        finally:
+            await rig.cloud.close()
+            await rig.agent.close()
+    run(main())
+
+
+def test_chunked_robot_states_its_interval_and_takes_send_time_hints(keydir: KeyDir) -> None:
+    async def main() -> None:
+        # a refill when 10 actions (50 ms) are left, a 20 ms deadline: a hint 30 ms after
+        # the reply comes as the queue runs low and before the refill deadline
+        rig = await make_rig(keydir, chunk=20, refill_below=10, period_ms=5, deadline_ms=20,
+                             slot_in_s=0.03)
+        rig.cloud.horizon = 20
+        try:
+            results = []
+            for tick in range(40):
+                results.append(await rig.agent.act(observation(tick)))
+                await asyncio.sleep(0.005)
+            assert all(r.action is not None for r in results)
+            assert set(rig.cloud.intervals) == {50 * MS}  # 5 ms x (20 - 10)
+            # each hint is followed, or already past when the queue runs low on a loaded
+            # host (then sent at once); none is out of the window (test_slots covers the rule)
+            assert rig.agent.refill.ignored == 0
+        finally:
+            await rig.cloud.close()
+            await rig.agent.close()
+    run(main())
+
+
+def test_a_hint_past_the_refill_deadline_is_ignored(keydir: KeyDir) -> None:
+    async def main() -> None:
+        rig = await make_rig(keydir, chunk=20, refill_below=10, period_ms=5, deadline_ms=20,
+                             slot_in_s=10.0)
+        rig.cloud.horizon = 20
+        try:
+            results = []
+            for tick in range(40):
+                results.append(await rig.agent.act(observation(tick)))
+                await asyncio.sleep(0.005)
+            assert all(r.action is not None for r in results)
+            assert rig.agent.refill.followed == 0
+            assert rig.agent.refill.ignored >= 1
+            assert rig.cloud.frames >= 3  # it kept refilling as without hints
         finally:
             await rig.cloud.close()
             await rig.agent.close()

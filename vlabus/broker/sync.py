@@ -29,7 +29,8 @@ async def sync_access(transport: Transport, keys: str | Path, acl: str | Path, *
     and client (its certificate comes from ``render``, which reuses the CA); one gone from the
     keyring loses both, and the plugin disconnects it; one whose rules changed has its role's
     ACLs edited in place, or, when its role changed, is made again. Returns the identities
-    ``added``, ``removed`` and ``changed``; raises :class:`BrokerError` when the broker refuses
+    ``added``, ``removed`` and ``changed`` (site bridges, ``site-NAME``, are left as
+    ``render --site`` made them); raises :class:`BrokerError` when the broker refuses
     a command. Run one sync at a time: the plugin's responses share one topic.
     """
     ring = Keyring.load(keys)
@@ -41,6 +42,7 @@ async def sync_access(transport: Transport, keys: str | Path, acl: str | Path, *
     listed = await _control(transport, [{"command": "listClients", "verbose": True}], timeout_s)
     have = {c["username"]: [r["rolename"] for r in c.get("roles", [])]
             for c in listed[0].get("data", {}).get("clients", []) if c["username"] != ADMIN}
+    have = {name: r for name, r in have.items() if not _site_bridge(name, r)}
     added = sorted(set(clients) - set(have))
     removed = sorted(set(have) - set(clients))
     changed: list[str] = []
@@ -80,6 +82,12 @@ async def sync_access(transport: Transport, keys: str | Path, acl: str | Path, *
         if errors:
             raise BrokerError("the broker refused: " + "; ".join(errors))
     return {"added": added, "removed": removed, "changed": changed}
+
+
+def _site_bridge(name: str, roles: list[str]) -> bool:
+    """A site's bridge client (``render --site NAME`` adds ``site-NAME`` with its own role of
+    that name): not a keyring identity, so a sync neither removes nor edits it."""
+    return name.startswith("site-") and roles == [name]
 
 
 def _create(client: dict[str, Any], role: dict[str, Any]) -> list[dict[str, Any]]:

@@ -53,7 +53,8 @@ def to_plain(value: Any, *, values: bool = False) -> Any:
         return _array(value, values=values)
     if isinstance(value, msgspec.Struct):
         return {name: to_plain(getattr(value, name), values=values)
-                for name in value.__struct_fields__}
+                for name in value.__struct_fields__
+                if getattr(value, name) is not msgspec.UNSET}  # a field left out on the wire
     if isinstance(value, bytes | bytearray | memoryview):
         return len(value)
     if isinstance(value, dict):
