@@ -113,14 +113,12 @@ def test_hedge_makes_a_slow_local_policy_ready_at_the_deadline(keydir: KeyDir) -
         rig = await make_rig(keydir, deadline_ms=60, policy=SlowPolicy(0.025))
         rig.cloud.alive = False
         try:
-            loop = asyncio.get_running_loop()
             for step in range(3):
-                start = loop.time()
                 result = await rig.agent.act(observation(step))
-                took = loop.time() - start
                 assert result.cause is Cause.TIMEOUT
-                assert took < 0.060 + 0.012, f"step {step} took {took * 1e3:.1f} ms"
-                assert result.lateness_ns < 12 * MS
+                # Started at the deadline, the 25 ms policy would be at least 25 ms late
+                # whatever the machine's load; hedged, part of it ran before the deadline.
+                assert result.lateness_ns < 25 * MS, f"step {step}: {result.lateness_ns} ns"
             assert rig.agent.stats.hedges_started == 3
         finally:
             await rig.cloud.close()
