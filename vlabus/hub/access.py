@@ -6,8 +6,8 @@ file in ``authorized/`` (``NAME.key`` → ``NAME``), and libzmq attaches that na
 itself, never from a routing id or a name the client chose. The role of ``NAME`` comes from the
 vlabus keyring (``robot``, ``worker``, ``release``, ``replay``), and each role's rules from
 ``broker_config/acl.json``, the file the Mosquitto fleet configuration is rendered from, so both
-buses enforce the same rules (a robot may publish only under its own id and read only
-its own actions and the model topics).
+buses enforce the same rules (a robot may publish only under its own id and read only its
+own actions, the model topics and the workers' status, where direct endpoints are advertised).
 
 * **publish**: the topic must match one of the identity's ``publish`` patterns.
 * **subscribe**: the filter (``$share/GROUP/PATTERN`` for a group) must be covered by one of
