@@ -110,15 +110,6 @@ def test_the_taken_over_hub_client_takes_the_id_back_after_its_hold(zmq_hub: Hub
     run(body, timeout=60)
 
 
-@pytest.fixture(params=["zmq", "mqtt"])
-def bus(request: pytest.FixtureRequest) -> tuple[str, LocalMosquitto | None]:
-    if request.param == "zmq":
-        hub: Hub = request.getfixturevalue("zmq_hub")
-        return hub.url, None
-    broker: LocalMosquitto = request.getfixturevalue("mosquitto")
-    return broker.url, broker
-
-
 def test_two_workers_started_with_one_id_keep_a_robot_served(
         keydir: KeyDir, bus: tuple[str, LocalMosquitto | None]) -> None:
     """A copied configuration starts a second ``worker-1``: the robot keeps its cloud actions

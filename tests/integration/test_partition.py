@@ -67,6 +67,19 @@ def _wait_for_more_cloud_actions(bed: NetBed, port: int, than: float, proc: Any)
     raise AssertionError(f"no cloud action beyond {than} within 60 s")
 
 
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGINT every process still running, then wait for each (killed after 30 s)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
@@ -103,15 +116,7 @@ def test_partitioned_robot_acts_locally_and_takes_nothing_late_after_the_heal(
         _wait_for_more_cloud_actions(netbed, metrics_port, healed + 15, robot)
         summary = _stop(robot)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for proc in procs:
-            try:
-                proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+        _stop_all(procs)
     log = (tmp_path / "robot.log").read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
     assert summary["steps_without_action"] == 0
@@ -231,14 +236,7 @@ def test_a_subscriber_cut_off_is_found_dead_and_the_publisher_never_waits(
         while int(_next(subscriber, "", 40)) <= last:  # receiving again after the heal
             pass
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGINT)
-        for proc in procs:
-            try:
-                proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+        _stop_all(procs)
     found_s = float(t_will) - float(t_cut)
     assert found_s < 15, found_s  # keepalive probes and TCP_MAXRT: about 3 heartbeats + 3 s
     # The publisher went on at its rate while the hub held frames for a dead peer (it sleeps

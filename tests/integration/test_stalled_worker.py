@@ -35,15 +35,6 @@ MS = 1_000_000
 STALL = StallConfig(factor=10, min_ns=300 * MS, exit_after_ns=0)
 
 
-@pytest.fixture(params=["zmq", "mqtt"])
-def bus(request: pytest.FixtureRequest) -> tuple[str, LocalMosquitto | None]:
-    if request.param == "zmq":
-        hub: Hub = request.getfixturevalue("zmq_hub")
-        return hub.url, None
-    broker: LocalMosquitto = request.getfixturevalue("mosquitto")
-    return broker.url, broker
-
-
 def options(broker: LocalMosquitto | None, identity: str,
             client_id: str | None = None) -> TransportOptions:
     client_id = client_id or identity

@@ -24,7 +24,6 @@ from tests.support.robot import Robot
 from tests.support.worker import serving
 from vlabus.broker.local import LocalMosquitto
 from vlabus.bus.transport import TransportOptions, open_transport
-from vlabus.hub.server import Hub
 from vlabus.inbound import Rejections
 from vlabus.wire import Encoder
 
@@ -36,15 +35,6 @@ def options(bus: str, mosquitto: LocalMosquitto | None, identity: str,
     if mosquitto is not None:
         return mosquitto.options(identity, client_id)
     return TransportOptions(client_id=client_id)
-
-
-@pytest.fixture(params=["zmq", "mqtt"])
-def bus(request: pytest.FixtureRequest) -> tuple[str, LocalMosquitto | None]:
-    if request.param == "zmq":
-        hub: Hub = request.getfixturevalue("zmq_hub")
-        return hub.url, None
-    broker: LocalMosquitto = request.getfixturevalue("mosquitto")
-    return broker.url, broker
 
 
 def test_worker_refuses_a_frame_on_another_robots_topic(
