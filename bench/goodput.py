@@ -12,10 +12,11 @@ Scenarios (``SCENARIOS``): ``reactive`` — 15 Hz, one request per step, 100 ms 
 SmolVLA-class profile; ``chunked`` — a 50-step chunk requested every 0.5 s (stepped at 20 Hz,
 refilled when 40 actions are left), 300 ms deadline, the pi0-class profile on an RTX 4090
 (``chunked_h200``: the same model on an H200, an extrapolated profile); each also ``_mixed``:
-30% of robots at high priority with half the deadline. ``--quick`` runs ``chunked`` alone with
-2 s points and a coarser search (about 80-100 s: the issue's scenarios do not fit 20 s). Every
-point runs ``WARMUP_S`` first, not counted. When ``vlabus`` and ``fifo`` end apart, the lower
-is run again at the other's maximum (``recheck``).
+30% of robots at high priority with half the deadline. ``--quick`` is a smoke run of the same
+pipeline, not the search: ``chunked`` alone, ``QUICK_ROBOTS`` robots for 1.5 s per scheduler,
+the on-time share and cost of each (``schedulers.NAME``), no ``reference_profile``. Every point
+runs ``WARMUP_S`` first, not counted. When ``vlabus`` and ``fifo`` end apart, the lower is run
+again at the other's maximum (``recheck``).
 Schedulers: ``vlabus``, ``fifo`` (max batch 16, max delay 2 ms: Triton's dynamic batcher),
 ``serial`` (openpi / LeRobot's one request at a time).
 
@@ -51,6 +52,7 @@ from vlabus.policy.profile import Profile, load_profile
 
 SCHEDULERS = ("vlabus", "fifo", "serial")
 ON_TIME = 0.99
+QUICK_ROBOTS = 8  # chunked: more than one at a time carries (4), fewer than vlabus's limit
 #: a point between this and ON_TIME is run twice and the two runs pooled
 RETRY_ABOVE = 0.95
 MAX_BATCH = 16
@@ -258,6 +260,20 @@ def sweep(bench: Bench, scenario: Scenario, scheduler: str, seconds: float,
                                       "worker_exit": code})
 
 
+def quick_point(bench: Bench, scenario: Scenario, scheduler: str,
+                seconds: float) -> dict[str, Any]:
+    """``QUICK_ROBOTS`` robots for ``seconds`` against ``scheduler``: the on-time share and
+    what it cost, with no search (``--quick``)."""
+    worker = bench.worker(scheduler, scenario.profile)
+    try:
+        point = run_point(bench, worker, scenario, QUICK_ROBOTS, seconds)
+    finally:
+        worker.terminate()
+    print(f"goodput {scenario.profile} {scheduler} {QUICK_ROBOTS} robots: on time "
+          f"{point['on_time_fraction']}", file=sys.stderr, flush=True)
+    return _cost(point, scenario) if point["on_time"] else point
+
+
 def recheck(bench: Bench, scenario: Scenario, scheduler: str, robots: int, seconds: float,
             result: dict[str, Any]) -> dict[str, Any]:
     """``result`` with one more load tried for ``scheduler``: ``robots``, where another
@@ -327,8 +343,8 @@ def main() -> None:
     parse.add_argument("--max-robots", type=int, default=120)
     args = parse.parse_args()
     names = args.scenario or (["chunked"] if args.quick else list(SCENARIOS))
-    seconds = args.seconds or (2.0 if args.quick else 8.0)
-    resolution = 0.15 if args.quick else 0.0
+    seconds = args.seconds or (1.5 if args.quick else 8.0)
+    resolution = 0.0
     started = time.monotonic()
     root = workdir("vlabus-goodput-")
     bench = Bench(root, args.max_robots)
@@ -336,6 +352,11 @@ def main() -> None:
     try:
         for name in names:
             scenario = SCENARIOS[name]
+            if args.quick:  # a smoke run of the whole pipeline: one load, no search
+                results[name] = {"scenario": scenario.__dict__, "robots": QUICK_ROBOTS,
+                                 "schedulers": {s: quick_point(bench, scenario, s, seconds)
+                                                for s in SCHEDULERS}}
+                continue
             runs = {s: sweep(bench, scenario, s, seconds, args.max_robots,
                              resolution=resolution) for s in SCHEDULERS}
             for low, high in (("vlabus", "fifo"), ("fifo", "vlabus")):
@@ -351,7 +372,7 @@ def main() -> None:
     report = {"bench": "goodput", "quick": args.quick, "seconds_per_point": seconds,
               "on_time_threshold": ON_TIME, "max_batch": MAX_BATCH, "max_delay_ms": MAX_DELAY_MS,
               "environment": environment(), "scenarios": results,
-              "reference_profile": reference_profile(),
+              "reference_profile": None if args.quick else reference_profile(),
               "elapsed_s": round(time.monotonic() - started, 1)}
     emit(report, compact=args.json)
 
