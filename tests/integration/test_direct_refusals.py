@@ -13,7 +13,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from tests.support.buses import Bus
 from tests.support.direct import ROBOT, pool_keys
 from tests.support.keys import KeyDir
 from tests.support.wire import frame
-from vlabus.bus.transport import TransportOptions, open_transport
+from vlabus.bus.transport import open_transport
 from vlabus.policy.reference import NoopPolicy
 from vlabus.session_link import PoolSessions
 from vlabus.session_wire import SessionEncoder, SessionVerifier
@@ -43,16 +43,6 @@ from vlabus.wire import Decoder, Encoder
 
 pytestmark = pytest.mark.integration
 FRAME, SESSION = topics.frame_topic(ROBOT).encode(), topics.session_topic(ROBOT).encode()
-
-
-@pytest.fixture(params=["zmq", "mqtt"])
-def real_bus(request: pytest.FixtureRequest) -> Iterator[Bus]:
-    if request.param == "zmq":
-        hub = request.getfixturevalue("zmq_hub")
-        yield Bus("zmq", hub.url, lambda cid, **kw: TransportOptions(client_id=cid, **kw))
-    else:
-        broker = request.getfixturevalue("mosquitto")
-        yield Bus("mqtt", broker.url, lambda cid, **kw: broker.options("worker-1", cid, **kw))
 
 
 @asynccontextmanager

@@ -8,7 +8,6 @@ import asyncio
 import json
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +39,6 @@ from vlabus.session_link import PoolLink, PoolSessions, RobotLink
 pytestmark = pytest.mark.integration
 ROBOT = "robot-a"
 MARKER = b"end-of-test"
-
-
-@pytest.fixture(params=["zmq", "mqtt"])
-def real_bus(request: pytest.FixtureRequest) -> Iterator[Bus]:
-    if request.param == "zmq":
-        hub = request.getfixturevalue("zmq_hub")
-        yield Bus("zmq", hub.url, lambda cid, **kw: TransportOptions(client_id=cid, **kw))
-    else:
-        broker = request.getfixturevalue("mosquitto")
-        yield Bus("mqtt", broker.url, lambda cid, **kw: broker.options("worker-1", cid, **kw))
 
 
 class Scene:
