@@ -58,9 +58,11 @@ RETRY_ABOVE = 0.95
 MAX_BATCH = 16
 MAX_DELAY_MS = 2.0
 NEVER_OPEN = BreakerConfig(miss_limit=1 << 30)
-#: each point's first second (two requests of a chunked robot) is run but not counted: the
-#: fleet's start, every robot's first request at once, is not its steady state
-WARMUP_S = 1.0
+#: each point's first two seconds (four requests of a chunked robot) are run but not counted:
+#: the fleet's start, every robot's first request at once, is not its steady state, and a
+#: vlabus worker's plan of send times forms over its first cycles as the robots join (a robot
+#: dropped while it forms is told its slot in the Declined notice)
+WARMUP_S = 2.0
 
 
 @dataclass(frozen=True)

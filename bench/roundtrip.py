@@ -12,6 +12,12 @@ reported separately): the loop measures the bus, not the image codec.
 Floors, measured in the same run with the same bytes up (the signed frame) and the same number
 of bytes down (an Action envelope's size):
 
+* ``tcp_bare_direct``: a blocking TCP socket to a blocking server (a 4-byte length, then the
+  bytes; TCP_NODELAY), no library at all: the floor of any transport, which the openpi-style
+  peer's websocket rides on too. ``ratio_p50_zmq_bare_direct_vs_tcp_bare_direct`` is what
+  ZeroMQ itself costs (its I/O threads: a message crosses two more threads each way), and
+  ``ratio_p50_ws_msgpack_peer_vs_tcp_bare_direct`` and
+  ``ratio_p50_vlabus_direct_session_vs_tcp_bare_direct`` what each loop adds to bare TCP.
 * ``zmq_bare_direct``: bare pyzmq DEALER → ROUTER server, no hub.
 * ``zmq_bare_hop``: bare pyzmq through a bare ROUTER forwarder process — the hub's topology.
 * ``zmq_bare_via_hub``: bare pyzmq clients speaking the hub's protocol by hand, through the
@@ -103,6 +109,7 @@ WIRE = "zmq_wire_hop"
 WIRE_DIRECT = "zmq_wire_direct"
 WIRE_DIRECT_SESSION = "zmq_wire_direct_session"
 PEER = "ws_msgpack_peer"
+TCP = "tcp_bare_direct"
 DIRECT, DIRECT_CURVE = "vlabus_direct_session", "vlabus_direct_session_curve"
 BLOCK = 25
 CTX = multiprocessing.get_context("spawn")
@@ -146,6 +153,51 @@ def bare_zmq_server(ready: Any, reply_size: int) -> None:
     while True:
         ident, _payload = router.recv_multipart(copy=False)
         router.send_multipart([ident, reply], copy=False)
+
+
+def bare_tcp_server(ready: Any, reply_size: int) -> None:
+    """A blocking TCP server: a 4-byte length and the message, answered the same way with
+    ``reply_size`` bytes. No library between the bytes and the socket: the transport floor."""
+    reply = reply_size.to_bytes(4, "big") + bytes(reply_size)
+    listener = socket.create_server(("127.0.0.1", 0))
+    ready.put(listener.getsockname()[1])
+    conn, _ = listener.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    view = memoryview(bytearray(16 << 20))  # the largest case's frame fits many times
+    while True:
+        if not _read_into(conn, view[:4]):
+            return
+        size = int.from_bytes(view[:4], "big")
+        if not _read_into(conn, view[:size]):
+            return
+        conn.sendall(reply)
+
+
+def _read_into(conn: socket.socket, view: memoryview) -> bool:
+    got = 0
+    while got < len(view):
+        n = conn.recv_into(view[got:])
+        if n == 0:
+            return False
+        got += n
+    return True
+
+
+def tcp_client(stack: ExitStack, port: int) -> Callable[[bytes], None]:
+    """The client of :func:`bare_tcp_server`: each call sends ``payload`` and reads the
+    answer."""
+    conn = socket.create_connection(("127.0.0.1", port))
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    stack.callback(conn.close)
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+
+    def round_trip(payload: bytes) -> None:
+        conn.sendmsg([len(payload).to_bytes(4, "big"), payload])
+        _read_into(conn, view[:4])
+        _read_into(conn, view[:int.from_bytes(view[:4], "big")])
+
+    return round_trip
 
 
 def bare_zmq_forwarder(ready: Any) -> None:
@@ -593,7 +645,8 @@ def measure(stack: ExitStack, loop: asyncio.AbstractEventLoop, robot: Robot,
                        (WIRE_DIRECT, "zmq_bare_direct"), (WIRE_DIRECT, PEER),
                        (WIRE_DIRECT_SESSION, "zmq_bare_direct"), (WIRE_DIRECT_SESSION, PEER),
                        (WIRE_DIRECT_SESSION, WIRE_DIRECT),
-                       (DIRECT_CURVE, DIRECT), (DIRECT, "vlabus_session")):
+                       (DIRECT_CURVE, DIRECT), (DIRECT, "vlabus_session"),
+                       ("zmq_bare_direct", TCP), (PEER, TCP), (DIRECT, TCP)):
         if name in out and base in out:
             out[f"ratio_p50_{name}_vs_{base}"] = ratio(out[name]["p50_us"], out[base]["p50_us"])
     return out
@@ -629,6 +682,8 @@ def run_bus(bus: str, cases: list[str], rounds: int, *, curve: bool = True) -> d
             spawn(stack, hub_protocol_server, hub_port, reply_size)
             spawn(stack, bare_zmq_server, ready, reply_size)
             floors["zmq_bare_direct"] = zmq_client(ready.get(timeout=20), None)
+            spawn(stack, bare_tcp_server, ready, reply_size)
+            floors[TCP] = tcp_client(stack, ready.get(timeout=20))
             spawn(stack, bare_zmq_forwarder, ready)
             hop = ready.get(timeout=20)
             spawn(stack, bare_zmq_hop_server, hop, reply_size)

@@ -25,8 +25,10 @@ Pure logic with an injected clock. Each :meth:`DeadlineScheduler.poll`:
    running when a planned batch is due to start waits for that start instead, when its head
    can; a planned batch whose frames are still arriving waits up to ``slot_grace`` past its
    start for them, while the batch they make still meets the deadlines of those present.
-   Each released frame that states its robot's interval gets the planned start for its
-   robot's next frame (``Request.hint_ns``, on the robot's clock).
+   Each released or dropped frame that states its robot's interval gets the planned start
+   for its robot's next frame (``Request.hint_ns``, on the robot's clock); a dropped one
+   carries it in the worker's ``Declined`` notice, so a robot whose frames keep arriving when
+   they cannot be served learns its slot at once.
 """
 
 from __future__ import annotations
@@ -153,6 +155,9 @@ class DeadlineScheduler:
 
     def _drop(self, now: int) -> list[Request]:
         dropped = self.queue.drop_where(lambda req: self.hopeless(req, now))
+        if self.planner is not None:  # its robot is told when to send instead (Declined)
+            for req in dropped:
+                self._hint(req, now)
         for model in {req.model for req in dropped}:
             # An estimate is corrected only by running the model: if it stays too high for
             # every request, relax it slowly so a request runs and measures it afresh.

@@ -3,7 +3,8 @@
 No I/O and no clocks: the caller passes the time and the worker's previous encode duration.
 A frame gets an :class:`~schemas.messages.Action` (or nothing when the policy gave no chunk), a
 task a :class:`~schemas.messages.TaskResult`; either goes to ``action_topic`` of the envelope's
-authenticated sender with the request's deadline, priority and correlation id.
+authenticated sender with the request's deadline, priority and correlation id. A frame dropped
+before the model gets a :class:`~schemas.messages.Declined` there (:func:`build_declined`).
 
 Timing fields of each ``Action`` (durations on the worker's clocks): ``decode_ns`` (receive
 pipeline), ``queue_wait_ns`` (queued → batch formed), ``inference_ns`` (the whole batch),
@@ -23,7 +24,7 @@ from cloud_workers.queue import Request
 from cloud_workers.runner import Outcome
 from schemas import topics
 from schemas.arrays import pack_array
-from schemas.messages import Action, TaskRequest, TaskResult
+from schemas.messages import Action, Declined, Frame, TaskRequest, TaskResult
 
 MAX_ERROR = 1024
 
@@ -33,7 +34,7 @@ class Reply:
     """One answer, ready to encode: body, topic and the header fields it inherits."""
 
     topic: str
-    body: Action | TaskResult
+    body: Action | Declined | TaskResult
     deadline_ns: int
     priority: int
     corr: str
@@ -76,5 +77,18 @@ def build_reply(request: Request, outcome: Outcome, timing: BatchTiming, *, work
             decode_ns=meta.decode_ns, queue_wait_ns=wait_ns, inference_ns=timing.inference_ns,
             encode_ns=timing.encode_ns, span_ns=max(0, now_ns - meta.received_ns),
             slot_ns=request.hint_ns or msgspec.UNSET)
+    return Reply(topics.action_topic(header.sender), body, header.deadline_ns, header.priority,
+                 header.corr)
+
+
+def build_declined(request: Request, *, worker_id: str, reason: str) -> Reply | None:
+    """The notice that frame ``request`` will not be answered (with its robot's send-time hint,
+    when the scheduler planned one); None for a task or a request without intake metadata."""
+    frame = request.payload
+    if request.meta is None or not isinstance(frame, Frame):
+        return None
+    header = request.meta.header
+    body = Declined(robot_id=frame.robot_id, step=frame.step, worker_id=worker_id,
+                    reason=reason, slot_ns=request.hint_ns or msgspec.UNSET)
     return Reply(topics.action_topic(header.sender), body, header.deadline_ns, header.priority,
                  header.corr)

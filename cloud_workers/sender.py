@@ -17,7 +17,8 @@ from collections.abc import Mapping
 
 from cloud_workers.batcher import Batch
 from cloud_workers.metrics import WorkerMetrics
-from cloud_workers.replies import BatchTiming, build_reply
+from cloud_workers.queue import Request
+from cloud_workers.replies import BatchTiming, build_declined, build_reply
 from cloud_workers.runner import BatchResult
 from schemas.deadline import Deadline
 from schemas.errors import BusError
@@ -61,6 +62,19 @@ class ReplySigner:
                 continue
             self.last_encode_ns = time.perf_counter_ns() - start
             out.append((reply.topic, payload, reply.deadline_ns))
+        return out
+
+
+    def decline(self, requests: list[Request], reason: str) -> list[tuple[str, bytes, int]]:
+        """Signed :class:`~schemas.messages.Declined` notices for the frames of ``requests``,
+        dropped before the model for ``reason``: (topic, payload, wall-clock deadline) each."""
+        out = []
+        for request in requests:
+            reply = build_declined(request, worker_id=self.worker_id, reason=reason)
+            if reply is not None:
+                payload = self.encoder.encode(reply.body, deadline_ns=reply.deadline_ns,
+                                              priority=reply.priority, corr=reply.corr)
+                out.append((reply.topic, payload, reply.deadline_ns))
         return out
 
 

@@ -5,9 +5,9 @@ Two asyncio tasks share one event loop: ``_receive`` runs every message through
 (:mod:`cloud_workers.schedulers`) for work and runs it on one inference thread, so receiving
 and verifying continue while the model runs. A frame model measured faster than
 ``WorkerConfig.inline_below_ns`` runs on the loop itself instead: for a cheap policy the two
-thread hand-offs cost more than the work. An idle worker takes a message straight from the
-transport's receive callback (``Transport.consume``) and, when its batch is due at once and
-runs inline, answers it there without waking either task.
+thread hand-offs cost more than the work; an idle worker answers such a frame in the
+transport's receive callback (``Transport.consume``). A frame dropped before the model (its
+deadline cannot be met) is answered with a ``Declined`` notice at once.
 
 A watchdog (:mod:`cloud_workers.stall`) follows the batch on the inference thread: one running
 far past its estimate (a hung policy) takes the worker out of its shared group (unsubscribed, so
@@ -16,9 +16,9 @@ announces it degraded; it rejoins when the batch returns, or :meth:`Worker.run` 
 ``StallConfig.exit_after_ns`` with :attr:`Worker.exit_reason` set, for the supervisor to restart
 the process (the hung thread cannot be stopped from Python).
 
-This module is the loop shell: :mod:`cloud_workers.intake` turns a verified message into a
-typed request, :mod:`cloud_workers.replies` builds the answers (pure), and
-:mod:`cloud_workers.sender` signs and publishes them with a bound on unacknowledged replies.
+This module is the loop shell: :mod:`cloud_workers.intake` makes typed requests,
+:mod:`cloud_workers.replies` builds the answers (pure), :mod:`cloud_workers.sender` signs and
+publishes them with a bound on unacknowledged replies.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from cloud_workers.batcher import Batch
 from cloud_workers.config import WorkerConfig, worker_status
-from cloud_workers.intake import Refused, frame_decoder, to_request
+from cloud_workers.intake import Refused, decodes, frame_decoder, to_request
 from cloud_workers.metrics import WorkerMetrics
 from cloud_workers.queue import Request, RequestMeta
 from cloud_workers.runner import TASK_PREFIX, BatchResult, PolicyRunner
@@ -40,7 +40,6 @@ from cloud_workers.sender import ReplySender, ReplySigner
 from cloud_workers.stall import StallWatch, Verdict
 from schemas import topics
 from schemas.errors import BusError, WireError
-from schemas.messages import Frame
 from security.keys import Keyring, Signer
 from vlabus.bus.transport import Message as BusMessage
 from vlabus.bus.transport import Transport, TransportOptions, Will, open_transport
@@ -210,9 +209,8 @@ class Worker:
     async def _receive(self) -> None:
         async for message in self.transport:
             self._take(message)
-            # The inbox hands over a backlog without suspending: yield after each message so
-            # a finished batch is answered, and the next one started, between two decodes
-            # rather than after the whole backlog (the model would sit idle meanwhile).
+            # the inbox hands a backlog over without suspending: yield after each message, so
+            # a finished batch is answered (and the next started) between two decodes
             await asyncio.sleep(0)
 
     def _take(self, message: BusMessage, *, wake: bool = True) -> Request | None:
@@ -244,11 +242,10 @@ class Worker:
         return request
 
     def _arrived(self, message: BusMessage) -> bool:
-        """The idle worker's path (the transport's :meth:`Transport.consume`): a message that finds
-        the serving loop asleep and the queue empty is taken straight from the receive callback
-        and, when its batch is due at once and its model runs inline, answered right there.
-        That skips the two task wake-ups (receive, then serve) of the queued path, ~25 µs of a
-        round trip here. Anything else is left to the inbox and the tasks."""
+        """The idle worker's path (:meth:`Transport.consume`): a message that finds the serving
+        loop asleep and the queue empty is taken in the receive callback and, when its batch is
+        due at once and runs inline, answered there, without the receive and serve tasks'
+        wake-ups (~25 µs of a round trip). Anything else is left to the inbox and the tasks."""
         wake = self._wake
         if (wake is None or wake.done() or self.queue or self._stopping
                 or self.replies.full):
@@ -256,7 +253,7 @@ class Worker:
         request = self._take(message, wake=False)
         if request is None:
             return True
-        inline = self._inline(request.model) and not _decodes(request)
+        inline = self._inline(request.model) and not decodes(request)
         batch = self._due_batch() if inline else None
         if batch is None:
             # not a cheap model, or the batcher waits for company: the serving loop takes it
@@ -322,7 +319,7 @@ class Worker:
     def _start(self, loop: asyncio.AbstractEventLoop, batch: Batch) -> asyncio.Future[BatchResult]:
         """Run ``batch`` on the inference thread, or right here when its model is known to be
         cheap (see ``WorkerConfig.inline_below_ns``); tasks always go to the thread."""
-        if self._inline(batch.model) and not any(_decodes(r) for r in batch.requests):
+        if self._inline(batch.model) and not any(decodes(r) for r in batch.requests):
             done: asyncio.Future[BatchResult] = loop.create_future()
             done.set_result(self.runner.run(batch))  # run() never raises for bad input
             return done
@@ -339,16 +336,23 @@ class Worker:
 
     def _due_batch(self) -> Batch | None:
         decision = self.batcher.poll()
-        self.metrics.on_drop("deadline", len(decision.expired))
+        self._expired(decision.expired)
         self.metrics.queue_depth.set(len(self.queue))
         return decision.batch
+
+    def _expired(self, dropped: list[Request]) -> None:
+        """Frames dropped before the model: counted, and each robot told at once."""
+        if dropped:
+            self.metrics.on_drop("deadline", len(dropped))
+            for reply in self.signer.decline(dropped, "deadline"):
+                self.replies.send_now(*reply)
 
     async def _next_batch(self) -> Batch | None:
         """Wait until a batch is due; None once the worker is stopping."""
         loop = asyncio.get_running_loop()
         while not self._stopping:
             decision = self.batcher.poll()
-            self.metrics.on_drop("deadline", len(decision.expired))
+            self._expired(decision.expired)
             if decision.batch is not None:
                 self.metrics.queue_depth.set(len(self.queue))
                 return decision.batch
@@ -364,14 +368,6 @@ class Worker:
                 if timer is not None:
                     timer.cancel()
         return None
-
-
-def _decodes(request: Request) -> bool:
-    """Whether a request's images need decoding (JPEG, lz4, a resolution step): that work
-    (~0.3 ms a JPEG camera) runs on the inference thread, never on the event loop."""
-    frame = request.payload
-    return isinstance(frame, Frame) and any(
-        image.codec != "raw" or image.scale != 1 for image in frame.cameras.values())
 
 
 async def open_worker(url: str, signer: Signer, keyring: Keyring, runner: PolicyRunner, *,

@@ -294,12 +294,14 @@ class EdgeAgent:
         woke = self._now()
         if woke >= timing.decide_ns:  # the timer fired: learn how late this loop's timers are
             self.slack.observe(woke - timing.decide_ns)
+        reply = None
         if reply_future.done() and not reply_future.cancelled():
             reply = reply_future.result()
+            self.refill.hinted(reply.slot_ns)
+        if reply is not None and reply.chunk is not None:
             if hedge is not None:
                 self.stats.hedges_wasted += 1
             self.breaker.on_time(reply.rtt_ns, probe=probe)
-            self.refill.hinted(reply.slot_ns)
             if self.on_cloud is not None:
                 self.on_cloud(observation, reply.chunk)
             return Decision(step, reply.chunk, Source.CLOUD, None, deadline_ns,
@@ -307,10 +309,13 @@ class EdgeAgent:
                             reply.tick_stride)
         pending = self.inbox.expire(corr)
         cause = Cause.REJECTED_REPLY if pending is not None and pending.rejected else Cause.TIMEOUT
-        if cause is Cause.TIMEOUT:
+        if reply is not None:  # declined by the worker: decided now, not at the deadline
+            cause = Cause.DECLINED
+        elif cause is Cause.TIMEOUT:
             self.cameras.missed(corr)  # no reply in time: the uplink may be what is slow
-            if self.config.slot_hints:
-                self.refill.missed()
+        if cause is not Cause.REJECTED_REPLY and self.config.slot_hints and not (
+                reply is not None and reply.slot_ns):
+            self.refill.missed()  # no answer and no hint: leave lock step with the batches
         self.breaker.missed(probe=probe)
         if hedge is None:  # its timer did not get to run (a stalled loop): start it now
             hedge = submit()
@@ -340,11 +345,7 @@ class EdgeAgent:
         else:
             self.metrics.model_updates.labels(UpdateResult.ROLLED_BACK.value).inc()
         self.metrics.model_version.set(self.local.version)
-        try:
-            return await asyncio.wrap_future(self.local.submit(observation))
-        except LocalPolicyError:
-            log.exception("rolled-back policy failed too")
-            return None
+        return await self.local.retry(observation)
 
     def _result(self, step: int, action: npt.NDArray[np.float32] | None, decision: Decision,
                 *, blended: bool) -> ActionResult:

@@ -28,6 +28,8 @@ class Cause(StrEnum):
     DISCONNECTED = "disconnected"
     BREAKER_OPEN = "breaker_open"
     REJECTED_REPLY = "rejected_reply"
+    #: the worker dropped the frame before its model (it could not answer in time) and said so
+    DECLINED = "declined"
     SAFETY_CRITICAL = "safety_critical"
 
 

@@ -22,12 +22,12 @@ from edge_agent.metrics import EdgeMetrics
 from edge_agent.stats import RunStats
 from edge_agent.watchdog import MONOTONIC, Clock, PendingStep, Verdict, Watchdog
 from schemas.errors import Reason, SchemaError, WireError
-from schemas.messages import Action, SessionRefused
+from schemas.messages import Action, Declined, SessionRefused
 from schemas.topics import action_topic
 from security.keys import Keyring
 from security.replay import ReplayGuard
 from vlabus.bus.transport import Message
-from vlabus.envelope import Header, SessionAuth
+from vlabus.envelope import Header, Received, SessionAuth
 from vlabus.inbound import Rejections
 from vlabus.wire import Decoder
 
@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class CloudReply:
-    chunk: Chunk
+    """A verified, on-time answer; ``chunk`` None when the worker declined the frame."""
+
+    chunk: Chunk | None
     rtt_ns: int
     worker_id: str
     tick_stride: float
@@ -133,6 +135,9 @@ class ActionInbox:
         if isinstance(action, SessionRefused) and self._on_refused is not None:
             self._on_refused(action)
             return
+        if isinstance(action, Declined) and action.robot_id == self.robot_id:
+            self._declined(corr, action, received)
+            return
         if not isinstance(action, Action) or action.robot_id != self.robot_id:
             self.rejections.count(Reason.IDENTITY_MISMATCH)
             log.warning("reply on %r is not an action for %s", message.topic, self.robot_id)
@@ -152,6 +157,21 @@ class ActionInbox:
             self._refuse(exc, message.topic)
             return
         self._settle(corr, action, chunk, decode_ns)
+
+    def _declined(self, corr: str, declined: Declined, received: Received) -> None:
+        """A worker will not answer ``corr``: its step is decided locally now, not at its
+        deadline, and the worker's send-time hint is kept."""
+        try:
+            self._decoder.commit(received)
+        except WireError as exc:
+            exc.header = received.header
+            self._refuse(exc, self.topic)
+            return
+        self.stats.declined += 1
+        expected = self._expected.get(corr)
+        if expected is not None and not expected.done():
+            expected.set_result(CloudReply(None, 0, declined.worker_id, 1.0,
+                                           declined.slot_ns or 0))
 
     def _refuse(self, exc: WireError, topic: str) -> None:
         self.rejections.reject(exc, topic)

@@ -7,6 +7,8 @@ times the hedge.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 import threading
 import time
@@ -19,6 +21,7 @@ from edge_agent.watchdog import LatencyEstimator
 from vlabus.policy import Observation, Policy
 
 Chunk = npt.NDArray[np.float32]
+log = logging.getLogger(__name__)
 
 
 def _limit_threads(threads: int) -> None:
@@ -66,6 +69,15 @@ class LocalPolicy:
             self.shape = (int(out.shape[1]), int(out.shape[2]))
         chunk: Chunk = out[0]
         return chunk
+
+    async def retry(self, observation: Observation) -> Chunk | None:
+        """The active policy's chunk for ``observation`` after a rollback; None (logged) when
+        it fails too."""
+        try:
+            return await asyncio.wrap_future(self.submit(observation))
+        except LocalPolicyError:
+            log.exception("rolled-back policy failed too")
+            return None
 
     def submit(self, observation: Observation) -> Future[Chunk]:
         """Run :meth:`infer` on the policy thread."""

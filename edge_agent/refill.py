@@ -12,12 +12,12 @@ batch starts (see ``cloud_workers.slots``). :class:`RefillTimer` decides the sen
 * a hint later than ``latest`` — the robot's own refill deadline, the last send whose answer,
   at the robot's full deadline, still lands before the queue runs dry — is ignored: now;
 * otherwise the hint, less this robot's own time to encode and send a frame (measured);
-* after a request the cloud did not answer in time, and with no hint: a random moment in the
-  next half interval (never after ``latest``), so a robot whose frames keep arriving just
-  after a batch starts — and are dropped before it ever gets a hint — does not stay in lock
-  step with it. This applies whatever the worker (it cannot tell a worker that plans from
-  one that does not when nothing came back); ``AgentConfig.slot_hints=False`` turns it off
-  with the hints.
+* after a request the cloud did not answer in time (or declined without a hint), and with no
+  hint: a random moment in the next half interval (never after ``latest``), so a robot whose
+  frames keep arriving just after a batch starts does not stay in lock step with it. This
+  applies whatever the worker (it cannot tell a worker that plans from one that does not when
+  nothing came back); ``AgentConfig.slot_hints=False`` turns it off with the hints. A worker
+  that plans tells a robot whose frame it dropped its slot in the ``declined`` notice.
 
 A hint is used once. A robot that gets none, or a bad one, and whose requests are answered,
 sends when it always did. Pure logic
@@ -45,6 +45,7 @@ class RefillTimer:
         self.waiting = False  # a send planned for later has not gone out yet
         self._hint: int | None = None  # monotonic
         self.lead_ns = 0.0
+        self.received = 0  # hints received (from actions and declined notices)
         self.followed = 0
         self.ignored = 0
 
@@ -53,6 +54,7 @@ class RefillTimer:
         if slot_wall_ns <= 0:
             self._hint = None
             return
+        self.received += 1
         self._hint = slot_wall_ns - self._clocks.wall() + self._clocks.monotonic()
 
     def due(self, before_ns: int) -> bool:

@@ -32,6 +32,8 @@ class RunStats:
     steps_without_action: int = 0
     late_replies_discarded: int = 0
     unmatched_replies: int = 0
+    #: frames a worker declined (dropped before its model): decided locally at once
+    declined: int = 0
     hedges_started: int = 0
     hedges_wasted: int = 0
     actions_by_source: Counter[str] = field(default_factory=Counter)
@@ -81,6 +83,7 @@ class RunStats:
                 for name, samples in self.parts_ns.items()},
             "breakdown_samples": len(self.parts_ns["transport_up_down"]),
             "unmatched_replies": self.unmatched_replies,
+            "declined": self.declined,
             "hedges": {"started": self.hedges_started, "wasted": self.hedges_wasted},
             **extra,
         }

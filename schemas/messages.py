@@ -89,6 +89,19 @@ class Action(msgspec.Struct, frozen=True, kw_only=True):
     slot_ns: Nanos | msgspec.UnsetType = msgspec.UNSET
 
 
+class Declined(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker will not answer frame ``step``: it dropped it before the model because no
+    answer could arrive by the robot's decision time (``reason`` ``deadline``). Sent at once, so
+    the robot decides locally without waiting for its deadline; ``slot_ns`` as in
+    :class:`Action` (when to send the next frame; absent: no suggestion)."""
+
+    robot_id: Id
+    step: Count
+    worker_id: Id
+    reason: Annotated[str, msgspec.Meta(max_length=32)]
+    slot_ns: Nanos | msgspec.UnsetType = msgspec.UNSET
+
+
 class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
     """A worker's answer to a :class:`TaskRequest`."""
 
@@ -261,8 +274,8 @@ class RoundResult(msgspec.Struct, frozen=True, kw_only=True):
     detail: Annotated[str, msgspec.Meta(max_length=1024)] = ""
 
 
-Message = (Frame | TaskRequest | Action | TaskResult | ModelManifest | ModelChunk | Status
-           | SessionOffer | SessionRefused | Checkpoint
+Message = (Frame | TaskRequest | Action | Declined | TaskResult | ModelManifest | ModelChunk
+           | Status | SessionOffer | SessionRefused | Checkpoint
            | RoundAnnouncement | UpdateManifest | UpdateChunk | RoundResult)
 
 #: Envelope kind -> body type. The kind is the only type information on the wire.
@@ -270,6 +283,7 @@ KINDS: dict[str, type[Message]] = {
     "frame": Frame,
     "task": TaskRequest,
     "action": Action,
+    "declined": Declined,
     "task_result": TaskResult,
     "model_manifest": ModelManifest,
     "model_chunk": ModelChunk,

@@ -72,6 +72,7 @@ SENDER_ROLES: dict[str, frozenset[Role]] = {
     "frame": frozenset({"robot"}),
     "task": frozenset({"robot"}),
     "action": frozenset({"worker"}),
+    "declined": frozenset({"worker"}),
     "task_result": frozenset({"worker"}),
     "model_manifest": frozenset({"release", "root"}),
     "model_chunk": frozenset({"release", "root"}),
@@ -88,6 +89,7 @@ IDENTITY_FIELD: dict[str, str] = {
     "frame": "robot_id",
     "task": "robot_id",
     "action": "worker_id",
+    "declined": "worker_id",
     "task_result": "worker_id",
     "status": "client_id",
     "session_offer": "robot_id",
@@ -103,6 +105,7 @@ TOPIC_FIELD: dict[str, str] = {
     "frame": "robot_id",
     "task": "robot_id",
     "action": "robot_id",
+    "declined": "robot_id",
     "task_result": "robot_id",
     "status": "client_id",
 }

@@ -26,7 +26,7 @@ from security.session import TAG_SIZE, Direction, Session, SessionTable, digest_
 from vlabus.envelope import SESSION_VERSION, VERSION, Header
 from vlabus.wire import Encoder
 
-SESSION_KINDS = frozenset({"frame", "task", "action", "task_result"})
+SESSION_KINDS = frozenset({"frame", "task", "action", "declined", "task_result"})
 #: Picks the session for a message (None: sign it instead).
 Pick = Callable[[Message], Session | None]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ from edge_agent.breaker import BreakerConfig
 from edge_agent.sim import SimRobot
 from edge_agent.stack import LocalModel, open_edge
 from tests.support.keys import KeyDir
+from tests.support.worker import serving
 from vlabus.bus.transport import TransportOptions
+from vlabus.policy.profile import Profile, ProfilePolicy
 from vlabus.policy.reference import NoopPolicy
 
 pytestmark = pytest.mark.integration
@@ -164,4 +167,48 @@ def test_broker_restart_gives_disconnected_fallbacks_then_cloud(mosquitto: Any,
             await agent.close()
             await agent.transport.close()
         assert all(r.action is not None for r in results)
+    asyncio.run(main())
+
+
+def test_a_frame_the_worker_cannot_serve_in_time_is_declined_at_once(
+        bus: tuple[str, Any], keydir: KeyDir) -> None:
+    # a policy measured at 300 ms a call, and robots that decide 700 ms after sending
+    slow = Profile(name="slow", model="slow", device="none", measured=False, method="test",
+                   sources=("test",), batch_ms=((1, 300.0), (2, 300.0)), horizon=8,
+                   action_dim=7, state_dim=14)
+
+    url, broker = bus
+
+    def options(ident: str) -> TransportOptions:
+        return TransportOptions(client_id=ident) if broker is None else broker.options(ident)
+
+    async def main() -> None:
+        async with serving(url, keydir, {"slow": ProfilePolicy(slow)},
+                           options=options("worker-1"), max_batch=1) as worker:
+            config = AgentConfig(robot_id="robot-a", deadline_ns=700 * MS, period_ns=10 * MS,
+                                 breaker=BreakerConfig(miss_limit=1 << 30))
+            agents = [await open_edge(url, keys=keydir.ring,
+                                      signer=keydir.signers[name],
+                                      config=replace(config, robot_id=name),
+                                      probe=SimRobot(size=16).observe(0),
+                                      model=LocalModel(width=8, horizon=8),
+                                      options=options(name))
+                      for name in ("robot-a", "robot-b", "robot-c")]
+            try:
+                robot = SimRobot(size=16)
+                results = await asyncio.gather(*(agent.act(robot.observe(0))
+                                                 for agent in agents))
+            finally:
+                for agent in agents:
+                    await agent.close()
+                    await agent.transport.close()
+            # three frames at once, 300 ms each, one at a time, each robot deciding at 700 ms:
+            # the third cannot start before 600 ms, so it is dropped before the model and its
+            # robot told; a cause `declined` (not `timeout`) means the notice came in time
+            declined = [r for r in results if r.cause is Cause.DECLINED]
+            assert len(declined) >= 1
+            assert all(r.source is Source.CLOUD or r.cause is Cause.DECLINED for r in results)
+            assert all(r.action is not None for r in results)
+            assert sum(agent.stats.declined for agent in agents) == len(declined)
+            assert worker.metrics.summary.dropped["deadline"] == len(declined)
     asyncio.run(main())

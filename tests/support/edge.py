@@ -17,7 +17,7 @@ import msgspec
 import numpy as np
 
 from schemas.arrays import pack_array
-from schemas.messages import Action, Frame
+from schemas.messages import Action, Declined, Frame
 from schemas.topics import ALL_FRAMES, action_topic
 from security.keys import Keyring, Signer
 from security.replay import ReplayGuard
@@ -78,6 +78,8 @@ class FakeCloud:
     forge: bool = False
     #: with a value, replies suggest sending the next frame this long after the reply
     slot_in_s: float | None = None
+    #: answer every frame with a ``Declined`` notice instead of an action
+    decline: bool = False
     intervals: list[int] = field(default_factory=list)
     frames: int = 0
     replies: int = 0
@@ -108,13 +110,20 @@ class FakeCloud:
     async def _reply(self, frame: Frame, corr: str) -> None:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        slot = (time.time_ns() + round(self.slot_in_s * 1e9)) if self.slot_in_s is not None \
+            else msgspec.UNSET
+        if self.decline:
+            notice = Declined(robot_id=frame.robot_id, step=frame.step,
+                              worker_id=self.signer.identity, reason="deadline", slot_ns=slot)
+            await self.transport.publish(action_topic(frame.robot_id),
+                                         self._encoder.encode(notice, corr=corr), qos=1)
+            return
         chunk = np.full((self.horizon, self.dim), self.value, np.float32)
         action = Action(robot_id=frame.robot_id, step=frame.step, actions=pack_array(chunk),
                         model="default", model_version=1, worker_id=self.signer.identity,
                         decode_ns=10_000, queue_wait_ns=20_000, inference_ns=30_000,
                         encode_ns=5_000, span_ns=70_000,
-                        slot_ns=(time.time_ns() + round(self.slot_in_s * 1e9))
-                        if self.slot_in_s is not None else msgspec.UNSET)
+                        slot_ns=slot)
         wire = self._encoder.encode(action, corr=corr)
         if self.forge:
             wire = wire[:-1] + bytes([wire[-1] ^ 1])

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from schemas import topics
-from schemas.messages import Action, Frame, Priority, TaskRequest, TaskResult
+from schemas.messages import Action, Declined, Frame, Priority, TaskRequest, TaskResult
 from security.keys import Keyring, Signer
 from security.replay import ReplayGuard
 from tests.support.clock import MS
@@ -23,6 +23,8 @@ class Robot:
     encoder: Encoder
     decoder: Decoder
     replies: dict[str, Action | TaskResult] = field(default_factory=dict)
+    #: frames the worker declined (dropped before the model), by correlation id
+    declined: dict[str, Declined] = field(default_factory=dict)
     arrived_ns: dict[str, int] = field(default_factory=dict)
     got: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -40,6 +42,9 @@ class Robot:
     async def _collect(self) -> None:
         async for message in self.transport:
             got = self.decoder.decode(message.payload)
+            if isinstance(got.message, Declined):
+                self.declined[got.header.corr] = got.message
+                continue
             assert isinstance(got.message, Action | TaskResult)
             self.replies[got.header.corr] = got.message
             self.arrived_ns[got.header.corr] = time.time_ns()

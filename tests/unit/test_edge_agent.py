@@ -255,6 +255,52 @@ def test_chunked_robot_states_its_interval_and_takes_send_time_hints(keydir: Key
     run(main())
 
 
+def test_a_declined_frame_is_decided_locally_at_once_and_its_hint_kept(
+        keydir: KeyDir) -> None:
+    async def main() -> None:
+        rig = await make_rig(keydir, deadline_ms=2000)
+        rig.cloud.decline = True
+        try:
+            started = time.monotonic()
+            result = await rig.agent.act(observation())
+            # the worker's notice, not the 2 s deadline, ended the wait
+            assert time.monotonic() - started < 1.0
+            assert result.source is Source.FALLBACK
+            assert result.cause is Cause.DECLINED
+            assert result.action is not None
+            assert rig.agent.stats.declined == 1
+            assert rig.agent.stats.fallbacks_by_cause == {"declined": 1}
+            assert rig.agent.breaker.misses >= 1  # the cloud did not serve it: a miss
+        finally:
+            await rig.cloud.close()
+            await rig.agent.close()
+    run(main())
+
+
+def test_a_chunked_robot_follows_the_hint_of_a_declined_frame(keydir: KeyDir) -> None:
+    async def main() -> None:
+        # as in the hint test above, but every frame is declined: the robot acts on its local
+        # chunks and still takes the worker's suggestion for its next frame
+        rig = await make_rig(keydir, chunk=20, refill_below=10, period_ms=5, deadline_ms=20,
+                             slot_in_s=0.03)
+        rig.cloud.decline = True
+        rig.cloud.horizon = 20
+        try:
+            results = []
+            for tick in range(40):
+                results.append(await rig.agent.act(observation(tick)))
+                await asyncio.sleep(0.005)
+            assert all(r.action is not None for r in results)
+            assert rig.agent.stats.declined >= 2
+            # every notice's hint reached the refill timer (which follows it or, past the
+            # refill deadline, ignores it: test_refill covers the rule)
+            assert rig.agent.refill.received == rig.agent.stats.declined
+        finally:
+            await rig.cloud.close()
+            await rig.agent.close()
+    run(main())
+
+
 def test_a_hint_past_the_refill_deadline_is_ignored(keydir: KeyDir) -> None:
     async def main() -> None:
         rig = await make_rig(keydir, chunk=20, refill_below=10, period_ms=5, deadline_ms=20,

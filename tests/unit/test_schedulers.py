@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloud_workers.batchtime import BatchTimes
+from cloud_workers.batchtime import STALE_AFTER, BatchTimes
 from cloud_workers.deadline import DeadlineScheduler, ServiceQueue
 from cloud_workers.queue import Request
 from cloud_workers.schedulers import ArrivalQueue, FifoBatcher, make_scheduler
@@ -59,6 +59,29 @@ def test_batch_times_seeded_learn_and_interpolate() -> None:
     unknown.observe("x", 10 * MS, size=2)
     assert unknown.time("x", 4) == 20 * MS  # no batching gain assumed past what was seen
     assert unknown.get("x") == 10 * MS
+
+
+def test_a_size_not_run_for_a_while_falls_back_to_its_profile_time() -> None:
+    times = BatchTimes()
+    times.seed("m", PROFILE, 16)
+    for _ in range(10):  # a burst of overload: full batches on a busy host
+        times.observe("m", 400 * MS, size=16)
+    slow = times.time("m", 16)
+    assert slow > 300 * MS
+    for _ in range(STALE_AFTER):  # then only small batches, at the profile's speed
+        times.observe("m", 60 * MS, size=2)
+    assert times.time("m", 16) == slow  # not stale yet: it was set 32 batches ago
+    times.observe("m", 60 * MS, size=2)
+    assert times.time("m", 16) == PROFILE.time_ns(16)
+    assert times.time("m", 24) == PROFILE.time_ns(16) * 24 // 16  # extrapolated from it
+    times.observe("m", 400 * MS, size=16)  # a full batch again: it learns from the profile
+    assert times.time("m", 16) == int(PROFILE.time_ns(16) + 0.2 * (400 * MS
+                                                                   - PROFILE.time_ns(16)))
+    unprofiled = BatchTimes()  # with no profile to fall back to, the last measurement stays
+    unprofiled.observe("x", 400 * MS, size=16)
+    for _ in range(2 * STALE_AFTER):
+        unprofiled.observe("x", 60 * MS, size=2)
+    assert unprofiled.time("x", 16) == 400 * MS
 
 
 def test_batch_size_is_the_largest_that_meets_the_earliest_deadline() -> None:

@@ -114,6 +114,20 @@ def test_released_frames_get_the_next_start_of_their_slot_less_their_uplink() ->
     assert decision.batch.requests[0].hint_ns == 0
 
 
+def test_a_dropped_frame_gets_a_hint_too_and_its_robot_joins_the_plan() -> None:
+    clock = FakeClock(10_000 * MS)
+    queue, sched = scheduler(clock)
+    queue.push(frame(clock, "b", uplink_ms=3))
+    clock.advance(260)  # the device was busy: 300 ms budget, t(1) = 50 no longer fits
+    decision = sched.poll()
+    assert decision.batch is None
+    (dropped,) = decision.expired
+    # the worker's Declined notice carries it: its robot sends next at its planned slot
+    assert dropped.hint_ns == 10_000 * MS + PERIOD - 3 * MS
+    assert sched.planner is not None
+    assert [slot.robots for slot in sched.planner.slots("m", PERIOD)] == [("b",)]
+
+
 def test_a_batch_that_would_run_into_a_planned_start_waits_for_it() -> None:
     clock = FakeClock(10_000 * MS)
     queue, sched = scheduler(clock)

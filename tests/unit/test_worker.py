@@ -115,6 +115,10 @@ def test_hopeless_frames_are_dropped_before_the_model(keydir: KeyDir) -> None:
             await robot.send_frame(make_frame("robot-a", 2), "fine", budget_ms=5000)
             await robot.wait_for(1)
             assert set(robot.replies) == {"fine"}
+            # the dropped frame's robot is told at once, not left to wait for its deadline
+            notice = robot.declined["late"]
+            assert (notice.robot_id, notice.step, notice.reason) == ("robot-a", 1, "deadline")
+            assert notice.worker_id == worker.config.worker_id
             assert worker.metrics.summary.dropped["deadline"] == 1
             assert worker.metrics.registry.get_sample_value(
                 "vlabus_worker_dropped_total", {"cause": "deadline"}) == 1.0

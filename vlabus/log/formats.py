@@ -97,7 +97,7 @@ DECISION_SCHEMA: dict[str, Any] = {
         "step": {"type": "integer", "minimum": 0},
         "source": {"enum": ["cloud", "fallback"]},
         "cause": {"enum": [None, "timeout", "disconnected", "breaker_open", "rejected_reply",
-                           "safety_critical"]},
+                           "declined", "safety_critical"]},
         "lateness_ns": {"type": "integer", "minimum": 0},
         "rtt_ns": {"type": ["integer", "null"], "minimum": 0},
         "worker_id": {"type": ["string", "null"]},
