@@ -150,22 +150,24 @@ class ActionInbox:
             log.warning("unusable action from %r: %r", action.worker_id, exc)
             self.watchdog.mark_rejected(corr)
             return
+        if self._commit(received, message.topic):
+            self._settle(corr, action, chunk, decode_ns)
+
+    def _commit(self, received: Received, topic: str) -> bool:
+        """Move the worker's sequence window; False (refused, counted) when another message
+        took the sequence meanwhile."""
         try:
             self._decoder.commit(received)
         except WireError as exc:
             exc.header = received.header
-            self._refuse(exc, message.topic)
-            return
-        self._settle(corr, action, chunk, decode_ns)
+            self._refuse(exc, topic)
+            return False
+        return True
 
     def _declined(self, corr: str, declined: Declined, received: Received) -> None:
         """A worker will not answer ``corr``: its step is decided locally now, not at its
         deadline, and the worker's send-time hint is kept."""
-        try:
-            self._decoder.commit(received)
-        except WireError as exc:
-            exc.header = received.header
-            self._refuse(exc, self.topic)
+        if not self._commit(received, self.topic):
             return
         self.stats.declined += 1
         expected = self._expected.get(corr)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from edge_agent.agent import AgentConfig, Cause, EdgeAgent, Source
+from edge_agent.agent import ActionResult, AgentConfig, Cause, EdgeAgent, Source
 from edge_agent.breaker import BreakerConfig
 from edge_agent.local import LocalPolicy
 from edge_agent.metrics import EdgeMetrics
@@ -232,6 +232,15 @@ def test_chunks_execute_from_the_queue_and_refill_before_running_dry(keydir: Key
     run(main())
 
 
+async def ticks(rig: Rig, count: int) -> list[ActionResult]:
+    """``count`` control ticks 5 ms apart."""
+    results = []
+    for tick in range(count):
+        results.append(await rig.agent.act(observation(tick)))
+        await asyncio.sleep(0.005)
+    return results
+
+
 def test_chunked_robot_states_its_interval_and_takes_send_time_hints(keydir: KeyDir) -> None:
     async def main() -> None:
         # a refill when 10 actions (50 ms) are left, a 20 ms deadline: a hint 30 ms after
@@ -240,10 +249,7 @@ def test_chunked_robot_states_its_interval_and_takes_send_time_hints(keydir: Key
                              slot_in_s=0.03)
         rig.cloud.horizon = 20
         try:
-            results = []
-            for tick in range(40):
-                results.append(await rig.agent.act(observation(tick)))
-                await asyncio.sleep(0.005)
+            results = await ticks(rig, 40)
             assert all(r.action is not None for r in results)
             assert set(rig.cloud.intervals) == {50 * MS}  # 5 ms x (20 - 10)
             # each hint is followed, or already past when the queue runs low on a loaded
@@ -286,10 +292,7 @@ def test_a_chunked_robot_follows_the_hint_of_a_declined_frame(keydir: KeyDir) ->
         rig.cloud.decline = True
         rig.cloud.horizon = 20
         try:
-            results = []
-            for tick in range(40):
-                results.append(await rig.agent.act(observation(tick)))
-                await asyncio.sleep(0.005)
+            results = await ticks(rig, 40)
             assert all(r.action is not None for r in results)
             assert rig.agent.stats.declined >= 2
             # every notice's hint reached the refill timer (which follows it or, past the
@@ -307,10 +310,7 @@ def test_a_hint_past_the_refill_deadline_is_ignored(keydir: KeyDir) -> None:
                              slot_in_s=10.0)
         rig.cloud.horizon = 20
         try:
-            results = []
-            for tick in range(40):
-                results.append(await rig.agent.act(observation(tick)))
-                await asyncio.sleep(0.005)
+            results = await ticks(rig, 40)
             assert all(r.action is not None for r in results)
             assert rig.agent.refill.followed == 0
             assert rig.agent.refill.ignored >= 1
