@@ -89,6 +89,29 @@ async def forged_reply(keydir: KeyDir) -> None:
         await cloud_bus.close()
 
 
+def test_a_declined_request_is_answered_at_once(keydir: KeyDir) -> None:
+    run(declined(keydir))
+
+
+async def declined(keydir: KeyDir) -> None:
+    reset_memory("gw-declined")
+    cloud_bus = await open_transport("memory://gw-declined",
+                                     TransportOptions(client_id="worker-1"))
+    cloud = await FakeCloud(cloud_bus, keydir.signers["worker-1"], keydir.ring,
+                            decline=True).start()
+    gw = await gateway("memory://gw-declined", keydir, deadline_s=30.0,
+                       fallback=NoopPolicy(horizon=50, action_dim=14))
+    try:
+        # the worker's notice, not the 30 s deadline, ends the wait: the local answer
+        packed = unpackb(await asyncio.wait_for(gw.answer(request()), 10))  # type: ignore[arg-type]
+        assert packed["vlabus"] == {"source": "fallback", "cause": "declined"}
+        assert gw.remote.counts["declined"] == 1
+    finally:
+        await close(gw)
+        await cloud.close()
+        await cloud_bus.close()
+
+
 def test_a_bus_that_is_down_is_late_or_answered_locally(keydir: KeyDir) -> None:
     run(bus_down(keydir))
 

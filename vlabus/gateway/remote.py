@@ -30,7 +30,7 @@ import numpy.typing as npt
 from schemas.arrays import pack_array, unpack_array
 from schemas.errors import BusError, SchemaError, TransportError, WireError
 from schemas.images import Codec, encode_image
-from schemas.messages import Action, Frame
+from schemas.messages import Action, Declined, Frame
 from schemas.topics import action_topic, frame_topic
 from security.keys import Keyring
 from security.replay import ReplayGuard
@@ -49,7 +49,8 @@ MAX_CHUNK_ELEMENTS = 1024 * 256
 
 class CloudLateError(BusError):
     """No verified action arrived before the deadline; ``cause`` is ``timeout`` (the cloud did
-    not answer in time) or ``disconnected`` (the frame could not be sent)."""
+    not answer in time), ``declined`` (a worker dropped the frame before its model and said so,
+    before the deadline) or ``disconnected`` (the frame could not be sent)."""
 
     def __init__(self, detail: str, cause: str = "timeout") -> None:
         super().__init__(detail)
@@ -90,7 +91,8 @@ class RemotePolicy:
         self.config = config
         self.recorder = recorder
         self.rejections = Rejections()
-        self.counts = {"requests": 0, "replies": 0, "late": 0, "unexpected_replies": 0}
+        self.counts = {"requests": 0, "replies": 0, "late": 0, "declined": 0,
+                       "unexpected_replies": 0}
         self._decoder = Decoder(keyring, ReplayGuard(window=1))
         self._clock = clock
         self._pending: OrderedDict[str, tuple[int, int, asyncio.Future[Reply]]] = OrderedDict()
@@ -163,8 +165,8 @@ class RemotePolicy:
             # every check, so a signed but unusable one cannot get its later ones refused
             received = accept(self._decoder, message, self.rejections, commit=False)
             if received is None or not isinstance(received.message, Action):
-                if received is not None:
-                    self._commit(received, message.topic)
+                if received is not None and self._commit(received, message.topic):
+                    self._declined(received)
                 continue
             action = received.message
             pending = self._pending.get(received.header.corr)
@@ -186,6 +188,17 @@ class RemotePolicy:
                 future.set_result(Reply(chunk, action.worker_id, action.model,
                                         action.model_version, time.perf_counter_ns() - sent,
                                         action.queue_wait_ns, action.inference_ns))
+
+    def _declined(self, received: Received) -> None:
+        """A worker will not answer this request: the client is answered now, not at the
+        deadline."""
+        notice = received.message
+        pending = self._pending.get(received.header.corr)
+        if (isinstance(notice, Declined) and pending is not None and not pending[2].done()
+                and notice.robot_id == self.config.robot_id and notice.step == pending[0]):
+            self.counts["declined"] += 1
+            pending[2].set_exception(CloudLateError(
+                f"{notice.worker_id} declined the request ({notice.reason})", "declined"))
 
     def _commit(self, received: Received, topic: str) -> bool:
         """Move the sender's sequence window; False (counted) when another message took the
