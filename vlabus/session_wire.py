@@ -5,9 +5,10 @@ Layout: the version-1 envelope (:mod:`vlabus.wire`) with byte 2 = ``0x02``, the 
 
     tag = BLAKE3 keyed(session direction key, BLAKE3-256(bytes 0..N-32))
 
-Only the hot-path kinds (``SESSION_KINDS``: frames, tasks, actions, task results) travel this
-way; releases, status, offers, refusals and checkpoints keep their Ed25519 signatures. Without a
-live session an encoder signs, as version 1, so no message waits for a handshake.
+Only the hot-path kinds (``SESSION_KINDS``: frames, tasks, actions, declines, task results)
+travel this way; releases, status, offers, refusals and checkpoints keep their Ed25519
+signatures. Without a live session an encoder signs, as version 1, so no message waits for a
+handshake.
 The digest of each session message feeds the sender's checkpoint chain
 (:mod:`security.checkpoint`), cut every ``checkpoint_interval_s`` and on close.
 """
