@@ -4,6 +4,8 @@ a verified chunk, a forged reply refused (late), a bus that is down, a local fal
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,20 @@ async def gateway(url: str, keydir: KeyDir, *, fallback: Any = None,
     return OpenpiGateway(remote, parse_map(KEYMAP), fallback=fallback)
 
 
+@asynccontextmanager
+async def cloud_on(name: str, keydir: KeyDir, **options: Any) -> AsyncIterator[FakeCloud]:
+    """A fresh ``memory://NAME`` bus with a :class:`FakeCloud` (``options``) answering on it."""
+    reset_memory(name)
+    cloud_bus = await open_transport(f"memory://{name}", TransportOptions(client_id="worker-1"))
+    cloud = await FakeCloud(cloud_bus, keydir.signers["worker-1"], keydir.ring,
+                            **options).start()
+    try:
+        yield cloud
+    finally:
+        await cloud.close()
+        await cloud_bus.close()
+
+
 async def close(gw: OpenpiGateway) -> None:
     await gw.remote.close()
     await gw.remote.transport.close()
@@ -47,24 +63,19 @@ def test_a_verified_chunk_comes_back_packed(keydir: KeyDir) -> None:
 
 
 async def verified_chunk(keydir: KeyDir) -> None:
-    reset_memory("gw-ok")
-    cloud_bus = await open_transport("memory://gw-ok", TransportOptions(client_id="worker-1"))
-    cloud = await FakeCloud(cloud_bus, keydir.signers["worker-1"], keydir.ring, horizon=50,
-                            dim=14).start()
-    gw = await gateway("memory://gw-ok", keydir)
-    try:
-        answer = unpackb(await gw.answer(request()))  # type: ignore[arg-type]
-        assert answer["actions"].shape == (50, 14)
-        assert answer["vlabus"]["worker_id"] == "worker-1"
-        bad = await gw.answer(packb({"state": np.zeros(14, np.float32)}))
-        assert isinstance(bad, str)
-        assert bad.startswith(BAD_PREFIX)
-        assert "'image'" in bad
-        assert gw.stats.as_dict()["cloud"] == 1
-    finally:
-        await close(gw)
-        await cloud.close()
-        await cloud_bus.close()
+    async with cloud_on("gw-ok", keydir, horizon=50, dim=14):
+        gw = await gateway("memory://gw-ok", keydir)
+        try:
+            answer = unpackb(await gw.answer(request()))  # type: ignore[arg-type]
+            assert answer["actions"].shape == (50, 14)
+            assert answer["vlabus"]["worker_id"] == "worker-1"
+            bad = await gw.answer(packb({"state": np.zeros(14, np.float32)}))
+            assert isinstance(bad, str)
+            assert bad.startswith(BAD_PREFIX)
+            assert "'image'" in bad
+            assert gw.stats.as_dict()["cloud"] == 1
+        finally:
+            await close(gw)
 
 
 def test_a_forged_reply_is_refused_and_the_request_is_late(keydir: KeyDir) -> None:
@@ -72,21 +83,15 @@ def test_a_forged_reply_is_refused_and_the_request_is_late(keydir: KeyDir) -> No
 
 
 async def forged_reply(keydir: KeyDir) -> None:
-    reset_memory("gw-forged")
-    cloud_bus = await open_transport("memory://gw-forged",
-                                     TransportOptions(client_id="worker-1"))
-    cloud = await FakeCloud(cloud_bus, keydir.signers["worker-1"], keydir.ring,
-                            forge=True).start()
-    gw = await gateway("memory://gw-forged", keydir, deadline_s=0.3)
-    try:
-        answer = await gw.answer(request())
-        assert isinstance(answer, str)
-        assert answer.startswith(LATE_PREFIX)
-        assert gw.remote.rejections.by_reason == {"bad_signature": 1}
-    finally:
-        await close(gw)
-        await cloud.close()
-        await cloud_bus.close()
+    async with cloud_on("gw-forged", keydir, forge=True):
+        gw = await gateway("memory://gw-forged", keydir, deadline_s=0.3)
+        try:
+            answer = await gw.answer(request())
+            assert isinstance(answer, str)
+            assert answer.startswith(LATE_PREFIX)
+            assert gw.remote.rejections.by_reason == {"bad_signature": 1}
+        finally:
+            await close(gw)
 
 
 def test_a_declined_request_is_answered_at_once(keydir: KeyDir) -> None:
@@ -94,22 +99,17 @@ def test_a_declined_request_is_answered_at_once(keydir: KeyDir) -> None:
 
 
 async def declined(keydir: KeyDir) -> None:
-    reset_memory("gw-declined")
-    cloud_bus = await open_transport("memory://gw-declined",
-                                     TransportOptions(client_id="worker-1"))
-    cloud = await FakeCloud(cloud_bus, keydir.signers["worker-1"], keydir.ring,
-                            decline=True).start()
-    gw = await gateway("memory://gw-declined", keydir, deadline_s=30.0,
-                       fallback=NoopPolicy(horizon=50, action_dim=14))
-    try:
-        # the worker's notice, not the 30 s deadline, ends the wait: the local answer
-        packed = unpackb(await asyncio.wait_for(gw.answer(request()), 10))  # type: ignore[arg-type]
-        assert packed["vlabus"] == {"source": "fallback", "cause": "declined"}
-        assert gw.remote.counts["declined"] == 1
-    finally:
-        await close(gw)
-        await cloud.close()
-        await cloud_bus.close()
+    async with cloud_on("gw-declined", keydir, decline=True):
+        gw = await gateway("memory://gw-declined", keydir, deadline_s=30.0,
+                           fallback=NoopPolicy(horizon=50, action_dim=14))
+        try:
+            # the worker's notice, not the 30 s deadline, ends the wait: the local answer
+            answer = await asyncio.wait_for(gw.answer(request()), 10)
+            packed = unpackb(answer)  # type: ignore[arg-type]
+            assert packed["vlabus"] == {"source": "fallback", "cause": "declined"}
+            assert gw.remote.counts["declined"] == 1
+        finally:
+            await close(gw)
 
 
 def test_a_bus_that_is_down_is_late_or_answered_locally(keydir: KeyDir) -> None:
